@@ -8,7 +8,8 @@
 //	<component> [flags...]          (when invoked through a symlink)
 //
 // Components: kube-apiserver, kube-controller-manager, kube-scheduler,
-// kubelet, kube-proxy, kubectl, etcd.
+// kubelet, kube-proxy, kubectl, etcd, cri-cleanup / cri-pods (cri.go)
+// and hostpath-provisioner (provisioner.go).
 package main
 
 import (
@@ -45,7 +46,7 @@ var cobraComponents = map[string]func() *cobra.Command{
 }
 
 func usage() {
-	names := []string{"kubectl", "etcd"}
+	names := []string{"kubectl", "etcd", "cri-cleanup", "cri-pods", "hostpath-provisioner"}
 	for n := range cobraComponents {
 		names = append(names, n)
 	}
@@ -69,6 +70,10 @@ func main() {
 	}
 
 	switch name {
+	case "cri-cleanup", "cri-pods":
+		os.Exit(criMain(name, os.Args[1:]))
+	case "hostpath-provisioner":
+		os.Exit(provisionerMain(os.Args[1:]))
 	case "etcd":
 		etcdmain.Main(os.Args)
 		os.Exit(0)
@@ -84,7 +89,8 @@ func main() {
 }
 
 func known(name string) bool {
-	if name == "etcd" || name == "kubectl" {
+	switch name {
+	case "etcd", "kubectl", "cri-cleanup", "cri-pods", "hostpath-provisioner":
 		return true
 	}
 	_, ok := cobraComponents[name]
