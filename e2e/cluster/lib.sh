@@ -5,6 +5,10 @@ K8S_VERSION="${K8S_VERSION:-v1.33.13}"
 TS_CACHE="${TS_CACHE:-$HOME/.cache/tradestore}"
 # Runtime state of the cluster (certs, etcd data, containerd root, logs, pids).
 TS_STATE="${TS_STATE:-/var/lib/tradestore-e2e}"
+# Volatile runtime state (pid files, sockets, containerd state).
+TS_RUN="${TS_RUN:-/run/tradestore-e2e}"
+# Admin kubeconfig for the host (kubectl, the Rust e2e tests).
+TS_KUBECONFIG="${TS_KUBECONFIG:-$TS_STATE/kubeconfig}"
 
 # Network layout. Everything except the API server lives in network
 # namespace $TS_NETNS. A veth pair links it to the host:
@@ -17,7 +21,10 @@ TS_VETH_HOST="${TS_VETH_HOST:-ts-e2e-host}"
 TS_VETH_NS="${TS_VETH_NS:-ts-e2e-node}"
 TS_HOST_IP="${TS_HOST_IP:-10.231.0.1}"
 TS_NODE_IP="${TS_NODE_IP:-10.231.0.2}"
+TS_DUMMY_IP="${TS_DUMMY_IP:-10.231.0.5}"
 TS_API_PORT="${TS_API_PORT:-6443}"
+TS_ETCD_PORT="${TS_ETCD_PORT:-23790}"
+TS_ETCD_PEER_PORT="${TS_ETCD_PEER_PORT:-23800}"
 TS_POD_CIDR="${TS_POD_CIDR:-10.232.0.0/24}"
 TS_SERVICE_CIDR="${TS_SERVICE_CIDR:-10.233.0.0/24}"
 TS_NODE_NAME="${TS_NODE_NAME:-tradestore-e2e}"
@@ -43,3 +50,64 @@ ensure_go() {
 # Run a command inside the cluster network namespace. nsenter (not
 # `ip netns exec`, which remounts /sys and hides the cgroup hierarchy).
 in_ns() { nsenter --net="$TS_NETNS_PATH" -- "$@"; }
+
+# First usable address of the Service CIDR (the "kubernetes" Service).
+svc_first_ip() { local n="${TS_SERVICE_CIDR%/*}"; echo "${n%.*}.$(( ${n##*.} + 1 ))"; }
+
+pid_of() { local f="$TS_RUN/pids/$1.pid"; [[ -s $f ]] && cat "$f"; }
+
+# proc_alive NAME: the pid file's process exists and is still NAME (guards
+# against pid reuse by checking its command line).
+proc_alive() {
+  local pid; pid="$(pid_of "$1")" || return 1
+  [[ -r /proc/$pid/cmdline ]] || return 1
+  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$1"
+}
+
+# start_proc NAME host|ns CMD...: start CMD in its own session (so it
+# survives the calling shell), log to $TS_STATE/logs/NAME.log, record its
+# pid in $TS_RUN/pids/NAME.pid. "ns" runs it inside the cluster netns.
+start_proc() {
+  local name=$1 where=$2; shift 2
+  local pidf="$TS_RUN/pids/$name.pid" logf="$TS_STATE/logs/$name.log"
+  local pre=()
+  [[ $where == ns ]] && pre=(nsenter "--net=$TS_NETNS_PATH" --)
+  rm -f "$pidf"
+  # setsid does not fork here (we are not a process-group leader), and bash
+  # records its own pid before exec'ing the component, so the pid is exact.
+  setsid "${pre[@]}" bash -c 'echo $$ >"$0.tmp" && mv "$0.tmp" "$0" && exec "$@"' \
+    "$pidf" "$@" >>"$logf" 2>&1 </dev/null &
+  local i
+  for i in $(seq 100); do [[ -s $pidf ]] && return 0; sleep 0.1; done
+  die "failed to start $name (see $logf)"
+}
+
+# stop_proc NAME [TIMEOUT]: TERM, then KILL after TIMEOUT seconds.
+stop_proc() {
+  local name=$1 timeout=${2:-15} pid i
+  pid="$(pid_of "$name")" || return 0
+  if proc_alive "$name"; then
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < timeout * 10; i++)); do
+      [[ -d /proc/$pid ]] || break
+      sleep 0.1
+    done
+    if [[ -d /proc/$pid ]]; then
+      log "$name (pid $pid) did not stop; killing"
+      kill -KILL "$pid" 2>/dev/null || true
+      sleep 0.2
+    fi
+  fi
+  rm -f "$TS_RUN/pids/$name.pid"
+}
+
+# wait_for SECONDS DESCRIPTION CMD...: retry CMD every second.
+wait_for() {
+  local secs=$1 what=$2 i; shift 2
+  for ((i = 0; i < secs; i++)); do
+    "$@" >/dev/null 2>&1 && return 0
+    sleep 1
+  done
+  "$@" || true
+  die "timed out after ${secs}s waiting for $what"
+}
