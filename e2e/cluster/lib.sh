@@ -21,7 +21,6 @@ TS_VETH_HOST="${TS_VETH_HOST:-ts-e2e-host}"
 TS_VETH_NS="${TS_VETH_NS:-ts-e2e-node}"
 TS_HOST_IP="${TS_HOST_IP:-10.231.0.1}"
 TS_NODE_IP="${TS_NODE_IP:-10.231.0.2}"
-TS_DUMMY_IP="${TS_DUMMY_IP:-10.231.0.5}"
 TS_API_PORT="${TS_API_PORT:-6443}"
 TS_ETCD_PORT="${TS_ETCD_PORT:-23790}"
 TS_ETCD_PEER_PORT="${TS_ETCD_PEER_PORT:-23800}"
@@ -101,13 +100,21 @@ stop_proc() {
   rm -f "$TS_RUN/pids/$name.pid"
 }
 
-# wait_for SECONDS DESCRIPTION CMD...: retry CMD every second.
-wait_for() {
-  local secs=$1 what=$2 i; shift 2
+# retry SECONDS CMD...: run CMD (quietly) every second until it succeeds;
+# returns 1 on timeout.
+retry() {
+  local secs=$1 i; shift
   for ((i = 0; i < secs; i++)); do
     "$@" >/dev/null 2>&1 && return 0
     sleep 1
   done
+  return 1
+}
+
+# wait_for SECONDS DESCRIPTION CMD...: retry, and die on timeout.
+wait_for() {
+  local secs=$1 what=$2; shift 2
+  retry "$secs" "$@" && return 0
   "$@" || true
   die "timed out after ${secs}s waiting for $what"
 }

@@ -78,7 +78,7 @@ if [[ -e $TS_NETNS_PATH || -d $TS_RUN || -d $TS_STATE ]]; then
 fi
 
 # --------------------------------------------------------------------------
-# 4. Network: namespace, veth pair to the host, dummy default route.
+# 4. Network: namespace, veth pair to the host, blackhole default route.
 # --------------------------------------------------------------------------
 mkdir -p "$TS_RUN/pids" "$TS_STATE"/{logs,pki,kubeconfigs,etcd,containerd,kubelet,volumes,cni/net.d,cni/ipam,pod-logs}
 chmod 0700 "$TS_STATE/pki" "$TS_STATE/etcd"
@@ -102,13 +102,11 @@ ip link set "$TS_VETH_HOST" up
 in_ns ip link set lo up
 in_ns ip addr add "$TS_NODE_IP/30" dev "$TS_VETH_NS"
 in_ns ip link set "$TS_VETH_NS" up
-# A dummy interface carries the default route: anything a pod sends to an
-# address outside the cluster ends in the dummy device and is dropped, so no
-# traffic can leave the machine.
-in_ns ip link add ts-e2e-dummy type dummy
-in_ns ip addr add "$TS_DUMMY_IP/32" dev ts-e2e-dummy
-in_ns ip link set ts-e2e-dummy up
-in_ns ip route add default dev ts-e2e-dummy
+# Default route: a blackhole. Anything a pod (or the node) sends to an address
+# outside the cluster is rejected right here, so no traffic can leave the
+# machine. (This VM kernel has no "dummy" link type; a blackhole route does
+# the same job, and the kubelet is given --node-ip explicitly.)
+in_ns ip route add blackhole default
 # Host -> pods and Services go through the veth into the namespace.
 ip route add "$TS_POD_CIDR" via "$TS_NODE_IP" dev "$TS_VETH_HOST"
 ip route add "$TS_SERVICE_CIDR" via "$TS_NODE_IP" dev "$TS_VETH_HOST"
