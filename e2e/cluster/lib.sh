@@ -59,7 +59,7 @@ pid_of() { local f="$TS_RUN/pids/$1.pid"; [[ -s $f ]] && cat "$f"; }
 # against pid reuse by checking its command line).
 proc_alive() {
   local pid; pid="$(pid_of "$1")" || return 1
-  [[ -r /proc/$pid/cmdline ]] || return 1
+  pid_running "$pid" || return 1
   tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$1"
 }
 
@@ -81,6 +81,14 @@ start_proc() {
   die "failed to start $name (see $logf)"
 }
 
+# pid_running PID: exists and is not a zombie (our components are re-parented
+# to PID 1 once up.sh exits, which may reap them only later).
+pid_running() {
+  local st
+  st="$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" || return 1
+  [[ -n $st && $st != Z && $st != X ]]
+}
+
 # stop_proc NAME [TIMEOUT]: TERM, then KILL after TIMEOUT seconds.
 stop_proc() {
   local name=$1 timeout=${2:-15} pid i
@@ -88,10 +96,10 @@ stop_proc() {
   if proc_alive "$name"; then
     kill -TERM "$pid" 2>/dev/null || true
     for ((i = 0; i < timeout * 10; i++)); do
-      [[ -d /proc/$pid ]] || break
+      pid_running "$pid" || break
       sleep 0.1
     done
-    if [[ -d /proc/$pid ]]; then
+    if pid_running "$pid"; then
       log "$name (pid $pid) did not stop; killing"
       kill -KILL "$pid" 2>/dev/null || true
       sleep 0.2

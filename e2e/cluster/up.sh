@@ -344,6 +344,8 @@ hostnameOverride: $TS_NODE_NAME
 clusterCIDR: $TS_POD_CIDR
 healthzBindAddress: 127.0.0.1:10256
 metricsBindAddress: 127.0.0.1:10249
+# NodePorts only on the node IP ($TS_NODE_IP, reachable from the host).
+nodePortAddresses: ["primary"]
 # Pod -> Service -> pod on the same bridge needs SNAT for the reply path.
 iptables:
   masqueradeAll: true
