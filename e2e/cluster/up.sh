@@ -57,7 +57,16 @@ COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler hostpath-
 kctl() { kubectl --kubeconfig "$TS_KUBECONFIG" "$@"; }
 
 print_result() {
-  log "cluster ready in $(( $(date +%s) - T0 ))s"
+  # Everything a test harness needs, in one sourceable file.
+  cat >"$TS_STATE/env" <<EOF
+export KUBECONFIG=$TS_KUBECONFIG
+export PATH=$BIN:\$PATH
+export TRADESTORE_E2E_API_SERVER=https://127.0.0.1:$TS_API_PORT
+export TRADESTORE_E2E_STORAGE_CLASS=standard
+export TRADESTORE_E2E_NODE=$TS_NODE_NAME
+export TRADESTORE_E2E_CONTAINERD_SOCK=$TS_RUN/containerd/containerd.sock
+EOF
+  log "cluster ready in $(( $(date +%s) - T0 ))s (kubectl: $BIN/kubectl; env: source $TS_STATE/env)"
   echo "KUBECONFIG=$TS_KUBECONFIG"
   echo "export KUBECONFIG=$TS_KUBECONFIG"
 }
