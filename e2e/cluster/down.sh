@@ -12,6 +12,11 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$HERE/lib.sh"
 [[ $EUID -eq 0 ]] || die "must run as root"
 export PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH"
+if [[ -z ${TS_LOCK_HELD:-} ]]; then
+  mkdir -p "$TS_CACHE"
+  exec 9>"$TS_CACHE/cluster.lock"
+  flock -w 900 9 || die "another up.sh/down.sh holds $TS_CACHE/cluster.lock"
+fi
 
 CTRD_SOCK="$TS_RUN/containerd/containerd.sock"
 K8S="$(ls -d "$TS_CACHE"/k8s-"$K8S_VERSION"-*/bin/k8s 2>/dev/null | head -n1)"

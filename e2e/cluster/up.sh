@@ -17,11 +17,17 @@ source "$HERE/lib.sh"
 T0=$(date +%s)
 export PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH"
 
+# One up.sh / down.sh at a time.
+mkdir -p "$TS_CACHE"
+exec 9>"$TS_CACHE/cluster.lock"
+flock -w 900 9 || die "another up.sh/down.sh holds $TS_CACHE/cluster.lock"
+export TS_LOCK_HELD=1
+
 # --------------------------------------------------------------------------
 # 1. Packages (Debian).
 # --------------------------------------------------------------------------
 PKGS=(containerd runc containernetworking-plugins iptables conntrack
-      busybox-static openssl iproute2 util-linux curl ca-certificates gcc libc6-dev tar)
+      busybox-static openssl iproute2 util-linux procps curl ca-certificates gcc libc6-dev tar)
 install_packages() {
   local missing=() p
   for p in "${PKGS[@]}"; do
@@ -85,6 +91,13 @@ if [[ -e $TS_NETNS_PATH || -d $TS_RUN || -d $TS_STATE ]]; then
   log "found a previous (partial) cluster; tearing it down first"
   "$HERE/down.sh"
 fi
+
+# Host ports the control plane needs must be free.
+for port in "$TS_API_PORT" "$TS_ETCD_PORT" "$TS_ETCD_PEER_PORT" 10257 10259; do
+  if ss -Hltn "sport = :$port" | grep -q .; then
+    die "TCP port $port is already in use on the host (ss -ltnp 'sport = :$port')"
+  fi
+done
 
 # --------------------------------------------------------------------------
 # 4. Network: namespace, veth pair to the host, blackhole default route.
