@@ -75,7 +75,7 @@ start_proc() {
   # setsid does not fork here (we are not a process-group leader), and bash
   # records its own pid before exec'ing the component, so the pid is exact.
   setsid "${pre[@]}" bash -c 'echo $$ >"$0.tmp" && mv "$0.tmp" "$0" && exec "$@"' \
-    "$pidf" "$@" >>"$logf" 2>&1 </dev/null &
+    "$pidf" "$@" >>"$logf" 2>&1 </dev/null 9>&- &
   local i
   for i in $(seq 100); do [[ -s $pidf ]] && return 0; sleep 0.1; done
   die "failed to start $name (see $logf)"
