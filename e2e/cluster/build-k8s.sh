@@ -17,7 +17,7 @@ source "$HERE/lib.sh"
 ensure_go
 
 src="$HERE/k8s"
-hash="$(cat "$src/go.mod" "$src/go.sum" "$src/main.go" | sha256sum | cut -c1-12)"
+hash="$(cd "$src" && cat go.mod go.sum $(LC_ALL=C ls ./*.go) | sha256sum | cut -c1-12)"
 out="$TS_CACHE/k8s-$K8S_VERSION-$hash"
 bin="$out/bin"
 
@@ -39,7 +39,7 @@ for pkg in k8s.io/client-go/pkg/version k8s.io/component-base/version; do
   ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
 done
 
-log "building Kubernetes $K8S_VERSION multi-call binary (cold: ~20 min on 2 cores; log: $out/build.log)"
+log "building Kubernetes $K8S_VERSION multi-call binary (cold: 10-25 min on 2 cores; log: $out/build.log)"
 start=$(date +%s)
 (
   cd "$src"
@@ -53,4 +53,8 @@ for c in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-prox
   ln -sfn k8s "$bin/$c"
 done
 log "built $bin/k8s in $(( $(date +%s) - start ))s"
+# Keep only this build (other versions / older module contents).
+for d in "$TS_CACHE"/k8s-v*; do
+  [[ $d == "$out" ]] || rm -rf "$d"
+done
 echo "$bin"
