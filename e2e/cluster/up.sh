@@ -53,6 +53,7 @@ IMAGES="$TS_CACHE/images-$img_hash"
 if [[ ! -f $IMAGES/busybox.tar || ! -f $IMAGES/pause.tar ]]; then
   log "building images into $IMAGES"
   "$HERE/images/build.sh" "$IMAGES"
+  for d in "$TS_CACHE"/images-*; do [[ $d == "$IMAGES" ]] || rm -rf "$d"; done
 fi
 
 # --------------------------------------------------------------------------
