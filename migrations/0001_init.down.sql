@@ -1,0 +1,2 @@
+DROP VIEW trade_state;
+DROP TABLE trades;

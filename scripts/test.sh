@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: installs what the tests need, builds
+# once (release profile only), runs unit, integration and crash tests.
+# Environment knobs: TRADESTORE_CRASH_KILLS (default 20).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/env.sh
+
+step() { printf '\n==> %s (%ss)\n' "$*" "$SECONDS"; }
+
+step "toolchain"
+cargo --version
+rustc --version
+
+step "format and lint"
+cargo fmt --all --check
+cargo clippy --release --locked --workspace --all-targets -- -D warnings
+
+step "tests"
+cargo test --release --locked --workspace --no-fail-fast 2>&1 | tee "$TRADESTORE_CACHE/last-test.log"
+test "${PIPESTATUS[0]}" -eq 0
+
+step "done"

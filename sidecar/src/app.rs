@@ -1,0 +1,108 @@
+//! Start-up wiring: open the file, migrate, load the hot state, start the writer
+//! and the read pool. [`App`] is the context every request handler receives.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::thread::JoinHandle;
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::error::Result;
+use crate::health::Health;
+use crate::metrics::Metrics;
+use crate::reader::{Reader, load_symbol_states};
+use crate::state::HotState;
+use crate::writer::{Writer, WriterHandle};
+use crate::{db, migrations};
+
+/// Shared context of a running sidecar.
+pub struct App {
+    /// Effective configuration.
+    pub cfg: Config,
+    /// The API token, when mutating routes are protected.
+    pub token: Option<String>,
+    /// Queue to the single writer.
+    pub writer: WriterHandle,
+    /// Read pool and hot state.
+    pub reader: Reader,
+    /// Metrics registry.
+    pub metrics: Arc<Metrics>,
+    /// Probe state.
+    pub health: Arc<Health>,
+    /// Schema version of the open file.
+    pub schema_version: i64,
+}
+
+/// The `/v1/status` document.
+#[derive(Debug, Serialize)]
+pub struct StatusDoc {
+    /// Schema version.
+    pub schema_version: i64,
+    /// Sequence of the last committed change.
+    pub last_seq: i64,
+    /// Rows in the trades table.
+    pub trade_rows: i64,
+    /// WAL size in bytes.
+    pub wal_bytes: u64,
+    /// Unix time of the last explicit checkpoint (0 = none since start).
+    pub last_checkpoint_unix: i64,
+    /// Writes waiting for the writer.
+    pub queue_depth: i64,
+    /// Readiness, with the reason when not ready.
+    pub ready: bool,
+    /// Why not ready, if so.
+    pub not_ready_reason: Option<String>,
+}
+
+impl App {
+    /// Opens and migrates the database, then starts the writer and the read pool.
+    /// Returns the context and the writer thread to join on shutdown.
+    pub fn start(cfg: Config, env: &HashMap<String, String>) -> Result<(Arc<App>, JoinHandle<()>)> {
+        let token = cfg.api_token(env)?;
+        let path = cfg.database_path();
+        let conn = db::open(&path, &cfg.duckdb)?;
+        let applied = migrations::up(&conn, migrations::embedded(), None)?;
+        let schema_version = migrations::status(&conn, migrations::embedded())?.current;
+        if !applied.is_empty() {
+            tracing::info!(?applied, schema_version, "applied migrations");
+        }
+        let state = Arc::new(RwLock::new(load_hot_state(&conn, cfg.writer.recent_trades)?));
+        let metrics = Arc::new(Metrics::new());
+        let health = Arc::new(Health::new(cfg.lifecycle.liveness_deadline));
+        health.beat();
+        let reader = Reader::new(conn.try_clone()?, cfg.reader.pool_size, cfg.reader.acquire_timeout, state.clone())?;
+        let (writer, join) = Writer::spawn(conn, &cfg, state, metrics.clone(), health.clone())?;
+        health.set_ready();
+        tracing::info!(db = %path.display(), schema_version, auth = token.is_some(), "store open");
+        Ok((Arc::new(App { cfg, token, writer, reader, metrics, health, schema_version }), join))
+    }
+
+    /// The current status document.
+    pub fn status(&self) -> StatusDoc {
+        let readiness = self.health.readiness();
+        StatusDoc {
+            schema_version: self.schema_version,
+            last_seq: self.metrics.last_seq.get(),
+            trade_rows: self.metrics.trade_rows.get(),
+            wal_bytes: db::wal_size(&self.cfg.database_path()),
+            last_checkpoint_unix: self.metrics.last_checkpoint.get(),
+            queue_depth: self.metrics.queue_depth.get(),
+            ready: readiness.is_ok(),
+            not_ready_reason: readiness.err(),
+        }
+    }
+}
+
+/// Builds the hot state from the `trade_state` view and the latest changes.
+fn load_hot_state(conn: &duckdb::Connection, recent: usize) -> Result<HotState> {
+    let symbols = load_symbol_states(conn)?;
+    let last_seq: i64 = conn.query_row("SELECT coalesce(max(seq), 0) FROM trades", [], |r| r.get(0))?;
+    let mut state = HotState::new(symbols, last_seq, recent);
+    let sql = format!("SELECT {} FROM (SELECT * FROM trades ORDER BY seq DESC LIMIT {recent}) ORDER BY seq", db::TRADE_COLUMNS);
+    let mut stmt = conn.prepare(&sql)?;
+    for t in stmt.query_map([], db::trade_from_row)? {
+        state.remember(t?);
+    }
+    Ok(state)
+}

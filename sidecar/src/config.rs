@@ -1,0 +1,377 @@
+//! Sidecar configuration: one YAML file plus `TRADESTORE_*` environment overrides,
+//! validated at start. Secrets never live in the file: the API token comes from
+//! `auth.token_file` (a mounted Secret) or the `TRADESTORE_API_TOKEN` variable.
+//!
+//! Environment overrides use `__` between levels, e.g.
+//! `TRADESTORE_DUCKDB__THREADS=8` or `TRADESTORE_LISTEN=0.0.0.0:8080`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Prefix of environment overrides.
+pub const ENV_PREFIX: &str = "TRADESTORE";
+/// Environment variable holding the API token (takes precedence over `auth.token_file`).
+pub const TOKEN_ENV: &str = "TRADESTORE_API_TOKEN";
+/// Environment variable naming the config file.
+pub const CONFIG_ENV: &str = "TRADESTORE_CONFIG";
+
+/// The whole sidecar configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Directory holding the database file (and later snapshots).
+    pub data_dir: PathBuf,
+    /// Database file name inside `data_dir`.
+    pub database_file: String,
+    /// Address the HTTP API listens on.
+    pub listen: SocketAddr,
+    /// Logging.
+    pub log: LogConfig,
+    /// DuckDB settings.
+    pub duckdb: DuckdbConfig,
+    /// The write path.
+    pub writer: WriterConfig,
+    /// The read path.
+    pub reader: ReaderConfig,
+    /// HTTP limits.
+    pub http: HttpConfig,
+    /// Authentication of mutating routes.
+    pub auth: AuthConfig,
+    /// Liveness and shutdown timing.
+    pub lifecycle: LifecycleConfig,
+}
+
+/// Log output.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `tradestore_sidecar=debug`.
+    pub level: String,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// DuckDB engine and durability settings (see docs/durability.md for how the seed
+/// PRAGMAs map onto these).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DuckdbConfig {
+    /// `SET threads` (seed: 4).
+    pub threads: u32,
+    /// `SET memory_limit`, e.g. `1GiB`; DuckDB's default (80% of RAM) when unset.
+    pub memory_limit: Option<String>,
+    /// `SET checkpoint_threshold` in bytes (`wal_autocheckpoint` is its alias):
+    /// DuckDB checkpoints automatically once the WAL passes it.
+    pub checkpoint_threshold_bytes: u64,
+    /// The writer runs an explicit `CHECKPOINT` after this many commits
+    /// (seed: 5,000 transactions). 0 disables the count trigger.
+    pub checkpoint_every_commits: u64,
+    /// Hard ceiling: the writer checkpoints whenever the WAL file exceeds this (seed: 256 MB).
+    pub max_wal_bytes: u64,
+}
+
+/// The single writer and its queue.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WriterConfig {
+    /// How many group-commit batches may wait behind the one being committed
+    /// (seed `queue_size: 10`). The queue holds `queue_batches × max_batch_requests`
+    /// requests; when full, writes get 503 with Retry-After.
+    pub queue_batches: usize,
+    /// Most requests folded into one transaction.
+    pub max_batch_requests: usize,
+    /// Committed trades kept in memory for hot reads.
+    pub recent_trades: usize,
+}
+
+/// Read connections.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReaderConfig {
+    /// Read connection pool size (seed: 10).
+    pub pool_size: u32,
+    /// How long a read waits for a free connection before 503.
+    #[serde(with = "humantime_serde")]
+    pub acquire_timeout: Duration,
+    /// Most trades one list request returns.
+    pub max_list_limit: usize,
+}
+
+/// HTTP request limits.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Largest accepted request body.
+    pub max_body_bytes: u64,
+    /// Most trades in one batch insert.
+    pub max_batch_trades: usize,
+    /// How long a write waits for its commit before answering 503 (the write
+    /// may still commit; the client should re-read before retrying).
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
+}
+
+/// Bearer-token authentication.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// File holding the token (e.g. a mounted Kubernetes Secret). Mutating routes
+    /// require `Authorization: Bearer <token>` when a token is configured.
+    pub token_file: Option<PathBuf>,
+    /// Also require the token for reads.
+    pub protect_reads: bool,
+}
+
+/// Liveness deadline and shutdown grace.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LifecycleConfig {
+    /// `/healthz` fails when the writer has not made progress for this long
+    /// (seed: unresponsive 10 s → restart).
+    #[serde(with = "humantime_serde")]
+    pub liveness_deadline: Duration,
+    /// On SIGTERM: finish queued writes, checkpoint and exit within this time.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./data"),
+            database_file: "trades.duckdb".into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            log: LogConfig::default(),
+            duckdb: DuckdbConfig::default(),
+            writer: WriterConfig::default(),
+            reader: ReaderConfig::default(),
+            http: HttpConfig::default(),
+            auth: AuthConfig::default(),
+            lifecycle: LifecycleConfig::default(),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { format: LogFormat::Text, level: "info".into() }
+    }
+}
+
+impl Default for DuckdbConfig {
+    fn default() -> Self {
+        DuckdbConfig {
+            threads: 4,
+            memory_limit: None,
+            checkpoint_threshold_bytes: 16 * 1024 * 1024,
+            checkpoint_every_commits: 5_000,
+            max_wal_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        WriterConfig { queue_batches: 10, max_batch_requests: 256, recent_trades: 10_000 }
+    }
+}
+
+impl Default for ReaderConfig {
+    fn default() -> Self {
+        ReaderConfig { pool_size: 10, acquire_timeout: Duration::from_secs(2), max_list_limit: 10_000 }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { max_body_bytes: 4 * 1024 * 1024, max_batch_trades: 10_000, write_timeout: Duration::from_secs(10) }
+    }
+}
+
+impl Default for LifecycleConfig {
+    fn default() -> Self {
+        LifecycleConfig { liveness_deadline: Duration::from_secs(10), shutdown_grace: Duration::from_secs(25) }
+    }
+}
+
+impl Config {
+    /// Loads the file (if any), applies environment overrides from `env`, validates.
+    pub fn load(file: Option<&Path>, env: HashMap<String, String>) -> Result<Self> {
+        let mut builder = config::Config::builder()
+            .add_source(config::Config::try_from(&Config::default()).map_err(|e| Error::Config(e.to_string()))?);
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(Error::Config(format!("config file {} does not exist", path.display())));
+            }
+            builder = builder.add_source(config::File::from(path).format(config::FileFormat::Yaml));
+        }
+        let overrides: HashMap<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}_")) && k != TOKEN_ENV && k != CONFIG_ENV)
+            .collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator("_")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(overrides)),
+        );
+        let cfg: Config = builder
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| Error::Config(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks ranges and cross-field rules.
+    pub fn validate(&self) -> Result<()> {
+        fn bad(msg: String) -> Result<()> {
+            Err(Error::Config(msg))
+        }
+        let d = &self.duckdb;
+        if !(1..=256).contains(&d.threads) {
+            return bad(format!("duckdb.threads must be 1..=256, got {}", d.threads));
+        }
+        if d.checkpoint_threshold_bytes < 64 * 1024 {
+            return bad("duckdb.checkpoint_threshold_bytes must be at least 65536".into());
+        }
+        if d.max_wal_bytes < d.checkpoint_threshold_bytes {
+            return bad("duckdb.max_wal_bytes must be >= duckdb.checkpoint_threshold_bytes".into());
+        }
+        if let Some(m) = &d.memory_limit
+            && (m.is_empty() || !m.chars().all(|c| c.is_ascii_alphanumeric() || c == '.'))
+        {
+            return bad(format!("duckdb.memory_limit {m:?} is not a size like 512MiB or 2GB"));
+        }
+        if self.writer.queue_batches == 0 || self.writer.max_batch_requests == 0 {
+            return bad("writer.queue_batches and writer.max_batch_requests must be >= 1".into());
+        }
+        if self.reader.pool_size == 0 || self.reader.pool_size > 256 {
+            return bad("reader.pool_size must be 1..=256".into());
+        }
+        if self.reader.max_list_limit == 0 || self.http.max_batch_trades == 0 {
+            return bad("reader.max_list_limit and http.max_batch_trades must be >= 1".into());
+        }
+        if self.http.max_body_bytes < 1024 {
+            return bad("http.max_body_bytes must be at least 1024".into());
+        }
+        if self.database_file.is_empty() || self.database_file.contains('/') {
+            return bad("database_file must be a plain file name".into());
+        }
+        if self.lifecycle.liveness_deadline < Duration::from_secs(1) {
+            return bad("lifecycle.liveness_deadline must be at least 1s".into());
+        }
+        Ok(())
+    }
+
+    /// Full path of the database file.
+    pub fn database_path(&self) -> PathBuf {
+        self.data_dir.join(&self.database_file)
+    }
+
+    /// Capacity of the writer queue in requests.
+    pub fn queue_capacity(&self) -> usize {
+        self.writer.queue_batches * self.writer.max_batch_requests
+    }
+
+    /// Reads the API token: the environment first, then `auth.token_file`.
+    pub fn api_token(&self, env: &HashMap<String, String>) -> Result<Option<String>> {
+        if let Some(t) = env.get(TOKEN_ENV) {
+            return non_empty(t.trim(), TOKEN_ENV).map(Some);
+        }
+        match &self.auth.token_file {
+            None => Ok(None),
+            Some(path) => {
+                let raw = std::fs::read_to_string(path)
+                    .map_err(|e| Error::Config(format!("auth.token_file {}: {e}", path.display())))?;
+                non_empty(raw.trim(), &path.display().to_string()).map(Some)
+            }
+        }
+    }
+}
+
+fn non_empty(token: &str, source: &str) -> Result<String> {
+    if token.len() < 16 {
+        return Err(Error::Config(format!("API token from {source} must be at least 16 characters")));
+    }
+    Ok(token.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn write(yaml: &str) -> tempfile::NamedTempFile {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), yaml).unwrap();
+        f
+    }
+
+    #[test]
+    fn defaults_follow_the_seeds() {
+        let c = Config::load(None, HashMap::new()).unwrap();
+        assert_eq!(c.duckdb.threads, 4);
+        assert_eq!(c.writer.queue_batches, 10);
+        assert_eq!(c.reader.pool_size, 10);
+        assert_eq!(c.duckdb.checkpoint_every_commits, 5_000);
+        assert_eq!(c.duckdb.max_wal_bytes, 256 * 1024 * 1024);
+        assert_eq!(c.lifecycle.liveness_deadline, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn file_then_environment_override() {
+        let f = write("duckdb:\n  threads: 2\nlifecycle:\n  shutdown_grace: 5s\nlisten: 0.0.0.0:9000\n");
+        let c = Config::load(Some(f.path()), env(&[("TRADESTORE_DUCKDB__THREADS", "8"), ("OTHER", "x")])).unwrap();
+        assert_eq!(c.duckdb.threads, 8);
+        assert_eq!(c.lifecycle.shutdown_grace, Duration::from_secs(5));
+        assert_eq!(c.listen.port(), 9000);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_clear_errors() {
+        let typo = write("duckdb:\n  thread: 2\n");
+        let e = Config::load(Some(typo.path()), HashMap::new()).unwrap_err().to_string();
+        assert!(e.contains("thread"), "{e}");
+        let range = write("duckdb:\n  threads: 0\n");
+        let e = Config::load(Some(range.path()), HashMap::new()).unwrap_err().to_string();
+        assert!(e.contains("duckdb.threads"), "{e}");
+        let e = Config::load(None, env(&[("TRADESTORE_LISTEN", "nope")])).unwrap_err().to_string();
+        assert!(e.contains("listen"), "{e}");
+        let e = Config::load(Some(Path::new("/nonexistent.yaml")), HashMap::new()).unwrap_err().to_string();
+        assert!(e.contains("does not exist"), "{e}");
+    }
+
+    #[test]
+    fn token_comes_from_env_or_file_and_must_be_long_enough() {
+        let c = Config::load(None, HashMap::new()).unwrap();
+        assert_eq!(c.api_token(&HashMap::new()).unwrap(), None);
+        let e = env(&[(TOKEN_ENV, "0123456789abcdef")]);
+        assert_eq!(c.api_token(&e).unwrap().as_deref(), Some("0123456789abcdef"));
+        assert!(c.api_token(&env(&[(TOKEN_ENV, "short")])).is_err());
+        let f = write("fedcba9876543210\n");
+        let mut c2 = c.clone();
+        c2.auth.token_file = Some(f.path().to_path_buf());
+        assert_eq!(c2.api_token(&HashMap::new()).unwrap().as_deref(), Some("fedcba9876543210"));
+    }
+}

@@ -1,0 +1,71 @@
+//! Opening the DuckDB file and mapping rows to [`Trade`]s.
+
+use std::path::{Path, PathBuf};
+
+use duckdb::types::{TimeUnit, Value};
+use duckdb::{Connection, Row};
+
+use crate::config::DuckdbConfig;
+use crate::error::{Error, Result};
+use crate::model::{Side, Status, Trade};
+
+/// Columns selected by [`trade_from_row`], in order.
+pub const TRADE_COLUMNS: &str = "id, symbol, side, quantity, price, status, epoch_us(ts), version, seq, \
+     epoch_us(created_at), epoch_us(updated_at)";
+
+/// Opens (or creates) the database file with the configured engine settings.
+pub fn open(path: &Path, cfg: &DuckdbConfig) -> Result<Connection> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut flags = duckdb::Config::default()
+        .threads(i64::from(cfg.threads))?
+        .enable_autoload_extension(false)?;
+    if let Some(limit) = &cfg.memory_limit {
+        flags = flags.max_memory(limit)?;
+    }
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| {
+        Error::Internal(format!("cannot open database {}: {e}", path.display()))
+    })?;
+    conn.execute_batch(&format!("SET checkpoint_threshold = '{}B';", cfg.checkpoint_threshold_bytes))?;
+    Ok(conn)
+}
+
+/// Path of the write-ahead log DuckDB keeps next to the database file.
+pub fn wal_path(db: &Path) -> PathBuf {
+    let mut p = db.as_os_str().to_owned();
+    p.push(".wal");
+    PathBuf::from(p)
+}
+
+/// Current WAL size in bytes (0 when there is none).
+pub fn wal_size(db: &Path) -> u64 {
+    std::fs::metadata(wal_path(db)).map(|m| m.len()).unwrap_or(0)
+}
+
+/// Maps a row selected with [`TRADE_COLUMNS`].
+pub fn trade_from_row(row: &Row<'_>) -> duckdb::Result<Trade> {
+    let side: String = row.get(2)?;
+    let status: String = row.get(5)?;
+    let bad = |what: &str, v: &str| {
+        duckdb::Error::FromSqlConversionFailure(0, duckdb::types::Type::Text, format!("bad {what} {v:?}").into())
+    };
+    Ok(Trade {
+        id: row.get(0)?,
+        symbol: row.get(1)?,
+        side: Side::parse(&side).ok_or_else(|| bad("side", &side))?,
+        quantity: row.get(3)?,
+        price: row.get(4)?,
+        status: Status::parse(&status).ok_or_else(|| bad("status", &status))?,
+        ts: row.get(6)?,
+        version: row.get(7)?,
+        seq: row.get(8)?,
+        created_at: row.get(9)?,
+        updated_at: row.get(10)?,
+    })
+}
+
+/// A timestamp parameter from epoch microseconds.
+pub fn timestamp(micros: i64) -> Value {
+    Value::Timestamp(TimeUnit::Microsecond, micros)
+}

@@ -1,0 +1,44 @@
+//! The sidecar's one error type.
+
+use crate::model::FieldError;
+
+/// Everything that can go wrong in the sidecar.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Invalid or unreadable configuration.
+    #[error("configuration error: {0}")]
+    Config(String),
+    /// The database file's schema does not fit this binary.
+    #[error("migration error: {0}")]
+    Migration(String),
+    /// A DuckDB call failed.
+    #[error("database error: {0}")]
+    Db(#[from] duckdb::Error),
+    /// A filesystem or network call failed.
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The request is malformed.
+    #[error("invalid request: {0}")]
+    Invalid(FieldError),
+    /// The trade does not exist.
+    #[error("trade {0} not found")]
+    NotFound(String),
+    /// The change conflicts with the stored state (duplicate id, stale version,
+    /// cancelled trade); carries the current trade when there is one.
+    #[error("conflict: {reason}")]
+    Conflict {
+        /// Why the change was refused.
+        reason: String,
+        /// The trade as currently stored.
+        current: Option<Box<crate::model::Trade>>,
+    },
+    /// The service cannot take the request now (queue full, shutting down, pool busy).
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// An invariant broke; a bug or a damaged file.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Result with the sidecar's error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,158 @@
+//! The HTTP API (warp): routes, request parsing, auth, limits and per-route metrics.
+//!
+//! | route | what |
+//! |---|---|
+//! | `POST /v1/trades` | insert one trade |
+//! | `POST /v1/trades/batch` | insert `{"trades": [...]}` atomically |
+//! | `GET /v1/trades/{id}` | one trade |
+//! | `GET /v1/trades?symbol=S&from=&to=&limit=&cursor=&include_cancelled=` | list by symbol and time |
+//! | `PATCH /v1/trades/{id}` | change a trade; body has `expected_version` |
+//! | `DELETE /v1/trades/{id}?expected_version=N` | cancel a trade |
+//! | `GET /v1/state`, `GET /v1/state/{symbol}` | position and average prices |
+//! | `GET /v1/status` | store facts for operators |
+//! | `GET /healthz`, `/readyz`, `/metrics` | probes and Prometheus |
+
+mod auth;
+mod ops;
+mod reply;
+mod trades;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use warp::http::StatusCode;
+use warp::hyper::body::Bytes;
+use warp::reply::Response;
+use warp::{Filter, Rejection};
+
+use crate::app::App;
+use crate::error::Error;
+use crate::model::FieldError;
+
+/// All routes, with rejections turned into JSON errors.
+pub fn routes(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+    let limit = app.cfg.http.max_body_bytes;
+    let with_app = warp::any().map(move || app.clone());
+    let auth = warp::header::optional::<String>("authorization");
+    let body = warp::body::content_length_limit(limit).and(warp::body::bytes());
+    let query = warp::query::<std::collections::HashMap<String, String>>();
+
+    let insert = warp::path!("v1" / "trades")
+        .and(warp::post())
+        .and(with_app.clone())
+        .and(auth)
+        .and(body)
+        .then(trades::insert);
+    let batch = warp::path!("v1" / "trades" / "batch")
+        .and(warp::post())
+        .and(with_app.clone())
+        .and(auth)
+        .and(body)
+        .then(trades::insert_batch);
+    let get = warp::path!("v1" / "trades" / String)
+        .and(warp::get())
+        .and(with_app.clone())
+        .and(auth)
+        .then(trades::get);
+    let list = warp::path!("v1" / "trades")
+        .and(warp::get())
+        .and(with_app.clone())
+        .and(auth)
+        .and(query)
+        .then(trades::list);
+    let patch = warp::path!("v1" / "trades" / String)
+        .and(warp::patch())
+        .and(with_app.clone())
+        .and(auth)
+        .and(body)
+        .then(trades::patch);
+    let cancel = warp::path!("v1" / "trades" / String)
+        .and(warp::delete())
+        .and(with_app.clone())
+        .and(auth)
+        .and(query)
+        .then(trades::cancel);
+    let state_all = warp::path!("v1" / "state")
+        .and(warp::get())
+        .and(with_app.clone())
+        .and(auth)
+        .then(trades::state_all);
+    let state_one = warp::path!("v1" / "state" / String)
+        .and(warp::get())
+        .and(with_app.clone())
+        .and(auth)
+        .then(trades::state_one);
+    let status = warp::path!("v1" / "status").and(warp::get()).and(with_app.clone()).then(ops::status);
+    let healthz = warp::path!("healthz").and(warp::get()).and(with_app.clone()).then(ops::healthz);
+    let readyz = warp::path!("readyz").and(warp::get()).and(with_app.clone()).then(ops::readyz);
+    let metrics = warp::path!("metrics").and(warp::get()).and(with_app).then(ops::metrics);
+
+    batch
+        .or(insert)
+        .unify()
+        .or(list)
+        .unify()
+        .or(get)
+        .unify()
+        .or(patch)
+        .unify()
+        .or(cancel)
+        .unify()
+        .or(state_all)
+        .unify()
+        .or(state_one)
+        .unify()
+        .or(status)
+        .unify()
+        .or(healthz)
+        .unify()
+        .or(readyz)
+        .unify()
+        .or(metrics)
+        .unify()
+        .recover(recover)
+        .unify()
+}
+
+/// Runs `handler`, recording its status and latency under `route`.
+async fn observed(app: &App, route: &'static str, method: &'static str, handler: impl Future<Output = Response>) -> Response {
+    let start = Instant::now();
+    let response = handler.await;
+    app.metrics.http_duration.with_label_values(&[route]).observe(start.elapsed().as_secs_f64());
+    app.metrics
+        .http_requests
+        .with_label_values(&[route, method, response.status().as_str()])
+        .inc();
+    response
+}
+
+/// Parses a JSON body, naming the field at fault in the error.
+fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, Error> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." { "body".to_string() } else { path };
+        Error::Invalid(FieldError { field, message: e.into_inner().to_string() })
+    })
+}
+
+async fn recover(r: Rejection) -> Result<Response, Infallible> {
+    let (status, code, msg) = if r.is_not_found() {
+        (StatusCode::NOT_FOUND, "not_found", "no such route".to_string())
+    } else if r.find::<warp::reject::PayloadTooLarge>().is_some() {
+        (StatusCode::PAYLOAD_TOO_LARGE, "too_large", "request body too large".to_string())
+    } else if r.find::<warp::reject::LengthRequired>().is_some() {
+        (StatusCode::LENGTH_REQUIRED, "length_required", "Content-Length is required".to_string())
+    } else if r.find::<warp::reject::MethodNotAllowed>().is_some() {
+        (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route".to_string())
+    } else if let Some(e) = r.find::<warp::reject::InvalidQuery>() {
+        (StatusCode::BAD_REQUEST, "invalid", format!("bad query string: {e}"))
+    } else if let Some(e) = r.find::<warp::reject::InvalidHeader>() {
+        (StatusCode::BAD_REQUEST, "invalid", e.to_string())
+    } else {
+        (StatusCode::BAD_REQUEST, "invalid", format!("{r:?}"))
+    };
+    Ok(reply::error(status, code, msg))
+}

@@ -1,0 +1,19 @@
+//! TradeStore sidecar: owns one DuckDB trade database file and serves it over HTTP.
+//!
+//! Write path: `http` → [`writer`] (bounded queue, group commit, the one read-write
+//! connection) → DuckDB file (WAL fsync) → acknowledgement. Read path: [`reader`]
+//! (connection pool) and the writer's in-memory [`state`].
+
+pub mod app;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod health;
+pub mod http;
+pub mod metrics;
+pub mod migrations;
+pub mod model;
+pub mod reader;
+pub mod shutdown;
+pub mod state;
+pub mod writer;

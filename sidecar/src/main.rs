@@ -1,0 +1,149 @@
+//! The `sidecar` command: serve the store, or manage its schema by hand.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tradestore_sidecar::config::{CONFIG_ENV, Config, LogFormat};
+use tradestore_sidecar::error::{Error, Result};
+use tradestore_sidecar::{app::App, db, http, migrations, shutdown};
+
+#[derive(Parser)]
+#[command(name = "sidecar", version, about = "TradeStore DuckDB sidecar")]
+struct Cli {
+    /// YAML config file (defaults apply without one; TRADESTORE_* variables override).
+    #[arg(long, short, env = CONFIG_ENV, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the HTTP API (the default).
+    Serve,
+    /// Inspect or change the schema version (the sidecar must not be running).
+    Migrate {
+        #[command(subcommand)]
+        action: MigrateAction,
+    },
+    /// Validate the configuration and print the effective values as JSON.
+    Config,
+}
+
+#[derive(Subcommand)]
+enum MigrateAction {
+    /// Show applied and pending migrations.
+    Status,
+    /// Apply pending migrations (up to --to).
+    Up {
+        /// Stop at this version.
+        #[arg(long)]
+        to: Option<i64>,
+    },
+    /// Roll back to version --to (0 = empty schema).
+    Down {
+        /// Target version.
+        #[arg(long)]
+        to: i64,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let env: HashMap<String, String> = std::env::vars().collect();
+    let cfg = match Config::load(cli.config.as_deref(), env.clone()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sidecar: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&cfg);
+    let result = match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(cfg, env),
+        Command::Migrate { action } => migrate(&cfg, action),
+        Command::Config => {
+            println!("{}", serde_json::to_string_pretty(&cfg).expect("config serializes"));
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("sidecar: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(cfg: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log.level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cfg.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn migrate(cfg: &Config, action: MigrateAction) -> Result<()> {
+    let conn = db::open(&cfg.database_path(), &cfg.duckdb)?;
+    let known = migrations::embedded();
+    match action {
+        MigrateAction::Status => {
+            let st = migrations::status(&conn, known)?;
+            println!("{}", serde_json::to_string_pretty(&st).expect("status serializes"));
+            migrations::check(&conn, known)?;
+        }
+        MigrateAction::Up { to } => {
+            let done = migrations::up(&conn, known, to)?;
+            println!("applied: {done:?}");
+        }
+        MigrateAction::Down { to } => {
+            let done = migrations::down(&conn, known, to)?;
+            println!("rolled back: {done:?}");
+        }
+    }
+    conn.execute_batch("CHECKPOINT")?;
+    Ok(())
+}
+
+fn serve(cfg: Config, env: HashMap<String, String>) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let listen = cfg.listen;
+        let grace = cfg.lifecycle.shutdown_grace;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| Error::Config(format!("cannot listen on {listen}: {e}")))?;
+        let (app, writer_thread) = App::start(cfg, &env)?;
+        tracing::info!(addr = %listener.local_addr()?, "listening");
+        let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = warp::serve(http::routes(app.clone()))
+            .incoming(listener)
+            .graceful(async move {
+                let _ = http_stopped.await;
+            })
+            .run();
+        let server = tokio::spawn(server);
+        let signal = shutdown::signalled().await;
+        tracing::info!(signal, grace = ?grace, "shutting down");
+        shutdown::begin(&app);
+        let _ = stop_http.send(());
+        let drained = tokio::time::timeout(grace, async {
+            let _ = server.await;
+            shutdown::finish_writer(app, writer_thread).await;
+        })
+        .await;
+        match drained {
+            Ok(()) => {
+                tracing::info!("stopped cleanly");
+                Ok(())
+            }
+            Err(_) => Err(Error::Internal(format!("shutdown did not finish within {grace:?}"))),
+        }
+    })
+}

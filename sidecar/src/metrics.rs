@@ -1,0 +1,119 @@
+//! Prometheus metrics of the sidecar, registered in one place.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+
+/// Every metric the sidecar exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by route, method and status code.
+    pub http_requests: IntCounterVec,
+    /// Request latency by route.
+    pub http_duration: HistogramVec,
+    /// Time from BEGIN to durable COMMIT of one group commit.
+    pub commit_duration: Histogram,
+    /// Requests folded into one commit.
+    pub batch_requests: Histogram,
+    /// Committed transactions.
+    pub commits: IntCounter,
+    /// Group commits that failed and were retried request by request.
+    pub batch_fallbacks: IntCounter,
+    /// Writes refused before reaching the writer, by reason.
+    pub writes_rejected: IntCounterVec,
+    /// Requests waiting in the writer queue.
+    pub queue_depth: IntGauge,
+    /// Rows in the trades table.
+    pub trade_rows: IntGauge,
+    /// Sequence number of the last committed change.
+    pub last_seq: IntGauge,
+    /// WAL file size in bytes.
+    pub wal_bytes: IntGauge,
+    /// Unix time of the last explicit checkpoint.
+    pub last_checkpoint: IntGauge,
+    /// Explicit checkpoints run.
+    pub checkpoints: IntCounter,
+}
+
+const LATENCY_BUCKETS: &[f64] =
+    &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+impl Metrics {
+    /// Creates and registers all metrics.
+    pub fn new() -> Self {
+        let registry = Registry::new_custom(Some("tradestore".into()), None).expect("valid prefix");
+        let m = Metrics {
+            http_requests: IntCounterVec::new(
+                Opts::new("http_requests_total", "HTTP requests by route, method and status"),
+                &["route", "method", "status"],
+            )
+            .unwrap(),
+            http_duration: HistogramVec::new(
+                HistogramOpts::new("http_request_duration_seconds", "HTTP request latency by route")
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                &["route"],
+            )
+            .unwrap(),
+            commit_duration: Histogram::with_opts(
+                HistogramOpts::new("writer_commit_duration_seconds", "BEGIN to durable COMMIT of one group commit")
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+            )
+            .unwrap(),
+            batch_requests: Histogram::with_opts(
+                HistogramOpts::new("writer_batch_requests", "Requests folded into one commit")
+                    .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0]),
+            )
+            .unwrap(),
+            commits: IntCounter::new("writer_commits_total", "Committed transactions").unwrap(),
+            batch_fallbacks: IntCounter::new(
+                "writer_batch_fallbacks_total",
+                "Group commits retried request by request after an error",
+            )
+            .unwrap(),
+            writes_rejected: IntCounterVec::new(
+                Opts::new("writer_rejected_total", "Writes refused before reaching the writer"),
+                &["reason"],
+            )
+            .unwrap(),
+            queue_depth: IntGauge::new("writer_queue_depth", "Requests waiting for the writer").unwrap(),
+            trade_rows: IntGauge::new("trades_rows", "Rows in the trades table").unwrap(),
+            last_seq: IntGauge::new("last_commit_seq", "Sequence of the last committed change").unwrap(),
+            wal_bytes: IntGauge::new("duckdb_wal_bytes", "Size of the DuckDB WAL file").unwrap(),
+            last_checkpoint: IntGauge::new(
+                "duckdb_last_checkpoint_timestamp_seconds",
+                "Unix time of the last explicit checkpoint",
+            )
+            .unwrap(),
+            checkpoints: IntCounter::new("duckdb_checkpoints_total", "Explicit checkpoints run").unwrap(),
+            registry,
+        };
+        let r = &m.registry;
+        r.register(Box::new(m.http_requests.clone())).unwrap();
+        r.register(Box::new(m.http_duration.clone())).unwrap();
+        r.register(Box::new(m.commit_duration.clone())).unwrap();
+        r.register(Box::new(m.batch_requests.clone())).unwrap();
+        r.register(Box::new(m.commits.clone())).unwrap();
+        r.register(Box::new(m.batch_fallbacks.clone())).unwrap();
+        r.register(Box::new(m.writes_rejected.clone())).unwrap();
+        r.register(Box::new(m.queue_depth.clone())).unwrap();
+        r.register(Box::new(m.trade_rows.clone())).unwrap();
+        r.register(Box::new(m.last_seq.clone())).unwrap();
+        r.register(Box::new(m.wal_bytes.clone())).unwrap();
+        r.register(Box::new(m.last_checkpoint.clone())).unwrap();
+        r.register(Box::new(m.checkpoints.clone())).unwrap();
+        m
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding cannot fail");
+        String::from_utf8(buf).expect("metrics are UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

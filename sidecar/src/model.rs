@@ -1,0 +1,388 @@
+//! The trade data model and its validation rules (pure; no I/O).
+//!
+//! Times are carried as microseconds since the Unix epoch (UTC) internally and as
+//! RFC 3339 strings on the wire.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Longest accepted trade id.
+pub const MAX_ID_LEN: usize = 64;
+/// Longest accepted symbol (also enforced by the schema).
+pub const MAX_SYMBOL_LEN: usize = 32;
+/// Largest accepted quantity; keeps sums far away from f64 precision trouble.
+pub const MAX_QUANTITY: f64 = 1e12;
+/// Largest accepted absolute price.
+pub const MAX_ABS_PRICE: f64 = 1e12;
+
+/// Buy or sell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    /// Increases the position.
+    Buy,
+    /// Decreases the position.
+    Sell,
+}
+
+/// Lifecycle of a trade. Only `filled` trades count towards the trade state;
+/// `cancelled` is terminal and kept as a tombstone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Booked but not executed yet.
+    Pending,
+    /// Executed; counts towards the position.
+    Filled,
+    /// Cancelled; terminal.
+    Cancelled,
+}
+
+impl Side {
+    /// The name stored in the database and used on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Buy => "buy",
+            Side::Sell => "sell",
+        }
+    }
+
+    /// Parses the stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "buy" => Some(Side::Buy),
+            "sell" => Some(Side::Sell),
+            _ => None,
+        }
+    }
+}
+
+impl Status {
+    /// The name stored in the database and used on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Filled => "filled",
+            Status::Cancelled => "cancelled",
+        }
+    }
+
+    /// Parses the stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pending" => Some(Status::Pending),
+            "filled" => Some(Status::Filled),
+            "cancelled" => Some(Status::Cancelled),
+            _ => None,
+        }
+    }
+}
+
+/// A stored trade: what the API returns and what the database row holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Trade {
+    /// Client-chosen (or generated) unique id.
+    pub id: String,
+    /// Instrument symbol.
+    pub symbol: String,
+    /// Buy or sell.
+    pub side: Side,
+    /// Positive quantity.
+    pub quantity: f64,
+    /// Finite price.
+    pub price: f64,
+    /// Lifecycle status.
+    pub status: Status,
+    /// Trade time.
+    #[serde(with = "micros_rfc3339")]
+    pub ts: i64,
+    /// Optimistic-concurrency version; 1 on insert, +1 per change.
+    pub version: i64,
+    /// Commit sequence of the last change (for incremental sync).
+    pub seq: i64,
+    /// When the trade was first stored.
+    #[serde(with = "micros_rfc3339")]
+    pub created_at: i64,
+    /// When the trade was last changed.
+    #[serde(with = "micros_rfc3339")]
+    pub updated_at: i64,
+}
+
+/// A trade as submitted for insertion.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewTrade {
+    /// Optional id; a time-ordered UUID is generated when absent.
+    pub id: Option<String>,
+    /// Instrument symbol.
+    pub symbol: String,
+    /// Buy or sell.
+    pub side: Side,
+    /// Positive quantity.
+    pub quantity: f64,
+    /// Finite price.
+    pub price: f64,
+    /// Defaults to `filled`; `cancelled` is not accepted on insert.
+    pub status: Option<Status>,
+    /// Trade time; defaults to the time the sidecar received it.
+    #[serde(default, with = "opt_micros_rfc3339")]
+    pub ts: Option<i64>,
+}
+
+/// A change to an existing trade, guarded by the version the client last saw.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TradePatch {
+    /// The version the client expects the trade to have; a mismatch is a conflict.
+    pub expected_version: i64,
+    /// New symbol.
+    pub symbol: Option<String>,
+    /// New side.
+    pub side: Option<Side>,
+    /// New quantity.
+    pub quantity: Option<f64>,
+    /// New price.
+    pub price: Option<f64>,
+    /// New status (`cancelled` cancels the trade).
+    pub status: Option<Status>,
+    /// New trade time.
+    #[serde(default, with = "opt_micros_rfc3339")]
+    pub ts: Option<i64>,
+}
+
+/// A validation failure, naming the field at fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// JSON path of the offending field, e.g. `trades[3].quantity`.
+    pub field: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl FieldError {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        FieldError { field: field.into(), message: message.into() }
+    }
+
+    /// Prefixes the field path, e.g. for an element of a batch.
+    pub fn within(mut self, prefix: &str) -> Self {
+        self.field = format!("{prefix}.{}", self.field);
+        self
+    }
+}
+
+impl std::fmt::Display for FieldError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+fn check_token(field: &str, value: &str, max: usize, extra: &[char]) -> Result<(), FieldError> {
+    if value.is_empty() || value.len() > max {
+        return Err(FieldError::new(field, format!("must be 1 to {max} characters")));
+    }
+    if let Some(bad) = value.chars().find(|c| !(c.is_ascii_alphanumeric() || extra.contains(c))) {
+        return Err(FieldError::new(
+            field,
+            format!("character {bad:?} not allowed (letters, digits and {extra:?} only)"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a trade id: 1–64 of `A-Za-z0-9._:-`.
+pub fn validate_id(id: &str) -> Result<(), FieldError> {
+    check_token("id", id, MAX_ID_LEN, &['.', '_', ':', '-'])
+}
+
+fn validate_symbol(symbol: &str) -> Result<(), FieldError> {
+    check_token("symbol", symbol, MAX_SYMBOL_LEN, &['.', '_', ':', '-', '/'])
+}
+
+fn validate_quantity(q: f64) -> Result<(), FieldError> {
+    if !q.is_finite() || q <= 0.0 || q > MAX_QUANTITY {
+        return Err(FieldError::new("quantity", format!("must be > 0 and <= {MAX_QUANTITY}")));
+    }
+    Ok(())
+}
+
+fn validate_price(p: f64) -> Result<(), FieldError> {
+    if !p.is_finite() || p.abs() > MAX_ABS_PRICE {
+        return Err(FieldError::new("price", format!("must be finite with |price| <= {MAX_ABS_PRICE}")));
+    }
+    Ok(())
+}
+
+impl NewTrade {
+    /// Validates every field; the first problem found is reported.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        if let Some(id) = &self.id {
+            validate_id(id)?;
+        }
+        validate_symbol(&self.symbol)?;
+        validate_quantity(self.quantity)?;
+        validate_price(self.price)?;
+        if self.status == Some(Status::Cancelled) {
+            return Err(FieldError::new("status", "a trade cannot be inserted as cancelled"));
+        }
+        Ok(())
+    }
+
+    /// Turns a validated submission into a stored trade.
+    pub fn into_trade(self, id: String, seq: i64, now: i64) -> Trade {
+        Trade {
+            id,
+            symbol: self.symbol,
+            side: self.side,
+            quantity: self.quantity,
+            price: self.price,
+            status: self.status.unwrap_or(Status::Filled),
+            ts: self.ts.unwrap_or(now),
+            version: 1,
+            seq,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+}
+
+impl TradePatch {
+    /// Validates every present field.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        if self.expected_version < 1 {
+            return Err(FieldError::new("expected_version", "must be >= 1"));
+        }
+        if let Some(s) = &self.symbol {
+            validate_symbol(s)?;
+        }
+        if let Some(q) = self.quantity {
+            validate_quantity(q)?;
+        }
+        if let Some(p) = self.price {
+            validate_price(p)?;
+        }
+        Ok(())
+    }
+
+    /// The trade after this patch, as the next version with sequence `seq`.
+    pub fn apply(&self, current: &Trade, seq: i64, now: i64) -> Trade {
+        Trade {
+            id: current.id.clone(),
+            symbol: self.symbol.clone().unwrap_or_else(|| current.symbol.clone()),
+            side: self.side.unwrap_or(current.side),
+            quantity: self.quantity.unwrap_or(current.quantity),
+            price: self.price.unwrap_or(current.price),
+            status: self.status.unwrap_or(current.status),
+            ts: self.ts.unwrap_or(current.ts),
+            version: current.version + 1,
+            seq,
+            created_at: current.created_at,
+            updated_at: now,
+        }
+    }
+}
+
+/// Current time in microseconds since the epoch.
+pub fn now_micros() -> i64 {
+    Utc::now().timestamp_micros()
+}
+
+/// Formats epoch microseconds as RFC 3339 (UTC, microsecond precision).
+pub fn format_micros(micros: i64) -> String {
+    DateTime::<Utc>::from_timestamp_micros(micros)
+        .map(|t| t.to_rfc3339_opts(SecondsFormat::Micros, true))
+        .unwrap_or_else(|| micros.to_string())
+}
+
+/// Parses an RFC 3339 time into epoch microseconds.
+pub fn parse_micros(s: &str) -> Result<i64, String> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc).timestamp_micros())
+        .map_err(|e| format!("not an RFC 3339 time ({e})"))
+}
+
+mod micros_rfc3339 {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(v: &i64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::format_micros(*v))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+        let s = String::deserialize(d)?;
+        super::parse_micros(&s).map_err(D::Error::custom)
+    }
+}
+
+mod opt_micros_rfc3339 {
+    use serde::{Deserialize, Deserializer, de::Error};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            None => Ok(None),
+            Some(s) => super::parse_micros(&s).map(Some).map_err(D::Error::custom),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_trade() -> NewTrade {
+        serde_json::from_str(r#"{"symbol":"AAPL","side":"buy","quantity":10,"price":189.5}"#).unwrap()
+    }
+
+    #[test]
+    fn accepts_a_plain_trade_and_fills_defaults() {
+        let t = new_trade();
+        t.validate().unwrap();
+        let stored = t.into_trade("x".into(), 7, 1_000);
+        assert_eq!(stored.status, Status::Filled);
+        assert_eq!((stored.ts, stored.version, stored.seq), (1_000, 1, 7));
+    }
+
+    #[test]
+    fn rejects_bad_fields_naming_them() {
+        let cases = [
+            (r#"{"symbol":"","side":"buy","quantity":1,"price":1}"#, "symbol"),
+            (r#"{"symbol":"A B","side":"buy","quantity":1,"price":1}"#, "symbol"),
+            (r#"{"symbol":"A","side":"buy","quantity":0,"price":1}"#, "quantity"),
+            (r#"{"symbol":"A","side":"buy","quantity":-3,"price":1}"#, "quantity"),
+            (r#"{"symbol":"A","side":"buy","quantity":1e13,"price":1}"#, "quantity"),
+            (r#"{"symbol":"A","side":"buy","quantity":1,"price":1e300}"#, "price"),
+            (r#"{"id":"a/b","symbol":"A","side":"buy","quantity":1,"price":1}"#, "id"),
+            (r#"{"symbol":"A","side":"buy","quantity":1,"price":1,"status":"cancelled"}"#, "status"),
+        ];
+        for (json, field) in cases {
+            let t: NewTrade = serde_json::from_str(json).unwrap();
+            assert_eq!(t.validate().unwrap_err().field, field, "{json}");
+        }
+    }
+
+    #[test]
+    fn rejects_unknown_fields_and_bad_enums_at_parse_time() {
+        assert!(serde_json::from_str::<NewTrade>(r#"{"symbol":"A","side":"buy","quantity":1,"price":1,"qty":2}"#).is_err());
+        assert!(serde_json::from_str::<NewTrade>(r#"{"symbol":"A","side":"hold","quantity":1,"price":1}"#).is_err());
+        assert!(serde_json::from_str::<NewTrade>(r#"{"symbol":"A","side":"buy","quantity":1,"price":1,"ts":"yesterday"}"#).is_err());
+    }
+
+    #[test]
+    fn patch_bumps_version_and_keeps_untouched_fields() {
+        let cur = new_trade().into_trade("t".into(), 1, 10);
+        let p: TradePatch = serde_json::from_str(r#"{"expected_version":1,"price":200}"#).unwrap();
+        p.validate().unwrap();
+        let next = p.apply(&cur, 2, 20);
+        assert_eq!((next.version, next.seq, next.price, next.quantity), (2, 2, 200.0, 10.0));
+        assert_eq!((next.created_at, next.updated_at), (10, 20));
+        let bad: TradePatch = serde_json::from_str(r#"{"expected_version":0}"#).unwrap();
+        assert_eq!(bad.validate().unwrap_err().field, "expected_version");
+    }
+
+    #[test]
+    fn times_round_trip_through_rfc3339() {
+        let us = parse_micros("2026-11-22T10:00:00.123456Z").unwrap();
+        assert_eq!(format_micros(us), "2026-11-22T10:00:00.123456Z");
+        assert_eq!(parse_micros("2026-11-22T12:00:00+02:00").unwrap(), parse_micros("2026-11-22T10:00:00Z").unwrap());
+    }
+}

@@ -1,0 +1,214 @@
+//! The read path: a pool of connections to the same database instance the writer
+//! uses (DuckDB lets only one process open the file), so reads never queue behind
+//! writes. Hot reads (trade state, recently changed trades) are answered from the
+//! writer's in-memory state and never touch DuckDB.
+
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use duckdb::{Connection, params_from_iter};
+use serde::Serialize;
+
+use crate::db;
+use crate::error::{Error, Result};
+use crate::model::Trade;
+use crate::state::{HotState, SymbolState};
+
+/// Hands out clones of one base connection (same database instance).
+struct CloneManager {
+    base: Mutex<Connection>,
+}
+
+impl r2d2::ManageConnection for CloneManager {
+    type Connection = Connection;
+    type Error = duckdb::Error;
+
+    fn connect(&self) -> Result<Connection, duckdb::Error> {
+        self.base.lock().unwrap_or_else(|e| e.into_inner()).try_clone()
+    }
+
+    fn is_valid(&self, conn: &mut Connection) -> Result<(), duckdb::Error> {
+        conn.execute_batch("SELECT 1")
+    }
+
+    fn has_broken(&self, _: &mut Connection) -> bool {
+        false
+    }
+}
+
+/// A list query: trades of one symbol in a time range, oldest first.
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    /// Symbol to list.
+    pub symbol: String,
+    /// Inclusive lower bound of `ts` (epoch µs).
+    pub from: Option<i64>,
+    /// Exclusive upper bound of `ts` (epoch µs).
+    pub to: Option<i64>,
+    /// Continue after this `(ts, id)` position.
+    pub after: Option<(i64, String)>,
+    /// Page size.
+    pub limit: usize,
+    /// Include cancelled trades.
+    pub include_cancelled: bool,
+}
+
+/// One page of trades.
+#[derive(Debug, Clone, Serialize)]
+pub struct Page {
+    /// The trades.
+    pub trades: Vec<Trade>,
+    /// Cursor for the next page, when there may be one.
+    pub next: Option<String>,
+}
+
+/// The read side.
+#[derive(Clone)]
+pub struct Reader {
+    pool: r2d2::Pool<CloneManager>,
+    state: Arc<RwLock<HotState>>,
+}
+
+impl Reader {
+    /// Builds a pool of `size` connections cloned from `base`.
+    pub fn new(base: Connection, size: u32, acquire_timeout: Duration, state: Arc<RwLock<HotState>>) -> Result<Self> {
+        let pool = r2d2::Pool::builder()
+            .max_size(size)
+            .min_idle(Some(1))
+            .connection_timeout(acquire_timeout)
+            .test_on_check_out(false)
+            .build(CloneManager { base: Mutex::new(base) })
+            .map_err(|e| Error::Internal(format!("read pool: {e}")))?;
+        Ok(Reader { pool, state })
+    }
+
+    async fn with_conn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let pool = self.pool.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = pool.get().map_err(|e| Error::Unavailable(format!("no free read connection: {e}")))?;
+            f(&conn)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("read task failed: {e}")))?
+    }
+
+    /// One trade by id: from the hot window when recently changed, else from DuckDB.
+    pub async fn trade(&self, id: &str) -> Result<Trade> {
+        if let Some(t) = self.state.read().unwrap_or_else(|e| e.into_inner()).recent_trade(id) {
+            return Ok(t);
+        }
+        let id = id.to_string();
+        self.with_conn(move |conn| {
+            let sql = format!("SELECT {} FROM trades WHERE id = ?", db::TRADE_COLUMNS);
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let mut rows = stmt.query_map([&id], db::trade_from_row)?;
+            match rows.next() {
+                Some(t) => Ok(t?),
+                None => Err(Error::NotFound(id)),
+            }
+        })
+        .await
+    }
+
+    /// A page of trades for one symbol, ordered by (ts, id).
+    pub async fn list(&self, q: ListQuery) -> Result<Page> {
+        self.with_conn(move |conn| {
+            let mut sql = format!("SELECT {} FROM trades WHERE symbol = ?", db::TRADE_COLUMNS);
+            let mut args: Vec<duckdb::types::Value> = vec![q.symbol.clone().into()];
+            if !q.include_cancelled {
+                sql.push_str(" AND status <> 'cancelled'");
+            }
+            if let Some(from) = q.from {
+                sql.push_str(" AND ts >= ?");
+                args.push(db::timestamp(from));
+            }
+            if let Some(to) = q.to {
+                sql.push_str(" AND ts < ?");
+                args.push(db::timestamp(to));
+            }
+            if let Some((ts, id)) = &q.after {
+                sql.push_str(" AND (ts > ? OR (ts = ? AND id > ?))");
+                args.extend([db::timestamp(*ts), db::timestamp(*ts), id.clone().into()]);
+            }
+            sql.push_str(&format!(" ORDER BY ts, id LIMIT {}", q.limit + 1));
+            let mut stmt = conn.prepare(&sql)?;
+            let mut trades = stmt
+                .query_map(params_from_iter(args.iter()), db::trade_from_row)?
+                .collect::<duckdb::Result<Vec<_>>>()?;
+            let next = if trades.len() > q.limit {
+                trades.truncate(q.limit);
+                trades.last().map(|t| encode_cursor(t.ts, &t.id))
+            } else {
+                None
+            };
+            Ok(Page { trades, next })
+        })
+        .await
+    }
+
+    /// Trade state of one symbol (hot, from memory).
+    pub fn symbol_state(&self, symbol: &str) -> Option<SymbolState> {
+        self.state.read().unwrap_or_else(|e| e.into_inner()).symbol(symbol)
+    }
+
+    /// Trade state of all symbols and the last committed sequence (hot, from memory).
+    pub fn all_state(&self) -> (Vec<SymbolState>, i64) {
+        let s = self.state.read().unwrap_or_else(|e| e.into_inner());
+        (s.all_symbols(), s.last_seq())
+    }
+
+    /// The `trade_state` view as DuckDB computes it (for checks and tests).
+    pub async fn state_from_db(&self) -> Result<Vec<SymbolState>> {
+        self.with_conn(|conn| load_symbol_states(conn)).await
+    }
+}
+
+/// Reads the `trade_state` view.
+pub fn load_symbol_states(conn: &Connection) -> Result<Vec<SymbolState>> {
+    let mut stmt = conn.prepare(
+        "SELECT symbol, buy_quantity, sell_quantity, buy_notional, sell_notional, trade_count \
+         FROM trade_state ORDER BY symbol",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        let mut s = SymbolState {
+            symbol: r.get(0)?,
+            buy_quantity: r.get(1)?,
+            sell_quantity: r.get(2)?,
+            buy_notional: r.get(3)?,
+            sell_notional: r.get(4)?,
+            trade_count: r.get(5)?,
+            ..Default::default()
+        };
+        s.refresh();
+        Ok(s)
+    })?;
+    Ok(rows.collect::<duckdb::Result<Vec<_>>>()?)
+}
+
+/// Encodes a list position as an opaque cursor.
+pub fn encode_cursor(ts: i64, id: &str) -> String {
+    format!("{ts}~{id}")
+}
+
+/// Decodes a cursor made by [`encode_cursor`].
+pub fn decode_cursor(s: &str) -> Option<(i64, String)> {
+    let (ts, id) = s.split_once('~')?;
+    crate::model::validate_id(id).ok()?;
+    Some((ts.parse().ok()?, id.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_reject_garbage() {
+        let c = encode_cursor(1_700_000_000_000_000, "T-1");
+        assert_eq!(decode_cursor(&c), Some((1_700_000_000_000_000, "T-1".to_string())));
+        assert_eq!(decode_cursor("nope"), None);
+        assert_eq!(decode_cursor("12~bad id"), None);
+    }
+}

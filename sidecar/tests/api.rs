@@ -1,0 +1,262 @@
+//! The HTTP API against the real binary and a real DuckDB file.
+
+mod common;
+
+use common::{Sidecar, client, open_db, trade_for};
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn insert_get_list_patch_cancel() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Sidecar::start(dir.path(), &[]).await;
+    let c = client();
+
+    let r = c.post(s.url("/v1/trades")).json(&json!({"id":"T-1","symbol":"AAPL","side":"buy","quantity":10,"price":100.0,"ts":"2026-11-22T10:00:00Z"})).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    let t: Value = r.json().await.unwrap();
+    assert_eq!((t["version"].as_i64(), t["status"].as_str()), (Some(1), Some("filled")));
+    assert_eq!(t["ts"], "2026-11-22T10:00:00.000000Z");
+
+    // Generated ids, batch insert.
+    let r = c.post(s.url("/v1/trades/batch")).json(&json!({"trades":[
+        {"symbol":"AAPL","side":"buy","quantity":30,"price":200.0,"ts":"2026-11-22T10:00:01Z"},
+        {"symbol":"AAPL","side":"sell","quantity":5,"price":300.0,"ts":"2026-11-22T10:00:02Z"},
+        {"symbol":"MSFT","side":"buy","quantity":1,"price":400.0,"status":"pending"}
+    ]})).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    let b: Value = r.json().await.unwrap();
+    let ids: Vec<String> = b["trades"].as_array().unwrap().iter().map(|t| t["id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(ids.len(), 3);
+    let seqs: Vec<i64> = b["trades"].as_array().unwrap().iter().map(|t| t["seq"].as_i64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "sequence increases: {seqs:?}");
+
+    let r = c.get(s.url("/v1/trades/T-1")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["price"], 100.0);
+    assert_eq!(c.get(s.url("/v1/trades/nope")).send().await.unwrap().status(), 404);
+
+    let st: Value = c.get(s.url("/v1/state/AAPL")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(st["position"], 35.0);
+    assert_eq!(st["avg_buy_price"], 175.0);
+    assert_eq!(st["trade_count"], 3);
+    assert_eq!(c.get(s.url("/v1/state/MSFT")).send().await.unwrap().status(), 404, "pending trades do not count");
+
+    // List by symbol and time, paginated.
+    let page: Value = c.get(s.url("/v1/trades?symbol=AAPL&limit=2")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(page["trades"].as_array().unwrap().len(), 2);
+    assert_eq!(page["trades"][0]["id"], "T-1");
+    let cursor = page["next"].as_str().unwrap().to_string();
+    let page2: Value = c.get(s.url("/v1/trades")).query(&[("symbol", "AAPL"), ("cursor", &cursor)]).send().await.unwrap().json().await.unwrap();
+    assert_eq!(page2["trades"].as_array().unwrap().len(), 1);
+    assert!(page2["next"].is_null());
+    let ranged: Value = c.get(s.url("/v1/trades")).query(&[("symbol", "AAPL"), ("from", "2026-11-22T10:00:01Z"), ("to", "2026-11-22T10:00:02Z")]).send().await.unwrap().json().await.unwrap();
+    assert_eq!(ranged["trades"].as_array().unwrap().len(), 1);
+
+    // Optimistic concurrency.
+    let r = c.patch(s.url("/v1/trades/T-1")).json(&json!({"expected_version":1,"quantity":20})).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["version"], 2);
+    let r = c.patch(s.url("/v1/trades/T-1")).json(&json!({"expected_version":1,"quantity":99})).send().await.unwrap();
+    assert_eq!(r.status(), 409);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["current"]["version"], 2, "conflict returns the current trade");
+    let st: Value = c.get(s.url("/v1/state/AAPL")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(st["position"], 45.0);
+
+    // Cancel (a tombstone: still readable, out of the state).
+    let r = c.delete(s.url("/v1/trades/T-1?expected_version=1")).send().await.unwrap();
+    assert_eq!(r.status(), 409, "stale version");
+    let r = c.delete(s.url("/v1/trades/T-1?expected_version=2")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["status"], "cancelled");
+    assert_eq!(c.delete(s.url("/v1/trades/T-1")).send().await.unwrap().status(), 200, "idempotent");
+    let r = c.patch(s.url("/v1/trades/T-1")).json(&json!({"expected_version":3,"price":1})).send().await.unwrap();
+    assert_eq!(r.status(), 409, "cancelled is terminal");
+    let st: Value = c.get(s.url("/v1/state/AAPL")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(st["position"], 25.0);
+    assert_eq!(c.delete(s.url("/v1/trades/ghost")).send().await.unwrap().status(), 404);
+
+    // Duplicate id: 409 with the stored trade.
+    let r = c.post(s.url("/v1/trades")).json(&json!({"id":"T-1","symbol":"X","side":"buy","quantity":1,"price":1})).send().await.unwrap();
+    assert_eq!(r.status(), 409);
+
+    // The hot state equals DuckDB's trade_state view, and survives a restart.
+    let before: Value = c.get(s.url("/v1/state")).send().await.unwrap().json().await.unwrap();
+    drop(s);
+    {
+        let conn = open_db(dir.path());
+        let db = tradestore_sidecar::reader::load_symbol_states(&conn).unwrap();
+        let mem = before["symbols"].as_array().unwrap();
+        assert_eq!(db.len(), mem.len());
+        for (d, m) in db.iter().zip(mem) {
+            assert_eq!(d.symbol, m["symbol"].as_str().unwrap());
+            assert!((d.position - m["position"].as_f64().unwrap()).abs() < 1e-9);
+            assert_eq!(d.trade_count, m["trade_count"].as_i64().unwrap());
+        }
+    }
+    let s = Sidecar::start(dir.path(), &[]).await;
+    let after: Value = client().get(s.url("/v1/state")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(before, after);
+}
+
+#[tokio::test]
+async fn concurrent_updates_of_one_trade_never_both_succeed() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Sidecar::start(dir.path(), &[]).await;
+    let c = client();
+    assert_eq!(c.post(s.url("/v1/trades")).json(&trade_for("race")).send().await.unwrap().status(), 201);
+    for round in 1..=20i64 {
+        let reqs = (0..8).map(|i| {
+            let c = c.clone();
+            let url = s.url("/v1/trades/race");
+            async move { c.patch(url).json(&json!({"expected_version": round, "price": i})).send().await.unwrap().status() }
+        });
+        let statuses = futures_join_all(reqs).await;
+        let ok = statuses.iter().filter(|s| **s == 200).count();
+        let conflict = statuses.iter().filter(|s| **s == 409).count();
+        assert_eq!((ok, conflict), (1, 7), "round {round}: {statuses:?}");
+    }
+    let t: Value = c.get(s.url("/v1/trades/race")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(t["version"], 21);
+}
+
+async fn futures_join_all<F: std::future::Future>(fs: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F::Output: Send + 'static,
+    F: Send + 'static,
+{
+    let handles: Vec<_> = fs.map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn malformed_input_gets_a_clear_400_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Sidecar::start(dir.path(), &[]).await;
+    let c = client();
+    let cases = [
+        (json!({"symbol":"A","side":"buy","quantity":-1,"price":1}), "quantity"),
+        (json!({"symbol":"A","side":"hold","quantity":1,"price":1}), "side"),
+        (json!({"symbol":"A","side":"buy","quantity":"ten","price":1}), "quantity"),
+        (json!({"symbol":"A","side":"buy","quantity":1,"price":1,"extra":true}), "body"),
+        (json!({"side":"buy","quantity":1,"price":1}), "body"),
+        (json!({"symbol":"A","side":"buy","quantity":1,"price":1,"ts":"noon"}), "ts"),
+    ];
+    for (body, field) in cases {
+        let r = c.post(s.url("/v1/trades")).json(&body).send().await.unwrap();
+        assert_eq!(r.status(), 400, "{body}");
+        let e: Value = r.json().await.unwrap();
+        assert_eq!(e["error"]["field"], field, "{body}: {e}");
+    }
+    let r = c.post(s.url("/v1/trades")).header("content-type", "application/json").body("{not json").send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let r = c.post(s.url("/v1/trades/batch")).json(&json!({"trades":[trade_for("ok-1"), {"symbol":"A","side":"buy","quantity":0,"price":1}]})).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["field"], "trades[1].quantity");
+    assert_eq!(c.get(s.url("/v1/trades/ok-1")).send().await.unwrap().status(), 404, "a rejected batch stores nothing");
+    let r = c.post(s.url("/v1/trades/batch")).json(&json!({"trades":[trade_for("dup"), trade_for("dup")]})).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let big = "x".repeat(5 * 1024 * 1024);
+    let r = c.post(s.url("/v1/trades")).header("content-type", "application/json").body(big).send().await.unwrap();
+    assert_eq!(r.status(), 413);
+    assert_eq!(c.get(s.url("/v1/trades")).send().await.unwrap().status(), 400, "symbol is required");
+    assert_eq!(c.get(s.url("/v1/nothing")).send().await.unwrap().status(), 404);
+    // The store still works after all that.
+    assert_eq!(c.post(s.url("/v1/trades")).json(&trade_for("after")).send().await.unwrap().status(), 201);
+}
+
+#[tokio::test]
+async fn mutating_routes_need_the_bearer_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Sidecar::start(dir.path(), &[]).await;
+    let anon = reqwest::Client::new();
+    let r = anon.post(s.url("/v1/trades")).json(&trade_for("a")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["www-authenticate"], "Bearer");
+    let r = anon.post(s.url("/v1/trades")).bearer_auth("wrong-token-000000000").json(&trade_for("a")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(anon.patch(s.url("/v1/trades/a")).json(&json!({"expected_version":1})).send().await.unwrap().status(), 401);
+    assert_eq!(anon.delete(s.url("/v1/trades/a")).send().await.unwrap().status(), 401);
+    assert_eq!(anon.get(s.url("/v1/trades/a")).send().await.unwrap().status(), 404, "reads are open by default");
+    assert_eq!(client().post(s.url("/v1/trades")).json(&trade_for("a")).send().await.unwrap().status(), 201);
+}
+
+#[tokio::test]
+async fn a_full_queue_answers_503_with_retry_after_and_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Sidecar::start(
+        dir.path(),
+        &[("TRADESTORE_WRITER__QUEUE_BATCHES", "1"), ("TRADESTORE_WRITER__MAX_BATCH_REQUESTS", "1")],
+    )
+    .await;
+    let c = client();
+    let handles: Vec<_> = (0..300)
+        .map(|i| {
+            let c = c.clone();
+            let url = s.url("/v1/trades");
+            tokio::spawn(async move {
+                let id = format!("bp-{i}");
+                let r = c.post(url).json(&trade_for(&id)).send().await.unwrap();
+                let retry = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
+                (id, r.status().as_u16(), retry)
+            })
+        })
+        .collect();
+    let mut accepted = Vec::new();
+    let mut refused = Vec::new();
+    for h in handles {
+        let (id, status, retry) = h.await.unwrap();
+        match status {
+            201 => accepted.push(id),
+            503 => {
+                assert_eq!(retry.as_deref(), Some("1"));
+                refused.push(id);
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert!(!refused.is_empty(), "300 concurrent writes against a 1-slot queue must overflow it");
+    assert!(!accepted.is_empty());
+    for id in &accepted {
+        assert_eq!(c.get(s.url(&format!("/v1/trades/{id}"))).send().await.unwrap().status(), 200, "{id}");
+    }
+    for id in &refused {
+        assert_eq!(c.get(s.url(&format!("/v1/trades/{id}"))).send().await.unwrap().status(), 404, "{id}");
+    }
+    let metrics = c.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("tradestore_writer_rejected_total{reason=\"queue_full\"}"), "{metrics}");
+}
+
+#[tokio::test]
+async fn probes_status_and_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Sidecar::start(dir.path(), &[]).await;
+    let c = client();
+    assert_eq!(c.get(s.url("/healthz")).send().await.unwrap().status(), 200);
+    assert_eq!(c.get(s.url("/readyz")).send().await.unwrap().status(), 200);
+    for i in 0..5 {
+        c.post(s.url("/v1/trades")).json(&trade_for(&format!("m{i}"))).send().await.unwrap();
+    }
+    let st: Value = c.get(s.url("/v1/status")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(st["schema_version"], 1);
+    assert_eq!(st["trade_rows"], 5);
+    assert_eq!(st["last_seq"], 5);
+    assert_eq!(st["ready"], true);
+    let m = c.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    for needle in [
+        "tradestore_http_requests_total{method=\"POST\",route=\"trades_insert\",status=\"201\"} 5",
+        "tradestore_http_request_duration_seconds_bucket",
+        "tradestore_writer_commit_duration_seconds_count",
+        "tradestore_writer_batch_requests_count",
+        "tradestore_writer_queue_depth 0",
+        "tradestore_trades_rows 5",
+        "tradestore_duckdb_wal_bytes",
+        "tradestore_duckdb_last_checkpoint_timestamp_seconds",
+    ] {
+        assert!(m.contains(needle), "missing {needle} in:\n{m}");
+    }
+}

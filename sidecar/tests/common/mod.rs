@@ -1,0 +1,136 @@
+//! Test harness: runs the real `sidecar` binary on a temporary data directory and
+//! talks to it over HTTP.
+#![allow(dead_code)] // each test crate uses a different part of the harness
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+pub const TOKEN: &str = "test-token-0123456789";
+
+/// A running sidecar process.
+pub struct Sidecar {
+    pub child: Child,
+    pub base: String,
+    pub dir: PathBuf,
+    pub port: u16,
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_sidecar")
+}
+
+/// Spawns the binary without waiting for readiness.
+pub fn spawn(dir: &Path, port: u16, env: &[(&str, &str)]) -> Child {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("sidecar.log")).unwrap();
+    let mut cmd = Command::new(binary());
+    cmd.env_clear()
+        .env("HOME", dir)
+        .env("TRADESTORE_DATA_DIR", dir.join("data"))
+        .env("TRADESTORE_LISTEN", format!("127.0.0.1:{port}"))
+        .env("TRADESTORE_LOG__LEVEL", "info")
+        .env("TRADESTORE_API_TOKEN", TOKEN)
+        .stdout(Stdio::null())
+        .stderr(log);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("spawn sidecar")
+}
+
+impl Sidecar {
+    /// Starts the sidecar on `dir` and waits until /readyz answers 200.
+    pub async fn start(dir: &Path, env: &[(&str, &str)]) -> Sidecar {
+        Self::start_on(dir, free_port(), env).await
+    }
+
+    pub async fn start_on(dir: &Path, port: u16, env: &[(&str, &str)]) -> Sidecar {
+        let child = spawn(dir, port, env);
+        let mut s = Sidecar { child, base: format!("http://127.0.0.1:{port}"), dir: dir.to_path_buf(), port };
+        s.wait_ready().await;
+        s
+    }
+
+    pub async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let client = reqwest::Client::new();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("sidecar exited early with {status}; log:\n{}", self.log());
+            }
+            if let Ok(r) = client.get(format!("{}/readyz", self.base)).send().await
+                && r.status() == 200
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "sidecar not ready in time; log:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("sidecar.log")).unwrap_or_default()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// SIGKILL: no chance to clean up.
+    pub fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM and wait for the exit status.
+    pub fn terminate(&mut self, within: Duration) -> ExitStatus {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "sidecar did not exit after SIGTERM; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTP client that sends the test token.
+pub fn client() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+    reqwest::Client::builder().default_headers(headers).timeout(Duration::from_secs(30)).build().unwrap()
+}
+
+/// A trade body whose content is a pure function of its id, so a stored row can be
+/// checked for being exactly what some client sent.
+pub fn trade_for(id: &str) -> Value {
+    let h = id.bytes().fold(7u64, |a, b| a.wrapping_mul(31).wrapping_add(b as u64));
+    json!({
+        "id": id,
+        "symbol": format!("SYM{}", h % 5),
+        "side": if h % 2 == 0 { "buy" } else { "sell" },
+        "quantity": (h % 1000 + 1) as f64,
+        "price": 100.0 + (h % 5000) as f64 / 100.0,
+    })
+}
+
+/// Opens the database file directly (the sidecar must be stopped).
+pub fn open_db(dir: &Path) -> duckdb::Connection {
+    duckdb::Connection::open(dir.join("data").join("trades.duckdb")).unwrap()
+}

@@ -1,0 +1,116 @@
+//! Process lifecycle: graceful shutdown under load, schema checks at start, and
+//! the `migrate` command.
+
+mod common;
+
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{Sidecar, binary, client, open_db, trade_for};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_under_load_exits_0_and_keeps_every_acknowledged_trade() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Sidecar::start(dir.path(), &[]).await;
+    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
+    let refused = Arc::new(Mutex::new(0usize));
+    let workers: Vec<_> = (0..8)
+        .map(|w| {
+            let (base, acked, refused) = (s.base.clone(), acked.clone(), refused.clone());
+            tokio::spawn(async move {
+                let c = client();
+                for n in 0.. {
+                    let id = format!("g-{w}-{n}");
+                    match c.post(format!("{base}/v1/trades")).json(&trade_for(&id)).send().await {
+                        Ok(r) if r.status() == 201 => acked.lock().unwrap().push(id),
+                        Ok(r) if r.status() == 503 => *refused.lock().unwrap() += 1,
+                        Ok(r) => panic!("unexpected {}", r.status()),
+                        Err(_) => return,
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status = tokio::task::block_in_place(|| s.terminate(Duration::from_secs(30)));
+    for w in workers {
+        w.await.unwrap();
+    }
+    assert!(status.success(), "exit status {status}; log:\n{}", s.log());
+    let log = s.log();
+    assert!(log.contains("final checkpoint done"), "{log}");
+    assert!(log.contains("stopped cleanly"), "{log}");
+    let acked = acked.lock().unwrap();
+    assert!(acked.len() > 50, "load was real: {}", acked.len());
+    let conn = open_db(dir.path());
+    let mut stmt = conn.prepare("SELECT id FROM trades").unwrap();
+    let stored: std::collections::HashSet<String> =
+        stmt.query_map([], |r| r.get(0)).unwrap().collect::<Result<_, _>>().unwrap();
+    for id in acked.iter() {
+        assert!(stored.contains(id), "acknowledged {id} lost");
+    }
+}
+
+fn run(dir: &std::path::Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(binary())
+        .args(args)
+        .env("TRADESTORE_DATA_DIR", dir.join("data"))
+        .env("TRADESTORE_LISTEN", format!("127.0.0.1:{}", common::free_port()))
+        .env("HOME", dir)
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+#[test]
+fn migrate_command_status_up_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, out) = run(dir.path(), &["migrate", "status"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("\"current\": 0") && out.contains("\"pending\": [\n    1"), "{out}");
+    let (ok, out) = run(dir.path(), &["migrate", "up"]);
+    assert!(ok && out.contains("applied: [1]"), "{out}");
+    let (ok, out) = run(dir.path(), &["migrate", "down", "--to", "0"]);
+    assert!(ok && out.contains("rolled back: [1]"), "{out}");
+    let tables: i64 = open_db(dir.path())
+        .query_row("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'trades'", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(tables, 0, "rollback dropped the schema");
+    let (ok, out) = run(dir.path(), &["migrate", "up", "--to", "7"]);
+    assert!(!ok && out.contains("no migration 7"), "{out}");
+}
+
+#[test]
+fn refuses_to_start_on_a_newer_or_altered_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(run(dir.path(), &["migrate", "up"]).0);
+    {
+        let conn = open_db(dir.path());
+        conn.execute("UPDATE schema_migrations SET checksum = 'tampered' WHERE version = 1", []).unwrap();
+    }
+    let (ok, out) = run(dir.path(), &["serve"]);
+    assert!(!ok && out.contains("changed after it was applied"), "{out}");
+    {
+        let conn = open_db(dir.path());
+        conn.execute("DELETE FROM schema_migrations", []).unwrap();
+        conn.execute("DROP VIEW trade_state", []).unwrap();
+        conn.execute("DROP TABLE trades", []).unwrap();
+    }
+    assert!(run(dir.path(), &["migrate", "up"]).0);
+    open_db(dir.path())
+        .execute("INSERT INTO schema_migrations (version, name, checksum) VALUES (2, 'future', 'x')", [])
+        .unwrap();
+    let (ok, out) = run(dir.path(), &["serve"]);
+    assert!(!ok && out.contains("newer than this binary"), "{out}");
+}
+
+#[test]
+fn invalid_config_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.yaml");
+    std::fs::write(&cfg, "writer:\n  queue_batchez: 3\n").unwrap();
+    let (ok, out) = run(dir.path(), &["--config", cfg.to_str().unwrap(), "serve"]);
+    assert!(!ok && out.contains("queue_batchez"), "{out}");
+}
