@@ -57,7 +57,7 @@ for p in /proc/[0-9]*; do
 done
 
 # 2. Control plane.
-for c in hostpath-provisioner kube-scheduler kube-controller-manager kube-apiserver etcd; do
+for c in cluster-dns hostpath-provisioner kube-scheduler kube-controller-manager kube-apiserver etcd; do
   stop_proc "$c"
 done
 

@@ -21,8 +21,8 @@
 #   --workdir DIR      working directory
 #   --load             also import the result into the running e2e cluster
 #
-# Every image gets /etc/passwd and /etc/group (root, nobody 65534), a
-# world-writable /tmp, and PATH=/usr/local/bin:/usr/bin:/bin unless --env
+# Every image gets /etc/passwd and /etc/group (root, nobody 65534),
+# /etc/nsswitch.conf (hosts: files dns), a world-writable /tmp, and PATH=/usr/local/bin:/usr/bin:/bin unless --env
 # PATH=... is given. Ownership is root and timestamps are fixed, so the same
 # inputs give the same image ID.
 #
@@ -68,6 +68,7 @@ mkdir -p "$r"
 mkdir -p "$r/etc" "$r/tmp" "$r/bin"
 chmod 1777 "$r/tmp"
 [[ -e $r/etc/passwd ]] || printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/tmp:/bin/sh\n' >"$r/etc/passwd"
+[[ -e $r/etc/nsswitch.conf ]] || printf 'hosts: files dns\n' >"$r/etc/nsswitch.conf"
 [[ -e $r/etc/group ]] || printf 'root:x:0:\nnogroup:x:65534:\n' >"$r/etc/group"
 
 # json_array X: a JSON array as-is, or a single string wrapped.

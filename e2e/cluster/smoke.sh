@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Smoke test for the e2e cluster (run after up.sh): a PVC + a locked-down
-# non-root pod from the offline busybox image + a ClusterIP Service.
+# non-root pod from the offline busybox image + a ClusterIP Service + a
+# headless Service.
 # Checks: pod Running/Ready (HTTP readiness, exec liveness), PVC Bound and
 # writable by a non-root UID, logs, exec, Service reachable from the host and
-# from a pod (kube-proxy), and clean deletion (PV reclaimed).
+# from a pod (kube-proxy), cluster DNS names, and clean deletion (PV
+# reclaimed).
 #
 #   e2e/cluster/smoke.sh
 set -euo pipefail
@@ -41,6 +43,8 @@ metadata:
   name: smoke
   labels: {app: smoke}
 spec:
+  hostname: smoke
+  subdomain: smoke-hl
   terminationGracePeriodSeconds: 2
   securityContext:
     runAsNonRoot: true
@@ -86,6 +90,16 @@ spec:
   selector: {app: smoke}
   ports:
   - {port: 80, targetPort: 8080}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: smoke-hl
+spec:
+  clusterIP: None
+  selector: {app: smoke}
+  ports:
+  - {name: http, port: 8080}
 EOF_YAML
 
 if kubectl -n "$NS" wait --for=jsonpath='{.status.phase}'=Bound pvc/smoke-data --timeout=60s >/dev/null; then
@@ -124,6 +138,15 @@ else bad "ClusterIP from pod"; fi
 if http_get "$(svc_first_ip)" 443 / | grep -q '400 Bad Request'; then
   ok "kubernetes Service ($(svc_first_ip):443) reachable from a pod"
 else bad "kubernetes Service from pod"; fi
+# cluster-dns (busybox nslookup reads the pod's resolv.conf).
+dns() { kubectl -n "$NS" exec smoke -- nslookup "$1" 2>&1 | sed -n 's/^Address: //p' | head -n1; }
+if [[ "$(dns "smoke.$NS.svc.cluster.local")" == "$svc_ip" ]]; then
+  ok "DNS: Service name resolves to its ClusterIP"
+else bad "DNS: Service name"; fi
+if retry 20 bash -c "[[ \"\$(kubectl -n $NS exec smoke -- nslookup smoke.smoke-hl.$NS.svc.cluster.local 2>&1 | sed -n 's/^Address: //p' | head -n1)\" == $pod_ip ]]"; then
+  ok "DNS: headless Service pod hostname resolves to the pod IP"
+else bad "DNS: headless pod hostname"; fi
+
 if kubectl -n "$NS" exec smoke -- cat /var/run/secrets/kubernetes.io/serviceaccount/token >/dev/null; then
   ok "service account token mounted"
 else bad "service account token"; fi

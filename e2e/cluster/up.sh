@@ -59,7 +59,7 @@ fi
 # --------------------------------------------------------------------------
 # 3. Already running?
 # --------------------------------------------------------------------------
-COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler hostpath-provisioner containerd kubelet kube-proxy)
+COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler hostpath-provisioner containerd cluster-dns kubelet kube-proxy)
 
 kctl() { kubectl --kubeconfig "$TS_KUBECONFIG" "$@"; }
 
@@ -204,6 +204,7 @@ write_kubeconfig "$KC/scheduler.kubeconfig" "$API_LOCAL" scheduler
 write_kubeconfig "$KC/kubelet.kubeconfig" "$API_NODE" kubelet
 write_kubeconfig "$KC/kube-proxy.kubeconfig" "$API_NODE" kube-proxy
 write_kubeconfig "$KC/admin.kubeconfig" "$API_LOCAL" admin
+write_kubeconfig "$KC/admin-node.kubeconfig" "$API_NODE" admin
 
 # --------------------------------------------------------------------------
 # 6. Control plane (host network namespace).
@@ -324,6 +325,11 @@ for t in "$IMAGES/pause.tar" "$IMAGES/busybox.tar"; do
   "$HERE/load-image.sh" "$t" >/dev/null
 done
 
+log "starting cluster-dns on $TS_NODE_IP:53 (in $TS_NETNS)"
+start_proc cluster-dns ns k8s cluster-dns --kubeconfig="$KC/admin-node.kubeconfig" \
+  --listen="$TS_NODE_IP:53" --domain=cluster.local
+wait_for 30 "cluster-dns" grep -q 'serving' "$LOGS/cluster-dns.log"
+
 cat >"$TS_STATE/kubelet/config.yaml" <<EOF
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
@@ -343,6 +349,8 @@ cgroupDriver: cgroupfs
 failCgroupV1: false
 failSwapOn: false
 clusterDomain: cluster.local
+clusterDNS: [$TS_NODE_IP]
+# No host resolv.conf for pods: only cluster names resolve (see cluster-dns).
 resolvConf: ""
 podLogsDir: $TS_STATE/pod-logs
 rotateCertificates: false

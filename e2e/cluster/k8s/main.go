@@ -9,7 +9,7 @@
 //
 // Components: kube-apiserver, kube-controller-manager, kube-scheduler,
 // kubelet, kube-proxy, kubectl, etcd, cri-cleanup / cri-pods (cri.go)
-// and hostpath-provisioner (provisioner.go).
+// hostpath-provisioner (provisioner.go) and cluster-dns (dns.go).
 package main
 
 import (
@@ -46,7 +46,7 @@ var cobraComponents = map[string]func() *cobra.Command{
 }
 
 func usage() {
-	names := []string{"kubectl", "etcd", "cri-cleanup", "cri-pods", "hostpath-provisioner"}
+	names := []string{"kubectl", "etcd", "cri-cleanup", "cri-pods", "hostpath-provisioner", "cluster-dns"}
 	for n := range cobraComponents {
 		names = append(names, n)
 	}
@@ -74,6 +74,8 @@ func main() {
 		os.Exit(criMain(name, os.Args[1:]))
 	case "hostpath-provisioner":
 		os.Exit(provisionerMain(os.Args[1:]))
+	case "cluster-dns":
+		os.Exit(dnsMain(os.Args[1:]))
 	case "etcd":
 		etcdmain.Main(os.Args)
 		os.Exit(0)
@@ -90,7 +92,7 @@ func main() {
 
 func known(name string) bool {
 	switch name {
-	case "etcd", "kubectl", "cri-cleanup", "cri-pods", "hostpath-provisioner":
+	case "etcd", "kubectl", "cri-cleanup", "cri-pods", "hostpath-provisioner", "cluster-dns":
 		return true
 	}
 	_, ok := cobraComponents[name]
