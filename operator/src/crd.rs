@@ -1,0 +1,869 @@
+//! The `TradeStore` custom resource (`tradestore.io/v1alpha1`).
+//!
+//! Doc comments on the fields become the descriptions in the generated CRD
+//! (`operator crd` → `crds/tradestore.yaml`). Defaults declared with
+//! `#[serde(default = ...)]` are also written into the schema, so the API server fills them in.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Container, ResourceRequirements, Toleration};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// API group of the TradeStore resources.
+pub const GROUP: &str = "tradestore.io";
+/// Served and stored version.
+pub const VERSION: &str = "v1alpha1";
+
+/// A DuckDB trade-state store: one sidecar pod owning one database file on a persistent volume,
+/// optionally next to the trading application's own containers.
+#[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "tradestore.io",
+    version = "v1alpha1",
+    kind = "TradeStore",
+    plural = "tradestores",
+    singular = "tradestore",
+    shortname = "ts",
+    category = "tradestore",
+    namespaced,
+    status = "TradeStoreStatus",
+    doc = "A DuckDB trade-state store run by the TradeStore operator",
+    validation = kube::core::Rule::new("self.metadata.name.size() <= 63 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')")
+        .message("metadata.name must be a DNS-1035 label of at most 63 characters: it names the pod and the Service"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Restarts", type_ = "integer", json_path = ".status.restarts.inWindow", priority = 1),
+    printcolumn(name = "Last Backup", type_ = "date", json_path = ".status.backup.lastSuccessfulTime"),
+    printcolumn(name = "Sync Lag", type_ = "string", json_path = ".status.sync.lag"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct TradeStoreSpec {
+    /// Sidecar container image. The image must run
+    /// `/usr/local/bin/sidecar --config /etc/tradestore/sidecar.yaml serve` as a non-root user.
+    #[schemars(length(min = 1))]
+    pub image: String,
+
+    /// Image pull policy of the sidecar container (Always, IfNotPresent or Never).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<PullPolicy>,
+
+    /// Names of Secrets used to pull the images of the pod.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<String>,
+
+    /// CPU and memory of the sidecar container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// The data volume holding the DuckDB file.
+    pub storage: StorageSpec,
+
+    /// DuckDB engine settings.
+    #[serde(default)]
+    pub duckdb: DuckdbSpec,
+
+    /// Load limits of the sidecar (write queue, read pool, HTTP).
+    #[serde(default)]
+    pub limits: LimitsSpec,
+
+    /// Health checks of the sidecar; a sidecar unresponsive for `unresponsiveSeconds` is restarted.
+    #[serde(default)]
+    pub probes: ProbesSpec,
+
+    /// How many restarts are tolerated before the operator fences the store.
+    #[serde(default)]
+    pub restart_policy: RestartPolicySpec,
+
+    /// On shutdown the sidecar finishes queued writes and checkpoints within this many seconds
+    /// (the pod's termination grace period is 10 s longer).
+    #[serde(default = "default_shutdown_grace")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub shutdown_grace_seconds: i64,
+
+    /// Sidecar logging.
+    #[serde(default)]
+    pub log: LogSpec,
+
+    /// API authentication of the sidecar.
+    #[serde(default)]
+    pub auth: AuthSpec,
+
+    /// Redis connection (journal / hot-state replication). Not acted upon yet: reserved for the HA issue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisSpec>,
+
+    /// ClickHouse connection (analytics sync). Not acted upon yet: reserved for the sync issue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clickhouse: Option<ClickHouseSpec>,
+
+    /// Snapshot backups taken by the sidecar. Not acted upon yet: reserved for the backup issue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupSpec>,
+
+    /// Periodic integrity checks run by the sidecar. Not acted upon yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub integrity_check: Option<IntegrityCheckSpec>,
+
+    /// Extra containers sharing the pod with the sidecar (the trading application). They reach the
+    /// sidecar at http://127.0.0.1:8080; `TRADESTORE_URL` and `TRADESTORE_API_TOKEN` are injected
+    /// unless the container sets them itself.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "containers_schema")]
+    pub containers: Vec<Container>,
+
+    /// Run the sidecar as a native sidecar (an init container with restartPolicy Always, Kubernetes
+    /// 1.29+) when user containers are present, so it starts before and stops after them.
+    #[serde(default = "default_true")]
+    pub native_sidecar: bool,
+
+    /// Labels and annotations added to the pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_metadata: Option<PodMetadata>,
+
+    /// Node selector of the pod.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+
+    /// Tolerations of the pod.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+
+    /// Service account of the pod. When unset the pod gets no API token mounted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+
+    /// Priority class of the pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+
+    /// User and group the sidecar runs as (also the fsGroup of the data volume).
+    #[serde(default = "default_uid")]
+    #[schemars(range(min = 1, max = 2147483647))]
+    pub run_as_user: i64,
+
+    /// Hibernate: delete the pod and keep the volume. Setting it back to false starts the store again.
+    #[serde(default)]
+    pub stopped: bool,
+
+    /// Fence switch: no pod may run for this store (nobody writes to the volume) until set back to false.
+    #[serde(default)]
+    pub fenced: bool,
+}
+
+/// Image pull policy.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum PullPolicy {
+    /// Always pull.
+    Always,
+    /// Pull when missing on the node.
+    IfNotPresent,
+    /// Never pull.
+    Never,
+}
+
+impl PullPolicy {
+    /// The Kubernetes spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PullPolicy::Always => "Always",
+            PullPolicy::IfNotPresent => "IfNotPresent",
+            PullPolicy::Never => "Never",
+        }
+    }
+}
+
+/// The data volume.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageSpec {
+    /// Requested size, e.g. `10Gi`. Growing it expands the volume when the storage class allows it;
+    /// shrinking is refused.
+    pub size: Quantity,
+
+    /// Storage class; the cluster default when unset. Fixed once the volume exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+
+    /// Access mode of the volume. ReadWriteOncePod (the default) lets the API guarantee that only one
+    /// pod ever mounts it. Fixed once the volume exists.
+    #[serde(default)]
+    pub access_mode: AccessMode,
+
+    /// What happens to the volume when the TradeStore is deleted: Retain (default) keeps it
+    /// (ownerless), Delete removes it.
+    #[serde(default)]
+    pub retention_policy: RetentionPolicy,
+}
+
+/// Volume access mode.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum AccessMode {
+    /// Only one pod may mount the volume (Kubernetes 1.29+, CSI volumes).
+    #[default]
+    ReadWriteOncePod,
+    /// Only one node may mount the volume (for drivers without ReadWriteOncePod).
+    ReadWriteOnce,
+}
+
+impl AccessMode {
+    /// The Kubernetes spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccessMode::ReadWriteOncePod => "ReadWriteOncePod",
+            AccessMode::ReadWriteOnce => "ReadWriteOnce",
+        }
+    }
+}
+
+/// What to do with the data volume on deletion.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum RetentionPolicy {
+    /// Keep the volume; the operator removes its owner reference so garbage collection leaves it.
+    #[default]
+    Retain,
+    /// Delete the volume with the store.
+    Delete,
+}
+
+/// DuckDB settings (see docs/durability.md).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("self.maxWalBytes >= self.checkpointThresholdBytes")
+    .message("maxWalBytes must be >= checkpointThresholdBytes"))]
+pub struct DuckdbSpec {
+    /// `SET threads`.
+    #[serde(default = "default_threads")]
+    #[schemars(range(min = 1, max = 256))]
+    pub threads: i32,
+
+    /// `SET memory_limit`, e.g. `2GiB`; DuckDB's default (80% of the container's RAM) when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?[A-Za-z]*$"))]
+    pub memory_limit: Option<String>,
+
+    /// DuckDB auto-checkpoint threshold (WAL size in bytes).
+    #[serde(default = "default_checkpoint_threshold")]
+    #[schemars(range(min = 65536))]
+    pub checkpoint_threshold_bytes: i64,
+
+    /// Explicit CHECKPOINT after this many commits (0 turns the count trigger off).
+    #[serde(default = "default_checkpoint_every")]
+    #[schemars(range(min = 0))]
+    pub checkpoint_every_commits: i64,
+
+    /// Explicit CHECKPOINT whenever the WAL file is larger than this.
+    #[serde(default = "default_max_wal")]
+    #[schemars(range(min = 65536))]
+    pub max_wal_bytes: i64,
+}
+
+/// Load limits of the sidecar.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LimitsSpec {
+    /// Group-commit batches that may wait behind the committing one; beyond, writes get 503.
+    #[serde(default = "default_queue_batches")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub queue_batches: i64,
+
+    /// Most write requests folded into one transaction.
+    #[serde(default = "default_max_batch_requests")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub max_batch_requests: i64,
+
+    /// Committed trades kept in memory for hot reads.
+    #[serde(default = "default_recent_trades")]
+    #[schemars(range(min = 0))]
+    pub recent_trades: i64,
+
+    /// Read connection pool size.
+    #[serde(default = "default_pool_size")]
+    #[schemars(range(min = 1, max = 256))]
+    pub pool_size: i32,
+
+    /// How long a read waits for a pooled connection, in milliseconds.
+    #[serde(default = "default_acquire_timeout_ms")]
+    #[schemars(range(min = 1, max = 600000))]
+    pub acquire_timeout_millis: i64,
+
+    /// Most trades one list request returns.
+    #[serde(default = "default_max_list_limit")]
+    #[schemars(range(min = 1))]
+    pub max_list_limit: i64,
+
+    /// Largest accepted request body in bytes.
+    #[serde(default = "default_max_body_bytes")]
+    #[schemars(range(min = 1024))]
+    pub max_body_bytes: i64,
+
+    /// Most trades in one batch insert.
+    #[serde(default = "default_max_batch_trades")]
+    #[schemars(range(min = 1))]
+    pub max_batch_trades: i64,
+
+    /// How long a write waits for its commit before the sidecar answers 503, in seconds.
+    #[serde(default = "default_write_timeout")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub write_timeout_seconds: i64,
+}
+
+/// Probes of the sidecar container.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("self.unresponsiveSeconds >= self.periodSeconds")
+    .message("unresponsiveSeconds must be >= periodSeconds"))]
+#[x_kube(validation = kube::core::Rule::new("self.timeoutSeconds <= self.periodSeconds")
+    .message("timeoutSeconds must be <= periodSeconds"))]
+pub struct ProbesSpec {
+    /// How often the probes run.
+    #[serde(default = "default_period")]
+    #[schemars(range(min = 1, max = 300))]
+    pub period_seconds: i32,
+
+    /// Timeout of one probe request.
+    #[serde(default = "default_probe_timeout")]
+    #[schemars(range(min = 1, max = 300))]
+    pub timeout_seconds: i32,
+
+    /// A sidecar whose liveness check fails for this long is restarted. Also the sidecar's
+    /// `lifecycle.liveness_deadline` (writer heartbeat).
+    #[serde(default = "default_unresponsive")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub unresponsive_seconds: i32,
+
+    /// Consecutive failed readiness checks before the pod leaves the Service.
+    #[serde(default = "default_readiness_failures")]
+    #[schemars(range(min = 1, max = 100))]
+    pub readiness_failure_threshold: i32,
+
+    /// Time allowed for start-up (WAL replay, migrations) before liveness checks begin.
+    #[serde(default = "default_startup")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub startup_seconds: i32,
+}
+
+/// Restart management.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RestartPolicySpec {
+    /// Once the sidecar has restarted this many times within `windowSeconds`, the operator fences
+    /// the store: deletes the pod, sets Degraded and waits for a human.
+    #[serde(default = "default_max_restarts")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_restarts: i32,
+
+    /// Length of the sliding window restarts are counted in.
+    #[serde(default = "default_window")]
+    #[schemars(range(min = 10, max = 604800))]
+    pub window_seconds: i64,
+}
+
+/// Sidecar log output.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LogSpec {
+    /// Line format.
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `tradestore_sidecar=debug`.
+    #[serde(default = "default_log_level")]
+    #[schemars(length(min = 1, max = 256))]
+    pub level: String,
+}
+
+/// Log line format.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object per line.
+    #[default]
+    Json,
+    /// Human-readable lines.
+    Text,
+}
+
+/// API authentication.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthSpec {
+    /// Require the token for reads too (writes always need it).
+    #[serde(default)]
+    pub protect_reads: bool,
+    /// Use this existing Secret (key `token`, at least 16 characters) instead of the generated
+    /// `<name>-token`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_secret_name: Option<String>,
+}
+
+/// A key of a Secret in the store's namespace.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Secret name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key inside the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// Redis connection, by Secret reference.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RedisSpec {
+    /// Secret key holding the Redis URL (`redis://` or `rediss://`, credentials included).
+    pub url_secret_ref: SecretKeyRef,
+    /// Prefix of every key the store writes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_prefix: Option<String>,
+}
+
+/// ClickHouse connection, by Secret reference.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClickHouseSpec {
+    /// Secret key holding the ClickHouse HTTP URL.
+    pub url_secret_ref: SecretKeyRef,
+    /// Secret key holding the user name, when not in the URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_secret_ref: Option<SecretKeyRef>,
+    /// Secret key holding the password, when not in the URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret_ref: Option<SecretKeyRef>,
+    /// Target database.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+}
+
+/// Snapshot backups (taken by the sidecar process; the operator only asks over its API).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupSpec {
+    /// Cron schedule (5 fields, UTC), e.g. `0 * * * *`.
+    #[schemars(length(min = 9, max = 128))]
+    pub schedule: String,
+    /// How many snapshots to keep.
+    #[serde(default)]
+    pub retention: BackupRetention,
+    /// Where snapshots go.
+    pub target: BackupTarget,
+    /// Take a last snapshot when the TradeStore is deleted.
+    #[serde(default)]
+    pub final_snapshot_on_delete: bool,
+}
+
+/// Snapshot retention.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupRetention {
+    /// Keep at most this many snapshots.
+    #[serde(default = "default_keep_last")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub keep_last: i32,
+    /// Also delete snapshots older than this many hours (0: no age limit).
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub max_age_hours: i64,
+}
+
+impl Default for BackupRetention {
+    fn default() -> Self {
+        BackupRetention { keep_last: default_keep_last(), max_age_hours: 0 }
+    }
+}
+
+/// Snapshot destination: exactly one of `volume` and `s3`.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("has(self.volume) != has(self.s3)")
+    .message("exactly one of volume and s3 must be set"))]
+pub struct BackupTarget {
+    /// A directory on a second PersistentVolumeClaim mounted into the pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<VolumeTarget>,
+    /// An S3-compatible bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Target>,
+}
+
+/// Backup volume.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeTarget {
+    /// Existing PersistentVolumeClaim.
+    #[schemars(length(min = 1, max = 253))]
+    pub claim_name: String,
+}
+
+/// S3 bucket.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Target {
+    /// Bucket name.
+    #[schemars(length(min = 3, max = 63))]
+    pub bucket: String,
+    /// Key prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// Endpoint URL for non-AWS stores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Secret with `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`.
+    #[schemars(length(min = 1, max = 253))]
+    pub credentials_secret_name: String,
+}
+
+/// Integrity checks.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IntegrityCheckSpec {
+    /// Seconds between two checks (seed: every minute).
+    #[serde(default = "default_integrity_interval")]
+    #[schemars(range(min = 10, max = 604800))]
+    pub interval_seconds: i64,
+}
+
+/// Extra pod metadata.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+pub struct PodMetadata {
+    /// Labels added to the pod (the operator's own labels win).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Annotations added to the pod.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// Where the store is in its life.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum Phase {
+    /// The pod is being created or is starting.
+    Pending,
+    /// The sidecar is ready.
+    Running,
+    /// The pod is being replaced after a change.
+    Updating,
+    /// Hibernating (`spec.stopped`): no pod, volume kept.
+    Stopped,
+    /// No pod may run: fenced by `spec.fenced` or after too many restarts.
+    Fenced,
+    /// The spec is invalid; nothing was changed.
+    Invalid,
+    /// Deletion in progress.
+    Terminating,
+}
+
+/// Observed state, written by the operator.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TradeStoreStatus {
+    /// Summary of the store's state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// The generation the status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready, Progressing, Degraded (later also backup and sync conditions).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Human-readable detail of the phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The pod currently running the store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodStatusRef>,
+    /// Restart accounting of the sidecar container.
+    #[serde(default)]
+    pub restarts: RestartStatus,
+    /// Set when the operator fenced the store after too many restarts. Clear it by setting the
+    /// annotation `tradestore.io/clear-fence` to a new value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence: Option<FenceStatus>,
+    /// The last `tradestore.io/clear-fence` value acted upon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cleared_fence_token: Option<String>,
+    /// The data volume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<StorageStatus>,
+    /// The sidecar's own report (`GET /v1/status`) when it was reachable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sidecar: Option<SidecarReport>,
+    /// Backups (filled by a later version).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupStatus>,
+    /// Redis/ClickHouse sync (filled by a later version).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync: Option<SyncStatus>,
+}
+
+/// The pod of the store.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodStatusRef {
+    /// Pod name.
+    pub name: String,
+    /// Pod UID.
+    #[serde(default)]
+    pub uid: String,
+    /// The pod-spec hash the pod was created with.
+    #[serde(default)]
+    pub spec_hash: String,
+}
+
+/// Restart accounting.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RestartStatus {
+    /// Restarts observed since the store was created (or the fence was last cleared).
+    #[serde(default)]
+    pub total: i64,
+    /// Restarts within the current window.
+    #[serde(default)]
+    pub in_window: i32,
+    /// When the restarts of the current window were observed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recent: Vec<Time>,
+    /// UID of the pod whose restart count was last read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
+    /// The sidecar container's restartCount last read from that pod.
+    #[serde(default)]
+    pub last_count: i32,
+}
+
+/// Why the operator fenced the store.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FenceStatus {
+    /// Machine-readable reason, e.g. `TooManyRestarts`.
+    pub reason: String,
+    /// Details.
+    pub message: String,
+    /// When the fence was set.
+    pub since: Time,
+}
+
+/// The data volume's state.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageStatus {
+    /// PersistentVolumeClaim name.
+    pub claim_name: String,
+    /// Requested size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested: Option<Quantity>,
+    /// Provisioned size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<Quantity>,
+}
+
+/// Facts from the sidecar's `GET /v1/status`.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SidecarReport {
+    /// Applied migration version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_version: Option<i64>,
+    /// Last commit sequence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seq: Option<i64>,
+    /// Rows in the trades table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trade_rows: Option<i64>,
+    /// Size of the WAL file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wal_bytes: Option<i64>,
+    /// Unix time of the last checkpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_checkpoint_unix: Option<i64>,
+    /// Writer queue depth.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_depth: Option<i64>,
+    /// The sidecar's own readiness.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready: Option<bool>,
+    /// Why it is not ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_ready_reason: Option<String>,
+}
+
+/// Backup state.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupStatus {
+    /// When the last snapshot succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_successful_time: Option<Time>,
+    /// Name of the last snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_snapshot: Option<String>,
+}
+
+/// Sync state.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncStatus {
+    /// How far the slowest sync target is behind, e.g. `3s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag: Option<String>,
+}
+
+fn containers_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let mut schema = generator.subschema_for::<Vec<Container>>();
+    // Containers are identified by name, like in a PodSpec.
+    schema.insert("x-kubernetes-list-type".into(), "map".into());
+    schema.insert("x-kubernetes-list-map-keys".into(), serde_json::json!(["name"]));
+    schema
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_shutdown_grace() -> i64 {
+    25
+}
+fn default_uid() -> i64 {
+    65532
+}
+fn default_threads() -> i32 {
+    4
+}
+fn default_checkpoint_threshold() -> i64 {
+    16 * 1024 * 1024
+}
+fn default_checkpoint_every() -> i64 {
+    5000
+}
+fn default_max_wal() -> i64 {
+    256 * 1024 * 1024
+}
+fn default_queue_batches() -> i64 {
+    10
+}
+fn default_max_batch_requests() -> i64 {
+    256
+}
+fn default_recent_trades() -> i64 {
+    10_000
+}
+fn default_pool_size() -> i32 {
+    10
+}
+fn default_acquire_timeout_ms() -> i64 {
+    2000
+}
+fn default_max_list_limit() -> i64 {
+    10_000
+}
+fn default_max_body_bytes() -> i64 {
+    4 * 1024 * 1024
+}
+fn default_max_batch_trades() -> i64 {
+    10_000
+}
+fn default_write_timeout() -> i64 {
+    10
+}
+fn default_period() -> i32 {
+    5
+}
+fn default_probe_timeout() -> i32 {
+    2
+}
+fn default_unresponsive() -> i32 {
+    10
+}
+fn default_readiness_failures() -> i32 {
+    2
+}
+fn default_startup() -> i32 {
+    300
+}
+fn default_max_restarts() -> i32 {
+    3
+}
+fn default_window() -> i64 {
+    600
+}
+fn default_log_level() -> String {
+    "info".into()
+}
+fn default_keep_last() -> i32 {
+    24
+}
+fn default_integrity_interval() -> i64 {
+    60
+}
+
+impl Default for DuckdbSpec {
+    fn default() -> Self {
+        DuckdbSpec {
+            threads: default_threads(),
+            memory_limit: None,
+            checkpoint_threshold_bytes: default_checkpoint_threshold(),
+            checkpoint_every_commits: default_checkpoint_every(),
+            max_wal_bytes: default_max_wal(),
+        }
+    }
+}
+
+impl Default for LimitsSpec {
+    fn default() -> Self {
+        LimitsSpec {
+            queue_batches: default_queue_batches(),
+            max_batch_requests: default_max_batch_requests(),
+            recent_trades: default_recent_trades(),
+            pool_size: default_pool_size(),
+            acquire_timeout_millis: default_acquire_timeout_ms(),
+            max_list_limit: default_max_list_limit(),
+            max_body_bytes: default_max_body_bytes(),
+            max_batch_trades: default_max_batch_trades(),
+            write_timeout_seconds: default_write_timeout(),
+        }
+    }
+}
+
+impl Default for ProbesSpec {
+    fn default() -> Self {
+        ProbesSpec {
+            period_seconds: default_period(),
+            timeout_seconds: default_probe_timeout(),
+            unresponsive_seconds: default_unresponsive(),
+            readiness_failure_threshold: default_readiness_failures(),
+            startup_seconds: default_startup(),
+        }
+    }
+}
+
+impl Default for RestartPolicySpec {
+    fn default() -> Self {
+        RestartPolicySpec { max_restarts: default_max_restarts(), window_seconds: default_window() }
+    }
+}
+
+impl Default for LogSpec {
+    fn default() -> Self {
+        LogSpec { format: LogFormat::default(), level: default_log_level() }
+    }
+}
+
+impl Default for IntegrityCheckSpec {
+    fn default() -> Self {
+        IntegrityCheckSpec { interval_seconds: default_integrity_interval() }
+    }
+}
+
+/// The CRD as YAML (what `operator crd` prints and `crds/tradestore.yaml` holds).
+pub fn crd_yaml() -> String {
+    use kube::CustomResourceExt;
+    let crd = TradeStore::crd();
+    let body = serde_saphyr::to_string(&crd).expect("the CRD serializes to YAML");
+    format!(
+        "# Generated by `operator crd`; do not edit. Regenerate: cargo run --release -p tradestore-operator -- crd > crds/tradestore.yaml\n---\n{body}"
+    )
+}

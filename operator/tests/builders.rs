@@ -1,0 +1,300 @@
+//! Object builders, sidecar config and validation, from fixture specs (tests/fixtures) against
+//! golden files (tests/golden). Regenerate the golden files with `UPDATE_GOLDEN=1 cargo test`.
+
+use std::path::PathBuf;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+use tradestore_operator::crd::TradeStore;
+use tradestore_operator::resources::{self, RESTART_ANNOTATION, SPEC_HASH_ANNOTATION};
+use tradestore_operator::sidecar_config::SidecarConfig;
+use tradestore_operator::validate::{parse_quantity, validate};
+
+fn dir(sub: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests").join(sub)
+}
+
+fn fixture(name: &str) -> TradeStore {
+    let text = std::fs::read_to_string(dir("fixtures").join(format!("{name}.yaml"))).expect("fixture");
+    serde_saphyr::from_str(&text).expect("fixture parses as a TradeStore")
+}
+
+fn yaml<T: serde::Serialize>(v: &T) -> String {
+    serde_saphyr::to_string(v).expect("yaml")
+}
+
+fn check_golden(name: &str, actual: &str) {
+    let path = dir("golden").join(name);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, actual).expect("write golden");
+        return;
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|_| panic!("{} missing: run UPDATE_GOLDEN=1 cargo test", path.display()));
+    assert_eq!(expected, actual, "{name} differs from the golden file (UPDATE_GOLDEN=1 to accept)");
+}
+
+fn sidecar(pod: &Pod) -> k8s_openapi::api::core::v1::Container {
+    let spec = pod.spec.as_ref().unwrap();
+    spec.init_containers
+        .iter()
+        .flatten()
+        .chain(spec.containers.iter())
+        .find(|c| c.name == "sidecar")
+        .cloned()
+        .expect("sidecar container")
+}
+
+#[test]
+fn golden_objects_for_every_fixture() {
+    for name in ["minimal", "with-app", "classic-sidecar"] {
+        let ts = fixture(name);
+        let mut out = String::new();
+        out += &format!("# pod\n{}", yaml(&resources::pod(&ts)));
+        out += &format!("---\n# pvc\n{}", yaml(&resources::pvc(&ts)));
+        out += &format!("---\n# service\n{}", yaml(&resources::service(&ts)));
+        out += &format!("---\n# configmap\n{}", yaml(&resources::config_map(&ts)));
+        out += &format!("---\n# secret\n{}", yaml(&resources::token_secret(&ts, "fixed-test-token-0123456789")));
+        check_golden(&format!("{name}.yaml"), &out);
+    }
+}
+
+#[test]
+fn fixtures_are_valid() {
+    for name in ["minimal", "with-app", "classic-sidecar"] {
+        assert_eq!(validate(&fixture(name)), Vec::<String>::new(), "{name}");
+    }
+}
+
+#[test]
+fn minimal_store_runs_the_sidecar_as_the_only_container() {
+    let ts = fixture("minimal");
+    let pod = resources::pod(&ts);
+    let spec = pod.spec.as_ref().unwrap();
+    assert!(spec.init_containers.is_none());
+    assert_eq!(spec.containers.len(), 1);
+    let c = &spec.containers[0];
+    assert_eq!(c.name, "sidecar");
+    assert_eq!(c.restart_policy, None);
+    assert_eq!(c.command.as_deref(), Some(&["/usr/local/bin/sidecar".to_string()][..]));
+    assert_eq!(
+        c.args.as_deref(),
+        Some(&["--config".to_string(), "/etc/tradestore/sidecar.yaml".to_string(), "serve".to_string()][..])
+    );
+    assert_eq!(pod.metadata.name.as_deref(), Some("minimal"));
+    assert_eq!(spec.restart_policy.as_deref(), Some("Always"));
+    // shutdown grace 25 s + 10 s margin
+    assert_eq!(spec.termination_grace_period_seconds, Some(35));
+}
+
+#[test]
+fn user_containers_make_the_sidecar_a_native_sidecar() {
+    let ts = fixture("with-app");
+    let pod = resources::pod(&ts);
+    let spec = pod.spec.as_ref().unwrap();
+    let init = spec.init_containers.as_ref().expect("init containers");
+    assert_eq!(init.len(), 1);
+    assert_eq!(init[0].name, "sidecar");
+    assert_eq!(init[0].restart_policy.as_deref(), Some("Always"));
+    assert_eq!(spec.containers.len(), 1);
+    let app = &spec.containers[0];
+    assert_eq!(app.name, "app");
+    let env = app.env.as_ref().unwrap();
+    assert!(env.iter().any(|e| e.name == "MODE"));
+    assert!(env.iter().any(|e| e.name == "TRADESTORE_URL" && e.value.as_deref() == Some("http://127.0.0.1:8080")));
+    let token = env.iter().find(|e| e.name == "TRADESTORE_API_TOKEN").unwrap();
+    let sel = token.value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap();
+    assert_eq!((sel.name.as_str(), sel.key.as_str()), ("desk-a-token", "token"));
+    assert_eq!(spec.termination_grace_period_seconds, Some(50));
+    assert_eq!(spec.service_account_name.as_deref(), Some("trading-app"));
+    assert_eq!(pod.labels().get("team").map(String::as_str), Some("desk-a"));
+    assert_eq!(pod.labels().get("tradestore.io/store").map(String::as_str), Some("desk-a"));
+}
+
+#[test]
+fn classic_mode_keeps_user_env_and_uses_the_given_token_secret() {
+    let ts = fixture("classic-sidecar");
+    let pod = resources::pod(&ts);
+    let spec = pod.spec.as_ref().unwrap();
+    assert!(spec.init_containers.is_none());
+    assert_eq!(spec.containers.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["sidecar", "app"]);
+    let env = spec.containers[1].env.as_ref().unwrap();
+    let urls: Vec<_> = env.iter().filter(|e| e.name == "TRADESTORE_URL").collect();
+    assert_eq!(urls.len(), 1);
+    assert_eq!(urls[0].value.as_deref(), Some("http://localhost:8080"));
+    let token_vol = spec.volumes.as_ref().unwrap().iter().find(|v| v.name == "token").unwrap();
+    assert_eq!(token_vol.secret.as_ref().unwrap().secret_name.as_deref(), Some("my-token"));
+    assert_eq!(resources::pvc(&ts).spec.unwrap().access_modes.unwrap(), ["ReadWriteOnce"]);
+}
+
+#[test]
+fn sidecar_is_locked_down() {
+    let pod = resources::pod(&fixture("minimal"));
+    let psc = pod.spec.as_ref().unwrap().security_context.clone().unwrap();
+    assert_eq!(psc.run_as_non_root, Some(true));
+    assert_eq!(psc.fs_group, Some(65532));
+    assert_eq!(psc.seccomp_profile.unwrap().type_, "RuntimeDefault");
+    let sc = sidecar(&pod).security_context.unwrap();
+    assert_eq!(sc.run_as_non_root, Some(true));
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(sc.capabilities.unwrap().drop.unwrap(), ["ALL"]);
+    assert_eq!(sc.seccomp_profile.unwrap().type_, "RuntimeDefault");
+    let mounts: Vec<_> =
+        sidecar(&pod).volume_mounts.unwrap().into_iter().map(|m| (m.name, m.mount_path, m.read_only)).collect();
+    assert!(mounts.contains(&("data".into(), "/var/lib/tradestore".into(), None)));
+    assert!(mounts.contains(&("tmp".into(), "/tmp".into(), None)));
+    assert!(mounts.contains(&("config".into(), "/etc/tradestore".into(), Some(true))));
+    assert!(mounts.contains(&("token".into(), "/var/run/secrets/tradestore".into(), Some(true))));
+    assert_eq!(pod.spec.unwrap().automount_service_account_token, Some(false));
+}
+
+#[test]
+fn default_probes_restart_after_ten_unresponsive_seconds() {
+    let c = sidecar(&resources::pod(&fixture("minimal")));
+    let live = c.liveness_probe.unwrap();
+    assert_eq!(live.http_get.unwrap().path.as_deref(), Some("/healthz"));
+    assert_eq!(live.period_seconds, Some(5));
+    assert_eq!(live.failure_threshold, Some(2)); // 2 × 5 s = 10 s unresponsive → restart
+    let ready = c.readiness_probe.unwrap();
+    assert_eq!(ready.http_get.unwrap().path.as_deref(), Some("/readyz"));
+    assert_eq!(ready.period_seconds, Some(5));
+    let startup = c.startup_probe.unwrap();
+    assert_eq!(startup.failure_threshold, Some(60)); // 300 s of start-up budget
+    // custom: period 3, unresponsive 10 → ceil(10/3) = 4
+    let c = sidecar(&resources::pod(&fixture("with-app")));
+    assert_eq!(c.liveness_probe.unwrap().failure_threshold, Some(4));
+}
+
+#[test]
+fn every_object_is_owned_by_the_store() {
+    let ts = fixture("minimal");
+    let metas = [
+        resources::pod(&ts).metadata,
+        resources::pvc(&ts).metadata,
+        resources::service(&ts).metadata,
+        resources::config_map(&ts).metadata,
+        resources::token_secret(&ts, "x").metadata,
+    ];
+    for m in metas {
+        let owners = m.owner_references.unwrap();
+        assert_eq!(owners.len(), 1);
+        assert_eq!(owners[0].kind, "TradeStore");
+        assert_eq!(owners[0].api_version, "tradestore.io/v1alpha1");
+        assert_eq!(owners[0].uid, "11111111-1111-1111-1111-111111111111");
+        assert_eq!(owners[0].controller, Some(true));
+        assert_eq!(m.namespace.as_deref(), Some("trading"));
+    }
+}
+
+#[test]
+fn pod_hash_follows_what_shapes_the_pod() {
+    let ts = fixture("minimal");
+    let h = resources::pod_spec_hash(&ts);
+    // Pinned: an operator upgrade must not change the hash of an unchanged spec (that would
+    // restart every store). Change this only together with a documented migration.
+    assert_eq!(h, "c5aff79368e4eb59");
+    let pod = resources::pod(&ts);
+    assert_eq!(pod.annotations().get(SPEC_HASH_ANNOTATION), Some(&h));
+
+    let mut changed = ts.clone();
+    changed.spec.image = "ghcr.io/example/tradestore-sidecar:0.1.1".into();
+    assert_ne!(resources::pod_spec_hash(&changed), h);
+
+    let mut changed = ts.clone();
+    changed.spec.duckdb.threads = 2;
+    assert_ne!(resources::pod_spec_hash(&changed), h);
+
+    let mut restarted = ts.clone();
+    restarted.annotations_mut().insert(RESTART_ANNOTATION.into(), "now".into());
+    assert_ne!(resources::pod_spec_hash(&restarted), h);
+
+    // Not shaping the pod: stop/fence switches, volume size, restart policy, backups.
+    let mut same = ts.clone();
+    same.spec.stopped = true;
+    same.spec.fenced = true;
+    same.spec.storage.size = k8s_openapi::apimachinery::pkg::api::resource::Quantity("5Gi".into());
+    same.spec.restart_policy.max_restarts = 9;
+    same.annotations_mut().insert("unrelated".into(), "x".into());
+    assert_eq!(resources::pod_spec_hash(&same), h);
+}
+
+#[test]
+fn sidecar_config_has_exactly_the_sidecar_keys() {
+    let ts = fixture("with-app");
+    let text = SidecarConfig::from_spec(&ts.spec).to_yaml();
+    let v: serde_json::Value = serde_saphyr::from_str(&text).expect("config is YAML");
+    let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    let mut keys = keys.clone();
+    keys.sort();
+    assert_eq!(
+        keys,
+        ["auth", "data_dir", "database_file", "duckdb", "http", "lifecycle", "listen", "log", "reader", "writer"]
+    );
+    let section_keys = |s: &str| {
+        let mut k: Vec<String> = v[s].as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    };
+    assert_eq!(section_keys("log"), ["format", "level"]);
+    assert_eq!(
+        section_keys("duckdb"),
+        ["checkpoint_every_commits", "checkpoint_threshold_bytes", "max_wal_bytes", "memory_limit", "threads"]
+    );
+    assert_eq!(section_keys("writer"), ["max_batch_requests", "queue_batches", "recent_trades"]);
+    assert_eq!(section_keys("reader"), ["acquire_timeout", "max_list_limit", "pool_size"]);
+    assert_eq!(section_keys("http"), ["max_batch_trades", "max_body_bytes", "write_timeout"]);
+    assert_eq!(section_keys("auth"), ["protect_reads", "token_file"]);
+    assert_eq!(section_keys("lifecycle"), ["liveness_deadline", "shutdown_grace"]);
+    assert_eq!(v["data_dir"], "/var/lib/tradestore");
+    assert_eq!(v["listen"], "0.0.0.0:8080");
+    assert_eq!(v["auth"]["token_file"], "/var/run/secrets/tradestore/token");
+    assert_eq!(v["lifecycle"]["liveness_deadline"], "10s");
+    assert_eq!(v["lifecycle"]["shutdown_grace"], "40s");
+    assert_eq!(v["reader"]["acquire_timeout"], "500ms");
+    assert_eq!(v["duckdb"]["memory_limit"], "1536MiB");
+    assert_eq!(v["log"]["format"], "text");
+}
+
+#[test]
+fn generated_tokens_are_long_and_random() {
+    let a = resources::generate_token();
+    let b = resources::generate_token();
+    assert!(a.len() >= 32 && a.chars().all(|c| c.is_ascii_alphanumeric()));
+    assert_ne!(a, b);
+}
+
+#[test]
+fn validation_reports_each_problem() {
+    let mut ts = fixture("minimal");
+    ts.spec.duckdb.max_wal_bytes = 1024;
+    ts.spec.probes.unresponsive_seconds = 2;
+    ts.spec.containers = vec![
+        k8s_openapi::api::core::v1::Container { name: "sidecar".into(), image: Some("x".into()), ..Default::default() },
+        k8s_openapi::api::core::v1::Container {
+            name: "app".into(),
+            image: None,
+            ports: Some(vec![k8s_openapi::api::core::v1::ContainerPort { container_port: 8080, ..Default::default() }]),
+            ..Default::default()
+        },
+    ];
+    ts.spec.storage.size = k8s_openapi::apimachinery::pkg::api::resource::Quantity("lots".into());
+    let errs = validate(&ts).join("\n");
+    for needle in ["maxWalBytes", "unresponsiveSeconds", "reserved", "image must be set", "port 8080", "storage.size"] {
+        assert!(errs.contains(needle), "missing {needle:?} in:\n{errs}");
+    }
+    let mut bad_name = fixture("minimal");
+    bad_name.metadata.name = Some("Bad_Name".into());
+    assert!(validate(&bad_name)[0].contains("DNS-1035"));
+}
+
+#[test]
+fn quantities_parse() {
+    assert_eq!(parse_quantity("1Gi"), Some(1073741824.0));
+    assert_eq!(parse_quantity("500Mi"), Some(524288000.0));
+    assert_eq!(parse_quantity("2G"), Some(2e9));
+    assert_eq!(parse_quantity("1e3"), Some(1000.0));
+    assert_eq!(parse_quantity("10"), Some(10.0));
+    assert_eq!(parse_quantity("x"), None);
+    assert_eq!(parse_quantity("1Zi"), None);
+}

@@ -1,0 +1,422 @@
+//! Reconcile decisions against a mocked Kubernetes API (kube-rs's tower-test pattern with a small
+//! in-memory API behind it, see fake_api): create, no-op on unchanged, rollout on change, restart
+//! annotation, fence after max restarts (and clearing it), stopped, fence switch, invalid spec,
+//! volume resize, finalizer with both retention policies, objects that do not deserialize.
+
+mod fake_api;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fake_api::FakeApi;
+use futures::future::BoxFuture;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::core::error_boundary::DeserializeGuard;
+use kube::runtime::controller::Action;
+use serde_json::{Value, json};
+use tradestore_operator::controller::{self, Context, Settings, SidecarProbe};
+use tradestore_operator::crd::{SidecarReport, TradeStore};
+use tradestore_operator::metrics::Metrics;
+
+const NS: &str = "trading";
+const TS: &str = "/apis/tradestore.io/v1alpha1/namespaces/trading/tradestores/minimal";
+const POD: &str = "/api/v1/namespaces/trading/pods/minimal";
+const PVC: &str = "/api/v1/namespaces/trading/persistentvolumeclaims/minimal-data";
+const CM: &str = "/api/v1/namespaces/trading/configmaps/minimal-config";
+const SVC: &str = "/api/v1/namespaces/trading/services/minimal";
+const SECRET: &str = "/api/v1/namespaces/trading/secrets/minimal-token";
+
+struct FixedProbe;
+
+impl SidecarProbe for FixedProbe {
+    fn status<'a>(&'a self, _base: &'a str) -> BoxFuture<'a, Result<SidecarReport, String>> {
+        Box::pin(async {
+            Ok(SidecarReport { schema_version: Some(3), last_seq: Some(42), ready: Some(true), ..Default::default() })
+        })
+    }
+}
+
+struct Harness {
+    fake: FakeApi,
+    ctx: Arc<Context>,
+    now: Arc<Mutex<Timestamp>>,
+}
+
+impl Harness {
+    fn new(spec: Value) -> Harness {
+        let (fake, client) = FakeApi::new();
+        let now = Arc::new(Mutex::new("2026-11-01T12:00:00Z".parse::<Timestamp>().unwrap()));
+        let mut ctx = Context::new(client, Metrics::new(), Settings::default(), Arc::new(FixedProbe));
+        let n = now.clone();
+        ctx.clock = Arc::new(move || *n.lock().unwrap());
+        fake.put(
+            TS,
+            json!({
+                "apiVersion": "tradestore.io/v1alpha1", "kind": "TradeStore",
+                "metadata": {"name": "minimal", "namespace": NS, "uid": "ts-uid-1", "generation": 1},
+                "spec": spec,
+            }),
+        );
+        Harness { fake, ctx: Arc::new(ctx), now }
+    }
+
+    fn store(&self) -> TradeStore {
+        serde_json::from_value(self.fake.get(TS).expect("store exists")).expect("store deserializes")
+    }
+
+    async fn reconcile(&self) -> Action {
+        let obj = Arc::new(DeserializeGuard(Ok(self.store())));
+        controller::reconcile(obj, self.ctx.clone()).await.expect("reconcile succeeds")
+    }
+
+    fn advance(&self, secs: i64) {
+        let mut n = self.now.lock().unwrap();
+        *n += SignedDuration::from_secs(secs);
+    }
+
+    fn status(&self) -> Value {
+        self.fake.get(TS).unwrap()["status"].clone()
+    }
+
+    fn condition(&self, type_: &str) -> (String, String) {
+        let st = self.status();
+        let c = st["conditions"].as_array().unwrap().iter().find(|c| c["type"] == type_).unwrap().clone();
+        (c["status"].as_str().unwrap().into(), c["reason"].as_str().unwrap().into())
+    }
+
+    fn edit_spec(&self, f: impl FnOnce(&mut Value)) {
+        self.fake.edit(TS, |o| {
+            f(&mut o["spec"]);
+            let g = o["metadata"]["generation"].as_i64().unwrap();
+            o["metadata"]["generation"] = json!(g + 1);
+        });
+    }
+
+    /// Marks the pod running and ready, with the sidecar's restart count.
+    fn pod_ready(&self, restarts: i32) {
+        self.fake.edit(POD, |p| {
+            p["status"] = json!({
+                "phase": "Running",
+                "podIP": "10.0.0.7",
+                "conditions": [{"type": "Ready", "status": "True"}],
+                "containerStatuses": [{"name": "sidecar", "restartCount": restarts, "ready": true,
+                    "image": "x", "imageID": "", "containerID": "c"}],
+            });
+        });
+    }
+
+    /// Finalizer, then the first full reconcile.
+    async fn create(&self) {
+        assert_eq!(self.reconcile().await, Action::await_change());
+        assert_eq!(self.fake.get(TS).unwrap()["metadata"]["finalizers"], json!([controller::FINALIZER]));
+        self.reconcile().await;
+    }
+}
+
+fn minimal_spec() -> Value {
+    json!({"image": "ghcr.io/example/tradestore-sidecar:0.1.0", "storage": {"size": "1Gi"}})
+}
+
+fn hash_of(fake: &FakeApi) -> String {
+    fake.get(POD).unwrap()["metadata"]["annotations"]["tradestore.io/pod-spec-hash"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn create_builds_every_object() {
+    let h = Harness::new(minimal_spec());
+    h.create().await;
+    for path in [POD, PVC, CM, SVC, SECRET] {
+        let o = h.fake.get(path).unwrap_or_else(|| panic!("{path} created"));
+        assert_eq!(o["metadata"]["ownerReferences"][0]["uid"], "ts-uid-1", "{path} owned");
+    }
+    // Server-side apply with the operator's field manager.
+    let applies: Vec<_> = h
+        .fake
+        .calls()
+        .into_iter()
+        .filter(|c| c.content_type.starts_with("application/apply-patch"))
+        .map(|c| c.path)
+        .collect();
+    assert!(applies.iter().any(|p| p == POD));
+    assert!(h.fake.calls().iter().filter(|c| c.content_type.starts_with("application/apply-patch")).count() >= 4);
+    let secret = h.fake.get(SECRET).unwrap();
+    assert!(secret["data"]["token"].as_str().unwrap().len() >= 32);
+    let config = h.fake.get(CM).unwrap()["data"]["sidecar.yaml"].as_str().unwrap().to_string();
+    assert!(config.contains("data_dir: /var/lib/tradestore"), "{config}");
+    assert_eq!(h.status()["phase"], "Pending");
+    assert_eq!(h.status()["observedGeneration"], 1);
+    assert_eq!(h.condition("Ready").0, "False");
+    assert_eq!(h.condition("Progressing"), ("True".into(), "PodCreated".into()));
+    let reasons: Vec<_> = h.fake.events().into_iter().map(|e| e.1).collect();
+    for r in ["TokenCreated", "VolumeCreated", "PodCreated"] {
+        assert!(reasons.iter().any(|x| x == r), "event {r} in {reasons:?}");
+    }
+}
+
+#[tokio::test]
+async fn unchanged_store_is_a_no_op() {
+    let h = Harness::new(minimal_spec());
+    h.create().await;
+    h.pod_ready(0);
+    let action = h.reconcile().await;
+    assert_eq!(action, Action::requeue(Duration::from_secs(60)));
+    assert_eq!(h.status()["phase"], "Running");
+    assert_eq!(h.condition("Ready"), ("True".into(), "SidecarReady".into()));
+    assert_eq!(h.status()["sidecar"]["lastSeq"], 42);
+    let secret_before = h.fake.get(SECRET).unwrap()["data"].clone();
+
+    h.fake.clear_calls();
+    h.reconcile().await;
+    // Only the idempotent applies of ConfigMap and Service; no pod, volume, secret or status write.
+    let writes = h.fake.writes();
+    assert!(writes.iter().all(|w| w.contains("/configmaps/") || w.contains("/services/")), "{writes:?}");
+    assert!(h.fake.events().is_empty(), "{:?}", h.fake.events());
+    assert_eq!(h.fake.get(SECRET).unwrap()["data"], secret_before, "token never rotates");
+}
+
+#[tokio::test]
+async fn spec_change_rolls_the_pod_out_one_at_a_time() {
+    let h = Harness::new(minimal_spec());
+    h.fake.graceful_pods(true);
+    h.create().await;
+    h.pod_ready(0);
+    h.reconcile().await;
+    let old_hash = hash_of(&h.fake);
+    let old_uid = h.fake.get(POD).unwrap()["metadata"]["uid"].clone();
+
+    h.edit_spec(|s| s["image"] = json!("ghcr.io/example/tradestore-sidecar:0.2.0"));
+    h.reconcile().await;
+    assert!(!h.fake.get(POD).unwrap()["metadata"]["deletionTimestamp"].is_null(), "old pod deleted");
+    assert_eq!(h.status()["phase"], "Updating");
+    assert_eq!(h.condition("Progressing"), ("True".into(), "RollingOut".into()));
+    assert!(h.fake.events().iter().any(|e| e.1 == "RollingOut"));
+
+    // While the old pod terminates, no second pod is created.
+    h.fake.clear_calls();
+    h.reconcile().await;
+    assert!(!h.fake.writes().iter().any(|w| w.contains("/pods/")), "{:?}", h.fake.writes());
+
+    // Once it is gone, the new pod comes with the new hash.
+    h.fake.remove(POD);
+    h.reconcile().await;
+    let pod = h.fake.get(POD).unwrap();
+    assert_ne!(pod["metadata"]["uid"], old_uid);
+    assert_ne!(hash_of(&h.fake), old_hash);
+    assert_eq!(pod["spec"]["containers"][0]["image"], "ghcr.io/example/tradestore-sidecar:0.2.0");
+}
+
+#[tokio::test]
+async fn restart_annotation_replaces_the_pod() {
+    let h = Harness::new(minimal_spec());
+    h.create().await;
+    h.pod_ready(0);
+    h.reconcile().await;
+    let old_hash = hash_of(&h.fake);
+    h.fake.edit(TS, |o| o["metadata"]["annotations"] = json!({"tradestore.io/restart": "1"}));
+    h.reconcile().await; // deletes (the fake removes it at once)
+    assert!(h.fake.get(POD).is_none());
+    h.reconcile().await;
+    assert_ne!(hash_of(&h.fake), old_hash);
+}
+
+#[tokio::test]
+async fn too_many_restarts_fence_the_store_until_cleared() {
+    let h = Harness::new(minimal_spec());
+    h.create().await;
+    h.pod_ready(0);
+    h.reconcile().await;
+
+    h.pod_ready(1);
+    h.advance(30);
+    h.reconcile().await;
+    assert_eq!(h.status()["restarts"]["inWindow"], 1);
+    assert!(h.fake.get(POD).is_some());
+
+    h.pod_ready(3);
+    h.advance(30);
+    h.reconcile().await;
+    assert_eq!(h.status()["restarts"]["inWindow"], 3);
+    assert!(h.fake.get(POD).is_none(), "fenced: pod deleted");
+    assert_eq!(h.status()["phase"], "Fenced");
+    assert_eq!(h.condition("Degraded"), ("True".into(), "TooManyRestarts".into()));
+    assert_eq!(h.condition("Ready"), ("False".into(), "TooManyRestarts".into()));
+    assert!(h.fake.events().contains(&("Warning".into(), "TooManyRestarts".into())));
+
+    // Stays fenced: no new pod, even after the window passed.
+    h.advance(3600);
+    h.reconcile().await;
+    assert!(h.fake.get(POD).is_none());
+    assert_eq!(h.condition("Degraded").0, "True");
+
+    // A human clears it.
+    h.fake.edit(TS, |o| o["metadata"]["annotations"] = json!({"tradestore.io/clear-fence": "incident-17"}));
+    h.reconcile().await;
+    assert!(h.fake.get(POD).is_some(), "pod back after clearing");
+    assert_eq!(h.condition("Degraded"), ("False".into(), "AsExpected".into()));
+    assert_eq!(h.status()["clearedFenceToken"], "incident-17");
+    assert_eq!(h.status()["restarts"]["inWindow"], 0);
+    assert!(h.fake.events().iter().any(|e| e.1 == "FenceCleared"));
+}
+
+#[tokio::test]
+async fn restarts_outside_the_window_do_not_count() {
+    let h = Harness::new(minimal_spec());
+    h.create().await;
+    for n in 1..=5 {
+        h.pod_ready(n);
+        h.advance(301); // window 600 s: at most two restarts inside it
+        h.reconcile().await;
+    }
+    assert!(h.fake.get(POD).is_some());
+    assert_eq!(h.status()["restarts"]["total"], 5);
+    assert!(h.status()["restarts"]["inWindow"].as_i64().unwrap() < 3);
+}
+
+#[tokio::test]
+async fn stopped_and_fenced_remove_the_pod_and_keep_the_volume() {
+    let h = Harness::new(minimal_spec());
+    h.create().await;
+    h.edit_spec(|s| s["stopped"] = json!(true));
+    h.reconcile().await;
+    assert!(h.fake.get(POD).is_none());
+    assert!(h.fake.get(PVC).is_some());
+    h.reconcile().await;
+    assert_eq!(h.status()["phase"], "Stopped");
+    assert_eq!(h.condition("Ready"), ("False".into(), "Stopped".into()));
+
+    h.edit_spec(|s| {
+        s["stopped"] = json!(false);
+        s["fenced"] = json!(true);
+    });
+    h.reconcile().await;
+    assert!(h.fake.get(POD).is_none());
+    assert_eq!(h.status()["phase"], "Fenced");
+    assert_eq!(h.condition("Ready").1, "Fenced");
+
+    h.edit_spec(|s| s["fenced"] = json!(false));
+    h.reconcile().await;
+    assert!(h.fake.get(POD).is_some());
+}
+
+#[tokio::test]
+async fn invalid_spec_creates_nothing() {
+    let h = Harness::new(json!({
+        "image": "x", "storage": {"size": "1Gi"},
+        "duckdb": {"threads": 4, "checkpointThresholdBytes": 1048576, "checkpointEveryCommits": 0, "maxWalBytes": 65536}
+    }));
+    h.reconcile().await; // finalizer
+    assert_eq!(h.reconcile().await, Action::await_change());
+    assert_eq!(h.status()["phase"], "Invalid");
+    assert!(h.status()["message"].as_str().unwrap().contains("maxWalBytes"));
+    assert_eq!(h.condition("Degraded"), ("True".into(), "InvalidSpec".into()));
+    assert!(h.fake.get(POD).is_none() && h.fake.get(PVC).is_none());
+    assert!(h.fake.events().contains(&("Warning".into(), "InvalidSpec".into())));
+}
+
+#[tokio::test]
+async fn volume_grows_only_when_the_class_allows_it() {
+    let h = Harness::new(json!({"image": "x", "storage": {"size": "1Gi", "storageClassName": "fixed"}}));
+    h.fake.put(
+        "/apis/storage.k8s.io/v1/storageclasses/fixed",
+        json!({"metadata": {"name": "fixed"}, "provisioner": "p"}),
+    );
+    h.fake.put(
+        "/apis/storage.k8s.io/v1/storageclasses/elastic",
+        json!({"metadata": {"name": "elastic"}, "provisioner": "p", "allowVolumeExpansion": true}),
+    );
+    h.create().await;
+    h.edit_spec(|s| s["storage"]["size"] = json!("2Gi"));
+    h.reconcile().await;
+    assert_eq!(h.fake.get(PVC).unwrap()["spec"]["resources"]["requests"]["storage"], "1Gi");
+    assert!(h.fake.events().contains(&("Warning".into(), "VolumeResizeUnsupported".into())));
+
+    // The same claim on an expandable class is patched.
+    h.fake.edit(PVC, |p| p["spec"]["storageClassName"] = json!("elastic"));
+    h.edit_spec(|s| s["storage"]["size"] = json!("3Gi"));
+    h.reconcile().await;
+    assert_eq!(h.fake.get(PVC).unwrap()["spec"]["resources"]["requests"]["storage"], "3Gi");
+    assert!(h.fake.events().iter().any(|e| e.1 == "VolumeExpanding"));
+
+    // Shrinking is refused.
+    h.edit_spec(|s| s["storage"]["size"] = json!("1Gi"));
+    h.reconcile().await;
+    assert_eq!(h.fake.get(PVC).unwrap()["spec"]["resources"]["requests"]["storage"], "3Gi");
+    assert!(h.fake.events().contains(&("Warning".into(), "VolumeShrinkRefused".into())));
+}
+
+async fn delete_store(h: &Harness) {
+    h.fake.edit(TS, |o| o["metadata"]["deletionTimestamp"] = json!("2026-11-01T12:00:00Z"));
+    h.reconcile().await; // deletes the pod
+    assert!(h.fake.get(POD).map(|p| !p["metadata"]["deletionTimestamp"].is_null()).unwrap_or(true));
+    assert!(h.fake.get(TS).is_some(), "finalizer holds the store while the pod stops");
+    h.fake.remove(POD);
+    h.reconcile().await;
+}
+
+#[tokio::test]
+async fn deletion_waits_for_the_pod_and_retains_the_volume() {
+    let h = Harness::new(minimal_spec());
+    h.fake.graceful_pods(true);
+    h.create().await;
+    delete_store(&h).await;
+    assert!(h.fake.get(TS).is_none(), "finalizer removed");
+    let pvc = h.fake.get(PVC).expect("volume kept");
+    assert_eq!(pvc["metadata"]["ownerReferences"], json!([]), "no owner left for garbage collection");
+    assert!(h.fake.events().iter().any(|e| e.1 == "VolumeRetained"));
+}
+
+#[tokio::test]
+async fn deletion_with_delete_policy_removes_the_volume() {
+    let mut spec = minimal_spec();
+    spec["storage"]["retentionPolicy"] = json!("Delete");
+    let h = Harness::new(spec);
+    h.fake.graceful_pods(true);
+    h.create().await;
+    delete_store(&h).await;
+    assert!(h.fake.get(TS).is_none());
+    assert!(h.fake.get(PVC).is_none());
+}
+
+#[tokio::test]
+async fn retained_volume_is_adopted_by_a_new_store_of_the_same_name() {
+    let h = Harness::new(minimal_spec());
+    h.fake.put(
+        PVC,
+        json!({"metadata": {"name": "minimal-data", "namespace": NS},
+               "spec": {"accessModes": ["ReadWriteOncePod"], "resources": {"requests": {"storage": "1Gi"}}}}),
+    );
+    h.create().await;
+    assert_eq!(h.fake.get(PVC).unwrap()["metadata"]["ownerReferences"][0]["uid"], "ts-uid-1");
+}
+
+#[tokio::test]
+async fn object_that_does_not_deserialize_does_not_break_anything() {
+    let h = Harness::new(minimal_spec());
+    let raw = json!({"apiVersion": "tradestore.io/v1alpha1", "kind": "TradeStore",
+        "metadata": {"name": "broken", "namespace": NS, "uid": "u2"}, "spec": {"image": 5}});
+    let guard: DeserializeGuard<TradeStore> = serde_json::from_value(raw).unwrap();
+    assert!(guard.0.is_err());
+    let action = controller::reconcile(Arc::new(guard), h.ctx.clone()).await.unwrap();
+    assert_eq!(action, Action::await_change());
+    assert!(h.fake.events().contains(&("Warning".into(), "InvalidObject".into())));
+    assert!(h.ctx.metrics.render().contains("reason=\"InvalidObject\""));
+}
+
+#[tokio::test]
+async fn foreign_pod_with_the_same_name_is_left_alone() {
+    let h = Harness::new(minimal_spec());
+    h.fake.put(POD, json!({"metadata": {"name": "minimal", "namespace": NS}, "spec": {"containers": []}}));
+    h.reconcile().await;
+    let res = controller::reconcile(Arc::new(DeserializeGuard(Ok(h.store()))), h.ctx.clone()).await;
+    assert!(res.is_err());
+    assert!(h.fake.get(POD).unwrap()["metadata"]["ownerReferences"].is_null(), "not adopted or changed");
+    assert_eq!(h.condition("Degraded").1, "PodNameConflict");
+}
+
+#[test]
+fn backoff_grows_and_caps() {
+    assert_eq!(controller::backoff_delay(1), Duration::from_secs(1));
+    assert_eq!(controller::backoff_delay(2), Duration::from_secs(2));
+    assert_eq!(controller::backoff_delay(5), Duration::from_secs(16));
+    assert_eq!(controller::backoff_delay(30), Duration::from_secs(300));
+}
