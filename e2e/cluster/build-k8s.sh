@@ -29,7 +29,7 @@ fi
 
 mkdir -p "$bin" "$TS_CACHE/go/mod" "$TS_CACHE/go/build"
 export GOMODCACHE="$TS_CACHE/go/mod" GOCACHE="$TS_CACHE/go/build"
-export GOFLAGS="-modcacherw -mod=readonly" CGO_ENABLED=0 GOTOOLCHAIN=local
+export GOFLAGS="-modcacherw -mod=readonly -buildvcs=false" CGO_ENABLED=0 GOTOOLCHAIN=local
 export GOPROXY="${GOPROXY:-https://proxy.golang.org,direct}"
 
 minor="${K8S_VERSION#v1.}"; minor="${minor%%.*}"

@@ -126,3 +126,13 @@ wait_for() {
   "$@" || true
   die "timed out after ${secs}s waiting for $what"
 }
+
+# port_free PORT: nothing listens on TCP PORT in the host namespace.
+port_free() { ! ss -Hltn "sport = :$1" | grep -q .; }
+
+# pick_port PORT [EXCEPT]: PORT, or the next free port above it (not EXCEPT).
+pick_port() {
+  local p=$1
+  while ! port_free "$p" || [[ $p == "${2:-}" ]]; do p=$((p + 1)); done
+  echo "$p"
+}

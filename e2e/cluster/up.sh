@@ -93,12 +93,14 @@ if [[ -e $TS_NETNS_PATH || -d $TS_RUN || -d $TS_STATE ]]; then
   "$HERE/down.sh"
 fi
 
-# Host ports the control plane needs must be free.
-for port in "$TS_API_PORT" "$TS_ETCD_PORT" "$TS_ETCD_PEER_PORT" 10257 10259; do
-  if ss -Hltn "sport = :$port" | grep -q .; then
-    die "TCP port $port is already in use on the host (ss -ltnp 'sport = :$port')"
-  fi
-done
+# The API server port is part of the interface (kubeconfig): it must be free.
+# The other host ports are internal, so take the next free one if needed.
+port_free "$TS_API_PORT" ||
+  die "TCP port $TS_API_PORT (API server) is already in use on the host (ss -ltnp 'sport = :$TS_API_PORT'); set TS_API_PORT"
+ETCD_PORT="$(pick_port "$TS_ETCD_PORT")"
+ETCD_PEER_PORT="$(pick_port "$TS_ETCD_PEER_PORT" "$ETCD_PORT")"
+KCM_PORT="$(pick_port 10257)"
+SCHED_PORT="$(pick_port 10259 "$KCM_PORT")"
 
 # --------------------------------------------------------------------------
 # 4. Network: namespace, veth pair to the host, blackhole default route.
@@ -211,15 +213,15 @@ write_kubeconfig "$KC/admin-node.kubeconfig" "$API_NODE" admin
 # --------------------------------------------------------------------------
 log "starting etcd"
 start_proc etcd host etcd --name tradestore-e2e --data-dir "$TS_STATE/etcd" \
-  --listen-client-urls "http://127.0.0.1:$TS_ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$TS_ETCD_PORT" \
-  --listen-peer-urls "http://127.0.0.1:$TS_ETCD_PEER_PORT" --initial-advertise-peer-urls "http://127.0.0.1:$TS_ETCD_PEER_PORT" \
-  --initial-cluster "tradestore-e2e=http://127.0.0.1:$TS_ETCD_PEER_PORT" \
+  --listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
+  --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
+  --initial-cluster "tradestore-e2e=http://127.0.0.1:$ETCD_PEER_PORT" \
   --unsafe-no-fsync --log-level warn
-wait_for 60 "etcd" curl -fsS "http://127.0.0.1:$TS_ETCD_PORT/health"
+wait_for 60 "etcd" curl -fsS "http://127.0.0.1:$ETCD_PORT/health"
 
 log "starting kube-apiserver"
 start_proc kube-apiserver host kube-apiserver \
-  --etcd-servers="http://127.0.0.1:$TS_ETCD_PORT" \
+  --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
   --bind-address=0.0.0.0 --secure-port="$TS_API_PORT" --advertise-address="$TS_HOST_IP" \
   --anonymous-auth=false \
   --service-cluster-ip-range="$TS_SERVICE_CIDR" \
@@ -242,7 +244,7 @@ start_proc kube-controller-manager host kube-controller-manager \
   --kubeconfig="$KC/controller-manager.kubeconfig" \
   --authentication-kubeconfig="$KC/controller-manager.kubeconfig" \
   --authorization-kubeconfig="$KC/controller-manager.kubeconfig" \
-  --bind-address=127.0.0.1 --leader-elect=false \
+  --bind-address=127.0.0.1 --secure-port="$KCM_PORT" --leader-elect=false \
   --root-ca-file="$PKI/ca.crt" --service-account-private-key-file="$PKI/sa.key" \
   --use-service-account-credentials=true \
   --cluster-signing-cert-file="$PKI/ca.crt" --cluster-signing-key-file="$PKI/ca.key" \
@@ -251,7 +253,7 @@ start_proc kube-scheduler host kube-scheduler \
   --kubeconfig="$KC/scheduler.kubeconfig" \
   --authentication-kubeconfig="$KC/scheduler.kubeconfig" \
   --authorization-kubeconfig="$KC/scheduler.kubeconfig" \
-  --bind-address=127.0.0.1 --leader-elect=false --profiling=false --v=1
+  --bind-address=127.0.0.1 --secure-port="$SCHED_PORT" --leader-elect=false --profiling=false --v=1
 start_proc hostpath-provisioner host k8s hostpath-provisioner \
   --kubeconfig="$KC/admin.kubeconfig" --name=tradestore.local/hostpath --root="$TS_STATE/volumes"
 
