@@ -219,7 +219,16 @@ pub async fn reconcile(obj: Arc<DeserializeGuard<TradeStore>>, ctx: Arc<Context>
             ctx.metrics.duration.observe(started.elapsed().as_secs_f64());
             match &res {
                 Ok(_) => ctx.reset_backoff(&key),
-                Err(e) => ctx.metrics.failures.with_label_values(&[e.reason().as_str()]).inc(),
+                Err(e) => {
+                    ctx.metrics.failures.with_label_values(&[e.reason().as_str()]).inc();
+                    // Optimistic-concurrency conflicts are routine (retried at once); the rest is
+                    // worth telling the owner of the store.
+                    let routine = matches!(e, Error::Kube(kube::Error::Api(s)) if s.is_conflict());
+                    if !routine {
+                        let msg = truncate(&e.to_string(), 1000);
+                        ctx.event(ts, EventType::Warning, "ReconcileFailed", "Reconcile", msg).await;
+                    }
+                }
             }
             res
         }
@@ -275,9 +284,14 @@ fn truncate(s: &str, n: usize) -> String {
 }
 
 /// Reconciles one (deserialized) store: finalizer first, then the pipeline.
-pub async fn reconcile_store(ts: Arc<TradeStore>, ctx: Arc<Context>) -> Result<Action> {
-    let ns = ts.namespace().unwrap_or_else(|| "default".into());
+pub async fn reconcile_store(cached: Arc<TradeStore>, ctx: Arc<Context>) -> Result<Action> {
+    let ns = cached.namespace().unwrap_or_else(|| "default".into());
     let api: Api<TradeStore> = Api::namespaced(ctx.client.clone(), &ns);
+    // Decisions depend on our own last status (restart window, fence): read the object fresh,
+    // because the watch cache may not have seen the previous reconciliation's status write yet.
+    let Some(ts) = api.get_opt(&cached.name_any()).await? else {
+        return Ok(Action::await_change());
+    };
     let has_finalizer = ts.finalizers().iter().any(|f| f == FINALIZER);
     if ts.metadata.deletion_timestamp.is_some() {
         if !has_finalizer {
@@ -409,9 +423,41 @@ async fn delete_pod(pods: &Api<Pod>, pod: &Pod) -> Result<()> {
     }
 }
 
+/// Writes `st` as the whole status: a JSON merge patch from the stored status to `st`, with
+/// explicit nulls for fields that went away (a plain merge patch would keep them).
 async fn patch_status(api: &Api<TradeStore>, ts: &TradeStore, st: &TradeStoreStatus) -> Result<TradeStore> {
-    let patch = json!({"status": st});
+    let old = serde_json::to_value(ts.status.clone().unwrap_or_default()).expect("status serializes");
+    let new = serde_json::to_value(st).expect("status serializes");
+    let patch = json!({"status": merge_patch(&old, &new)});
     Ok(api.patch_status(&ts.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?)
+}
+
+/// The RFC 7386 merge patch that turns `old` into `new`.
+pub fn merge_patch(old: &serde_json::Value, new: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match (old, new) {
+        (Value::Object(o), Value::Object(n)) => {
+            let mut patch = serde_json::Map::new();
+            for (k, nv) in n {
+                match o.get(k) {
+                    Some(ov) if ov == nv => {}
+                    Some(ov) if ov.is_object() && nv.is_object() => {
+                        patch.insert(k.clone(), merge_patch(ov, nv));
+                    }
+                    _ => {
+                        patch.insert(k.clone(), nv.clone());
+                    }
+                }
+            }
+            for k in o.keys() {
+                if !n.contains_key(k) {
+                    patch.insert(k.clone(), Value::Null);
+                }
+            }
+            Value::Object(patch)
+        }
+        _ => new.clone(),
+    }
 }
 
 /// What the pod step decided.

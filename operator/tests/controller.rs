@@ -256,6 +256,54 @@ async fn too_many_restarts_fence_the_store_until_cleared() {
     assert_eq!(h.status()["clearedFenceToken"], "incident-17");
     assert_eq!(h.status()["restarts"]["inWindow"], 0);
     assert!(h.fake.events().iter().any(|e| e.1 == "FenceCleared"));
+    assert!(h.status().get("fence").is_none(), "fence removed from the status");
+
+    // And it stays cleared.
+    h.reconcile().await;
+    assert!(h.fake.get(POD).is_some());
+    assert_eq!(h.condition("Degraded").0, "False");
+}
+
+#[tokio::test]
+async fn a_stale_cached_object_cannot_undo_a_fence() {
+    let h = Harness::new(minimal_spec());
+    h.create().await;
+    h.pod_ready(0);
+    h.reconcile().await;
+    let stale = h.store(); // as the watch cache may still hold it
+    h.pod_ready(3);
+    h.reconcile().await;
+    assert!(h.fake.get(POD).is_none(), "fenced");
+    controller::reconcile(Arc::new(DeserializeGuard(Ok(stale))), h.ctx.clone()).await.unwrap();
+    assert!(h.fake.get(POD).is_none(), "the stale object must not bring the pod back");
+    assert_eq!(h.status()["phase"], "Fenced");
+    assert_eq!(h.status()["restarts"]["inWindow"], 3);
+}
+
+#[tokio::test]
+async fn errors_are_reported_as_events() {
+    let mut spec = minimal_spec();
+    spec["auth"] = json!({"tokenSecretName": "missing"});
+    let h = Harness::new(spec);
+    h.reconcile().await;
+    let res = controller::reconcile(Arc::new(DeserializeGuard(Ok(h.store()))), h.ctx.clone()).await;
+    assert!(res.is_err());
+    let events = h.fake.events();
+    assert!(events.contains(&("Warning".into(), "TokenSecretMissing".into())), "{events:?}");
+    assert!(events.contains(&("Warning".into(), "ReconcileFailed".into())), "{events:?}");
+    assert!(h.ctx.metrics.render().contains("reason=\"Dependency\""));
+    assert!(h.fake.get(POD).is_none());
+}
+
+#[test]
+fn merge_patch_removes_what_went_away() {
+    let old = json!({"a": 1, "b": {"c": 2, "d": 3}, "e": [1], "f": "x"});
+    let new = json!({"a": 1, "b": {"c": 5}, "e": [2]});
+    let patch = controller::merge_patch(&old, &new);
+    assert_eq!(patch, json!({"b": {"c": 5, "d": null}, "e": [2], "f": null}));
+    let mut applied = old.clone();
+    fake_api::merge(&mut applied, &patch);
+    assert_eq!(applied, new);
 }
 
 #[tokio::test]
