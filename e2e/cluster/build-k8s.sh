@@ -17,7 +17,7 @@ source "$HERE/lib.sh"
 ensure_go
 
 src="$HERE/k8s"
-hash="$(cd "$src" && cat go.mod go.sum $(LC_ALL=C ls ./*.go) | sha256sum | cut -c1-12)"
+hash="$(cd "$src" && export LC_ALL=C && cat go.mod go.sum ./*.go | sha256sum | cut -c1-12)"
 out="$TS_CACHE/k8s-$K8S_VERSION-$hash"
 bin="$out/bin"
 

@@ -3,7 +3,7 @@
 
 K8S_VERSION="${K8S_VERSION:-v1.33.13}"
 # CI may run with a minimal environment.
-[[ -n ${HOME:-} ]] || export HOME="$(getent passwd "$(id -u)" | cut -d: -f6)"
+if [[ -z ${HOME:-} ]]; then HOME="$(getent passwd "$(id -u)" | cut -d: -f6)"; export HOME; fi
 TS_CACHE="${TS_CACHE:-$HOME/.cache/tradestore}"
 # Runtime state of the cluster (certs, etcd data, containerd root, logs, pids).
 TS_STATE="${TS_STATE:-/var/lib/tradestore-e2e}"
