@@ -4,15 +4,15 @@
 #   * the prebuilt libduckdb (DuckDB's C++ is never compiled here, see docs/build.md).
 # Idempotent and quiet when everything is already in place.
 
-TRADESTORE_CACHE="${TRADESTORE_CACHE:-$HOME/.cache/tradestore}"
-export TRADESTORE_CACHE
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$TRADESTORE_CACHE/target}"
+TS_CACHE_DIR="${TS_CACHE_DIR:-$HOME/.cache/tradestore}"
+export TS_CACHE_DIR
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$TS_CACHE_DIR/target}"
 
 # DuckDB 1.5.6 as shipped by the npm package @duckdb/node-bindings-linux-x64.
 # The Rust crate duckdb =1.10506.1 is the matching binding (1.10506 = DuckDB 1.5.6).
 LIBDUCKDB_NPM_PKG="@duckdb/node-bindings-linux-x64@1.5.6-r.1"
 LIBDUCKDB_SHA256="3f4962cdd266eab2b479a5b5a4a6d063d279b2954ae814ed00385d553b747633"
-export DUCKDB_LIB_DIR="$TRADESTORE_CACHE/libduckdb-1.5.6"
+export DUCKDB_LIB_DIR="$TS_CACHE_DIR/libduckdb-1.5.6"
 export DUCKDB_DOWNLOAD_LIB=0
 
 tradestore_fetch_libduckdb() {

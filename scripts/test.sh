@@ -17,7 +17,7 @@ cargo fmt --all --check
 cargo clippy --release --locked --workspace --all-targets -- -D warnings
 
 step "tests"
-cargo test --release --locked --workspace --no-fail-fast 2>&1 | tee "$TRADESTORE_CACHE/last-test.log"
+cargo test --release --locked --workspace --no-fail-fast 2>&1 | tee "$TS_CACHE_DIR/last-test.log"
 test "${PIPESTATUS[0]}" -eq 0
 
 step "done"

@@ -99,7 +99,10 @@ fn load_hot_state(conn: &duckdb::Connection, recent: usize) -> Result<HotState> 
     let symbols = load_symbol_states(conn)?;
     let last_seq: i64 = conn.query_row("SELECT coalesce(max(seq), 0) FROM trades", [], |r| r.get(0))?;
     let mut state = HotState::new(symbols, last_seq, recent);
-    let sql = format!("SELECT {} FROM (SELECT * FROM trades ORDER BY seq DESC LIMIT {recent}) ORDER BY seq", db::TRADE_COLUMNS);
+    let sql = format!(
+        "SELECT {} FROM (SELECT * FROM trades ORDER BY seq DESC LIMIT {recent}) ORDER BY seq",
+        db::TRADE_COLUMNS
+    );
     let mut stmt = conn.prepare(&sql)?;
     for t in stmt.query_map([], db::trade_from_row)? {
         state.remember(t?);

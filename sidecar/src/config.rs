@@ -232,10 +232,8 @@ impl Config {
                 .try_parsing(true)
                 .source(Some(overrides)),
         );
-        let cfg: Config = builder
-            .build()
-            .and_then(|c| c.try_deserialize())
-            .map_err(|e| Error::Config(e.to_string()))?;
+        let cfg: Config =
+            builder.build().and_then(|c| c.try_deserialize()).map_err(|e| Error::Config(e.to_string()))?;
         cfg.validate()?;
         Ok(cfg)
     }

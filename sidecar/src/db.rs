@@ -18,15 +18,12 @@ pub fn open(path: &Path, cfg: &DuckdbConfig) -> Result<Connection> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let mut flags = duckdb::Config::default()
-        .threads(i64::from(cfg.threads))?
-        .enable_autoload_extension(false)?;
+    let mut flags = duckdb::Config::default().threads(i64::from(cfg.threads))?.enable_autoload_extension(false)?;
     if let Some(limit) = &cfg.memory_limit {
         flags = flags.max_memory(limit)?;
     }
-    let conn = Connection::open_with_flags(path, flags).map_err(|e| {
-        Error::Internal(format!("cannot open database {}: {e}", path.display()))
-    })?;
+    let conn = Connection::open_with_flags(path, flags)
+        .map_err(|e| Error::Internal(format!("cannot open database {}: {e}", path.display())))?;
     conn.execute_batch(&format!("SET checkpoint_threshold = '{}B';", cfg.checkpoint_threshold_bytes))?;
     Ok(conn)
 }

@@ -20,8 +20,11 @@ pub enum Error {
     /// The request is malformed.
     #[error("invalid request: {0}")]
     Invalid(FieldError),
-    /// The trade does not exist.
-    #[error("trade {0} not found")]
+    /// Missing or wrong bearer token.
+    #[error("missing or wrong bearer token")]
+    Unauthorized,
+    /// The named thing (e.g. `trade T-1`) does not exist.
+    #[error("{0} not found")]
     NotFound(String),
     /// The change conflicts with the stored state (duplicate id, stale version,
     /// cancelled trade); carries the current trade when there is one.

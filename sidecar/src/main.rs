@@ -82,7 +82,10 @@ fn main() -> ExitCode {
 fn init_logging(cfg: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log.level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match cfg.log.format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -114,6 +117,7 @@ fn migrate(cfg: &Config, action: MigrateAction) -> Result<()> {
 fn serve(cfg: Config, env: HashMap<String, String>) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
+        let mut signals = shutdown::Signals::install()?;
         let listen = cfg.listen;
         let grace = cfg.lifecycle.shutdown_grace;
         let listener = tokio::net::TcpListener::bind(listen)
@@ -129,7 +133,7 @@ fn serve(cfg: Config, env: HashMap<String, String>) -> Result<()> {
             })
             .run();
         let server = tokio::spawn(server);
-        let signal = shutdown::signalled().await;
+        let signal = signals.recv().await;
         tracing::info!(signal, grace = ?grace, "shutting down");
         shutdown::begin(&app);
         let _ = stop_http.send(());

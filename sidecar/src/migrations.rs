@@ -64,8 +64,10 @@ pub struct Status {
 
 /// The migrations compiled into this binary, ordered by version.
 pub fn embedded() -> &'static [Migration] {
-    static ALL: LazyLock<Vec<Migration>> =
-        LazyLock::new(|| parse(DIR.files().map(|f| (f.path().to_string_lossy().into_owned(), f.contents()))).expect("embedded migrations are valid"));
+    static ALL: LazyLock<Vec<Migration>> = LazyLock::new(|| {
+        parse(DIR.files().map(|f| (f.path().to_string_lossy().into_owned(), f.contents())))
+            .expect("embedded migrations are valid")
+    });
     &ALL
 }
 
@@ -289,7 +291,12 @@ mod tests {
     fn a_failing_migration_leaves_nothing_behind() {
         let conn = mem();
         let mut set = embedded().to_vec();
-        set.push(Migration { version: 2, name: "broken".into(), up: "CREATE TABLE t2 (x INT); SELECT nope;".into(), down: "DROP TABLE t2;".into() });
+        set.push(Migration {
+            version: 2,
+            name: "broken".into(),
+            up: "CREATE TABLE t2 (x INT); SELECT nope;".into(),
+            down: "DROP TABLE t2;".into(),
+        });
         let e = up(&conn, &set, None).unwrap_err().to_string();
         assert!(e.contains("migration 2 (broken) failed"), "{e}");
         assert_eq!(status(&conn, &set).unwrap().current, 0, "the whole run rolled back");

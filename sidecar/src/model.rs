@@ -362,9 +362,14 @@ mod tests {
 
     #[test]
     fn rejects_unknown_fields_and_bad_enums_at_parse_time() {
-        assert!(serde_json::from_str::<NewTrade>(r#"{"symbol":"A","side":"buy","quantity":1,"price":1,"qty":2}"#).is_err());
+        assert!(
+            serde_json::from_str::<NewTrade>(r#"{"symbol":"A","side":"buy","quantity":1,"price":1,"qty":2}"#).is_err()
+        );
         assert!(serde_json::from_str::<NewTrade>(r#"{"symbol":"A","side":"hold","quantity":1,"price":1}"#).is_err());
-        assert!(serde_json::from_str::<NewTrade>(r#"{"symbol":"A","side":"buy","quantity":1,"price":1,"ts":"yesterday"}"#).is_err());
+        assert!(
+            serde_json::from_str::<NewTrade>(r#"{"symbol":"A","side":"buy","quantity":1,"price":1,"ts":"yesterday"}"#)
+                .is_err()
+        );
     }
 
     #[test]

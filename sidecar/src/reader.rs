@@ -107,7 +107,7 @@ impl Reader {
             let mut rows = stmt.query_map([&id], db::trade_from_row)?;
             match rows.next() {
                 Some(t) => Ok(t?),
-                None => Err(Error::NotFound(id)),
+                None => Err(Error::NotFound(format!("trade {id}"))),
             }
         })
         .await
@@ -158,11 +158,6 @@ impl Reader {
     pub fn all_state(&self) -> (Vec<SymbolState>, i64) {
         let s = self.state.read().unwrap_or_else(|e| e.into_inner());
         (s.all_symbols(), s.last_seq())
-    }
-
-    /// The `trade_state` view as DuckDB computes it (for checks and tests).
-    pub async fn state_from_db(&self) -> Result<Vec<SymbolState>> {
-        self.with_conn(|conn| load_symbol_states(conn)).await
     }
 }
 

@@ -109,10 +109,10 @@ impl HotState {
             }
         }
         if after.status == Status::Filled {
-            let entry = self.symbols.entry(after.symbol.clone()).or_insert_with(|| SymbolState {
-                symbol: after.symbol.clone(),
-                ..Default::default()
-            });
+            let entry = self
+                .symbols
+                .entry(after.symbol.clone())
+                .or_insert_with(|| SymbolState { symbol: after.symbol.clone(), ..Default::default() });
             entry.add(after, 1.0);
         }
         self.last_seq = self.last_seq.max(after.seq);

@@ -383,7 +383,7 @@ impl Writer {
                 Planned { result: Ok(changes.iter().map(|(_, t)| t.clone()).collect()), changes }
             }
             WriteOp::Update { id, patch } => match view.get(id) {
-                None => refuse(Error::NotFound(id.clone())),
+                None => refuse(Error::NotFound(format!("trade {id}"))),
                 Some(cur) if cur.status == Status::Cancelled => refuse(Error::Conflict {
                     reason: format!("trade {id} is cancelled"),
                     current: Some(Box::new(cur.clone())),
@@ -398,7 +398,7 @@ impl Writer {
                 }
             },
             WriteOp::Cancel { id, expected_version } => match view.get(id) {
-                None => refuse(Error::NotFound(id.clone())),
+                None => refuse(Error::NotFound(format!("trade {id}"))),
                 Some(cur) if expected_version.is_some_and(|v| v != cur.version) => refuse(Error::Conflict {
                     reason: format!("trade {id} is at version {}, not {}", cur.version, expected_version.unwrap_or(0)),
                     current: Some(Box::new(cur.clone())),
@@ -462,7 +462,8 @@ impl Writer {
     fn maybe_checkpoint(&mut self) {
         let wal = db::wal_size(&self.db_path);
         self.metrics.wal_bytes.set(wal as i64);
-        let by_count = self.checkpoint_every_commits > 0 && self.commits_since_checkpoint >= self.checkpoint_every_commits;
+        let by_count =
+            self.checkpoint_every_commits > 0 && self.commits_since_checkpoint >= self.checkpoint_every_commits;
         if !(by_count || wal > self.max_wal_bytes) {
             return;
         }

@@ -11,21 +11,32 @@ async fn insert_get_list_patch_cancel() {
     let s = Sidecar::start(dir.path(), &[]).await;
     let c = client();
 
-    let r = c.post(s.url("/v1/trades")).json(&json!({"id":"T-1","symbol":"AAPL","side":"buy","quantity":10,"price":100.0,"ts":"2026-11-22T10:00:00Z"})).send().await.unwrap();
+    let r = c
+        .post(s.url("/v1/trades"))
+        .json(&json!({"id":"T-1","symbol":"AAPL","side":"buy","quantity":10,"price":100.0,"ts":"2026-11-22T10:00:00Z"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 201);
     let t: Value = r.json().await.unwrap();
     assert_eq!((t["version"].as_i64(), t["status"].as_str()), (Some(1), Some("filled")));
     assert_eq!(t["ts"], "2026-11-22T10:00:00.000000Z");
 
     // Generated ids, batch insert.
-    let r = c.post(s.url("/v1/trades/batch")).json(&json!({"trades":[
-        {"symbol":"AAPL","side":"buy","quantity":30,"price":200.0,"ts":"2026-11-22T10:00:01Z"},
-        {"symbol":"AAPL","side":"sell","quantity":5,"price":300.0,"ts":"2026-11-22T10:00:02Z"},
-        {"symbol":"MSFT","side":"buy","quantity":1,"price":400.0,"status":"pending"}
-    ]})).send().await.unwrap();
+    let r = c
+        .post(s.url("/v1/trades/batch"))
+        .json(&json!({"trades":[
+            {"symbol":"AAPL","side":"buy","quantity":30,"price":200.0,"ts":"2026-11-22T10:00:01Z"},
+            {"symbol":"AAPL","side":"sell","quantity":5,"price":300.0,"ts":"2026-11-22T10:00:02Z"},
+            {"symbol":"MSFT","side":"buy","quantity":1,"price":400.0,"status":"pending"}
+        ]}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 201);
     let b: Value = r.json().await.unwrap();
-    let ids: Vec<String> = b["trades"].as_array().unwrap().iter().map(|t| t["id"].as_str().unwrap().to_string()).collect();
+    let ids: Vec<String> =
+        b["trades"].as_array().unwrap().iter().map(|t| t["id"].as_str().unwrap().to_string()).collect();
     assert_eq!(ids.len(), 3);
     let seqs: Vec<i64> = b["trades"].as_array().unwrap().iter().map(|t| t["seq"].as_i64().unwrap()).collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "sequence increases: {seqs:?}");
@@ -46,10 +57,26 @@ async fn insert_get_list_patch_cancel() {
     assert_eq!(page["trades"].as_array().unwrap().len(), 2);
     assert_eq!(page["trades"][0]["id"], "T-1");
     let cursor = page["next"].as_str().unwrap().to_string();
-    let page2: Value = c.get(s.url("/v1/trades")).query(&[("symbol", "AAPL"), ("cursor", &cursor)]).send().await.unwrap().json().await.unwrap();
+    let page2: Value = c
+        .get(s.url("/v1/trades"))
+        .query(&[("symbol", "AAPL"), ("cursor", &cursor)])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(page2["trades"].as_array().unwrap().len(), 1);
     assert!(page2["next"].is_null());
-    let ranged: Value = c.get(s.url("/v1/trades")).query(&[("symbol", "AAPL"), ("from", "2026-11-22T10:00:01Z"), ("to", "2026-11-22T10:00:02Z")]).send().await.unwrap().json().await.unwrap();
+    let ranged: Value = c
+        .get(s.url("/v1/trades"))
+        .query(&[("symbol", "AAPL"), ("from", "2026-11-22T10:00:01Z"), ("to", "2026-11-22T10:00:02Z")])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(ranged["trades"].as_array().unwrap().len(), 1);
 
     // Optimistic concurrency.
@@ -77,7 +104,12 @@ async fn insert_get_list_patch_cancel() {
     assert_eq!(c.delete(s.url("/v1/trades/ghost")).send().await.unwrap().status(), 404);
 
     // Duplicate id: 409 with the stored trade.
-    let r = c.post(s.url("/v1/trades")).json(&json!({"id":"T-1","symbol":"X","side":"buy","quantity":1,"price":1})).send().await.unwrap();
+    let r = c
+        .post(s.url("/v1/trades"))
+        .json(&json!({"id":"T-1","symbol":"X","side":"buy","quantity":1,"price":1}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 409);
 
     // The hot state equals DuckDB's trade_state view, and survives a restart.
@@ -106,11 +138,14 @@ async fn concurrent_updates_of_one_trade_never_both_succeed() {
     let c = client();
     assert_eq!(c.post(s.url("/v1/trades")).json(&trade_for("race")).send().await.unwrap().status(), 201);
     for round in 1..=20i64 {
-        let reqs = (0..8).map(|i| {
-            let c = c.clone();
-            let url = s.url("/v1/trades/race");
-            async move { c.patch(url).json(&json!({"expected_version": round, "price": i})).send().await.unwrap().status() }
-        });
+        let reqs =
+            (0..8).map(|i| {
+                let c = c.clone();
+                let url = s.url("/v1/trades/race");
+                async move {
+                    c.patch(url).json(&json!({"expected_version": round, "price": i})).send().await.unwrap().status()
+                }
+            });
         let statuses = futures_join_all(reqs).await;
         let ok = statuses.iter().filter(|s| **s == 200).count();
         let conflict = statuses.iter().filter(|s| **s == 409).count();
@@ -120,10 +155,20 @@ async fn concurrent_updates_of_one_trade_never_both_succeed() {
     assert_eq!(t["version"], 21);
 }
 
-async fn futures_join_all<F: std::future::Future>(fs: impl Iterator<Item = F>) -> Vec<F::Output>
+/// Sends raw bytes and returns what the server answers first.
+async fn raw_request(port: u16, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = stream.read(&mut buf).await.unwrap();
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+async fn futures_join_all<F>(fs: impl Iterator<Item = F>) -> Vec<F::Output>
 where
+    F: std::future::Future + Send + 'static,
     F::Output: Send + 'static,
-    F: Send + 'static,
 {
     let handles: Vec<_> = fs.map(tokio::spawn).collect();
     let mut out = Vec::new();
@@ -142,7 +187,7 @@ async fn malformed_input_gets_a_clear_400_naming_the_field() {
         (json!({"symbol":"A","side":"buy","quantity":-1,"price":1}), "quantity"),
         (json!({"symbol":"A","side":"hold","quantity":1,"price":1}), "side"),
         (json!({"symbol":"A","side":"buy","quantity":"ten","price":1}), "quantity"),
-        (json!({"symbol":"A","side":"buy","quantity":1,"price":1,"extra":true}), "body"),
+        (json!({"symbol":"A","side":"buy","quantity":1,"price":1,"extra":true}), "extra"),
         (json!({"side":"buy","quantity":1,"price":1}), "body"),
         (json!({"symbol":"A","side":"buy","quantity":1,"price":1,"ts":"noon"}), "ts"),
     ];
@@ -152,17 +197,32 @@ async fn malformed_input_gets_a_clear_400_naming_the_field() {
         let e: Value = r.json().await.unwrap();
         assert_eq!(e["error"]["field"], field, "{body}: {e}");
     }
-    let r = c.post(s.url("/v1/trades")).header("content-type", "application/json").body("{not json").send().await.unwrap();
+    let r =
+        c.post(s.url("/v1/trades")).header("content-type", "application/json").body("{not json").send().await.unwrap();
     assert_eq!(r.status(), 400);
-    let r = c.post(s.url("/v1/trades/batch")).json(&json!({"trades":[trade_for("ok-1"), {"symbol":"A","side":"buy","quantity":0,"price":1}]})).send().await.unwrap();
+    let r = c
+        .post(s.url("/v1/trades/batch"))
+        .json(&json!({"trades":[trade_for("ok-1"), {"symbol":"A","side":"buy","quantity":0,"price":1}]}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
     assert_eq!(r.json::<Value>().await.unwrap()["error"]["field"], "trades[1].quantity");
     assert_eq!(c.get(s.url("/v1/trades/ok-1")).send().await.unwrap().status(), 404, "a rejected batch stores nothing");
-    let r = c.post(s.url("/v1/trades/batch")).json(&json!({"trades":[trade_for("dup"), trade_for("dup")]})).send().await.unwrap();
+    let r = c
+        .post(s.url("/v1/trades/batch"))
+        .json(&json!({"trades":[trade_for("dup"), trade_for("dup")]}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
-    let big = "x".repeat(5 * 1024 * 1024);
-    let r = c.post(s.url("/v1/trades")).header("content-type", "application/json").body(big).send().await.unwrap();
-    assert_eq!(r.status(), 413);
+    // An oversize body is refused from its Content-Length, before it is read.
+    let head = raw_request(
+        s.port,
+        "POST /v1/trades HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 5242880\r\n\r\n",
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
     assert_eq!(c.get(s.url("/v1/trades")).send().await.unwrap().status(), 400, "symbol is required");
     assert_eq!(c.get(s.url("/v1/nothing")).send().await.unwrap().status(), 404);
     // The store still works after all that.
@@ -177,9 +237,13 @@ async fn mutating_routes_need_the_bearer_token() {
     let r = anon.post(s.url("/v1/trades")).json(&trade_for("a")).send().await.unwrap();
     assert_eq!(r.status(), 401);
     assert_eq!(r.headers()["www-authenticate"], "Bearer");
-    let r = anon.post(s.url("/v1/trades")).bearer_auth("wrong-token-000000000").json(&trade_for("a")).send().await.unwrap();
+    let r =
+        anon.post(s.url("/v1/trades")).bearer_auth("wrong-token-000000000").json(&trade_for("a")).send().await.unwrap();
     assert_eq!(r.status(), 401);
-    assert_eq!(anon.patch(s.url("/v1/trades/a")).json(&json!({"expected_version":1})).send().await.unwrap().status(), 401);
+    assert_eq!(
+        anon.patch(s.url("/v1/trades/a")).json(&json!({"expected_version":1})).send().await.unwrap().status(),
+        401
+    );
     assert_eq!(anon.delete(s.url("/v1/trades/a")).send().await.unwrap().status(), 401);
     assert_eq!(anon.get(s.url("/v1/trades/a")).send().await.unwrap().status(), 404, "reads are open by default");
     assert_eq!(client().post(s.url("/v1/trades")).json(&trade_for("a")).send().await.unwrap().status(), 201);

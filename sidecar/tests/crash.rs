@@ -82,23 +82,27 @@ async fn client_loop(base: String, worker: usize, round: usize, seed: u64, ledge
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_at_random_moments_loses_no_acknowledged_trade() {
     let kills: usize = std::env::var("TRADESTORE_CRASH_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
-    let seed: u64 = std::env::var("TRADESTORE_CRASH_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(rand::random);
+    let seed: u64 =
+        std::env::var("TRADESTORE_CRASH_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(rand::random);
     println!("crash test: {kills} kills, seed {seed}");
     let mut rng = StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     // Small checkpoint thresholds so kills also land during checkpoints.
-    let env = [("TRADESTORE_DUCKDB__CHECKPOINT_EVERY_COMMITS", "50"), ("TRADESTORE_DUCKDB__CHECKPOINT_THRESHOLD_BYTES", "262144"), ("TRADESTORE_DUCKDB__MAX_WAL_BYTES", "1048576")];
+    let env = [
+        ("TRADESTORE_DUCKDB__CHECKPOINT_EVERY_COMMITS", "50"),
+        ("TRADESTORE_DUCKDB__CHECKPOINT_THRESHOLD_BYTES", "262144"),
+        ("TRADESTORE_DUCKDB__MAX_WAL_BYTES", "1048576"),
+    ];
     for round in 0..kills {
         let mut s = Sidecar::start_on(dir.path(), port, &env).await;
         // Every acknowledged trade survived the previous kill.
         let status: serde_json::Value = client().get(s.url("/v1/status")).send().await.unwrap().json().await.unwrap();
         let acked = ledger.lock().unwrap().acked.len() as i64;
         assert!(status["trade_rows"].as_i64().unwrap() >= acked, "round {round}: {status} < {acked} acked");
-        let workers: Vec<_> = (0..4)
-            .map(|w| tokio::spawn(client_loop(s.base.clone(), w, round, rng.random(), ledger.clone())))
-            .collect();
+        let workers: Vec<_> =
+            (0..4).map(|w| tokio::spawn(client_loop(s.base.clone(), w, round, rng.random(), ledger.clone()))).collect();
         tokio::time::sleep(Duration::from_millis(rng.random_range(30..400))).await;
         s.kill();
         for w in workers {
@@ -107,7 +111,8 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_trade() {
     }
     // A clean start and stop, then inspect the file itself.
     let mut s = Sidecar::start_on(dir.path(), port, &env).await;
-    assert!(s.terminate(Duration::from_secs(30)).success());
+    let status = s.terminate(Duration::from_secs(30));
+    assert!(status.success(), "{status}; log:\n{}", s.log());
     let conn = open_db(dir.path());
     let mut stmt = conn.prepare("SELECT id, symbol, side, quantity, price, status FROM trades").unwrap();
     let rows: Vec<(String, String, String, f64, f64, String)> = stmt
@@ -121,7 +126,11 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_trade() {
     assert!(missing.is_empty(), "acknowledged but missing: {missing:?}");
     for (id, symbol, side, q, p, status) in &rows {
         let want = trade_for(id);
-        assert_eq!((symbol.as_str(), side.as_str()), (want["symbol"].as_str().unwrap(), want["side"].as_str().unwrap()), "{id}");
+        assert_eq!(
+            (symbol.as_str(), side.as_str()),
+            (want["symbol"].as_str().unwrap(), want["side"].as_str().unwrap()),
+            "{id}"
+        );
         assert_eq!((*q, *p), (want["quantity"].as_f64().unwrap(), want["price"].as_f64().unwrap()), "{id}");
         if l.cancelled.contains(id) {
             assert_eq!(status, "cancelled", "acknowledged cancel of {id} lost");
@@ -133,6 +142,12 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_trade() {
     }
     let dup_seq: i64 = conn.query_row("SELECT count(*) - count(DISTINCT seq) FROM trades", [], |r| r.get(0)).unwrap();
     assert_eq!(dup_seq, 0, "commit sequence numbers are unique");
-    println!("crash test: {} rows, {} acknowledged, {} batches, {} cancels", rows.len(), l.acked.len(), l.batches.len(), l.cancelled.len());
+    println!(
+        "crash test: {} rows, {} acknowledged, {} batches, {} cancels",
+        rows.len(),
+        l.acked.len(),
+        l.batches.len(),
+        l.cancelled.len()
+    );
     assert!(l.acked.len() > kills, "the clients got real work done");
 }

@@ -55,6 +55,7 @@ async fn sigterm_under_load_exits_0_and_keeps_every_acknowledged_trade() {
 fn run(dir: &std::path::Path, args: &[&str]) -> (bool, String) {
     let out = Command::new(binary())
         .args(args)
+        .env_clear()
         .env("TRADESTORE_DATA_DIR", dir.join("data"))
         .env("TRADESTORE_LISTEN", format!("127.0.0.1:{}", common::free_port()))
         .env("HOME", dir)

@@ -1,22 +1,16 @@
 //! Bearer-token check for mutating routes (and reads, when configured).
 
 use subtle::ConstantTimeEq;
-use warp::http::{StatusCode, header};
-use warp::reply::Response;
 
-use super::reply;
+use crate::error::Error;
 
 /// Ok when no token is configured or the `Authorization` header carries it.
-pub fn check(expected: Option<&str>, header_value: Option<&str>) -> Result<(), Response> {
+pub fn check(expected: Option<&str>, header_value: Option<&str>) -> Result<(), Error> {
     let Some(expected) = expected else { return Ok(()) };
     let presented = header_value.and_then(|h| h.strip_prefix("Bearer ")).map(str::trim);
     match presented {
         Some(p) if bool::from(p.as_bytes().ct_eq(expected.as_bytes())) => Ok(()),
-        _ => {
-            let mut r = reply::error(StatusCode::UNAUTHORIZED, "unauthorized", "missing or wrong bearer token");
-            r.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
-            Err(r)
-        }
+        _ => Err(Error::Unauthorized),
     }
 }
 
@@ -33,7 +27,7 @@ mod tests {
     fn requires_the_exact_bearer_token() {
         let t = Some("s3cret-token-0123");
         assert!(check(t, Some("Bearer s3cret-token-0123")).is_ok());
-        assert_eq!(check(t, None).unwrap_err().status(), StatusCode::UNAUTHORIZED);
+        assert!(matches!(check(t, None), Err(Error::Unauthorized)));
         assert!(check(t, Some("Bearer s3cret-token-0124")).is_err());
         assert!(check(t, Some("Basic s3cret-token-0123")).is_err());
         assert!(check(t, Some("Bearer ")).is_err());

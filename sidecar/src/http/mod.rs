@@ -39,29 +39,17 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Infal
     let body = warp::body::content_length_limit(limit).and(warp::body::bytes());
     let query = warp::query::<std::collections::HashMap<String, String>>();
 
-    let insert = warp::path!("v1" / "trades")
-        .and(warp::post())
-        .and(with_app.clone())
-        .and(auth)
-        .and(body)
-        .then(trades::insert);
+    let insert =
+        warp::path!("v1" / "trades").and(warp::post()).and(with_app.clone()).and(auth).and(body).then(trades::insert);
     let batch = warp::path!("v1" / "trades" / "batch")
         .and(warp::post())
         .and(with_app.clone())
         .and(auth)
         .and(body)
         .then(trades::insert_batch);
-    let get = warp::path!("v1" / "trades" / String)
-        .and(warp::get())
-        .and(with_app.clone())
-        .and(auth)
-        .then(trades::get);
-    let list = warp::path!("v1" / "trades")
-        .and(warp::get())
-        .and(with_app.clone())
-        .and(auth)
-        .and(query)
-        .then(trades::list);
+    let get = warp::path!("v1" / "trades" / String).and(warp::get()).and(with_app.clone()).and(auth).then(trades::get);
+    let list =
+        warp::path!("v1" / "trades").and(warp::get()).and(with_app.clone()).and(auth).and(query).then(trades::list);
     let patch = warp::path!("v1" / "trades" / String)
         .and(warp::patch())
         .and(with_app.clone())
@@ -74,16 +62,10 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Infal
         .and(auth)
         .and(query)
         .then(trades::cancel);
-    let state_all = warp::path!("v1" / "state")
-        .and(warp::get())
-        .and(with_app.clone())
-        .and(auth)
-        .then(trades::state_all);
-    let state_one = warp::path!("v1" / "state" / String)
-        .and(warp::get())
-        .and(with_app.clone())
-        .and(auth)
-        .then(trades::state_one);
+    let state_all =
+        warp::path!("v1" / "state").and(warp::get()).and(with_app.clone()).and(auth).then(trades::state_all);
+    let state_one =
+        warp::path!("v1" / "state" / String).and(warp::get()).and(with_app.clone()).and(auth).then(trades::state_one);
     let status = warp::path!("v1" / "status").and(warp::get()).and(with_app.clone()).then(ops::status);
     let healthz = warp::path!("healthz").and(warp::get()).and(with_app.clone()).then(ops::healthz);
     let readyz = warp::path!("readyz").and(warp::get()).and(with_app.clone()).then(ops::readyz);
@@ -117,14 +99,16 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Infal
 }
 
 /// Runs `handler`, recording its status and latency under `route`.
-async fn observed(app: &App, route: &'static str, method: &'static str, handler: impl Future<Output = Response>) -> Response {
+async fn observed(
+    app: &App,
+    route: &'static str,
+    method: &'static str,
+    handler: impl Future<Output = Response>,
+) -> Response {
     let start = Instant::now();
     let response = handler.await;
     app.metrics.http_duration.with_label_values(&[route]).observe(start.elapsed().as_secs_f64());
-    app.metrics
-        .http_requests
-        .with_label_values(&[route, method, response.status().as_str()])
-        .inc();
+    app.metrics.http_requests.with_label_values(&[route, method, response.status().as_str()]).inc();
     response
 }
 

@@ -24,6 +24,11 @@ pub fn from_error(e: &Error) -> Response {
             StatusCode::BAD_REQUEST,
             &json!({ "error": { "code": "invalid", "message": f.to_string(), "field": f.field } }),
         ),
+        Error::Unauthorized => {
+            let mut r = error(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string());
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+            r
+        }
         Error::NotFound(_) => error(StatusCode::NOT_FOUND, "not_found", e.to_string()),
         Error::Conflict { reason, current } => json(
             StatusCode::CONFLICT,

@@ -27,12 +27,12 @@ fn invalid(field: &str, message: impl Into<String>) -> Error {
 }
 
 /// Checks the token for a mutating route.
-fn authorize_write(app: &App, header: &Option<String>) -> Result<(), Response> {
+fn authorize_write(app: &App, header: &Option<String>) -> Result<(), Error> {
     auth::check(app.token.as_deref(), header.as_deref())
 }
 
 /// Checks the token for a read route (only when reads are protected).
-fn authorize_read(app: &App, header: &Option<String>) -> Result<(), Response> {
+fn authorize_read(app: &App, header: &Option<String>) -> Result<(), Error> {
     if app.cfg.auth.protect_reads { authorize_write(app, header) } else { Ok(()) }
 }
 
@@ -43,10 +43,8 @@ async fn write(app: &App, op: WriteOp) -> Result<Vec<crate::model::Trade>, Error
 /// `POST /v1/trades`
 pub async fn insert(app: Arc<App>, authz: Option<String>, body: Bytes) -> Response {
     observed(&app, "trades_insert", "POST", async {
-        if let Err(r) = authorize_write(&app, &authz) {
-            return r;
-        }
         let result = async {
+            authorize_write(&app, &authz)?;
             let t: NewTrade = parse_json(&body)?;
             t.validate().map_err(Error::Invalid)?;
             Ok(write(&app, WriteOp::Insert(vec![t])).await?.remove(0))
@@ -60,10 +58,8 @@ pub async fn insert(app: Arc<App>, authz: Option<String>, body: Bytes) -> Respon
 /// `POST /v1/trades/batch`
 pub async fn insert_batch(app: Arc<App>, authz: Option<String>, body: Bytes) -> Response {
     observed(&app, "trades_batch", "POST", async {
-        if let Err(r) = authorize_write(&app, &authz) {
-            return r;
-        }
         let result = async {
+            authorize_write(&app, &authz)?;
             let b: Batch = parse_json(&body)?;
             let max = app.cfg.http.max_batch_trades;
             if b.trades.is_empty() || b.trades.len() > max {
@@ -84,10 +80,8 @@ pub async fn insert_batch(app: Arc<App>, authz: Option<String>, body: Bytes) -> 
 /// `GET /v1/trades/{id}`
 pub async fn get(id: String, app: Arc<App>, authz: Option<String>) -> Response {
     observed(&app, "trades_get", "GET", async {
-        if let Err(r) = authorize_read(&app, &authz) {
-            return r;
-        }
         let result = async {
+            authorize_read(&app, &authz)?;
             validate_id(&id).map_err(Error::Invalid)?;
             app.reader.trade(&id).await
         }
@@ -100,10 +94,8 @@ pub async fn get(id: String, app: Arc<App>, authz: Option<String>) -> Response {
 /// `GET /v1/trades?symbol=...`
 pub async fn list(app: Arc<App>, authz: Option<String>, q: HashMap<String, String>) -> Response {
     observed(&app, "trades_list", "GET", async {
-        if let Err(r) = authorize_read(&app, &authz) {
-            return r;
-        }
         let result = async {
+            authorize_read(&app, &authz)?;
             let query = list_query(&q, app.cfg.reader.max_list_limit)?;
             app.reader.list(query).await
         }
@@ -142,10 +134,8 @@ fn list_query(q: &HashMap<String, String>, max_limit: usize) -> Result<ListQuery
 /// `PATCH /v1/trades/{id}`
 pub async fn patch(id: String, app: Arc<App>, authz: Option<String>, body: Bytes) -> Response {
     observed(&app, "trades_patch", "PATCH", async {
-        if let Err(r) = authorize_write(&app, &authz) {
-            return r;
-        }
         let result = async {
+            authorize_write(&app, &authz)?;
             validate_id(&id).map_err(Error::Invalid)?;
             let patch: TradePatch = parse_json(&body)?;
             patch.validate().map_err(Error::Invalid)?;
@@ -160,17 +150,20 @@ pub async fn patch(id: String, app: Arc<App>, authz: Option<String>, body: Bytes
 /// `DELETE /v1/trades/{id}` — cancels the trade.
 pub async fn cancel(id: String, app: Arc<App>, authz: Option<String>, q: HashMap<String, String>) -> Response {
     observed(&app, "trades_cancel", "DELETE", async {
-        if let Err(r) = authorize_write(&app, &authz) {
-            return r;
-        }
         let result = async {
+            authorize_write(&app, &authz)?;
             validate_id(&id).map_err(Error::Invalid)?;
             if let Some(k) = q.keys().find(|k| *k != "expected_version") {
                 return Err(invalid(k, "unknown query parameter (known: expected_version)"));
             }
             let expected_version = q
                 .get("expected_version")
-                .map(|v| v.parse::<i64>().ok().filter(|v| *v >= 1).ok_or_else(|| invalid("expected_version", "must be an integer >= 1")))
+                .map(|v| {
+                    v.parse::<i64>()
+                        .ok()
+                        .filter(|v| *v >= 1)
+                        .ok_or_else(|| invalid("expected_version", "must be an integer >= 1"))
+                })
                 .transpose()?;
             Ok(write(&app, WriteOp::Cancel { id, expected_version }).await?.remove(0))
         }
@@ -183,11 +176,11 @@ pub async fn cancel(id: String, app: Arc<App>, authz: Option<String>, q: HashMap
 /// `GET /v1/state`
 pub async fn state_all(app: Arc<App>, authz: Option<String>) -> Response {
     observed(&app, "state_all", "GET", async {
-        if let Err(r) = authorize_read(&app, &authz) {
-            return r;
-        }
-        let (symbols, last_seq) = app.reader.all_state();
-        reply::json(StatusCode::OK, &json!({ "symbols": symbols, "last_seq": last_seq }))
+        let result = authorize_read(&app, &authz).map(|()| {
+            let (symbols, last_seq) = app.reader.all_state();
+            json!({ "symbols": symbols, "last_seq": last_seq })
+        });
+        reply::result(StatusCode::OK, result)
     })
     .await
 }
@@ -195,13 +188,10 @@ pub async fn state_all(app: Arc<App>, authz: Option<String>) -> Response {
 /// `GET /v1/state/{symbol}`
 pub async fn state_one(symbol: String, app: Arc<App>, authz: Option<String>) -> Response {
     observed(&app, "state_one", "GET", async {
-        if let Err(r) = authorize_read(&app, &authz) {
-            return r;
-        }
-        match app.reader.symbol_state(&symbol) {
-            Some(s) => reply::json(StatusCode::OK, &s),
-            None => reply::error(StatusCode::NOT_FOUND, "not_found", format!("no filled trades for symbol {symbol}")),
-        }
+        let result = authorize_read(&app, &authz).and_then(|()| {
+            app.reader.symbol_state(&symbol).ok_or_else(|| Error::NotFound(format!("state of symbol {symbol}")))
+        });
+        reply::result(StatusCode::OK, result)
     })
     .await
 }
