@@ -871,18 +871,24 @@ async fn ensure_pvc(
         }
     }
     if needs_owner || size != requested {
-        // Only the fields we may change: labels, owner, requested size.
-        let mut patch = PersistentVolumeClaim { metadata: desired.metadata.clone(), ..Default::default() };
-        if let Some(size) = size {
-            patch.spec = Some(k8s_openapi::api::core::v1::PersistentVolumeClaimSpec {
-                resources: Some(k8s_openapi::api::core::v1::VolumeResourceRequirements {
-                    requests: Some(std::collections::BTreeMap::from([("storage".to_string(), size)])),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            });
+        // A JSON merge patch of only what may change (labels, our owner reference, the requested
+        // size). Not server-side apply: an apply without the immutable fields would drop our
+        // ownership of them, and the API server would try to remove them.
+        let mut owners: Vec<_> = cur
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .filter(|o| Some(o.uid.as_str()) != ts.metadata.uid.as_deref())
+            .cloned()
+            .collect();
+        owners.extend(desired.metadata.owner_references.clone().unwrap_or_default());
+        let mut patch = json!({"metadata": {"labels": desired.metadata.labels, "ownerReferences": owners}});
+        if let Some(size) = &size {
+            patch["spec"] = json!({"resources": {"requests": {"storage": size}}});
         }
-        let updated = pvcs.patch(&name, pp, &Patch::Apply(&patch)).await?;
+        let mp = PatchParams { field_manager: Some(ctx.settings.field_manager.clone()), ..PatchParams::default() };
+        let updated = pvcs.patch(&name, &mp, &Patch::Merge(&patch)).await?;
         return Ok(storage_status(&updated));
     }
     Ok(storage_status(&cur))

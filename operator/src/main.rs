@@ -256,6 +256,13 @@ async fn run_controllers(client: Client, ctx: Arc<Context>, scopes: Vec<Option<S
                 .for_each(|res| async move {
                     match res {
                         Ok((obj, _)) => tracing::debug!(object = %obj, "reconciled"),
+                        // Reconcile failures were logged by the error policy already.
+                        Err(
+                            e @ (kube::runtime::controller::Error::ReconcilerFailed(..)
+                            | kube::runtime::controller::Error::ObjectNotFound(..)),
+                        ) => {
+                            tracing::debug!(error = %e, "controller")
+                        }
                         Err(e) => warn!(error = %e, "controller"),
                     }
                 })

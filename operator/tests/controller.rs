@@ -384,6 +384,11 @@ async fn volume_grows_only_when_the_class_allows_it() {
     h.reconcile().await;
     assert_eq!(h.fake.get(PVC).unwrap()["spec"]["resources"]["requests"]["storage"], "3Gi");
     assert!(h.fake.events().iter().any(|e| e.1 == "VolumeExpanding"));
+    // A merge patch of the size only: an apply without the immutable fields would make the real
+    // API server try to drop them (the fake does not model that, so check the request itself).
+    let resize = h.fake.calls().into_iter().rev().find(|c| c.path == PVC && c.method == "PATCH").unwrap();
+    assert_eq!(resize.content_type, "application/merge-patch+json");
+    assert!(resize.body["spec"].get("accessModes").is_none());
 
     // Shrinking is refused.
     h.edit_spec(|s| s["storage"]["size"] = json!("1Gi"));
@@ -434,7 +439,9 @@ async fn retained_volume_is_adopted_by_a_new_store_of_the_same_name() {
                "spec": {"accessModes": ["ReadWriteOncePod"], "resources": {"requests": {"storage": "1Gi"}}}}),
     );
     h.create().await;
-    assert_eq!(h.fake.get(PVC).unwrap()["metadata"]["ownerReferences"][0]["uid"], "ts-uid-1");
+    let pvc = h.fake.get(PVC).unwrap();
+    assert_eq!(pvc["metadata"]["ownerReferences"][0]["uid"], "ts-uid-1");
+    assert_eq!(pvc["spec"]["accessModes"], json!(["ReadWriteOncePod"]), "immutable fields untouched");
 }
 
 #[tokio::test]
@@ -467,4 +474,44 @@ fn backoff_grows_and_caps() {
     assert_eq!(controller::backoff_delay(2), Duration::from_secs(2));
     assert_eq!(controller::backoff_delay(5), Duration::from_secs(16));
     assert_eq!(controller::backoff_delay(30), Duration::from_secs(300));
+}
+
+#[tokio::test]
+async fn a_pod_that_ended_is_replaced_and_counted() {
+    let h = Harness::new(minimal_spec());
+    h.create().await;
+    h.pod_ready(0);
+    h.reconcile().await;
+    h.fake.edit(POD, |p| {
+        p["status"]["phase"] = json!("Failed");
+        p["status"]["reason"] = json!("Evicted");
+    });
+    h.reconcile().await;
+    assert!(h.fake.get(POD).is_none(), "ended pod deleted");
+    assert_eq!(h.status()["restarts"]["inWindow"], 1);
+    assert!(h.fake.events().contains(&("Warning".into(), "PodFailed".into())));
+    h.reconcile().await;
+    assert!(h.fake.get(POD).is_some(), "replacement created");
+}
+
+#[tokio::test]
+async fn http_probe_reads_the_sidecar_status_document() {
+    use warp::Filter;
+    let doc = json!({"schema_version": 2, "last_seq": 1234, "trade_rows": 99, "wal_bytes": 4096,
+        "last_checkpoint_unix": 1700000000, "queue_depth": 1, "ready": false, "not_ready_reason": "migrating"});
+    let route = warp::path!("v1" / "status").map(move || warp::reply::json(&doc));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(warp::serve(route).incoming(listener).run());
+    let probe = controller::HttpSidecarProbe::new();
+    let r = probe.status(&base).await.unwrap();
+    assert_eq!(r.schema_version, Some(2));
+    assert_eq!(r.last_seq, Some(1234));
+    assert_eq!(r.trade_rows, Some(99));
+    assert_eq!(r.wal_bytes, Some(4096));
+    assert_eq!(r.last_checkpoint_unix, Some(1700000000));
+    assert_eq!(r.queue_depth, Some(1));
+    assert_eq!(r.ready, Some(false));
+    assert_eq!(r.not_ready_reason.as_deref(), Some("migrating"));
+    assert!(probe.status("http://127.0.0.1:1").await.is_err());
 }
