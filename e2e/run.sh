@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# The end-to-end run on the local cluster (e2e/cluster/), as CI runs it:
+#   1. bring the cluster up (e2e/cluster/up.sh; ~15 s when its binaries are cached),
+#   2. build the release binaries and the e2e test binary,
+#   3. build both images offline and load them (e2e/images.sh --load),
+#   4. helm install charts/tradestore-operator into $TS_E2E_NAMESPACE (pullPolicy Never),
+#   5. run the suite: cargo test --release -p tradestore-e2e -- --ignored --test-threads=1,
+#   6. on failure, collect logs/events/objects into $TS_CACHE_DIR/e2e-artifacts/<time>/,
+#   7. tear the cluster down (trap; E2E_KEEP_CLUSTER=1 keeps it up for debugging).
+# Exits non-zero when anything fails. Extra arguments go to the test binary (e.g. a test name
+# filter: e2e/run.sh t01).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+start=$SECONDS
+log() { printf '[e2e-run %(%H:%M:%S)T +%ss] %s\n' -1 "$((SECONDS - start))" "$*" >&2; }
+
+NS="${TS_E2E_NAMESPACE:-tradestore-system}"
+RELEASE="${TS_E2E_RELEASE:-tradestore-operator}"
+
+# shellcheck source=scripts/env.sh
+source scripts/env.sh
+# shellcheck source=e2e/tools.sh
+source e2e/tools.sh
+ensure_helm
+
+collect() {
+  local dir
+  dir="$TS_CACHE_DIR/e2e-artifacts/$(date -u +%Y%m%dT%H%M%SZ)"
+  mkdir -p "$dir"
+  log "collecting diagnostics into $dir"
+  {
+    kubectl get nodes -o wide
+    kubectl get all,tradestores,pvc,leases,events -A -o wide
+  } >"$dir/objects.txt" 2>&1 || true
+  kubectl get tradestores -A -o yaml >"$dir/tradestores.yaml" 2>&1 || true
+  kubectl get events -A --sort-by=.lastTimestamp >"$dir/events.txt" 2>&1 || true
+  kubectl -n "$NS" describe pods >"$dir/operator-pods.txt" 2>&1 || true
+  local p
+  for p in $(kubectl -n "$NS" get pods -o name 2>/dev/null); do
+    kubectl -n "$NS" logs "$p" --all-containers >"$dir/operator-${p#pod/}.log" 2>&1 || true
+    kubectl -n "$NS" logs "$p" --all-containers --previous >"$dir/operator-${p#pod/}.previous.log" 2>/dev/null || true
+  done
+  local ns
+  for ns in $(kubectl get ns -l tradestore.io/e2e=true -o name 2>/dev/null); do
+    ns="${ns#namespace/}"
+    kubectl -n "$ns" describe pods,tradestores >"$dir/$ns-describe.txt" 2>&1 || true
+    for p in $(kubectl -n "$ns" get pods -o name 2>/dev/null); do
+      kubectl -n "$ns" logs "$p" --all-containers >"$dir/$ns-${p#pod/}.log" 2>&1 || true
+      kubectl -n "$ns" logs "$p" --all-containers --previous >"$dir/$ns-${p#pod/}.previous.log" 2>/dev/null || true
+    done
+  done
+  echo "$dir" >"$TS_CACHE_DIR/e2e-artifacts/latest"
+}
+
+cleanup() {
+  local rc=$?
+  if ((rc != 0)) && [[ -n ${KUBECONFIG:-} ]]; then collect; fi
+  if [[ ${E2E_KEEP_CLUSTER:-0} == 1 ]]; then
+    log "E2E_KEEP_CLUSTER=1: leaving the cluster up (e2e/cluster/down.sh removes it)"
+  else
+    log "tearing down the cluster"
+    KEEP_LOGS=$((rc != 0)) e2e/cluster/down.sh >/dev/null 2>&1 || log "down.sh failed"
+  fi
+  log "done: exit $rc after $((SECONDS - start)) s"
+  exit "$rc"
+}
+trap cleanup EXIT
+
+log "cluster up"
+e2e/cluster/up.sh
+# shellcheck source=/dev/null
+source /var/lib/tradestore-e2e/env
+
+log "building binaries and the e2e tests"
+cargo build --release --locked -p tradestore-sidecar -p tradestore-operator
+cargo test --release --locked -p tradestore-e2e --no-run
+
+log "images"
+e2e/images.sh --load
+# shellcheck source=/dev/null
+source "$TS_CACHE_DIR/images/images.env"
+
+log "helm install $RELEASE into $NS"
+helm upgrade --install "$RELEASE" charts/tradestore-operator --namespace "$NS" --create-namespace \
+  --set image.repository="${OPERATOR_IMAGE%:*}" --set image.tag="${OPERATOR_IMAGE##*:}" \
+  --set image.pullPolicy=Never --set operator.logLevel=info,tradestore_operator=debug \
+  --wait --timeout 180s
+kubectl -n "$NS" rollout status "deployment/$RELEASE" --timeout=120s
+
+log "running the suite"
+export TRADESTORE_E2E_SIDECAR_IMAGE="$SIDECAR_IMAGE"
+export TRADESTORE_E2E_OPERATOR_IMAGE="$OPERATOR_IMAGE"
+export TRADESTORE_E2E_OPERATOR_NAMESPACE="$NS"
+export TRADESTORE_E2E_OPERATOR_SA="$RELEASE"
+export TRADESTORE_E2E_IMAGE_PULL_POLICY=Never
+cargo test --release --locked -p tradestore-e2e -- --ignored --test-threads=1 --nocapture "$@"
+log "suite passed"

@@ -1,0 +1,395 @@
+//! Helpers of the TradeStore end-to-end suite (`e2e/tests/suite.rs`).
+//!
+//! The suite runs against whatever `KUBECONFIG` points at, with the chart already installed
+//! (`e2e/run.sh` does both). Settings come from the environment:
+//!
+//! | variable | default | |
+//! |---|---|---|
+//! | `TRADESTORE_E2E_SIDECAR_IMAGE` | — (required) | sidecar image reference the stores use |
+//! | `TRADESTORE_E2E_BROKEN_IMAGE` | `TRADESTORE_E2E_OPERATOR_IMAGE` | an image without `/usr/local/bin/sidecar` (crash-loop test) |
+//! | `TRADESTORE_E2E_IMAGE_PULL_POLICY` | `Never` | pull policy of the stores' pods |
+//! | `TRADESTORE_E2E_OPERATOR_NAMESPACE` | `tradestore-system` | where the chart is installed |
+//! | `TRADESTORE_E2E_OPERATOR_SA` | `tradestore-operator` | the chart's ServiceAccount |
+//! | `TRADESTORE_E2E_LEASE` | `tradestore-operator` | the leader-election Lease |
+//! | `TRADESTORE_E2E_CTR` | `ctr --address $TRADESTORE_E2E_CONTAINERD_SOCK` | command prefix reaching the node's containerd (SIGKILL of a container) |
+//! | `TRADESTORE_E2E_KEEP` | unset | `1`: keep the test namespaces |
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service};
+use kube::api::{
+    ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
+};
+use kube::{Api, Client, ResourceExt};
+use serde_json::{Value, json};
+
+/// Suite settings from the environment.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub sidecar_image: String,
+    pub broken_image: String,
+    pub pull_policy: String,
+    pub operator_namespace: String,
+    pub operator_sa: String,
+    pub lease: String,
+    pub ctr: Vec<String>,
+    pub keep: bool,
+}
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).ok().filter(|v| !v.is_empty()).unwrap_or_else(|| default.to_string())
+}
+
+impl Settings {
+    pub fn from_env() -> Result<Self> {
+        let sidecar_image = std::env::var("TRADESTORE_E2E_SIDECAR_IMAGE")
+            .context("TRADESTORE_E2E_SIDECAR_IMAGE is not set (e2e/run.sh sets it from e2e/images.sh)")?;
+        let broken_image = env_or("TRADESTORE_E2E_BROKEN_IMAGE", &env_or("TRADESTORE_E2E_OPERATOR_IMAGE", ""));
+        let ctr = match std::env::var("TRADESTORE_E2E_CTR").ok().filter(|v| !v.is_empty()) {
+            Some(c) => c.split_whitespace().map(String::from).collect(),
+            None => match std::env::var("TRADESTORE_E2E_CONTAINERD_SOCK").ok().filter(|v| !v.is_empty()) {
+                Some(sock) => vec!["ctr".into(), "--address".into(), sock],
+                None => vec![],
+            },
+        };
+        Ok(Self {
+            sidecar_image,
+            broken_image,
+            pull_policy: env_or("TRADESTORE_E2E_IMAGE_PULL_POLICY", "Never"),
+            operator_namespace: env_or("TRADESTORE_E2E_OPERATOR_NAMESPACE", "tradestore-system"),
+            operator_sa: env_or("TRADESTORE_E2E_OPERATOR_SA", "tradestore-operator"),
+            lease: env_or("TRADESTORE_E2E_LEASE", "tradestore-operator"),
+            ctr,
+            keep: std::env::var("TRADESTORE_E2E_KEEP").is_ok_and(|v| v == "1"),
+        })
+    }
+}
+
+/// Prints a timestamped progress line (visible with `--nocapture`, which run.sh passes).
+pub fn say(msg: impl AsRef<str>) {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let s = now.as_secs() % 86400;
+    println!("[e2e {:02}:{:02}:{:02}] {}", s / 3600, (s / 60) % 60, s % 60, msg.as_ref());
+}
+
+/// Polls `f` every `every` until it returns `Ok(Some(v))` or `timeout` passes; the last error or
+/// `Ok(None)` is reported on timeout.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, every: Duration, mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Option<T>>>,
+{
+    let start = Instant::now();
+    let mut last = String::from("condition not met");
+    loop {
+        match f().await {
+            Ok(Some(v)) => {
+                say(format!("{what}: after {:.1}s", start.elapsed().as_secs_f64()));
+                return Ok(v);
+            }
+            Ok(None) => {}
+            Err(e) => last = format!("{e:#}"),
+        }
+        if start.elapsed() > timeout {
+            bail!("timed out after {timeout:?} waiting for {what} (last: {last})");
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+pub fn tradestore_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("tradestore.io", "v1alpha1", "TradeStore"), "tradestores")
+}
+
+/// One test's world: a client and a fresh namespace, deleted on `finish` unless kept.
+pub struct Env {
+    pub client: Client,
+    pub settings: Settings,
+    pub ns: String,
+}
+
+impl Env {
+    /// Connects with the default kubeconfig and creates the namespace `e2e-<prefix>-<random>`.
+    pub async fn new(prefix: &str) -> Result<Self> {
+        let settings = Settings::from_env()?;
+        let client = Client::try_default().await.context("connecting with KUBECONFIG")?;
+        let suffix: u32 = rand::random::<u32>() % 100_000;
+        let ns = format!("e2e-{prefix}-{suffix:05}");
+        let nss: Api<Namespace> = Api::all(client.clone());
+        let obj: Namespace = serde_json::from_value(json!({
+            "metadata": {"name": ns, "labels": {"tradestore.io/e2e": "true"}}
+        }))?;
+        nss.create(&PostParams::default(), &obj).await.with_context(|| format!("creating namespace {ns}"))?;
+        say(format!("namespace {ns}"));
+        Ok(Self { client, settings, ns })
+    }
+
+    /// Deletes the namespace (without waiting) unless TRADESTORE_E2E_KEEP=1.
+    pub async fn finish(self) -> Result<()> {
+        if self.settings.keep {
+            say(format!("keeping namespace {}", self.ns));
+            return Ok(());
+        }
+        let nss: Api<Namespace> = Api::all(self.client.clone());
+        nss.delete(&self.ns, &DeleteParams::default()).await?;
+        Ok(())
+    }
+
+    pub fn stores(&self) -> Api<DynamicObject> {
+        Api::namespaced_with(self.client.clone(), &self.ns, &tradestore_resource())
+    }
+    pub fn pods(&self) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    /// A TradeStore manifest with the suite's image, a small RWOP volume and `extra` merged into the spec.
+    pub fn store_manifest(&self, name: &str, extra: Value) -> Value {
+        let mut spec = json!({
+            "image": self.settings.sidecar_image,
+            "imagePullPolicy": self.settings.pull_policy,
+            "storage": {"size": "1Gi"},
+            "duckdb": {"threads": 1},
+            "resources": {"requests": {"cpu": "10m", "memory": "64Mi"}},
+        });
+        merge(&mut spec, extra);
+        json!({
+            "apiVersion": "tradestore.io/v1alpha1",
+            "kind": "TradeStore",
+            "metadata": {"name": name, "namespace": self.ns},
+            "spec": spec,
+        })
+    }
+
+    pub async fn create_store(&self, name: &str, extra: Value) -> Result<DynamicObject> {
+        let obj: DynamicObject = serde_json::from_value(self.store_manifest(name, extra))?;
+        Ok(self.stores().create(&PostParams::default(), &obj).await?)
+    }
+
+    pub async fn patch_store(&self, name: &str, patch: Value) -> Result<DynamicObject> {
+        Ok(self.stores().patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await?)
+    }
+
+    pub async fn store(&self, name: &str) -> Result<DynamicObject> {
+        Ok(self.stores().get(name).await?)
+    }
+
+    /// Waits for `Ready=True` at the store's current generation; returns the store.
+    pub async fn wait_ready(&self, name: &str, timeout: Duration) -> Result<DynamicObject> {
+        wait_for(&format!("{name} Ready"), timeout, Duration::from_millis(500), || async {
+            let ts = self.store(name).await?;
+            let generation = ts.metadata.generation.unwrap_or(0);
+            let observed = ts.data.pointer("/status/observedGeneration").and_then(Value::as_i64).unwrap_or(-1);
+            let ready = condition(&ts, "Ready").is_some_and(|c| c["status"] == "True");
+            if ready && observed == generation {
+                Ok(Some(ts))
+            } else {
+                Err(anyhow!("phase {:?}, Ready {:?}", phase(&ts), condition(&ts, "Ready")))
+            }
+        })
+        .await
+    }
+
+    /// Waits for `status.phase == want`.
+    pub async fn wait_phase(&self, name: &str, want: &str, timeout: Duration) -> Result<DynamicObject> {
+        wait_for(&format!("{name} phase {want}"), timeout, Duration::from_millis(500), || async {
+            let ts = self.store(name).await?;
+            if phase(&ts) == want { Ok(Some(ts)) } else { Err(anyhow!("phase {:?}", phase(&ts))) }
+        })
+        .await
+    }
+
+    /// The sidecar client of a store: Service ClusterIP and the generated token.
+    pub async fn sidecar(&self, name: &str) -> Result<Sidecar> {
+        let svc: Service = Api::namespaced(self.client.clone(), &self.ns).get(name).await?;
+        let ip = svc.spec.and_then(|s| s.cluster_ip).context("Service has no ClusterIP")?;
+        let secret: Secret = Api::namespaced(self.client.clone(), &self.ns).get(&format!("{name}-token")).await?;
+        let token = secret.data.and_then(|d| d.get("token").cloned()).context("Secret has no token")?;
+        Ok(Sidecar {
+            base: format!("http://{ip}:8080"),
+            token: String::from_utf8(token.0)?,
+            http: reqwest::Client::builder().timeout(Duration::from_secs(15)).build()?,
+        })
+    }
+
+    pub async fn pod(&self, name: &str) -> Result<Option<Pod>> {
+        Ok(self.pods().get_opt(name).await?)
+    }
+
+    /// Waits until the pod exists with a uid different from `old_uid`, is Ready, and the store is Ready.
+    pub async fn wait_new_pod(&self, name: &str, old_uid: &str, timeout: Duration) -> Result<Pod> {
+        let pod = wait_for(&format!("new pod {name}"), timeout, Duration::from_millis(500), || async {
+            match self.pod(name).await? {
+                Some(p) if p.uid().as_deref() != Some(old_uid) && pod_ready(&p) => Ok(Some(p)),
+                Some(p) => Err(anyhow!("pod uid {:?} ready {}", p.uid(), pod_ready(&p))),
+                None => Err(anyhow!("no pod")),
+            }
+        })
+        .await?;
+        self.wait_ready(name, timeout).await?;
+        Ok(pod)
+    }
+
+    /// Events (events.k8s.io/v1 and core/v1) about `name` in the namespace: (type, reason, note).
+    pub async fn events(&self, name: &str) -> Result<Vec<(String, String, String)>> {
+        let api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(self.client.clone(), &self.ns);
+        let mut out = vec![];
+        for e in api.list(&ListParams::default()).await? {
+            if e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name) {
+                out.push((e.type_.unwrap_or_default(), e.reason.unwrap_or_default(), e.note.unwrap_or_default()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// SIGKILLs the `container` of pod `pod` through the node's containerd (TRADESTORE_E2E_CTR).
+    pub async fn sigkill_container(&self, pod: &Pod, container: &str) -> Result<()> {
+        let statuses = pod
+            .status
+            .as_ref()
+            .map(|s| s.container_statuses.iter().flatten().chain(s.init_container_statuses.iter().flatten()).cloned());
+        let id = statuses
+            .into_iter()
+            .flatten()
+            .find(|c| c.name == container)
+            .and_then(|c| c.container_id)
+            .context("container has no id yet")?;
+        let id = id.split("://").nth(1).context("container id without runtime prefix")?.to_string();
+        if self.settings.ctr.is_empty() {
+            bail!(
+                "cannot reach the node's containerd: set TRADESTORE_E2E_CTR (e.g. `ctr --address SOCK` or \
+                 `docker exec NODE ctr`) or TRADESTORE_E2E_CONTAINERD_SOCK"
+            );
+        }
+        let mut cmd = tokio::process::Command::new(&self.settings.ctr[0]);
+        cmd.args(&self.settings.ctr[1..]).args(["-n", "k8s.io", "tasks", "kill", "-s", "SIGKILL", &id]);
+        let out = cmd.output().await.context("running ctr")?;
+        if !out.status.success() {
+            bail!("ctr tasks kill {id}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        say(format!("SIGKILLed container {container} ({id:.12}) of pod {}", pod.name_any()));
+        Ok(())
+    }
+}
+
+/// Restart count of `container` in the pod (regular or native-sidecar init container).
+pub fn restart_count(pod: &Pod, container: &str) -> i32 {
+    pod.status
+        .as_ref()
+        .and_then(|s| {
+            s.container_statuses
+                .iter()
+                .flatten()
+                .chain(s.init_container_statuses.iter().flatten())
+                .find(|c| c.name == container)
+                .map(|c| c.restart_count)
+        })
+        .unwrap_or(0)
+}
+
+pub fn pod_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+pub fn phase(ts: &DynamicObject) -> String {
+    ts.data.pointer("/status/phase").and_then(Value::as_str).unwrap_or("").to_string()
+}
+
+pub fn condition(ts: &DynamicObject, type_: &str) -> Option<Value> {
+    ts.data.pointer("/status/conditions")?.as_array()?.iter().find(|c| c["type"] == type_).cloned()
+}
+
+/// JSON merge of `patch` into `base` (objects merged recursively, everything else replaced).
+pub fn merge(base: &mut Value, patch: Value) {
+    match (base, patch) {
+        (Value::Object(b), Value::Object(p)) => {
+            for (k, v) in p {
+                merge(b.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (b, p) => *b = p,
+    }
+}
+
+/// HTTP client of one store's sidecar, through its Service.
+pub struct Sidecar {
+    pub base: String,
+    pub token: String,
+    pub http: reqwest::Client,
+}
+
+impl Sidecar {
+    /// `POST /v1/trades`; returns the stored trade (acknowledged: durable).
+    pub async fn write(&self, id: &str, symbol: &str, qty: f64, price: f64) -> Result<Value> {
+        let body = json!({"id": id, "symbol": symbol, "side": "buy", "quantity": qty, "price": price});
+        let resp = self
+            .http
+            .post(format!("{}/v1/trades", self.base))
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .await
+            .with_context(|| format!("POST {}/v1/trades", self.base))?;
+        let status = resp.status();
+        let v: Value = resp.json().await.unwrap_or(Value::Null);
+        if status.as_u16() != 201 {
+            bail!("POST /v1/trades {id}: HTTP {status}: {v}");
+        }
+        Ok(v)
+    }
+
+    /// Writes `n` trades `<prefix>-<i>` and returns their ids (each acknowledged with 201).
+    pub async fn write_many(&self, prefix: &str, symbol: &str, n: usize) -> Result<Vec<String>> {
+        let mut ids = Vec::with_capacity(n);
+        for i in 0..n {
+            let id = format!("{prefix}-{i}");
+            self.write(&id, symbol, 1.0 + i as f64, 100.0 + i as f64 / 4.0).await?;
+            ids.push(id);
+        }
+        Ok(ids)
+    }
+
+    /// `GET /v1/trades/{id}`: `None` on 404.
+    pub async fn get(&self, id: &str) -> Result<Option<Value>> {
+        let resp = self.http.get(format!("{}/v1/trades/{id}", self.base)).bearer_auth(&self.token).send().await?;
+        match resp.status().as_u16() {
+            200 => Ok(Some(resp.json().await?)),
+            404 => Ok(None),
+            s => bail!("GET /v1/trades/{id}: HTTP {s}"),
+        }
+    }
+
+    /// Every id must be readable with its symbol; returns how many were checked.
+    pub async fn check_all(&self, ids: &[String], symbol: &str) -> Result<usize> {
+        for id in ids {
+            let t = self.get(id).await?.with_context(|| format!("acknowledged trade {id} is missing"))?;
+            if t["symbol"] != symbol {
+                bail!("trade {id}: symbol {} != {symbol}", t["symbol"]);
+            }
+        }
+        Ok(ids.len())
+    }
+
+    /// `GET /v1/state/{symbol}`.
+    pub async fn state(&self, symbol: &str) -> Result<Value> {
+        let resp = self.http.get(format!("{}/v1/state/{symbol}", self.base)).bearer_auth(&self.token).send().await?;
+        let status = resp.status();
+        if !status.is_success() {
+            bail!("GET /v1/state/{symbol}: HTTP {status}");
+        }
+        Ok(resp.json().await?)
+    }
+
+    /// Waits until the Service answers `/readyz` with 200.
+    pub async fn wait_serving(&self, timeout: Duration) -> Result<()> {
+        wait_for(&format!("{} serving", self.base), timeout, Duration::from_millis(300), || async {
+            let r = self.http.get(format!("{}/readyz", self.base)).send().await?;
+            if r.status().is_success() { Ok(Some(())) } else { Err(anyhow!("/readyz HTTP {}", r.status())) }
+        })
+        .await
+    }
+}

@@ -1,0 +1,409 @@
+//! The TradeStore end-to-end suite. Every test needs a cluster with the chart installed, so every
+//! test is `#[ignore]`d: `cargo test --workspace` never touches a cluster. Run them with
+//! `e2e/run.sh` (local cluster) or `e2e/kind.sh`, or by hand against any cluster:
+//!
+//! ```sh
+//! TRADESTORE_E2E_SIDECAR_IMAGE=... cargo test --release -p tradestore-e2e -- --ignored --test-threads=1 --nocapture
+//! ```
+//!
+//! Names are numbered so that `--test-threads=1` runs them in this order; the leader fail-over
+//! test comes last because it disturbs the operator.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, anyhow, bail, ensure};
+use k8s_openapi::api::authorization::v1::SubjectAccessReview;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, Service};
+use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::{Api, ResourceExt};
+use serde_json::{Value, json};
+use tradestore_e2e::{Env, condition, phase, pod_ready, restart_count, say, wait_for};
+
+const READY: Duration = Duration::from_secs(120);
+const SHORT: Duration = Duration::from_secs(60);
+
+/// Runs `body` and deletes the namespace afterwards, also on failure (unless TRADESTORE_E2E_KEEP=1).
+async fn with_env<F, Fut>(prefix: &str, body: F) -> Result<()>
+where
+    F: FnOnce(std::sync::Arc<Env>) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let env = std::sync::Arc::new(Env::new(prefix).await?);
+    let result = body(env.clone()).await;
+    if let Err(e) = &result {
+        say(format!("FAILED in namespace {}: {e:#}", env.ns));
+    }
+    if let Ok(env) = std::sync::Arc::try_unwrap(env) {
+        env.finish().await?;
+    }
+    result
+}
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes cluster with the chart installed: run e2e/run.sh"]
+async fn t01_create_ready_write_read() -> Result<()> {
+    with_env("ready", |env| async move {
+        env.create_store("desk", json!({})).await?;
+        let ts = env.wait_ready("desk", READY).await?;
+        ensure!(phase(&ts) == "Running", "phase {}", phase(&ts));
+        // Owned objects exist, with the controller owner reference.
+        let uid = ts.uid().context("no uid")?;
+        let svc: Service = Api::namespaced(env.client.clone(), &env.ns).get("desk").await?;
+        let cm: ConfigMap = Api::namespaced(env.client.clone(), &env.ns).get("desk-config").await?;
+        let secret: Secret = Api::namespaced(env.client.clone(), &env.ns).get("desk-token").await?;
+        for (what, refs) in [
+            ("Service", svc.owner_references()),
+            ("ConfigMap", cm.owner_references()),
+            ("Secret", secret.owner_references()),
+        ] {
+            ensure!(
+                refs.iter().any(|r| r.uid == uid && r.controller == Some(true)),
+                "{what} is not owned by the store"
+            );
+        }
+        let sc = env.sidecar("desk").await?;
+        sc.wait_serving(SHORT).await?;
+        // Writes need the token.
+        let anon = sc
+            .http
+            .post(format!("{}/v1/trades", sc.base))
+            .json(&json!({"symbol": "X", "side": "buy", "quantity": 1, "price": 1}))
+            .send()
+            .await?;
+        ensure!(anon.status().as_u16() == 401, "unauthenticated write got HTTP {}", anon.status());
+        let ids = sc.write_many("t01", "AAPL", 25).await?;
+        sc.check_all(&ids, "AAPL").await?;
+        let state = sc.state("AAPL").await?;
+        ensure!(state["trade_count"] == 25, "state: {state}");
+        let expected: f64 = (0..25).map(|i| 1.0 + f64::from(i)).sum();
+        ensure!(state["position"].as_f64() == Some(expected), "position {} != {expected}", state["position"]);
+        // The operator reports the sidecar's status.
+        wait_for("status.sidecar.tradeRows = 25", Duration::from_secs(90), Duration::from_secs(1), || async {
+            let ts = env.store("desk").await?;
+            let rows = ts.data.pointer("/status/sidecar/tradeRows").and_then(Value::as_i64);
+            if rows == Some(25) { Ok(Some(())) } else { Err(anyhow!("tradeRows {rows:?}")) }
+        })
+        .await?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes cluster with the chart installed: run e2e/run.sh"]
+async fn t02_sigkill_and_pod_delete_keep_acknowledged_trades() -> Result<()> {
+    with_env("kill", |env| async move {
+        env.create_store("desk", json!({"restartPolicy": {"maxRestarts": 10}})).await?;
+        env.wait_ready("desk", READY).await?;
+        let sc = env.sidecar("desk").await?;
+        sc.wait_serving(SHORT).await?;
+        let mut ids = sc.write_many("before-kill", "MSFT", 40).await?;
+
+        // SIGKILL the sidecar container: the kubelet restarts it in the same pod.
+        let pod = env.pod("desk").await?.context("no pod")?;
+        let uid = pod.uid().unwrap_or_default();
+        let restarts = restart_count(&pod, "sidecar");
+        env.sigkill_container(&pod, "sidecar").await?;
+        wait_for("sidecar restarted and ready", READY, Duration::from_millis(500), || async {
+            let p = env.pod("desk").await?.context("pod gone")?;
+            ensure!(p.uid().as_deref() == Some(uid.as_str()), "the pod was replaced, expected a container restart");
+            if restart_count(&p, "sidecar") > restarts && pod_ready(&p) { Ok(Some(())) } else { Ok(None) }
+        })
+        .await?;
+        sc.wait_serving(SHORT).await?;
+        sc.check_all(&ids, "MSFT").await?;
+        say(format!("all {} acknowledged trades survived SIGKILL", ids.len()));
+
+        // Delete the pod: the operator creates a new one on the same volume.
+        ids.extend(sc.write_many("before-delete", "MSFT", 40).await?);
+        env.pods().delete("desk", &DeleteParams::default()).await?;
+        env.wait_new_pod("desk", &uid, READY).await?;
+        sc.wait_serving(SHORT).await?;
+        sc.check_all(&ids, "MSFT").await?;
+        let state = sc.state("MSFT").await?;
+        ensure!(state["trade_count"] == 80, "state after restarts: {state}");
+        say(format!("all {} acknowledged trades survived pod deletion", ids.len()));
+
+        // The restart was counted.
+        let ts = env.store("desk").await?;
+        let total = ts.data.pointer("/status/restarts/total").and_then(Value::as_i64).unwrap_or(0);
+        ensure!(total >= 1, "status.restarts.total = {total}");
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes cluster with the chart installed: run e2e/run.sh"]
+async fn t03_crash_loop_is_fenced() -> Result<()> {
+    with_env("fence", |env| async move {
+        let broken = env.settings.broken_image.clone();
+        if broken.is_empty() {
+            bail!("set TRADESTORE_E2E_BROKEN_IMAGE (or TRADESTORE_E2E_OPERATOR_IMAGE): an image without /usr/local/bin/sidecar");
+        }
+        // An image without the sidecar binary: the container fails at every start.
+        env.create_store("desk", json!({"image": broken, "restartPolicy": {"maxRestarts": 2, "windowSeconds": 600}}))
+            .await?;
+        let ts = env.wait_phase("desk", "Fenced", Duration::from_secs(180)).await?;
+        let degraded = condition(&ts, "Degraded").context("no Degraded condition")?;
+        ensure!(degraded["status"] == "True" && degraded["reason"] == "TooManyRestarts", "Degraded: {degraded}");
+        let ready = condition(&ts, "Ready").context("no Ready condition")?;
+        ensure!(ready["status"] == "False", "Ready: {ready}");
+        ensure!(ts.data.pointer("/status/fence/reason").is_some(), "no status.fence: {}", ts.data["status"]);
+        wait_for("pod removed", SHORT, Duration::from_millis(500), || async {
+            Ok(env.pod("desk").await?.is_none().then_some(()))
+        })
+        .await?;
+        wait_for("TooManyRestarts event", SHORT, Duration::from_secs(1), || async {
+            let evs = env.events("desk").await?;
+            Ok(evs.iter().any(|(t, r, _)| t == "Warning" && r == "TooManyRestarts").then_some(()))
+        })
+        .await?;
+        // It stays fenced: no new pod appears.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        ensure!(env.pod("desk").await?.is_none(), "a pod came back while fenced");
+
+        // Fix the image and clear the fence: the store comes back.
+        let image = env.settings.sidecar_image.clone();
+        env.patch_store(
+            "desk",
+            json!({"metadata": {"annotations": {"tradestore.io/clear-fence": "e2e-1"}}, "spec": {"image": image}}),
+        )
+        .await?;
+        env.wait_ready("desk", READY).await?;
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes cluster with the chart installed: run e2e/run.sh"]
+async fn t04_spec_change_rolls_out() -> Result<()> {
+    with_env("rollout", |env| async move {
+        env.create_store("desk", json!({})).await?;
+        env.wait_ready("desk", READY).await?;
+        let sc = env.sidecar("desk").await?;
+        sc.wait_serving(SHORT).await?;
+        let ids = sc.write_many("t04", "IBM", 20).await?;
+        let pod = env.pod("desk").await?.context("no pod")?;
+        let old_uid = pod.uid().unwrap_or_default();
+        let old_hash = pod.annotations().get("tradestore.io/pod-spec-hash").cloned();
+
+        env.patch_store("desk", json!({"spec": {"duckdb": {"threads": 2}, "log": {"level": "debug"}}})).await?;
+        let pod = env.wait_new_pod("desk", &old_uid, READY).await?;
+        let new_hash = pod.annotations().get("tradestore.io/pod-spec-hash").cloned();
+        ensure!(new_hash.is_some() && new_hash != old_hash, "pod-spec hash {old_hash:?} -> {new_hash:?}");
+        let cm: ConfigMap = Api::namespaced(env.client.clone(), &env.ns).get("desk-config").await?;
+        let cfg = cm.data.unwrap_or_default().get("sidecar.yaml").cloned().unwrap_or_default();
+        ensure!(cfg.contains("threads: 2"), "config not updated:\n{cfg}");
+        let evs = env.events("desk").await?;
+        ensure!(evs.iter().any(|(_, r, _)| r == "RollingOut"), "no RollingOut event: {evs:?}");
+        sc.wait_serving(SHORT).await?;
+        sc.check_all(&ids, "IBM").await?;
+
+        // A field that does not shape the pod does not restart it.
+        let uid = pod.uid().unwrap_or_default();
+        env.patch_store("desk", json!({"spec": {"restartPolicy": {"maxRestarts": 5}}})).await?;
+        env.wait_ready("desk", READY).await?;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let p = env.pod("desk").await?.context("pod gone")?;
+        ensure!(p.uid().as_deref() == Some(uid.as_str()), "restartPolicy change replaced the pod");
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes cluster with the chart installed: run e2e/run.sh"]
+async fn t05_invalid_spec_rejected_by_api_server() -> Result<()> {
+    with_env("invalid", |env| async move {
+        let api = env.stores();
+        let cases: Vec<(&str, Value)> = vec![
+            ("missing storage", json!({"storage": null})),
+            ("threads out of range", json!({"duckdb": {"threads": 0}})),
+            ("unknown enum", json!({"storage": {"retentionPolicy": "Sometimes"}})),
+            (
+                "CEL maxWalBytes < checkpointThresholdBytes",
+                json!({"duckdb": {"checkpointThresholdBytes": 1048576, "maxWalBytes": 65536}}),
+            ),
+            (
+                "CEL timeoutSeconds > periodSeconds",
+                json!({"probes": {"periodSeconds": 2, "timeoutSeconds": 5, "unresponsiveSeconds": 10}}),
+            ),
+            ("maxRestarts 0", json!({"restartPolicy": {"maxRestarts": 0}})),
+        ];
+        for (what, extra) in cases {
+            let mut m = env.store_manifest("bad", extra);
+            // JSON merge cannot express "remove": drop nulls.
+            if m["spec"]["storage"].is_null() {
+                m["spec"].as_object_mut().unwrap().remove("storage");
+            }
+            let obj = serde_json::from_value(m)?;
+            match api.create(&PostParams::default(), &obj).await {
+                Err(kube::Error::Api(s)) if s.code == 422 => say(format!("rejected ({what}): {}", s.message)),
+                Err(e) => bail!("{what}: unexpected error {e}"),
+                Ok(_) => bail!("{what}: the API server accepted an invalid TradeStore"),
+            }
+        }
+        // A name that is no DNS-1035 label (CEL on metadata.name).
+        let obj = serde_json::from_value(env.store_manifest("1-starts-with-digit", json!({})))?;
+        match api.create(&PostParams::default(), &obj).await {
+            Err(kube::Error::Api(s)) if s.code == 422 => say(format!("rejected (name): {}", s.message)),
+            other => bail!("name not a DNS-1035 label: {other:?}"),
+        }
+        ensure!(api.list(&ListParams::default()).await?.items.is_empty(), "an invalid store was stored");
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes cluster with the chart installed: run e2e/run.sh"]
+async fn t06_delete_removes_owned_objects_and_applies_retention() -> Result<()> {
+    with_env("delete", |env| async move {
+        env.create_store("keep", json!({"storage": {"retentionPolicy": "Retain"}})).await?;
+        env.create_store("drop", json!({"storage": {"retentionPolicy": "Delete"}})).await?;
+        env.wait_ready("keep", READY).await?;
+        env.wait_ready("drop", READY).await?;
+        let sc = env.sidecar("keep").await?;
+        sc.wait_serving(SHORT).await?;
+        let ids = sc.write_many("t06", "TSLA", 10).await?;
+
+        for name in ["keep", "drop"] {
+            env.stores().delete(name, &DeleteParams::default()).await?;
+        }
+        let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(env.client.clone(), &env.ns);
+        let cms: Api<ConfigMap> = Api::namespaced(env.client.clone(), &env.ns);
+        let svcs: Api<Service> = Api::namespaced(env.client.clone(), &env.ns);
+        let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &env.ns);
+        for name in ["keep", "drop"] {
+            wait_for(&format!("{name} and its objects gone"), READY, Duration::from_millis(500), || async {
+                let left = [
+                    ("TradeStore", env.stores().get_opt(name).await?.is_some()),
+                    ("Pod", env.pod(name).await?.is_some()),
+                    ("Service", svcs.get_opt(name).await?.is_some()),
+                    ("ConfigMap", cms.get_opt(&format!("{name}-config")).await?.is_some()),
+                    ("Secret", secrets.get_opt(&format!("{name}-token")).await?.is_some()),
+                ];
+                let left: Vec<_> = left.iter().filter(|(_, present)| *present).map(|(k, _)| *k).collect();
+                if left.is_empty() { Ok(Some(())) } else { Err(anyhow!("still there: {left:?}")) }
+            })
+            .await?;
+        }
+        // Delete: the PVC goes. Retain: it stays, without owner.
+        wait_for("drop-data deleted", SHORT, Duration::from_millis(500), || async {
+            Ok(pvcs.get_opt("drop-data").await?.is_none().then_some(()))
+        })
+        .await?;
+        let kept = pvcs.get_opt("keep-data").await?.context("Retain: keep-data was deleted")?;
+        ensure!(kept.owner_references().is_empty(), "Retain: keep-data still has owners");
+        ensure!(kept.metadata.deletion_timestamp.is_none(), "Retain: keep-data is being deleted");
+
+        // Recreating the store adopts the retained volume: the data is back (with a new token).
+        env.create_store("keep", json!({"storage": {"retentionPolicy": "Delete"}})).await?;
+        env.wait_ready("keep", READY).await?;
+        let sc = env.sidecar("keep").await?;
+        sc.wait_serving(SHORT).await?;
+        sc.check_all(&ids, "TSLA").await?;
+        say("the retained volume was adopted with all trades");
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes cluster with the chart installed: run e2e/run.sh"]
+async fn t07_operator_runs_under_its_own_least_privilege_service_account() -> Result<()> {
+    with_env("rbac", |env| async move {
+        let s = &env.settings;
+        let pods: Api<Pod> = Api::namespaced(env.client.clone(), &s.operator_namespace);
+        let ops = pods.list(&ListParams::default().labels("app.kubernetes.io/name=tradestore-operator")).await?.items;
+        ensure!(ops.len() >= 2, "expected 2 operator replicas, found {}", ops.len());
+        for p in &ops {
+            let spec = p.spec.as_ref().context("pod without spec")?;
+            ensure!(spec.service_account_name.as_deref() == Some(s.operator_sa.as_str()), "operator pod {} runs as {:?}", p.name_any(), spec.service_account_name);
+            let c = &spec.containers[0];
+            let sec = c.security_context.as_ref().context("no securityContext")?;
+            ensure!(sec.read_only_root_filesystem == Some(true) && sec.allow_privilege_escalation == Some(false), "container securityContext {sec:?}");
+        }
+        // What the ServiceAccount may and may not do (a SubjectAccessReview as the admin).
+        let user = format!("system:serviceaccount:{}:{}", s.operator_namespace, s.operator_sa);
+        let reviews: Api<SubjectAccessReview> = Api::all(env.client.clone());
+        let check = |group: &str, resource: &str, verb: &str, ns: Option<&str>| {
+            let review: SubjectAccessReview = serde_json::from_value(json!({
+                "spec": {"user": user, "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{}", s.operator_namespace)],
+                         "resourceAttributes": {"group": group, "resource": resource, "verb": verb, "namespace": ns}}
+            }))
+            .expect("review");
+            let reviews = reviews.clone();
+            async move {
+                let r = reviews.create(&PostParams::default(), &review).await?;
+                Ok::<bool, anyhow::Error>(r.status.map(|s| s.allowed).unwrap_or(false))
+            }
+        };
+        let ns = Some(env.ns.as_str());
+        for (g, r, v) in [("tradestore.io", "tradestores", "watch"), ("", "pods", "delete"), ("", "persistentvolumeclaims", "create"), ("", "secrets", "create"), ("events.k8s.io", "events", "create")] {
+            ensure!(check(g, r, v, ns).await?, "the operator may not {v} {r}");
+        }
+        for (g, r, v) in [("", "secrets", "list"), ("", "secrets", "delete"), ("apps", "deployments", "create"), ("", "nodes", "delete"), ("rbac.authorization.k8s.io", "clusterroles", "create"), ("", "pods", "update")] {
+            ensure!(!check(g, r, v, ns).await?, "the operator may {v} {r}, more than it needs");
+        }
+        // And it really acts under that identity: the events it publishes name its pod.
+        env.create_store("desk", json!({})).await?;
+        env.wait_ready("desk", READY).await?;
+        let leader = lease_holder(&env).await?;
+        let evs: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(env.client.clone(), &env.ns);
+        let mine = evs.list(&ListParams::default()).await?.items.into_iter().filter(|e| e.reporting_instance.as_deref() == Some(leader.as_str())).count();
+        ensure!(mine > 0, "no event reported by the leader {leader}");
+        Ok(())
+    })
+    .await
+}
+
+async fn lease_holder(env: &Env) -> Result<String> {
+    let leases: Api<Lease> = Api::namespaced(env.client.clone(), &env.settings.operator_namespace);
+    let lease = leases.get(&env.settings.lease).await?;
+    lease.spec.and_then(|s| s.holder_identity).filter(|h| !h.is_empty()).context("the Lease has no holder")
+}
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes cluster with the chart installed: run e2e/run.sh"]
+async fn t08_leader_killed_other_replica_takes_over() -> Result<()> {
+    with_env("leader", |env| async move {
+        let old = lease_holder(&env).await?;
+        say(format!("leader: {old}"));
+        let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.settings.operator_namespace);
+        // Kill it without a chance to release the Lease (grace period 0: SIGKILL).
+        pods.delete(&old, &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await?;
+        let new = wait_for(
+            "another replica holds the Lease",
+            Duration::from_secs(90),
+            Duration::from_millis(500),
+            || async {
+                let h = lease_holder(&env).await?;
+                Ok((h != old).then_some(h))
+            },
+        )
+        .await?;
+        say(format!("new leader: {new}"));
+        let p = pods.get(&new).await?;
+        ensure!(pod_ready(&p), "the new leader is not ready");
+        // The new leader reconciles.
+        env.create_store("desk", json!({})).await?;
+        env.wait_ready("desk", READY).await?;
+        let sc = env.sidecar("desk").await?;
+        sc.wait_serving(SHORT).await?;
+        sc.write_many("t08", "NVDA", 5).await?;
+        // The Deployment is whole again (the killed replica was replaced).
+        wait_for("2 ready operator replicas", READY, Duration::from_secs(1), || async {
+            let ps =
+                pods.list(&ListParams::default().labels("app.kubernetes.io/name=tradestore-operator")).await?.items;
+            let ready = ps.iter().filter(|p| pod_ready(p) && p.metadata.deletion_timestamp.is_none()).count();
+            Ok((ready >= 2).then_some(()))
+        })
+        .await?;
+        Ok(())
+    })
+    .await
+}
