@@ -1,0 +1,247 @@
+//! Throughput and latency of the sidecar against raw DuckDB, measured in the same run.
+//!
+//! `cargo bench -p tradestore-sidecar --bench throughput` prints a markdown table.
+//! `BENCH_SECONDS` (default 5) sets each load phase's length; `BENCH_ROWS`
+//! (default 200000) the rows preloaded before the read phases.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{Sidecar, client, trade_for};
+use duckdb::{Connection, params};
+use serde_json::json;
+
+struct Row {
+    what: String,
+    ops_per_sec: f64,
+    p50_us: Option<f64>,
+    p99_us: Option<f64>,
+    vs: Option<(f64, &'static str)>,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn summarize(what: String, ops: usize, elapsed: Duration, mut lat: Vec<f64>) -> Row {
+    lat.sort_by(f64::total_cmp);
+    let (p50, p99) = if lat.is_empty() { (None, None) } else { (Some(percentile(&lat, 0.5)), Some(percentile(&lat, 0.99))) };
+    Row { what, ops_per_sec: ops as f64 / elapsed.as_secs_f64(), p50_us: p50, p99_us: p99, vs: None }
+}
+
+/// Runs `clients` concurrent loops of `op` for `secs`, counting `weight` operations per call.
+async fn load<F, Fut>(clients: usize, secs: f64, weight: usize, op: F) -> (usize, Duration, Vec<f64>)
+where
+    F: Fn(usize, usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = reqwest::Response> + Send,
+{
+    let op = Arc::new(op);
+    let lat = Arc::new(Mutex::new(Vec::new()));
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(secs);
+    let tasks: Vec<_> = (0..clients)
+        .map(|c| {
+            let (op, lat) = (op.clone(), lat.clone());
+            tokio::spawn(async move {
+                let mut mine = Vec::new();
+                let mut n = 0;
+                while Instant::now() < end {
+                    let t = Instant::now();
+                    let r = op(c, n).await;
+                    assert!(r.status().is_success(), "{} {}", r.status(), r.text().await.unwrap_or_default());
+                    mine.push(t.elapsed().as_secs_f64() * 1e6);
+                    n += 1;
+                }
+                lat.lock().unwrap().extend(mine);
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let elapsed = start.elapsed();
+    let lat = Arc::try_unwrap(lat).unwrap().into_inner().unwrap();
+    (lat.len() * weight, elapsed, lat)
+}
+
+fn raw_db(dir: &std::path::Path) -> Connection {
+    let conn = Connection::open(dir.join("raw.duckdb")).unwrap();
+    tradestore_sidecar::migrations::up(&conn, tradestore_sidecar::migrations::embedded(), None).unwrap();
+    conn
+}
+
+fn raw_insert(conn: &Connection, id: &str, seq: i64) {
+    let t = trade_for(id);
+    conn.execute(
+        "INSERT INTO trades VALUES (?, ?, ?, ?, ?, 'filled', now()::TIMESTAMP, 1, ?, now()::TIMESTAMP, now()::TIMESTAMP)",
+        params![id, t["symbol"].as_str(), t["side"].as_str(), t["quantity"].as_f64(), t["price"].as_f64(), seq],
+    )
+    .unwrap();
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return; // `cargo test --benches` probes benches with --list
+    }
+    let secs: f64 = std::env::var("BENCH_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(5.0);
+    let rows: usize = std::env::var("BENCH_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
+    let dir = tempfile::tempdir().unwrap();
+    let mut table = Vec::new();
+
+    // Peer: raw DuckDB, one INSERT + COMMIT per transaction, one thread.
+    let conn = raw_db(dir.path());
+    let mut lat = Vec::new();
+    let start = Instant::now();
+    let mut n = 0;
+    while start.elapsed().as_secs_f64() < secs {
+        let t = Instant::now();
+        raw_insert(&conn, &format!("raw-{n}"), n as i64 + 1);
+        lat.push(t.elapsed().as_secs_f64() * 1e6);
+        n += 1;
+    }
+    let raw_single = summarize("raw DuckDB: INSERT+COMMIT per trade, 1 thread".into(), n, start.elapsed(), lat);
+    let raw_tps = raw_single.ops_per_sec;
+    table.push(raw_single);
+
+    // Peer: raw DuckDB Appender, 10k-row transactions (the ceiling of any batching).
+    let start = Instant::now();
+    let mut appended = 0;
+    while start.elapsed().as_secs_f64() < secs {
+        conn.execute_batch("BEGIN").unwrap();
+        {
+            let mut app = conn.appender("trades").unwrap();
+            for _ in 0..10_000 {
+                let id = format!("app-{appended}");
+                let t = trade_for(&id);
+                appended += 1;
+                app.append_row(params![
+                    id,
+                    t["symbol"].as_str(),
+                    t["side"].as_str(),
+                    t["quantity"].as_f64(),
+                    t["price"].as_f64(),
+                    "filled",
+                    tradestore_sidecar::db::timestamp(0),
+                    1,
+                    (n + appended) as i64,
+                    tradestore_sidecar::db::timestamp(0),
+                    tradestore_sidecar::db::timestamp(0)
+                ])
+                .unwrap();
+            }
+        }
+        conn.execute_batch("COMMIT").unwrap();
+    }
+    table.push(summarize("raw DuckDB: Appender, 10k rows per commit".into(), appended, start.elapsed(), vec![]));
+
+    // The sidecar over HTTP.
+    let sdir = tempfile::tempdir().unwrap();
+    let s = Sidecar::start(sdir.path(), &[]).await;
+    let c = client();
+    for clients in [1, 16, 64] {
+        let (c2, url) = (c.clone(), s.url("/v1/trades"));
+        let (ops, el, lat) = load(clients, secs, 1, move |w, n| {
+            let (c, url) = (c2.clone(), url.clone());
+            async move { c.post(url).json(&trade_for(&format!("h{clients}-{w}-{n}"))).send().await.unwrap() }
+        })
+        .await;
+        let mut row = summarize(format!("sidecar: POST /v1/trades, {clients} clients"), ops, el, lat);
+        row.vs = Some((row.ops_per_sec / raw_tps, "raw INSERT+COMMIT"));
+        table.push(row);
+    }
+    let (c2, url) = (c.clone(), s.url("/v1/trades/batch"));
+    let (ops, el, lat) = load(8, secs, 100, move |w, n| {
+        let (c, url) = (c2.clone(), url.clone());
+        async move {
+            let trades: Vec<_> = (0..100).map(|k| trade_for(&format!("hb-{w}-{n}-{k}"))).collect();
+            c.post(url).json(&json!({ "trades": trades })).send().await.unwrap()
+        }
+    })
+    .await;
+    let mut row = summarize("sidecar: POST /v1/trades/batch (100 trades), 8 clients".into(), ops, el, lat);
+    row.vs = Some((row.ops_per_sec / raw_tps, "raw INSERT+COMMIT"));
+    table.push(row);
+
+    // Preload both stores to `rows` trades for the read phases.
+    let have: i64 = c.get(s.url("/v1/status")).send().await.unwrap().json::<serde_json::Value>().await.unwrap()
+        ["trade_rows"]
+        .as_i64()
+        .unwrap();
+    let preload = rows.saturating_sub(have as usize).max(10_000);
+    for chunk in (0..preload).collect::<Vec<_>>().chunks(10_000) {
+        let trades: Vec<_> = chunk.iter().map(|i| trade_for(&format!("pre-{i}"))).collect();
+        let r = c.post(s.url("/v1/trades/batch")).json(&json!({ "trades": trades })).send().await.unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    let raw_rows: i64 = conn.query_row("SELECT count(*) FROM trades", [], |r| r.get(0)).unwrap();
+    let rows = have as usize + preload;
+    let rss = rss_mib(s.child.id());
+
+    // Reads: trade state and point lookups, sidecar vs raw DuckDB on the same file size.
+    let mut stmt = conn.prepare("SELECT * FROM trade_state WHERE symbol = ?").unwrap();
+    let start = Instant::now();
+    let mut lat = Vec::new();
+    while start.elapsed().as_secs_f64() < secs.min(2.0) {
+        let t = Instant::now();
+        let _: i64 = stmt.query_row(["SYM1"], |r| r.get(6)).unwrap();
+        lat.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    let raw_state = summarize(format!("raw DuckDB: trade_state view, 1 symbol ({raw_rows} rows)"), lat.len(), start.elapsed(), lat);
+    let raw_state_tps = raw_state.ops_per_sec;
+    table.push(raw_state);
+    let (c2, url) = (c.clone(), s.url("/v1/state/SYM1"));
+    let (ops, el, lat) = load(4, secs, 1, move |_, _| {
+        let (c, url) = (c2.clone(), url.clone());
+        async move { c.get(url).send().await.unwrap() }
+    })
+    .await;
+    let mut row = summarize(format!("sidecar: GET /v1/state/{{symbol}}, 4 clients ({rows} rows)"), ops, el, lat);
+    row.vs = Some((row.ops_per_sec / raw_state_tps, "raw trade_state"));
+    table.push(row);
+
+    let mut stmt = conn.prepare("SELECT * FROM trades WHERE id = ?").unwrap();
+    let start = Instant::now();
+    let mut lat = Vec::new();
+    let mut i = 0usize;
+    while start.elapsed().as_secs_f64() < secs.min(2.0) {
+        let t = Instant::now();
+        let _: String = stmt.query_row([format!("app-{}", (i * 7919) % appended)], |r| r.get(0)).unwrap();
+        lat.push(t.elapsed().as_secs_f64() * 1e6);
+        i += 1;
+    }
+    let raw_get = summarize("raw DuckDB: point lookup by id".into(), lat.len(), start.elapsed(), lat);
+    let raw_get_tps = raw_get.ops_per_sec;
+    table.push(raw_get);
+    let (c2, base) = (c.clone(), s.url("/v1/trades/pre-"));
+    let (ops, el, lat) = load(4, secs, 1, move |w, n| {
+        let (c, url) = (c2.clone(), format!("{base}{}", (w * 1_000_003 + n * 7919) % preload));
+        async move { c.get(url).send().await.unwrap() }
+    })
+    .await;
+    let mut row = summarize("sidecar: GET /v1/trades/{id} (cold, from DuckDB), 4 clients".into(), ops, el, lat);
+    row.vs = Some((row.ops_per_sec / raw_get_tps, "raw point lookup"));
+    table.push(row);
+
+    println!("\n| scenario | ops/s | p50 µs | p99 µs | ratio |");
+    println!("|---|---:|---:|---:|---|");
+    for r in &table {
+        let f = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.0}"));
+        let vs = r.vs.map_or(String::new(), |(x, what)| format!("{x:.1}× {what}"));
+        println!("| {} | {:.0} | {} | {} | {} |", r.what, r.ops_per_sec, f(r.p50_us), f(r.p99_us), vs);
+    }
+    println!("\nsidecar RSS after {rows} rows: {rss:.0} MiB");
+}
