@@ -20,4 +20,11 @@ step "tests"
 cargo test --release --locked --workspace --no-fail-fast 2>&1 | tee "$TS_CACHE_DIR/last-test.log"
 test "${PIPESTATUS[0]}" -eq 0
 
+step "root-only tests (full disk on a tmpfs)"
+if [[ $(id -u) -ne 0 ]]; then
+  echo "error: the full-disk test mounts a tmpfs and needs root" >&2
+  exit 1
+fi
+cargo test --release --locked -p tradestore-sidecar --test disk_full -- --ignored
+
 step "done"
