@@ -9,6 +9,7 @@ source scripts/env.sh
 step() { printf '\n==> %s (%ss)\n' "$*" "$SECONDS"; }
 
 step "toolchain"
+if command -v rustup >/dev/null; then rustup component add clippy rustfmt >/dev/null 2>&1 || true; fi
 cargo --version
 rustc --version
 
