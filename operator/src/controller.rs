@@ -720,7 +720,7 @@ async fn reconcile_pod(
         });
     }
 
-    let ready = status::pod_ready(pod);
+    let ready = status::sidecar_ready(pod);
     if ready {
         Ok(PodOutcome { phase: Phase::Running, ready, progressing: None, requeue: ctx.settings.resync })
     } else {

@@ -26,12 +26,18 @@ pub fn sidecar_restart_count(pod: &Pod) -> i32 {
         .sum()
 }
 
-/// Whether the pod's Ready condition is True.
-pub fn pod_ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+/// Whether the sidecar container reports ready (its `/readyz` passes). This, not the pod's Ready
+/// condition, makes the store Ready: a user container that is not ready yet does not make the
+/// database unavailable to it.
+pub fn sidecar_ready(pod: &Pod) -> bool {
+    let Some(st) = &pod.status else { return false };
+    st.phase.as_deref() == Some("Running")
+        && st
+            .init_container_statuses
+            .iter()
+            .flatten()
+            .chain(st.container_statuses.iter().flatten())
+            .any(|c| c.name == SIDECAR_CONTAINER && c.ready)
 }
 
 /// The pod's phase (`Pending`, `Running`, `Succeeded`, `Failed`, `Unknown`).

@@ -477,6 +477,22 @@ fn backoff_grows_and_caps() {
 }
 
 #[tokio::test]
+async fn readiness_follows_the_sidecar_container_not_the_app() {
+    let h = Harness::new(minimal_spec());
+    h.create().await;
+    h.pod_ready(0);
+    h.fake.edit(POD, |p| {
+        p["status"]["conditions"] = json!([{"type": "Ready", "status": "False"}]);
+    });
+    h.reconcile().await;
+    assert_eq!(h.condition("Ready").0, "True", "sidecar ready, app not yet: the store is ready");
+    h.fake.edit(POD, |p| p["status"]["containerStatuses"][0]["ready"] = json!(false));
+    h.reconcile().await;
+    assert_eq!(h.condition("Ready"), ("False".into(), "PodNotReady".into()));
+    assert!(h.status().get("sidecar").is_none(), "no stale sidecar facts once not ready");
+}
+
+#[tokio::test]
 async fn a_pod_that_ended_is_replaced_and_counted() {
     let h = Harness::new(minimal_spec());
     h.create().await;
