@@ -28,7 +28,8 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 fn summarize(what: String, ops: usize, elapsed: Duration, mut lat: Vec<f64>) -> Row {
     lat.sort_by(f64::total_cmp);
-    let (p50, p99) = if lat.is_empty() { (None, None) } else { (Some(percentile(&lat, 0.5)), Some(percentile(&lat, 0.99))) };
+    let (p50, p99) =
+        if lat.is_empty() { (None, None) } else { (Some(percentile(&lat, 0.5)), Some(percentile(&lat, 0.99))) };
     Row { what, ops_per_sec: ops as f64 / elapsed.as_secs_f64(), p50_us: p50, p99_us: p99, vs: None }
 }
 
@@ -177,10 +178,10 @@ async fn main() {
     table.push(row);
 
     // Preload both stores to `rows` trades for the read phases.
-    let have: i64 = c.get(s.url("/v1/status")).send().await.unwrap().json::<serde_json::Value>().await.unwrap()
-        ["trade_rows"]
-        .as_i64()
-        .unwrap();
+    let have: i64 =
+        c.get(s.url("/v1/status")).send().await.unwrap().json::<serde_json::Value>().await.unwrap()["trade_rows"]
+            .as_i64()
+            .unwrap();
     let preload = rows.saturating_sub(have as usize).max(10_000);
     for chunk in (0..preload).collect::<Vec<_>>().chunks(10_000) {
         let trades: Vec<_> = chunk.iter().map(|i| trade_for(&format!("pre-{i}"))).collect();
@@ -200,7 +201,8 @@ async fn main() {
         let _: i64 = stmt.query_row(["SYM1"], |r| r.get(6)).unwrap();
         lat.push(t.elapsed().as_secs_f64() * 1e6);
     }
-    let raw_state = summarize(format!("raw DuckDB: trade_state view, 1 symbol ({raw_rows} rows)"), lat.len(), start.elapsed(), lat);
+    let raw_state =
+        summarize(format!("raw DuckDB: trade_state view, 1 symbol ({raw_rows} rows)"), lat.len(), start.elapsed(), lat);
     let raw_state_tps = raw_state.ops_per_sec;
     table.push(raw_state);
     let (c2, url) = (c.clone(), s.url("/v1/state/SYM1"));

@@ -66,3 +66,27 @@ pub fn trade_from_row(row: &Row<'_>) -> duckdb::Result<Trade> {
 pub fn timestamp(micros: i64) -> Value {
     Value::Timestamp(TimeUnit::Microsecond, micros)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_settings_are_applied_and_wal_autocheckpoint_is_the_same_knob() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = DuckdbConfig { threads: 2, checkpoint_threshold_bytes: 3 * 1024 * 1024, ..Default::default() };
+        let conn = open(&dir.path().join("x.duckdb"), &cfg).unwrap();
+        let get = |name: &str| -> String {
+            conn.query_row(&format!("SELECT current_setting('{name}')::VARCHAR"), [], |r| r.get(0)).unwrap()
+        };
+        assert_eq!(get("threads"), "2");
+        let threshold = get("checkpoint_threshold");
+        assert!(threshold.starts_with("3.0 MiB") || threshold.starts_with("3.1 MB"), "{threshold}");
+        assert_eq!(get("wal_autocheckpoint"), threshold, "wal_autocheckpoint is an alias");
+        for missing in ["enable_wal", "journal_mode", "synchronous", "queue_size"] {
+            let e = conn.execute_batch(&format!("SET {missing} = 1")).unwrap_err().to_string();
+            assert!(e.contains("unrecognized configuration parameter"), "{missing}: {e}");
+        }
+        assert!(conn.execute_batch("PRAGMA integrity_check").is_err(), "DuckDB has no integrity_check");
+    }
+}
