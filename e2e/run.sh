@@ -84,7 +84,7 @@ source "$TS_CACHE_DIR/images/images.env"
 log "helm install $RELEASE into $NS"
 helm upgrade --install "$RELEASE" charts/tradestore-operator --namespace "$NS" --create-namespace \
   --set image.repository="${OPERATOR_IMAGE%:*}" --set image.tag="${OPERATOR_IMAGE##*:}" \
-  --set image.pullPolicy=Never --set operator.logLevel=info,tradestore_operator=debug \
+  --set image.pullPolicy=Never --set operator.resyncSeconds=10 \
   --wait --timeout 180s
 kubectl -n "$NS" rollout status "deployment/$RELEASE" --timeout=120s
 

@@ -8,6 +8,7 @@
 //! | `TRADESTORE_E2E_SIDECAR_IMAGE` | — (required) | sidecar image reference the stores use |
 //! | `TRADESTORE_E2E_BROKEN_IMAGE` | `TRADESTORE_E2E_OPERATOR_IMAGE` | an image without `/usr/local/bin/sidecar` (crash-loop test) |
 //! | `TRADESTORE_E2E_IMAGE_PULL_POLICY` | `Never` | pull policy of the stores' pods |
+//! | `TRADESTORE_E2E_ACCESS_MODE` | the CRD default (`ReadWriteOncePod`) | `storage.accessMode` of the stores |
 //! | `TRADESTORE_E2E_OPERATOR_NAMESPACE` | `tradestore-system` | where the chart is installed |
 //! | `TRADESTORE_E2E_OPERATOR_SA` | `tradestore-operator` | the chart's ServiceAccount |
 //! | `TRADESTORE_E2E_LEASE` | `tradestore-operator` | the leader-election Lease |
@@ -31,6 +32,7 @@ pub struct Settings {
     pub sidecar_image: String,
     pub broken_image: String,
     pub pull_policy: String,
+    pub access_mode: Option<String>,
     pub operator_namespace: String,
     pub operator_sa: String,
     pub lease: String,
@@ -58,6 +60,7 @@ impl Settings {
             sidecar_image,
             broken_image,
             pull_policy: env_or("TRADESTORE_E2E_IMAGE_PULL_POLICY", "Never"),
+            access_mode: std::env::var("TRADESTORE_E2E_ACCESS_MODE").ok().filter(|v| !v.is_empty()),
             operator_namespace: env_or("TRADESTORE_E2E_OPERATOR_NAMESPACE", "tradestore-system"),
             operator_sa: env_or("TRADESTORE_E2E_OPERATOR_SA", "tradestore-operator"),
             lease: env_or("TRADESTORE_E2E_LEASE", "tradestore-operator"),
@@ -153,6 +156,9 @@ impl Env {
             "duckdb": {"threads": 1},
             "resources": {"requests": {"cpu": "10m", "memory": "64Mi"}},
         });
+        if let Some(mode) = &self.settings.access_mode {
+            spec["storage"]["accessMode"] = json!(mode);
+        }
         merge(&mut spec, extra);
         json!({
             "apiVersion": "tradestore.io/v1alpha1",
@@ -245,17 +251,13 @@ impl Env {
 
     /// SIGKILLs the `container` of pod `pod` through the node's containerd (TRADESTORE_E2E_CTR).
     pub async fn sigkill_container(&self, pod: &Pod, container: &str) -> Result<()> {
-        let statuses = pod
-            .status
-            .as_ref()
-            .map(|s| s.container_statuses.iter().flatten().chain(s.init_container_statuses.iter().flatten()).cloned());
-        let id = statuses
-            .into_iter()
-            .flatten()
-            .find(|c| c.name == container)
-            .and_then(|c| c.container_id)
-            .context("container has no id yet")?;
-        let id = id.split("://").nth(1).context("container id without runtime prefix")?.to_string();
+        self.ctr_task(pod, container, &["kill", "-s", "SIGKILL"]).await
+    }
+
+    /// Runs `ctr -n k8s.io tasks <args> <container id>` against the node's containerd
+    /// (`TRADESTORE_E2E_CTR`), e.g. `kill -s SIGKILL`, `pause`, `resume`.
+    pub async fn ctr_task(&self, pod: &Pod, container: &str, args: &[&str]) -> Result<()> {
+        let id = container_id(pod, container).context("container has no id yet")?;
         if self.settings.ctr.is_empty() {
             bail!(
                 "cannot reach the node's containerd: set TRADESTORE_E2E_CTR (e.g. `ctr --address SOCK` or \
@@ -263,29 +265,40 @@ impl Env {
             );
         }
         let mut cmd = tokio::process::Command::new(&self.settings.ctr[0]);
-        cmd.args(&self.settings.ctr[1..]).args(["-n", "k8s.io", "tasks", "kill", "-s", "SIGKILL", &id]);
+        cmd.args(&self.settings.ctr[1..]).args(["-n", "k8s.io", "tasks"]).args(args).arg(&id);
         let out = cmd.output().await.context("running ctr")?;
         if !out.status.success() {
-            bail!("ctr tasks kill {id}: {}", String::from_utf8_lossy(&out.stderr));
+            bail!("ctr tasks {} {id}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
         }
-        say(format!("SIGKILLed container {container} ({id:.12}) of pod {}", pod.name_any()));
+        say(format!("ctr tasks {} on container {container} ({id:.12}) of pod {}", args.join(" "), pod.name_any()));
         Ok(())
     }
 }
 
-/// Restart count of `container` in the pod (regular or native-sidecar init container).
-pub fn restart_count(pod: &Pod, container: &str) -> i32 {
+fn container_statuses(pod: &Pod) -> Vec<k8s_openapi::api::core::v1::ContainerStatus> {
     pod.status
         .as_ref()
-        .and_then(|s| {
-            s.container_statuses
-                .iter()
-                .flatten()
-                .chain(s.init_container_statuses.iter().flatten())
-                .find(|c| c.name == container)
-                .map(|c| c.restart_count)
+        .map(|s| {
+            s.container_statuses.iter().flatten().chain(s.init_container_statuses.iter().flatten()).cloned().collect()
         })
-        .unwrap_or(0)
+        .unwrap_or_default()
+}
+
+/// The runtime id (without the `containerd://` prefix) of `container` in the pod.
+pub fn container_id(pod: &Pod, container: &str) -> Option<String> {
+    let id = container_statuses(pod).into_iter().find(|c| c.name == container)?.container_id?;
+    Some(id.split("://").nth(1)?.to_string())
+}
+
+/// Exit code of the previous run of `container`, if it terminated.
+pub fn last_exit_code(pod: &Pod, container: &str) -> Option<i32> {
+    let c = container_statuses(pod).into_iter().find(|c| c.name == container)?;
+    Some(c.last_state?.terminated?.exit_code)
+}
+
+/// Restart count of `container` in the pod (regular or native-sidecar init container).
+pub fn restart_count(pod: &Pod, container: &str) -> i32 {
+    container_statuses(pod).into_iter().find(|c| c.name == container).map(|c| c.restart_count).unwrap_or(0)
 }
 
 pub fn pod_ready(pod: &Pod) -> bool {

@@ -18,7 +18,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, 
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
-use tradestore_e2e::{Env, condition, phase, pod_ready, restart_count, say, wait_for};
+use tradestore_e2e::{Env, condition, last_exit_code, phase, pod_ready, restart_count, say, wait_for};
 
 const READY: Duration = Duration::from_secs(120);
 const SHORT: Duration = Duration::from_secs(60);
@@ -371,34 +371,62 @@ async fn lease_holder(env: &Env) -> Result<String> {
 #[ignore = "needs a Kubernetes cluster with the chart installed: run e2e/run.sh"]
 async fn t08_leader_killed_other_replica_takes_over() -> Result<()> {
     with_env("leader", |env| async move {
-        let old = lease_holder(&env).await?;
-        say(format!("leader: {old}"));
         let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.settings.operator_namespace);
-        // Kill it without a chance to release the Lease (grace period 0: SIGKILL).
-        pods.delete(&old, &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await?;
-        let new = wait_for(
-            "another replica holds the Lease",
-            Duration::from_secs(90),
-            Duration::from_millis(500),
-            || async {
+        let selector = ListParams::default().labels("app.kubernetes.io/name=tradestore-operator");
+
+        // 1. Freeze the leader (cgroup freezer): it can neither renew nor release the Lease, so the
+        //    standby must take over once the Lease expires. Unfrozen, the old leader must notice
+        //    that it lost the Lease and exit (the kubelet restarts it as a candidate).
+        let old = lease_holder(&env).await?;
+        let old_pod = pods.get(&old).await?;
+        let old_restarts = restart_count(&old_pod, "operator");
+        say(format!("leader: {old}; freezing it"));
+        env.ctr_task(&old_pod, "operator", &["pause"]).await?;
+        let taken =
+            wait_for("the standby holds the Lease", Duration::from_secs(90), Duration::from_millis(500), || async {
                 let h = lease_holder(&env).await?;
                 Ok((h != old).then_some(h))
-            },
-        )
-        .await?;
-        say(format!("new leader: {new}"));
-        let p = pods.get(&new).await?;
-        ensure!(pod_ready(&p), "the new leader is not ready");
-        // The new leader reconciles.
+            })
+            .await;
+        env.ctr_task(&old_pod, "operator", &["resume"]).await?;
+        let new = taken?;
+        ensure!(pods.get(&new).await?.metadata.deletion_timestamp.is_none(), "the new leader {new} is terminating");
         env.create_store("desk", json!({})).await?;
         env.wait_ready("desk", READY).await?;
         let sc = env.sidecar("desk").await?;
         sc.wait_serving(SHORT).await?;
         sc.write_many("t08", "NVDA", 5).await?;
-        // The Deployment is whole again (the killed replica was replaced).
+        say(format!("the new leader {new} reconciles"));
+        let p = wait_for(
+            "the old leader restarted as a candidate",
+            Duration::from_secs(90),
+            Duration::from_millis(500),
+            || async {
+                let p = pods.get(&old).await?;
+                Ok((restart_count(&p, "operator") > old_restarts && pod_ready(&p)).then_some(p))
+            },
+        )
+        .await?;
+        say(format!("old leader's previous exit code: {:?}", last_exit_code(&p, "operator")));
+        ensure!(lease_holder(&env).await? == new, "leadership moved back while the new leader was healthy");
+
+        // 2. Delete the leader pod without grace: another pod takes over and reconciles.
+        pods.delete(&new, &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await?;
+        let newer = wait_for(
+            "another replica holds the Lease",
+            Duration::from_secs(90),
+            Duration::from_millis(500),
+            || async {
+                let h = lease_holder(&env).await?;
+                Ok((h != new).then_some(h))
+            },
+        )
+        .await?;
+        say(format!("leader after deleting {new}: {newer}"));
+        env.create_store("desk2", json!({})).await?;
+        env.wait_ready("desk2", READY).await?;
         wait_for("2 ready operator replicas", READY, Duration::from_secs(1), || async {
-            let ps =
-                pods.list(&ListParams::default().labels("app.kubernetes.io/name=tradestore-operator")).await?.items;
+            let ps = pods.list(&selector).await?.items;
             let ready = ps.iter().filter(|p| pod_ready(p) && p.metadata.deletion_timestamp.is_none()).count();
             Ok((ready >= 2).then_some(()))
         })
