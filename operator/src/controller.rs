@@ -598,6 +598,11 @@ async fn apply(ts: &TradeStore, api: &Api<TradeStore>, ctx: &Context) -> Result<
     }
     st.message = Some(ready_msg);
 
+    if old.phase != st.phase {
+        let from = old.phase.map(|p| format!("{p:?}")).unwrap_or_else(|| "-".into());
+        let note = format!("phase {from} → {:?}", outcome.phase);
+        ctx.event(ts, EventType::Normal, "PhaseChanged", "Reconcile", note).await;
+    }
     if st != old {
         patch_status(api, ts, &st).await?;
     }

@@ -163,6 +163,7 @@ async fn unchanged_store_is_a_no_op() {
     assert_eq!(h.status()["phase"], "Running");
     assert_eq!(h.condition("Ready"), ("True".into(), "SidecarReady".into()));
     assert_eq!(h.status()["sidecar"]["lastSeq"], 42);
+    assert!(h.fake.events().contains(&("Normal".into(), "PhaseChanged".into())));
     let secret_before = h.fake.get(SECRET).unwrap()["data"].clone();
 
     h.fake.clear_calls();
