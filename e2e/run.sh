@@ -7,6 +7,7 @@
 #   5. run the suite: cargo test --release -p tradestore-e2e -- --ignored --test-threads=1,
 #   6. on failure, collect logs/events/objects into $TS_CACHE_DIR/e2e-artifacts/<time>/,
 #   7. tear the cluster down (trap; E2E_KEEP_CLUSTER=1 keeps it up for debugging).
+# E2E_SKIP_BUILD=1 uses the sidecar/operator binaries already built in $CARGO_TARGET_DIR/release.
 # Exits non-zero when anything fails. Extra arguments go to the test binary (e.g. a test name
 # filter: e2e/run.sh t01).
 set -euo pipefail
@@ -72,8 +73,12 @@ e2e/cluster/up.sh
 # shellcheck source=/dev/null
 source /var/lib/tradestore-e2e/env
 
-log "building binaries and the e2e tests"
-cargo build --release --locked -p tradestore-sidecar -p tradestore-operator
+if [[ ${E2E_SKIP_BUILD:-0} == 1 ]]; then
+  log "E2E_SKIP_BUILD=1: using the binaries already in $CARGO_TARGET_DIR/release; building the e2e tests"
+else
+  log "building binaries and the e2e tests"
+  cargo build --release --locked -p tradestore-sidecar -p tradestore-operator
+fi
 cargo test --release --locked -p tradestore-e2e --no-run
 
 log "images"
