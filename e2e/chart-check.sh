@@ -69,17 +69,18 @@ PY
 done
 
 # Content checks on the default rendering.
-d="$work/default.yaml"
-grep -q 'replicas: 2' "$d" && ok "2 replicas by default" || bad "default replicas != 2"
-grep -q 'readOnlyRootFilesystem: true' "$d" && grep -q 'runAsNonRoot: true' "$d" &&
-  grep -q 'type: RuntimeDefault' "$d" && ok "securityContext" || bad "securityContext"
-grep -q 'kind: ClusterRole$' "$d" && ok "cluster RBAC by default" || bad "no ClusterRole by default"
-n="$work/namespaced.yaml"
-[[ $(grep -c '^kind: Role$' "$n") == 3 ]] && ok "namespaced: a Role per watched namespace + leader election" ||
-  bad "namespaced: expected 3 Roles"
-grep -q -A1 'name: TRADESTORE_NAMESPACES' "$n" && grep -A1 'name: TRADESTORE_NAMESPACES' "$n" | grep -q '"team-a,team-b"' &&
-  ok "namespaced: TRADESTORE_NAMESPACES=team-a,team-b" || bad "namespaced: TRADESTORE_NAMESPACES"
-grep -q 'kind: ServiceMonitor' "$work/monitoring.yaml" && ok "ServiceMonitor when enabled" || bad "ServiceMonitor"
+# check DESCRIPTION COMMAND...: ok when the command succeeds.
+check() { local what=$1; shift; if "$@"; then ok "$what"; else bad "$what"; fi; }
+d="$work/default.yaml" n="$work/namespaced.yaml"
+check "2 replicas by default" grep -q 'replicas: 2' "$d"
+check "securityContext: read-only root fs" grep -q 'readOnlyRootFilesystem: true' "$d"
+check "securityContext: non-root" grep -q 'runAsNonRoot: true' "$d"
+check "securityContext: seccomp RuntimeDefault" grep -q 'type: RuntimeDefault' "$d"
+check "cluster RBAC by default" grep -q '^kind: ClusterRole$' "$d"
+check "namespaced: a Role per watched namespace + leader election" test "$(grep -c '^kind: Role$' "$n")" = 3
+check "namespaced: TRADESTORE_NAMESPACES=team-a,team-b" grep -A1 -q 'name: TRADESTORE_NAMESPACES' "$n"
+check "namespaced: value team-a,team-b" grep -q 'value: "team-a,team-b"' "$n"
+check "ServiceMonitor when enabled" grep -q 'kind: ServiceMonitor' "$work/monitoring.yaml"
 
 # 4. Values that must be rejected.
 reject() {

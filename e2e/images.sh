@@ -52,9 +52,9 @@ fi
 
 LIBDIR=/lib/x86_64-linux-gnu
 # Keep equal to the COPY --from=libs lines of sidecar/Containerfile and operator/Containerfile.
-SIDECAR_LIBS=(/lib64/ld-linux-x86-64.so.2 $LIBDIR/libc.so.6 $LIBDIR/libm.so.6 $LIBDIR/libdl.so.2
-  $LIBDIR/libpthread.so.0 $LIBDIR/libgcc_s.so.1 $LIBDIR/libstdc++.so.6)
-OPERATOR_LIBS=(/lib64/ld-linux-x86-64.so.2 $LIBDIR/libc.so.6 $LIBDIR/libm.so.6 $LIBDIR/libgcc_s.so.1)
+SIDECAR_LIBS=(/lib64/ld-linux-x86-64.so.2 "$LIBDIR/libc.so.6" "$LIBDIR/libm.so.6" "$LIBDIR/libdl.so.2"
+  "$LIBDIR/libpthread.so.0" "$LIBDIR/libgcc_s.so.1" "$LIBDIR/libstdc++.so.6")
+OPERATOR_LIBS=(/lib64/ld-linux-x86-64.so.2 "$LIBDIR/libc.so.6" "$LIBDIR/libm.so.6" "$LIBDIR/libgcc_s.so.1")
 
 # check_libs BINARY LIB...: every library ldd resolves (except libduckdb) is in the list.
 check_libs() {

@@ -38,7 +38,7 @@ cleanup() {
     kubectl get all,tradestores,pvc,leases -A -o wide || true
     kubectl -n "$NS" logs -l app.kubernetes.io/name=tradestore-operator --all-containers --tail=200 || true
   fi
-  ((route_added)) && $SUDO ip route del "$SERVICE_CIDR" 2>/dev/null || true
+  if ((route_added)); then $SUDO ip route del "$SERVICE_CIDR" 2>/dev/null || true; fi
   if [[ ${KEEP_CLUSTER:-0} != 1 ]]; then kind delete cluster --name "$CLUSTER" || true; fi
   exit "$rc"
 }
