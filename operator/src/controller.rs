@@ -63,8 +63,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Asks a running sidecar for its `/v1/status`.
 pub trait SidecarProbe: Send + Sync {
-    /// `base` is `http://<pod IP>:8080`.
-    fn status<'a>(&'a self, base: &'a str) -> BoxFuture<'a, Result<SidecarReport, String>>;
+    /// `base` is `http://<pod IP>:8080`; `token` is sent as a bearer token when reads are protected.
+    fn status<'a>(&'a self, base: &'a str, token: Option<&'a str>) -> BoxFuture<'a, Result<SidecarReport, String>>;
 }
 
 /// The real probe: an HTTP GET with a short timeout.
@@ -99,9 +99,13 @@ struct SidecarStatusDoc {
 }
 
 impl SidecarProbe for HttpSidecarProbe {
-    fn status<'a>(&'a self, base: &'a str) -> BoxFuture<'a, Result<SidecarReport, String>> {
+    fn status<'a>(&'a self, base: &'a str, token: Option<&'a str>) -> BoxFuture<'a, Result<SidecarReport, String>> {
         Box::pin(async move {
-            let resp = self.client.get(format!("{base}/v1/status")).send().await.map_err(|e| e.to_string())?;
+            let mut req = self.client.get(format!("{base}/v1/status"));
+            if let Some(t) = token {
+                req = req.bearer_auth(t);
+            }
+            let resp = req.send().await.map_err(|e| e.to_string())?;
             if !resp.status().is_success() {
                 return Err(format!("GET /v1/status: HTTP {}", resp.status()));
             }
@@ -498,7 +502,7 @@ async fn apply(ts: &TradeStore, api: &Api<TradeStore>, ctx: &Context) -> Result<
     let pp = PatchParams::apply(&ctx.settings.field_manager).force();
 
     // Token Secret: created once, never applied again.
-    ensure_token_secret(ts, ctx, &ns).await?;
+    let token = ensure_token_secret(ts, ctx, &ns).await?;
 
     // ConfigMap and Service: server-side apply (a no-op on the server when unchanged).
     let cm = resources::config_map(ts);
@@ -564,7 +568,8 @@ async fn apply(ts: &TradeStore, api: &Api<TradeStore>, ctx: &Context) -> Result<
     if outcome.ready && ctx.settings.probe_sidecar {
         if let Some(ip) = current.as_ref().and_then(|p| p.status.as_ref()).and_then(|s| s.pod_ip.clone()) {
             let host = if ip.contains(':') { format!("[{ip}]") } else { ip };
-            match ctx.probe.status(&format!("http://{host}:{PORT}")).await {
+            let token = if ts.spec.auth.protect_reads { token.as_deref() } else { None };
+            match ctx.probe.status(&format!("http://{host}:{PORT}"), token).await {
                 Ok(report) => st.sidecar = Some(report),
                 Err(e) => warn!(store = key_of(&ts.metadata), error = %e, "sidecar /v1/status unreachable"),
             }
@@ -738,8 +743,14 @@ async fn reconcile_pod(
     }
 }
 
-/// Creates the generated token Secret once; checks a user-provided one.
-async fn ensure_token_secret(ts: &TradeStore, ctx: &Context, ns: &str) -> Result<()> {
+fn token_of(secret: &Secret) -> Option<String> {
+    let raw = secret.data.as_ref()?.get(TOKEN_KEY)?;
+    Some(String::from_utf8_lossy(&raw.0).trim().to_string())
+}
+
+/// Creates the generated token Secret once; checks a user-provided one. Returns the token (the
+/// operator needs it to read `/v1/status` when reads are protected).
+async fn ensure_token_secret(ts: &TradeStore, ctx: &Context, ns: &str) -> Result<Option<String>> {
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let name = resources::token_secret_name(ts);
     if ts.spec.auth.token_secret_name.is_some() {
@@ -748,18 +759,19 @@ async fn ensure_token_secret(ts: &TradeStore, ctx: &Context, ns: &str) -> Result
             ctx.event(ts, EventType::Warning, "TokenSecretMissing", "Reconcile", msg.clone()).await;
             return Err(Error::Dependency(msg));
         };
-        let len = secret.data.as_ref().and_then(|d| d.get(TOKEN_KEY)).map(|b| b.0.len()).unwrap_or(0);
-        if len < 16 {
+        let token = token_of(&secret).unwrap_or_default();
+        if token.len() < 16 {
             let msg = format!("token Secret {name} needs a key {TOKEN_KEY:?} of at least 16 characters");
             ctx.event(ts, EventType::Warning, "TokenSecretInvalid", "Reconcile", msg.clone()).await;
             return Err(Error::Dependency(msg));
         }
-        return Ok(());
+        return Ok(Some(token));
     }
-    if secrets.get_opt(&name).await?.is_some() {
-        return Ok(());
+    if let Some(existing) = secrets.get_opt(&name).await? {
+        return Ok(token_of(&existing));
     }
-    let secret = resources::token_secret(ts, &resources::generate_token());
+    let token = resources::generate_token();
+    let secret = resources::token_secret(ts, &token);
     match secrets
         .create(
             &PostParams { field_manager: Some(ctx.settings.field_manager.clone()), ..PostParams::default() },
@@ -770,9 +782,10 @@ async fn ensure_token_secret(ts: &TradeStore, ctx: &Context, ns: &str) -> Result
         Ok(_) => {
             ctx.event(ts, EventType::Normal, "TokenCreated", "Create", format!("generated API token Secret {name}"))
                 .await;
-            Ok(())
+            Ok(Some(token))
         }
-        Err(kube::Error::Api(s)) if s.is_already_exists() => Ok(()),
+        // Someone else created it meanwhile: theirs wins, read it next time.
+        Err(kube::Error::Api(s)) if s.is_already_exists() => Ok(None),
         Err(e) => Err(e.into()),
     }
 }

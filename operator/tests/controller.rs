@@ -26,10 +26,15 @@ const CM: &str = "/api/v1/namespaces/trading/configmaps/minimal-config";
 const SVC: &str = "/api/v1/namespaces/trading/services/minimal";
 const SECRET: &str = "/api/v1/namespaces/trading/secrets/minimal-token";
 
-struct FixedProbe;
+/// Answers a fixed report and remembers the token it was given.
+#[derive(Default)]
+struct FixedProbe {
+    last_token: Mutex<Option<String>>,
+}
 
 impl SidecarProbe for FixedProbe {
-    fn status<'a>(&'a self, _base: &'a str) -> BoxFuture<'a, Result<SidecarReport, String>> {
+    fn status<'a>(&'a self, _base: &'a str, token: Option<&'a str>) -> BoxFuture<'a, Result<SidecarReport, String>> {
+        *self.last_token.lock().unwrap() = token.map(str::to_string);
         Box::pin(async {
             Ok(SidecarReport { schema_version: Some(3), last_seq: Some(42), ready: Some(true), ..Default::default() })
         })
@@ -40,13 +45,15 @@ struct Harness {
     fake: FakeApi,
     ctx: Arc<Context>,
     now: Arc<Mutex<Timestamp>>,
+    probe: Arc<FixedProbe>,
 }
 
 impl Harness {
     fn new(spec: Value) -> Harness {
         let (fake, client) = FakeApi::new();
         let now = Arc::new(Mutex::new("2026-11-01T12:00:00Z".parse::<Timestamp>().unwrap()));
-        let mut ctx = Context::new(client, Metrics::new(), Settings::default(), Arc::new(FixedProbe));
+        let probe = Arc::new(FixedProbe::default());
+        let mut ctx = Context::new(client, Metrics::new(), Settings::default(), probe.clone());
         let n = now.clone();
         ctx.clock = Arc::new(move || *n.lock().unwrap());
         fake.put(
@@ -57,7 +64,7 @@ impl Harness {
                 "spec": spec,
             }),
         );
-        Harness { fake, ctx: Arc::new(ctx), now }
+        Harness { fake, ctx: Arc::new(ctx), now, probe }
     }
 
     fn store(&self) -> TradeStore {
@@ -478,6 +485,20 @@ fn backoff_grows_and_caps() {
 }
 
 #[tokio::test]
+async fn protected_reads_make_the_status_probe_send_the_token() {
+    let mut spec = minimal_spec();
+    spec["auth"] = json!({"protectReads": true});
+    let h = Harness::new(spec);
+    h.create().await;
+    h.pod_ready(0);
+    h.reconcile().await;
+    let secret = h.fake.get(SECRET).unwrap();
+    let stored: k8s_openapi::ByteString = serde_json::from_value(secret["data"]["token"].clone()).unwrap();
+    let sent = h.probe.last_token.lock().unwrap().clone().expect("token sent");
+    assert_eq!(sent.as_bytes(), &stored.0[..]);
+}
+
+#[tokio::test]
 async fn readiness_follows_the_sidecar_container_not_the_app() {
     let h = Harness::new(minimal_spec());
     h.create().await;
@@ -516,12 +537,21 @@ async fn http_probe_reads_the_sidecar_status_document() {
     use warp::Filter;
     let doc = json!({"schema_version": 2, "last_seq": 1234, "trade_rows": 99, "wal_bytes": 4096,
         "last_checkpoint_unix": 1700000000, "queue_depth": 1, "ready": false, "not_ready_reason": "migrating"});
-    let route = warp::path!("v1" / "status").map(move || warp::reply::json(&doc));
+    let route = warp::path!("v1" / "status").and(warp::header::optional::<String>("authorization")).map(
+        move |auth: Option<String>| {
+            if auth.as_deref() == Some("Bearer secret-token-0123456789") {
+                warp::reply::with_status(warp::reply::json(&doc), warp::http::StatusCode::OK)
+            } else {
+                warp::reply::with_status(warp::reply::json(&json!({})), warp::http::StatusCode::UNAUTHORIZED)
+            }
+        },
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(warp::serve(route).incoming(listener).run());
     let probe = controller::HttpSidecarProbe::new();
-    let r = probe.status(&base).await.unwrap();
+    assert!(probe.status(&base, None).await.unwrap_err().contains("401"));
+    let r = probe.status(&base, Some("secret-token-0123456789")).await.unwrap();
     assert_eq!(r.schema_version, Some(2));
     assert_eq!(r.last_seq, Some(1234));
     assert_eq!(r.trade_rows, Some(99));
@@ -530,5 +560,5 @@ async fn http_probe_reads_the_sidecar_status_document() {
     assert_eq!(r.queue_depth, Some(1));
     assert_eq!(r.ready, Some(false));
     assert_eq!(r.not_ready_reason.as_deref(), Some("migrating"));
-    assert!(probe.status("http://127.0.0.1:1").await.is_err());
+    assert!(probe.status("http://127.0.0.1:1", None).await.is_err());
 }
