@@ -12,6 +12,7 @@ use crate::error::Result;
 use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::reader::{Reader, load_symbol_states};
+use crate::snapshot::{self, Manifest, Snapshots};
 use crate::state::HotState;
 use crate::writer::{Writer, WriterHandle};
 use crate::{db, migrations};
@@ -32,6 +33,8 @@ pub struct App {
     pub health: Arc<Health>,
     /// Schema version of the open file.
     pub schema_version: i64,
+    /// Backup snapshots.
+    pub snapshots: Snapshots,
 }
 
 /// The `/v1/status` document.
@@ -61,6 +64,12 @@ impl App {
     pub fn start(cfg: Config, env: &HashMap<String, String>) -> Result<(Arc<App>, JoinHandle<()>)> {
         let token = cfg.api_token(env)?;
         let path = cfg.database_path();
+        if let Some(from) = &cfg.snapshots.bootstrap_from
+            && !path.exists()
+        {
+            tracing::info!(from = %from.display(), "no database file; bootstrapping from snapshot");
+            snapshot::restore(from, &path)?;
+        }
         let conn = db::open(&path, &cfg.duckdb)?;
         let applied = migrations::up(&conn, migrations::embedded(), None)?;
         let schema_version = migrations::status(&conn, migrations::embedded())?.current;
@@ -75,7 +84,15 @@ impl App {
         let (writer, join) = Writer::spawn(conn, &cfg, state, metrics.clone(), health.clone())?;
         health.set_ready();
         tracing::info!(db = %path.display(), schema_version, auth = token.is_some(), "store open");
-        Ok((Arc::new(App { cfg, token, writer, reader, metrics, health, schema_version }), join))
+        let s = &cfg.snapshots;
+        let snapshots = Snapshots::new(s.dir.clone(), s.keep_last, s.max_age);
+        Ok((Arc::new(App { cfg, token, writer, reader, metrics, health, schema_version, snapshots }), join))
+    }
+
+    /// Takes a consistent snapshot on a read connection while writes continue.
+    pub async fn take_snapshot(self: &Arc<Self>) -> Result<Manifest> {
+        let app = self.clone();
+        self.reader.with_conn(move |conn| app.snapshots.take(conn, app.schema_version)).await
     }
 
     /// The current status document.

@@ -45,6 +45,35 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Liveness and shutdown timing.
     pub lifecycle: LifecycleConfig,
+    /// Backup snapshots.
+    pub snapshots: SnapshotConfig,
+}
+
+/// Where snapshots go and how long they are kept.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SnapshotConfig {
+    /// Directory of snapshots (in Kubernetes a second volume, not the data volume).
+    pub dir: PathBuf,
+    /// Always keep at least this many of the newest snapshots.
+    pub keep_last: usize,
+    /// Older snapshots beyond `keep_last` are pruned once older than this (seed: 1 h).
+    #[serde(with = "humantime_serde")]
+    pub max_age: Option<Duration>,
+    /// When the database file does not exist at start, restore this snapshot
+    /// directory first (checksum verified) instead of starting empty.
+    pub bootstrap_from: Option<PathBuf>,
+}
+
+impl Default for SnapshotConfig {
+    fn default() -> Self {
+        SnapshotConfig {
+            dir: PathBuf::from("./snapshots"),
+            keep_last: 3,
+            max_age: Some(Duration::from_secs(3600)),
+            bootstrap_from: None,
+        }
+    }
 }
 
 /// Log output.
@@ -164,6 +193,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             auth: AuthConfig::default(),
             lifecycle: LifecycleConfig::default(),
+            snapshots: SnapshotConfig::default(),
         }
     }
 }
@@ -272,6 +302,9 @@ impl Config {
         }
         if self.database_file.is_empty() || self.database_file.contains('/') {
             return bad("database_file must be a plain file name".into());
+        }
+        if self.snapshots.keep_last == 0 {
+            return bad("snapshots.keep_last must be >= 1".into());
         }
         if self.lifecycle.liveness_deadline < Duration::from_secs(1) {
             return bad("lifecycle.liveness_deadline must be at least 1s".into());

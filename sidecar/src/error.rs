@@ -11,6 +11,9 @@ pub enum Error {
     /// The database file's schema does not fit this binary.
     #[error("migration error: {0}")]
     Migration(String),
+    /// A snapshot is missing, corrupt or cannot be used.
+    #[error("snapshot error: {0}")]
+    Snapshot(String),
     /// A DuckDB call failed.
     #[error("database error: {0}")]
     Db(#[from] duckdb::Error),

@@ -15,5 +15,6 @@ pub mod migrations;
 pub mod model;
 pub mod reader;
 pub mod shutdown;
+pub mod snapshot;
 pub mod state;
 pub mod writer;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tradestore_sidecar::config::{CONFIG_ENV, Config, LogFormat};
 use tradestore_sidecar::error::{Error, Result};
-use tradestore_sidecar::{app::App, db, http, migrations, shutdown};
+use tradestore_sidecar::{app::App, db, http, migrations, shutdown, snapshot};
 
 #[derive(Parser)]
 #[command(name = "sidecar", version, about = "TradeStore DuckDB sidecar")]
@@ -30,6 +30,12 @@ enum Command {
     },
     /// Validate the configuration and print the effective values as JSON.
     Config,
+    /// Restore a snapshot into the (empty) data directory; the checksum is verified first.
+    Restore {
+        /// Snapshot directory (holding trades.duckdb and manifest.json).
+        #[arg(long)]
+        from: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -64,6 +70,9 @@ fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(cfg, env),
         Command::Migrate { action } => migrate(&cfg, action),
+        Command::Restore { from } => snapshot::restore(&from, &cfg.database_path()).map(|m| {
+            println!("{}", serde_json::to_string_pretty(&m).expect("manifest serializes"));
+        }),
         Command::Config => {
             println!("{}", serde_json::to_string_pretty(&cfg).expect("config serializes"));
             Ok(())

@@ -82,7 +82,8 @@ impl Reader {
         Ok(Reader { pool, state })
     }
 
-    async fn with_conn<T: Send + 'static>(
+    /// Runs `f` on a pooled read connection off the async runtime.
+    pub async fn with_conn<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
     ) -> Result<T> {

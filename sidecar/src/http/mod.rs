@@ -9,12 +9,14 @@
 //! | `PATCH /v1/trades/{id}` | change a trade; body has `expected_version` |
 //! | `DELETE /v1/trades/{id}?expected_version=N` | cancel a trade |
 //! | `GET /v1/state`, `GET /v1/state/{symbol}` | position and average prices |
+//! | `POST /v1/snapshots`, `GET /v1/snapshots` | take / list backup snapshots |
 //! | `GET /v1/status` | store facts for operators |
 //! | `GET /healthz`, `/readyz`, `/metrics` | probes and Prometheus |
 
 mod auth;
 mod ops;
 mod reply;
+mod snapshots;
 mod trades;
 
 use std::convert::Infallible;
@@ -39,37 +41,63 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Infal
     let body = warp::body::content_length_limit(limit).and(warp::body::bytes());
     let query = warp::query::<std::collections::HashMap<String, String>>();
 
-    let insert =
-        warp::path!("v1" / "trades").and(warp::post()).and(with_app.clone()).and(auth).and(body).then(trades::insert);
+    let insert = warp::path!("v1" / "trades")
+        .and(warp::post())
+        .and(with_app.clone())
+        .and(auth)
+        .and(body)
+        .then(trades::insert)
+        .boxed();
     let batch = warp::path!("v1" / "trades" / "batch")
         .and(warp::post())
         .and(with_app.clone())
         .and(auth)
         .and(body)
-        .then(trades::insert_batch);
-    let get = warp::path!("v1" / "trades" / String).and(warp::get()).and(with_app.clone()).and(auth).then(trades::get);
-    let list =
-        warp::path!("v1" / "trades").and(warp::get()).and(with_app.clone()).and(auth).and(query).then(trades::list);
+        .then(trades::insert_batch)
+        .boxed();
+    let get = warp::path!("v1" / "trades" / String)
+        .and(warp::get())
+        .and(with_app.clone())
+        .and(auth)
+        .then(trades::get)
+        .boxed();
+    let list = warp::path!("v1" / "trades")
+        .and(warp::get())
+        .and(with_app.clone())
+        .and(auth)
+        .and(query)
+        .then(trades::list)
+        .boxed();
     let patch = warp::path!("v1" / "trades" / String)
         .and(warp::patch())
         .and(with_app.clone())
         .and(auth)
         .and(body)
-        .then(trades::patch);
+        .then(trades::patch)
+        .boxed();
     let cancel = warp::path!("v1" / "trades" / String)
         .and(warp::delete())
         .and(with_app.clone())
         .and(auth)
         .and(query)
-        .then(trades::cancel);
+        .then(trades::cancel)
+        .boxed();
     let state_all =
-        warp::path!("v1" / "state").and(warp::get()).and(with_app.clone()).and(auth).then(trades::state_all);
-    let state_one =
-        warp::path!("v1" / "state" / String).and(warp::get()).and(with_app.clone()).and(auth).then(trades::state_one);
-    let status = warp::path!("v1" / "status").and(warp::get()).and(with_app.clone()).then(ops::status);
-    let healthz = warp::path!("healthz").and(warp::get()).and(with_app.clone()).then(ops::healthz);
-    let readyz = warp::path!("readyz").and(warp::get()).and(with_app.clone()).then(ops::readyz);
-    let metrics = warp::path!("metrics").and(warp::get()).and(with_app).then(ops::metrics);
+        warp::path!("v1" / "state").and(warp::get()).and(with_app.clone()).and(auth).then(trades::state_all).boxed();
+    let state_one = warp::path!("v1" / "state" / String)
+        .and(warp::get())
+        .and(with_app.clone())
+        .and(auth)
+        .then(trades::state_one)
+        .boxed();
+    let snap_take =
+        warp::path!("v1" / "snapshots").and(warp::post()).and(with_app.clone()).and(auth).then(snapshots::take).boxed();
+    let snap_list =
+        warp::path!("v1" / "snapshots").and(warp::get()).and(with_app.clone()).and(auth).then(snapshots::list).boxed();
+    let status = warp::path!("v1" / "status").and(warp::get()).and(with_app.clone()).then(ops::status).boxed();
+    let healthz = warp::path!("healthz").and(warp::get()).and(with_app.clone()).then(ops::healthz).boxed();
+    let readyz = warp::path!("readyz").and(warp::get()).and(with_app.clone()).then(ops::readyz).boxed();
+    let metrics = warp::path!("metrics").and(warp::get()).and(with_app).then(ops::metrics).boxed();
 
     batch
         .or(insert)
@@ -85,6 +113,10 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Infal
         .or(state_all)
         .unify()
         .or(state_one)
+        .unify()
+        .or(snap_take)
+        .unify()
+        .or(snap_list)
         .unify()
         .or(status)
         .unify()

@@ -34,6 +34,7 @@ pub fn from_error(e: &Error) -> Response {
             StatusCode::CONFLICT,
             &json!({ "error": { "code": "conflict", "message": reason, "current": current } }),
         ),
+        Error::Snapshot(_) => error(StatusCode::CONFLICT, "snapshot", e.to_string()),
         Error::Unavailable(msg) => {
             let mut r = error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", msg.clone());
             r.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
