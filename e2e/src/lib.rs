@@ -7,6 +7,7 @@
 //! |---|---|---|
 //! | `TRADESTORE_E2E_SIDECAR_IMAGE` | — (required) | sidecar image reference the stores use |
 //! | `TRADESTORE_E2E_BROKEN_IMAGE` | `TRADESTORE_E2E_OPERATOR_IMAGE` | an image without `/usr/local/bin/sidecar` (crash-loop test) |
+//! | `TRADESTORE_E2E_APP_IMAGE` | `tradestore.local/busybox:e2e` | an image with `sh` and `nc` for the app container test |
 //! | `TRADESTORE_E2E_IMAGE_PULL_POLICY` | `Never` | pull policy of the stores' pods |
 //! | `TRADESTORE_E2E_ACCESS_MODE` | the CRD default (`ReadWriteOncePod`) | `storage.accessMode` of the stores |
 //! | `TRADESTORE_E2E_OPERATOR_NAMESPACE` | `tradestore-system` | where the chart is installed |
@@ -31,6 +32,7 @@ use serde_json::{Value, json};
 pub struct Settings {
     pub sidecar_image: String,
     pub broken_image: String,
+    pub app_image: String,
     pub pull_policy: String,
     pub access_mode: Option<String>,
     pub operator_namespace: String,
@@ -59,6 +61,7 @@ impl Settings {
         Ok(Self {
             sidecar_image,
             broken_image,
+            app_image: env_or("TRADESTORE_E2E_APP_IMAGE", "tradestore.local/busybox:e2e"),
             pull_policy: env_or("TRADESTORE_E2E_IMAGE_PULL_POLICY", "Never"),
             access_mode: std::env::var("TRADESTORE_E2E_ACCESS_MODE").ok().filter(|v| !v.is_empty()),
             operator_namespace: env_or("TRADESTORE_E2E_OPERATOR_NAMESPACE", "tradestore-system"),

@@ -471,3 +471,38 @@ async fn t08_leader_killed_other_replica_takes_over() -> Result<()> {
     })
     .await
 }
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes cluster with the chart installed: run e2e/run.sh"]
+async fn t09_app_container_talks_to_native_sidecar() -> Result<()> {
+    with_env("app", |env| async move {
+        // The trading app: writes one trade to $TRADESTORE_URL with $TRADESTORE_API_TOKEN (both
+        // injected by the operator), retrying until the sidecar answers, then idles.
+        let script = r#"[ "$TRADESTORE_URL" = "http://127.0.0.1:8080" ] || { echo "TRADESTORE_URL=$TRADESTORE_URL"; exit 3; }
+body='{"id":"from-app","symbol":"APP","side":"buy","quantity":3,"price":7.5}'
+until printf 'POST /v1/trades HTTP/1.0\r\nHost: localhost\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\nContent-Length: %s\r\n\r\n%s' \
+    "$TRADESTORE_API_TOKEN" "${#body}" "$body" | nc -w 5 127.0.0.1 8080 | grep -qE '^HTTP/1.[01] (201|409)'; do sleep 1; done
+echo wrote from-app
+exec sleep 1000000"#;
+        let app = json!({
+            "name": "app",
+            "image": env.settings.app_image,
+            "imagePullPolicy": "IfNotPresent",
+            "command": ["sh", "-c", script],
+            "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]}},
+        });
+        env.create_store("desk", json!({"containers": [app]})).await?;
+        env.wait_ready("desk", READY).await?;
+        let pod = env.pod("desk").await?.context("no pod")?;
+        let spec = pod.spec.as_ref().context("no pod spec")?;
+        let init = spec.init_containers.as_ref().and_then(|c| c.first()).context("no init container")?;
+        ensure!(init.name == "sidecar" && init.restart_policy.as_deref() == Some("Always"), "the sidecar is not a native sidecar");
+        ensure!(spec.containers.iter().map(|c| c.name.as_str()).collect::<Vec<_>>() == ["app"], "containers: {:?}", spec.containers.iter().map(|c| &c.name).collect::<Vec<_>>());
+        let sc = env.sidecar("desk").await?;
+        sc.wait_serving(SHORT).await?;
+        let t = wait_for("the app's trade", SHORT, Duration::from_secs(1), || async { sc.get("from-app").await }).await?;
+        ensure!(t["symbol"] == "APP" && t["quantity"].as_f64() == Some(3.0), "trade from the app: {t}");
+        Ok(())
+    })
+    .await
+}
