@@ -116,6 +116,11 @@ check "replica-b does not lead" bash -c "curl -sf 127.0.0.1:$M2/metrics | grep -
 for obj in pod/minimal pvc/minimal-data service/minimal configmap/minimal-config secret/minimal-token; do
   wait_for "created $obj" 30 k -n trading get "$obj"
 done
+SIDECAR="$CARGO_TARGET_DIR/release/sidecar"
+if [[ -x "$SIDECAR" ]]; then
+  k -n trading get configmap minimal-config -o jsonpath='{.data.sidecar\.yaml}' >"$DIR/sidecar.yaml"
+  check "the sidecar accepts the rendered config" env LD_LIBRARY_PATH="${DUCKDB_LIB_DIR:-}" "$SIDECAR" --config "$DIR/sidecar.yaml" config
+fi
 check "pod is owned by the store" test "$(k -n trading get pod minimal -o jsonpath='{.metadata.ownerReferences[0].kind}')" = TradeStore
 check "token is 48 characters" test "$(k -n trading get secret minimal-token -o jsonpath='{.data.token}' | base64 -d | wc -c)" = 48
 
