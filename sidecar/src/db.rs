@@ -62,6 +62,23 @@ pub fn trade_from_row(row: &Row<'_>) -> duckdb::Result<Trade> {
     })
 }
 
+/// A trade as the values of a `trades` row, in table column order.
+pub fn row_values(t: &Trade) -> [Value; 11] {
+    [
+        Value::Text(t.id.clone()),
+        Value::Text(t.symbol.clone()),
+        Value::Text(t.side.as_str().into()),
+        Value::Double(t.quantity),
+        Value::Double(t.price),
+        Value::Text(t.status.as_str().into()),
+        timestamp(t.ts),
+        Value::BigInt(t.version),
+        Value::BigInt(t.seq),
+        timestamp(t.created_at),
+        timestamp(t.updated_at),
+    ]
+}
+
 /// A timestamp parameter from epoch microseconds.
 pub fn timestamp(micros: i64) -> Value {
     Value::Timestamp(TimeUnit::Microsecond, micros)

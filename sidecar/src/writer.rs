@@ -14,7 +14,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use duckdb::{Connection, params, params_from_iter};
+use duckdb::{Connection, params_from_iter};
 use tokio::sync::oneshot;
 
 use crate::config::Config;
@@ -314,40 +314,18 @@ impl Writer {
         if !new_rows.is_empty() {
             let mut app = self.conn.appender("trades")?;
             for t in &new_rows {
-                app.append_row(params![
-                    t.id,
-                    t.symbol,
-                    t.side.as_str(),
-                    t.quantity,
-                    t.price,
-                    t.status.as_str(),
-                    db::timestamp(t.ts),
-                    t.version,
-                    t.seq,
-                    db::timestamp(t.created_at),
-                    db::timestamp(t.updated_at),
-                ])?;
+                app.append_row(db::row_values(t))?;
             }
             app.flush()?;
         }
         if !changed_rows.is_empty() {
+            // Same column order as the table (and as the appender): $1 is the id.
             let mut stmt = self.conn.prepare_cached(
-                "UPDATE trades SET symbol = ?, side = ?, quantity = ?, price = ?, status = ?, ts = ?, \
-                 version = ?, seq = ?, updated_at = ? WHERE id = ?",
+                "UPDATE trades SET symbol = $2, side = $3, quantity = $4, price = $5, status = $6, ts = $7, \
+                 version = $8, seq = $9, created_at = $10, updated_at = $11 WHERE id = $1",
             )?;
             for t in changed_rows {
-                stmt.execute(params![
-                    t.symbol,
-                    t.side.as_str(),
-                    t.quantity,
-                    t.price,
-                    t.status.as_str(),
-                    db::timestamp(t.ts),
-                    t.version,
-                    t.seq,
-                    db::timestamp(t.updated_at),
-                    t.id,
-                ])?;
+                stmt.execute(params_from_iter(db::row_values(t)))?;
             }
         }
         Ok(planned)

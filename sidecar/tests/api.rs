@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{Sidecar, client, open_db, trade_for};
+use common::{Sidecar, client, get_json, open_db, trade_for};
 use serde_json::{Value, json};
 
 #[tokio::test]
@@ -57,26 +57,11 @@ async fn insert_get_list_patch_cancel() {
     assert_eq!(page["trades"].as_array().unwrap().len(), 2);
     assert_eq!(page["trades"][0]["id"], "T-1");
     let cursor = page["next"].as_str().unwrap().to_string();
-    let page2: Value = c
-        .get(s.url("/v1/trades"))
-        .query(&[("symbol", "AAPL"), ("cursor", &cursor)])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page2 = get_json(&c, s.url("/v1/trades"), &[("symbol", "AAPL"), ("cursor", &cursor)]).await;
     assert_eq!(page2["trades"].as_array().unwrap().len(), 1);
     assert!(page2["next"].is_null());
-    let ranged: Value = c
-        .get(s.url("/v1/trades"))
-        .query(&[("symbol", "AAPL"), ("from", "2026-11-22T10:00:01Z"), ("to", "2026-11-22T10:00:02Z")])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let range = [("symbol", "AAPL"), ("from", "2026-11-22T10:00:01Z"), ("to", "2026-11-22T10:00:02Z")];
+    let ranged = get_json(&c, s.url("/v1/trades"), &range).await;
     assert_eq!(ranged["trades"].as_array().unwrap().len(), 1);
 
     // Optimistic concurrency.

@@ -134,3 +134,8 @@ pub fn trade_for(id: &str) -> Value {
 pub fn open_db(dir: &Path) -> duckdb::Connection {
     duckdb::Connection::open(dir.join("data").join("trades.duckdb")).unwrap()
 }
+
+/// GET with query parameters, expecting a JSON body.
+pub async fn get_json(c: &reqwest::Client, url: String, query: &[(&str, &str)]) -> Value {
+    c.get(url).query(query).send().await.unwrap().json().await.unwrap()
+}
