@@ -506,3 +506,57 @@ exec sleep 1000000"#;
     })
     .await
 }
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes cluster with the chart installed: run e2e/run.sh"]
+async fn t10_stop_resume_and_volume_changes() -> Result<()> {
+    with_env("stop", |env| async move {
+        env.create_store("desk", json!({})).await?;
+        env.wait_ready("desk", READY).await?;
+        let sc = env.sidecar("desk").await?;
+        sc.wait_serving(SHORT).await?;
+        let ids = sc.write_many("t10", "AMZN", 10).await?;
+
+        // Hibernate: no pod, the volume stays; resume: the data is back.
+        env.patch_store("desk", json!({"spec": {"stopped": true}})).await?;
+        env.wait_phase("desk", "Stopped", READY).await?;
+        wait_for("pod gone while stopped", SHORT, Duration::from_millis(500), || async {
+            Ok(env.pod("desk").await?.is_none().then_some(()))
+        })
+        .await?;
+        let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(env.client.clone(), &env.ns);
+        ensure!(pvcs.get_opt("desk-data").await?.is_some(), "the PVC went away while stopped");
+        env.patch_store("desk", json!({"spec": {"stopped": false}})).await?;
+        env.wait_ready("desk", READY).await?;
+        sc.wait_serving(SHORT).await?;
+        sc.check_all(&ids, "AMZN").await?;
+
+        // Volume changes the operator must refuse with a Warning event, without touching the pod.
+        let uid = env.pod("desk").await?.context("no pod")?.uid().unwrap_or_default();
+        let class: k8s_openapi::api::storage::v1::StorageClass = {
+            let pvc = pvcs.get("desk-data").await?;
+            let name = pvc.spec.and_then(|s| s.storage_class_name).context("PVC without class")?;
+            Api::all(env.client.clone()).get(&name).await?
+        };
+        let (size, reason) = if class.allow_volume_expansion == Some(true) {
+            ("512Mi", "VolumeShrinkRefused")
+        } else {
+            ("2Gi", "VolumeResizeUnsupported")
+        };
+        env.patch_store("desk", json!({"spec": {"storage": {"size": size}}})).await?;
+        wait_for(&format!("{reason} event"), SHORT, Duration::from_secs(1), || async {
+            let evs = env.events("desk").await?;
+            Ok(evs.iter().any(|(t, r, _)| t == "Warning" && r == reason).then_some(()))
+        })
+        .await?;
+        let requested = pvcs.get("desk-data").await?.spec.and_then(|s| s.resources).and_then(|r| r.requests);
+        ensure!(
+            requested.and_then(|r| r.get("storage").cloned()).map(|q| q.0) == Some("1Gi".into()),
+            "the PVC request changed"
+        );
+        let p = env.pod("desk").await?.context("pod gone")?;
+        ensure!(p.uid().as_deref() == Some(uid.as_str()), "a storage change replaced the pod");
+        Ok(())
+    })
+    .await
+}
