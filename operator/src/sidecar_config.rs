@@ -2,7 +2,7 @@
 //!
 //! The sidecar rejects unknown keys, so this mirrors exactly the schema in docs/sidecar.md
 //! (`data_dir`, `database_file`, `listen`, `log`, `duckdb`, `writer`, `reader`, `http`, `auth`,
-//! `lifecycle`). Durations are written the way the sidecar parses them (`10s`, `2000ms`).
+//! `lifecycle`, `snapshots`). Durations are written the way the sidecar parses them (`10s`, `2000ms`).
 
 use serde::Serialize;
 
@@ -12,6 +12,9 @@ use crate::crd::{LogFormat, TradeStoreSpec};
 pub const DATA_DIR: &str = "/var/lib/tradestore";
 /// Database file name inside the data directory.
 pub const DATABASE_FILE: &str = "trades.duckdb";
+/// Where the sidecar writes backup snapshots: on the data volume until the backup
+/// issue adds a separate target (a second volume or object storage).
+pub const SNAPSHOT_DIR: &str = "/var/lib/tradestore/snapshots";
 /// Directory the ConfigMap is mounted at.
 pub const CONFIG_DIR: &str = "/etc/tradestore";
 /// Key of the config file in the ConfigMap (and its file name).
@@ -40,6 +43,13 @@ pub struct SidecarConfig {
     pub http: Http,
     pub auth: Auth,
     pub lifecycle: Lifecycle,
+    pub snapshots: Snapshots,
+}
+
+/// Only the directory is rendered; retention keeps the sidecar's defaults for now.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct Snapshots {
+    pub dir: String,
 }
 
 #[derive(Serialize, Debug, Clone, PartialEq)]
@@ -131,6 +141,7 @@ impl SidecarConfig {
                 liveness_deadline: format!("{}s", spec.probes.unresponsive_seconds),
                 shutdown_grace: format!("{}s", spec.shutdown_grace_seconds),
             },
+            snapshots: Snapshots { dir: SNAPSHOT_DIR.into() },
         }
     }
 

@@ -229,7 +229,19 @@ fn sidecar_config_has_exactly_the_sidecar_keys() {
     keys.sort();
     assert_eq!(
         keys,
-        ["auth", "data_dir", "database_file", "duckdb", "http", "lifecycle", "listen", "log", "reader", "writer"]
+        [
+            "auth",
+            "data_dir",
+            "database_file",
+            "duckdb",
+            "http",
+            "lifecycle",
+            "listen",
+            "log",
+            "reader",
+            "snapshots",
+            "writer"
+        ]
     );
     let section_keys = |s: &str| {
         let mut k: Vec<String> = v[s].as_object().unwrap().keys().cloned().collect();
@@ -246,6 +258,8 @@ fn sidecar_config_has_exactly_the_sidecar_keys() {
     assert_eq!(section_keys("http"), ["max_batch_trades", "max_body_bytes", "write_timeout"]);
     assert_eq!(section_keys("auth"), ["protect_reads", "token_file"]);
     assert_eq!(section_keys("lifecycle"), ["liveness_deadline", "shutdown_grace"]);
+    assert_eq!(section_keys("snapshots"), ["dir"]);
+    assert_eq!(v["snapshots"]["dir"], "/var/lib/tradestore/snapshots");
     assert_eq!(v["data_dir"], "/var/lib/tradestore");
     assert_eq!(v["listen"], "0.0.0.0:8080");
     assert_eq!(v["auth"]["token_file"], "/var/run/secrets/tradestore/token");
