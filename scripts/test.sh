@@ -13,6 +13,17 @@ if command -v rustup >/dev/null; then rustup component add clippy rustfmt >/dev/
 cargo --version
 rustc --version
 
+step "system packages"
+need=()
+command -v redis-server >/dev/null || need+=(redis-server)
+if ((${#need[@]})); then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need[@]}"
+fi
+# The tests start their own redis-server processes; the packaged service is not needed.
+redis-server --version
+
 step "format and lint"
 cargo fmt --all --check
 cargo clippy --release --locked --workspace --all-targets -- -D warnings

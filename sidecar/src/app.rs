@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::config::Config;
 use crate::error::Result;
 use crate::health::Health;
+use crate::journal::{self, Journal, JournalStatus};
 use crate::metrics::Metrics;
 use crate::reader::{Reader, load_symbol_states};
 use crate::snapshot::{self, Manifest, Snapshots};
@@ -35,6 +36,8 @@ pub struct App {
     pub schema_version: i64,
     /// Backup snapshots.
     pub snapshots: Snapshots,
+    /// Redis journal status, when the journal is configured.
+    pub journal: Option<journal::SharedStatus>,
 }
 
 /// The `/v1/status` document.
@@ -56,6 +59,8 @@ pub struct StatusDoc {
     pub ready: bool,
     /// Why not ready, if so.
     pub not_ready_reason: Option<String>,
+    /// The Redis journal (`enabled: false` when not configured).
+    pub journal: JournalStatus,
 }
 
 impl App {
@@ -81,12 +86,23 @@ impl App {
         let health = Arc::new(Health::new(cfg.lifecycle.liveness_deadline));
         health.beat();
         let reader = Reader::new(conn.try_clone()?, cfg.reader.pool_size, cfg.reader.acquire_timeout, state.clone())?;
-        let (writer, join) = Writer::spawn(conn, &cfg, state, metrics.clone(), health.clone())?;
+        let last_seq = state.read().unwrap_or_else(|e| e.into_inner()).last_seq();
+        let (committed_tx, committed_rx) = tokio::sync::watch::channel(last_seq);
+        let journal = match &cfg.redis.url {
+            None => None,
+            Some(_) => {
+                let j = Journal::new(cfg.redis.clone(), cfg.redis_password(env)?, reader.clone(), metrics.clone())?;
+                let status = j.status();
+                tokio::spawn(j.run(committed_rx));
+                Some(status)
+            }
+        };
+        let (writer, join) = Writer::spawn(conn, &cfg, state, metrics.clone(), health.clone(), committed_tx)?;
         health.set_ready();
         tracing::info!(db = %path.display(), schema_version, auth = token.is_some(), "store open");
         let s = &cfg.snapshots;
         let snapshots = Snapshots::new(s.dir.clone(), s.keep_last, s.max_age);
-        Ok((Arc::new(App { cfg, token, writer, reader, metrics, health, schema_version, snapshots }), join))
+        Ok((Arc::new(App { cfg, token, writer, reader, metrics, health, schema_version, snapshots, journal }), join))
     }
 
     /// Takes a consistent snapshot on a read connection while writes continue.
@@ -107,6 +123,11 @@ impl App {
             queue_depth: self.metrics.queue_depth.get(),
             ready: readiness.is_ok(),
             not_ready_reason: readiness.err(),
+            journal: self
+                .journal
+                .as_ref()
+                .map(|j| j.lock().unwrap_or_else(|e| e.into_inner()).clone())
+                .unwrap_or_default(),
         }
     }
 }

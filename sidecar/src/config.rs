@@ -18,6 +18,8 @@ use crate::error::{Error, Result};
 pub const ENV_PREFIX: &str = "TRADESTORE";
 /// Environment variable holding the API token (takes precedence over `auth.token_file`).
 pub const TOKEN_ENV: &str = "TRADESTORE_API_TOKEN";
+/// Environment variable holding the Redis password (takes precedence over `redis.password_file`).
+pub const REDIS_PASSWORD_ENV: &str = "TRADESTORE_REDIS_PASSWORD";
 /// Environment variable naming the config file.
 pub const CONFIG_ENV: &str = "TRADESTORE_CONFIG";
 
@@ -47,6 +49,42 @@ pub struct Config {
     pub lifecycle: LifecycleConfig,
     /// Backup snapshots.
     pub snapshots: SnapshotConfig,
+    /// The Redis journal (off unless `redis.url` is set).
+    pub redis: RedisConfig,
+}
+
+/// Redis journal settings. The password never lives in the file: it comes from
+/// `TRADESTORE_REDIS_PASSWORD` or `redis.password_file` (a mounted Secret).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// e.g. `redis://redis.default.svc:6379/0`; the journal is off when unset.
+    pub url: Option<String>,
+    /// File holding the password.
+    pub password_file: Option<PathBuf>,
+    /// Prefix of every key the sidecar writes.
+    pub key_prefix: String,
+    /// How long journal entries are kept (seed: 1 h).
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// Changes sent per `MULTI`/`EXEC`.
+    pub batch_size: usize,
+    /// Slowest retry pace while Redis is unreachable.
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: None,
+            password_file: None,
+            key_prefix: "tradestore".into(),
+            retention: Duration::from_secs(3600),
+            batch_size: 1000,
+            max_backoff: Duration::from_secs(5),
+        }
+    }
 }
 
 /// Where snapshots go and how long they are kept.
@@ -194,6 +232,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             lifecycle: LifecycleConfig::default(),
             snapshots: SnapshotConfig::default(),
+            redis: RedisConfig::default(),
         }
     }
 }
@@ -253,7 +292,10 @@ impl Config {
         }
         let overrides: HashMap<String, String> = env
             .into_iter()
-            .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}_")) && k != TOKEN_ENV && k != CONFIG_ENV)
+            .filter(|(k, _)| {
+                k.starts_with(&format!("{ENV_PREFIX}_"))
+                    && ![TOKEN_ENV, CONFIG_ENV, REDIS_PASSWORD_ENV].contains(&k.as_str())
+            })
             .collect();
         builder = builder.add_source(
             config::Environment::with_prefix(ENV_PREFIX)
@@ -303,6 +345,14 @@ impl Config {
         if self.database_file.is_empty() || self.database_file.contains('/') {
             return bad("database_file must be a plain file name".into());
         }
+        if self.redis.batch_size == 0 || self.redis.key_prefix.is_empty() {
+            return bad("redis.batch_size must be >= 1 and redis.key_prefix non-empty".into());
+        }
+        if let Some(url) = &self.redis.url
+            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+        {
+            return bad(format!("redis.url {url:?} must start with redis:// or rediss://"));
+        }
         if self.snapshots.keep_last == 0 {
             return bad("snapshots.keep_last must be >= 1".into());
         }
@@ -334,6 +384,19 @@ impl Config {
                     .map_err(|e| Error::Config(format!("auth.token_file {}: {e}", path.display())))?;
                 non_empty(raw.trim(), &path.display().to_string()).map(Some)
             }
+        }
+    }
+
+    /// Reads the Redis password: the environment first, then `redis.password_file`.
+    pub fn redis_password(&self, env: &HashMap<String, String>) -> Result<Option<String>> {
+        if let Some(p) = env.get(REDIS_PASSWORD_ENV) {
+            return Ok(Some(p.trim().to_string()));
+        }
+        match &self.redis.password_file {
+            None => Ok(None),
+            Some(path) => std::fs::read_to_string(path)
+                .map(|p| Some(p.trim().to_string()))
+                .map_err(|e| Error::Config(format!("redis.password_file {}: {e}", path.display()))),
         }
     }
 }

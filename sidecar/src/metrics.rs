@@ -33,6 +33,12 @@ pub struct Metrics {
     pub last_checkpoint: IntGauge,
     /// Explicit checkpoints run.
     pub checkpoints: IntCounter,
+    /// 1 while the Redis journal's last attempt succeeded.
+    pub journal_healthy: IntGauge,
+    /// Highest sequence journaled to Redis.
+    pub journal_watermark: IntGauge,
+    /// Failed journal attempts.
+    pub journal_errors: IntCounter,
 }
 
 const LATENCY_BUCKETS: &[f64] =
@@ -85,6 +91,9 @@ impl Metrics {
             )
             .unwrap(),
             checkpoints: IntCounter::new("duckdb_checkpoints_total", "Explicit checkpoints run").unwrap(),
+            journal_healthy: IntGauge::new("journal_healthy", "1 while the Redis journal is healthy").unwrap(),
+            journal_watermark: IntGauge::new("journal_watermark", "Highest sequence journaled to Redis").unwrap(),
+            journal_errors: IntCounter::new("journal_errors_total", "Failed Redis journal attempts").unwrap(),
             registry,
         };
         let r = &m.registry;
@@ -101,6 +110,9 @@ impl Metrics {
         r.register(Box::new(m.wal_bytes.clone())).unwrap();
         r.register(Box::new(m.last_checkpoint.clone())).unwrap();
         r.register(Box::new(m.checkpoints.clone())).unwrap();
+        r.register(Box::new(m.journal_healthy.clone())).unwrap();
+        r.register(Box::new(m.journal_watermark.clone())).unwrap();
+        r.register(Box::new(m.journal_errors.clone())).unwrap();
         m
     }
 

@@ -155,6 +155,13 @@ impl Reader {
         self.state.read().unwrap_or_else(|e| e.into_inner()).symbol(symbol)
     }
 
+    /// Trade state of the given symbols that have filled trades (hot, from memory).
+    pub fn symbol_states<'a>(&self, symbols: impl Iterator<Item = &'a str>) -> Vec<SymbolState> {
+        let s = self.state.read().unwrap_or_else(|e| e.into_inner());
+        let wanted: std::collections::BTreeSet<&str> = symbols.collect();
+        wanted.into_iter().filter_map(|sym| s.symbol(sym)).collect()
+    }
+
     /// Trade state of all symbols and the last committed sequence (hot, from memory).
     pub fn all_state(&self) -> (Vec<SymbolState>, i64) {
         let s = self.state.read().unwrap_or_else(|e| e.into_inner());

@@ -125,6 +125,7 @@ pub struct Writer {
     checkpoint_every_commits: u64,
     max_wal_bytes: u64,
     commits_since_checkpoint: u64,
+    committed: tokio::sync::watch::Sender<i64>,
 }
 
 /// The outcome of planning one request against the batch's view of the table.
@@ -136,12 +137,15 @@ struct Planned {
 
 impl Writer {
     /// Starts the writer thread on `conn` and returns its handle and join handle.
+    /// `committed` is told the last committed sequence after every commit (followers
+    /// such as the journal wait on it); it closes when the writer stops.
     pub fn spawn(
         conn: Connection,
         cfg: &Config,
         state: Arc<RwLock<HotState>>,
         metrics: Arc<Metrics>,
         health: Arc<Health>,
+        committed: tokio::sync::watch::Sender<i64>,
     ) -> Result<(WriterHandle, std::thread::JoinHandle<()>)> {
         let last_seq: i64 = conn.query_row("SELECT coalesce(max(seq), 0) FROM trades", [], |r| r.get(0))?;
         let rows: i64 = conn.query_row("SELECT count(*) FROM trades", [], |r| r.get(0))?;
@@ -159,6 +163,7 @@ impl Writer {
             checkpoint_every_commits: cfg.duckdb.checkpoint_every_commits,
             max_wal_bytes: cfg.duckdb.max_wal_bytes,
             commits_since_checkpoint: 0,
+            committed,
         };
         let join = std::thread::Builder::new().name("writer".into()).spawn(move || writer.run(rx))?;
         Ok((WriterHandle { tx, closed: Arc::new(AtomicBool::new(false)), metrics }, join))
@@ -435,6 +440,7 @@ impl Writer {
         }
         self.metrics.trade_rows.add(inserted);
         self.metrics.last_seq.set(state.last_seq());
+        self.committed.send_replace(state.last_seq());
     }
 
     fn maybe_checkpoint(&mut self) {
