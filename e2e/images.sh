@@ -13,7 +13,7 @@
 # RUNPATH is $ORIGIN/../lib), glibc/libstdc++/libgcc_s at their Debian 12 paths, the CA bundle,
 # e2e/image/{passwd,group,nsswitch.conf}, user 65532:65532. The libraries come from this
 # Debian 12 host instead of debian:bookworm-slim. The script fails if `ldd` finds a library
-# that is not in the lists below (keep them equal to the COPY lines of the Containerfiles).
+# that is not in the lists below (keep them equal to the Containerfiles' ARG LIBS).
 #
 # Tags: tradestore/{sidecar,operator}:<workspace version>-<git short hash>[-dirty], or $TS_IMAGE_TAG.
 # The chosen references are written to $OUT/images.env (SIDECAR_IMAGE=..., OPERATOR_IMAGE=...).
@@ -51,10 +51,22 @@ fi
 [[ $tag != latest ]] || { echo "images.sh: refusing the tag 'latest' (it implies imagePullPolicy Always)" >&2; exit 2; }
 
 LIBDIR=/lib/x86_64-linux-gnu
-# Keep equal to the COPY --from=libs lines of sidecar/Containerfile and operator/Containerfile.
+# Keep equal to ARG LIBS (+ the loader) in the libs stage of sidecar/Containerfile and operator/Containerfile.
 SIDECAR_LIBS=(/lib64/ld-linux-x86-64.so.2 "$LIBDIR/libc.so.6" "$LIBDIR/libm.so.6" "$LIBDIR/libdl.so.2"
   "$LIBDIR/libpthread.so.0" "$LIBDIR/libgcc_s.so.1" "$LIBDIR/libstdc++.so.6")
 OPERATOR_LIBS=(/lib64/ld-linux-x86-64.so.2 "$LIBDIR/libc.so.6" "$LIBDIR/libm.so.6" "$LIBDIR/libgcc_s.so.1")
+
+# The Containerfiles' ARG LIBS must name the same libraries (same definition, two builds).
+containerfile_libs() { sed -n 's/^ARG LIBS="\(.*\)"$/\1/p' "$1"; }
+same_libs() { # CONTAINERFILE LIB...
+  local file=$1; shift
+  local want have
+  want="$(printf '%s\n' "${@##*/}" | grep -v '^ld-linux' | sort | tr '\n' ' ')"
+  have="$(containerfile_libs "$file" | tr ' ' '\n' | sort | tr '\n' ' ')"
+  [[ $want == "$have" ]] || { echo "images.sh: $file ARG LIBS ($have) != images.sh list ($want)" >&2; exit 1; }
+}
+same_libs sidecar/Containerfile "${SIDECAR_LIBS[@]}"
+same_libs operator/Containerfile "${OPERATOR_LIBS[@]}"
 
 # check_libs BINARY LIB...: every library ldd resolves (except libduckdb) is in the list.
 check_libs() {
