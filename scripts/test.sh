@@ -16,12 +16,14 @@ rustc --version
 step "system packages"
 need=()
 command -v redis-server >/dev/null || need+=(redis-server)
+command -v clickhouse-server >/dev/null || need+=(clickhouse-server)
 if ((${#need[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq "${need[@]}"
 fi
-# The tests start their own redis-server processes; the packaged service is not needed.
+# The tests start their own redis-server and clickhouse-server processes on free
+# ports; the packaged services are not needed.
 redis-server --version
 
 step "format and lint"

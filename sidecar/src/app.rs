@@ -15,6 +15,7 @@ use crate::metrics::Metrics;
 use crate::reader::{Reader, load_symbol_states};
 use crate::snapshot::{self, Manifest, Snapshots};
 use crate::state::HotState;
+use crate::sync::{self, Sync, SyncStatus};
 use crate::writer::{Writer, WriterHandle};
 use crate::{db, migrations};
 
@@ -38,6 +39,8 @@ pub struct App {
     pub snapshots: Snapshots,
     /// Redis journal status, when the journal is configured.
     pub journal: Option<journal::SharedStatus>,
+    /// ClickHouse sync status, when the sync is configured.
+    pub sync: Option<sync::SharedStatus>,
 }
 
 /// The `/v1/status` document.
@@ -61,6 +64,8 @@ pub struct StatusDoc {
     pub not_ready_reason: Option<String>,
     /// The Redis journal (`enabled: false` when not configured).
     pub journal: JournalStatus,
+    /// The ClickHouse sync (`enabled: false` when not configured).
+    pub sync: SyncStatus,
 }
 
 impl App {
@@ -88,6 +93,7 @@ impl App {
         let reader = Reader::new(conn.try_clone()?, cfg.reader.pool_size, cfg.reader.acquire_timeout, state.clone())?;
         let last_seq = state.read().unwrap_or_else(|e| e.into_inner()).last_seq();
         let (committed_tx, committed_rx) = tokio::sync::watch::channel(last_seq);
+        let sync_rx = committed_rx.clone();
         let journal = match &cfg.redis.url {
             None => None,
             Some(_) => {
@@ -98,11 +104,24 @@ impl App {
             }
         };
         let (writer, join) = Writer::spawn(conn, &cfg, state, metrics.clone(), health.clone(), committed_tx)?;
+        let sync = match &cfg.clickhouse.url {
+            None => None,
+            Some(_) => {
+                let password = cfg.clickhouse_password(env)?;
+                let s = Sync::new(cfg.clickhouse.clone(), password, reader.clone(), writer.clone(), metrics.clone())?;
+                let status = s.status();
+                tokio::spawn(s.run(sync_rx));
+                Some(status)
+            }
+        };
         health.set_ready();
         tracing::info!(db = %path.display(), schema_version, auth = token.is_some(), "store open");
         let s = &cfg.snapshots;
         let snapshots = Snapshots::new(s.dir.clone(), s.keep_last, s.max_age);
-        Ok((Arc::new(App { cfg, token, writer, reader, metrics, health, schema_version, snapshots, journal }), join))
+        Ok((
+            Arc::new(App { cfg, token, writer, reader, metrics, health, schema_version, snapshots, journal, sync }),
+            join,
+        ))
     }
 
     /// Takes a consistent snapshot on a read connection while writes continue.
@@ -128,6 +147,7 @@ impl App {
                 .as_ref()
                 .map(|j| j.lock().unwrap_or_else(|e| e.into_inner()).clone())
                 .unwrap_or_default(),
+            sync: self.sync.as_ref().map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).clone()).unwrap_or_default(),
         }
     }
 }

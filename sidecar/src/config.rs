@@ -20,6 +20,8 @@ pub const ENV_PREFIX: &str = "TRADESTORE";
 pub const TOKEN_ENV: &str = "TRADESTORE_API_TOKEN";
 /// Environment variable holding the Redis password (takes precedence over `redis.password_file`).
 pub const REDIS_PASSWORD_ENV: &str = "TRADESTORE_REDIS_PASSWORD";
+/// Environment variable holding the ClickHouse password (over `clickhouse.password_file`).
+pub const CLICKHOUSE_PASSWORD_ENV: &str = "TRADESTORE_CLICKHOUSE_PASSWORD";
 /// Environment variable naming the config file.
 pub const CONFIG_ENV: &str = "TRADESTORE_CONFIG";
 
@@ -51,6 +53,61 @@ pub struct Config {
     pub snapshots: SnapshotConfig,
     /// The Redis journal (off unless `redis.url` is set).
     pub redis: RedisConfig,
+    /// Incremental sync to ClickHouse (off unless `clickhouse.url` is set).
+    pub clickhouse: ClickhouseConfig,
+}
+
+/// ClickHouse sync settings. The password comes from `TRADESTORE_CLICKHOUSE_PASSWORD`
+/// or `clickhouse.password_file`, never from this file.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClickhouseConfig {
+    /// HTTP endpoint, e.g. `http://clickhouse:8123`; the sync is off when unset.
+    pub url: Option<String>,
+    /// Database of the target table.
+    pub database: String,
+    /// Target table (created if missing).
+    pub table: String,
+    /// User.
+    pub user: String,
+    /// File holding the password.
+    pub password_file: Option<PathBuf>,
+    /// Pause between sync rounds (seed: 5 min; the latency target is 500 ms).
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Most changes per insert.
+    pub batch_size: usize,
+    /// Retry pauses after consecutive failures, in milliseconds; the last repeats.
+    pub backoff_ms: Vec<u64>,
+    /// Consecutive failures after which the sync reports itself degraded (seed: 5).
+    pub degraded_after: u32,
+    /// Let the client validate row types against the server schema. Needs a server
+    /// with `RowBinaryWithNamesAndTypes` (not ClickHouse 18.16); off by default.
+    pub validation: bool,
+}
+
+impl Default for ClickhouseConfig {
+    fn default() -> Self {
+        ClickhouseConfig {
+            url: None,
+            database: "default".into(),
+            table: "trades".into(),
+            user: "default".into(),
+            password_file: None,
+            interval: Duration::from_millis(500),
+            batch_size: 10_000,
+            backoff_ms: vec![5_000, 15_000, 30_000, 60_000],
+            degraded_after: 5,
+            validation: false,
+        }
+    }
+}
+
+impl ClickhouseConfig {
+    /// The retry schedule.
+    pub fn backoff(&self) -> Vec<Duration> {
+        self.backoff_ms.iter().map(|ms| Duration::from_millis(*ms)).collect()
+    }
 }
 
 /// Redis journal settings. The password never lives in the file: it comes from
@@ -233,6 +290,7 @@ impl Default for Config {
             lifecycle: LifecycleConfig::default(),
             snapshots: SnapshotConfig::default(),
             redis: RedisConfig::default(),
+            clickhouse: ClickhouseConfig::default(),
         }
     }
 }
@@ -353,6 +411,17 @@ impl Config {
         {
             return bad(format!("redis.url {url:?} must start with redis:// or rediss://"));
         }
+        let ch = &self.clickhouse;
+        if ch.batch_size == 0 || ch.backoff_ms.is_empty() || ch.degraded_after == 0 {
+            return bad(
+                "clickhouse.batch_size, clickhouse.backoff_ms and clickhouse.degraded_after must be non-empty/>= 1"
+                    .into(),
+            );
+        }
+        let ident = |v: &str| !v.is_empty() && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !ident(&ch.table) || !ident(&ch.database) {
+            return bad("clickhouse.table and clickhouse.database must be plain identifiers".into());
+        }
         if self.snapshots.keep_last == 0 {
             return bad("snapshots.keep_last must be >= 1".into());
         }
@@ -389,15 +458,24 @@ impl Config {
 
     /// Reads the Redis password: the environment first, then `redis.password_file`.
     pub fn redis_password(&self, env: &HashMap<String, String>) -> Result<Option<String>> {
-        if let Some(p) = env.get(REDIS_PASSWORD_ENV) {
-            return Ok(Some(p.trim().to_string()));
-        }
-        match &self.redis.password_file {
-            None => Ok(None),
-            Some(path) => std::fs::read_to_string(path)
-                .map(|p| Some(p.trim().to_string()))
-                .map_err(|e| Error::Config(format!("redis.password_file {}: {e}", path.display()))),
-        }
+        secret(env, REDIS_PASSWORD_ENV, self.redis.password_file.as_deref(), "redis.password_file")
+    }
+
+    /// Reads the ClickHouse password: the environment first, then `clickhouse.password_file`.
+    pub fn clickhouse_password(&self, env: &HashMap<String, String>) -> Result<Option<String>> {
+        secret(env, CLICKHOUSE_PASSWORD_ENV, self.clickhouse.password_file.as_deref(), "clickhouse.password_file")
+    }
+}
+
+fn secret(env: &HashMap<String, String>, var: &str, file: Option<&Path>, key: &str) -> Result<Option<String>> {
+    if let Some(p) = env.get(var) {
+        return Ok(Some(p.trim().to_string()));
+    }
+    match file {
+        None => Ok(None),
+        Some(path) => std::fs::read_to_string(path)
+            .map(|p| Some(p.trim().to_string()))
+            .map_err(|e| Error::Config(format!("{key} {}: {e}", path.display()))),
     }
 }
 

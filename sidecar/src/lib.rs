@@ -18,4 +18,5 @@ pub mod reader;
 pub mod shutdown;
 pub mod snapshot;
 pub mod state;
+pub mod sync;
 pub mod writer;

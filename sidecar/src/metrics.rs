@@ -39,6 +39,14 @@ pub struct Metrics {
     pub journal_watermark: IntGauge,
     /// Failed journal attempts.
     pub journal_errors: IntCounter,
+    /// Highest sequence synced to ClickHouse.
+    pub sync_watermark: IntGauge,
+    /// Committed changes not synced yet.
+    pub sync_lag: IntGauge,
+    /// 1 while the ClickHouse sync is degraded.
+    pub sync_degraded: IntGauge,
+    /// Failed sync attempts.
+    pub sync_errors: IntCounter,
 }
 
 const LATENCY_BUCKETS: &[f64] =
@@ -94,6 +102,10 @@ impl Metrics {
             journal_healthy: IntGauge::new("journal_healthy", "1 while the Redis journal is healthy").unwrap(),
             journal_watermark: IntGauge::new("journal_watermark", "Highest sequence journaled to Redis").unwrap(),
             journal_errors: IntCounter::new("journal_errors_total", "Failed Redis journal attempts").unwrap(),
+            sync_watermark: IntGauge::new("sync_watermark", "Highest sequence synced to ClickHouse").unwrap(),
+            sync_lag: IntGauge::new("sync_lag", "Committed changes not synced to ClickHouse yet").unwrap(),
+            sync_degraded: IntGauge::new("sync_degraded", "1 while the ClickHouse sync is degraded").unwrap(),
+            sync_errors: IntCounter::new("sync_errors_total", "Failed ClickHouse sync attempts").unwrap(),
             registry,
         };
         let r = &m.registry;
@@ -113,6 +125,10 @@ impl Metrics {
         r.register(Box::new(m.journal_healthy.clone())).unwrap();
         r.register(Box::new(m.journal_watermark.clone())).unwrap();
         r.register(Box::new(m.journal_errors.clone())).unwrap();
+        r.register(Box::new(m.sync_watermark.clone())).unwrap();
+        r.register(Box::new(m.sync_lag.clone())).unwrap();
+        r.register(Box::new(m.sync_degraded.clone())).unwrap();
+        r.register(Box::new(m.sync_errors.clone())).unwrap();
         m
     }
 

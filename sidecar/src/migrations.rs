@@ -252,17 +252,25 @@ mod tests {
         assert!(f(&["README.md"]).is_err());
     }
 
+    fn latest() -> i64 {
+        embedded().last().unwrap().version
+    }
+
     #[test]
     fn forward_then_rollback_then_forward_again() {
         let conn = mem();
-        assert_eq!(up(&conn, embedded(), None).unwrap(), vec![1]);
-        assert!(table_exists(&conn, "trades"));
+        let all: Vec<i64> = (1..=latest()).collect();
+        assert_eq!(up(&conn, embedded(), None).unwrap(), all);
+        assert!(table_exists(&conn, "trades") && table_exists(&conn, "sync_state"));
         assert!(up(&conn, embedded(), None).unwrap().is_empty(), "idempotent");
-        assert_eq!(status(&conn, embedded()).unwrap().current, 1);
+        assert_eq!(status(&conn, embedded()).unwrap().current, latest());
+        assert_eq!(down(&conn, embedded(), 1).unwrap(), (2..=latest()).rev().collect::<Vec<_>>());
+        assert!(table_exists(&conn, "trades") && !table_exists(&conn, "sync_state"), "partial rollback");
         assert_eq!(down(&conn, embedded(), 0).unwrap(), vec![1]);
         assert!(!table_exists(&conn, "trades"));
         assert_eq!(status(&conn, embedded()).unwrap().current, 0);
-        assert_eq!(up(&conn, embedded(), None).unwrap(), vec![1]);
+        assert_eq!(up(&conn, embedded(), Some(1)).unwrap(), vec![1], "up to a target");
+        assert_eq!(up(&conn, embedded(), None).unwrap(), (2..=latest()).collect::<Vec<_>>());
         assert!(table_exists(&conn, "trades"));
     }
 
@@ -292,13 +300,13 @@ mod tests {
         let conn = mem();
         let mut set = embedded().to_vec();
         set.push(Migration {
-            version: 2,
+            version: latest() + 1,
             name: "broken".into(),
             up: "CREATE TABLE t2 (x INT); SELECT nope;".into(),
             down: "DROP TABLE t2;".into(),
         });
         let e = up(&conn, &set, None).unwrap_err().to_string();
-        assert!(e.contains("migration 2 (broken) failed"), "{e}");
+        assert!(e.contains(&format!("migration {} (broken) failed", latest() + 1)), "{e}");
         assert_eq!(status(&conn, &set).unwrap().current, 0, "the whole run rolled back");
         assert!(!table_exists(&conn, "trades"));
     }

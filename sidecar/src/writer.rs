@@ -37,6 +37,14 @@ pub enum WriteOp {
         /// The change.
         patch: TradePatch,
     },
+    /// Record that sink `sink` has received every change up to `seq` (a follower's
+    /// durable watermark; never moves backwards).
+    SetWatermark {
+        /// Sink name, e.g. `clickhouse`.
+        sink: String,
+        /// Highest delivered sequence.
+        seq: i64,
+    },
     /// Cancel one trade (optionally only at an expected version).
     Cancel {
         /// Trade id.
@@ -290,7 +298,7 @@ impl Writer {
                 WriteOp::Insert(trades) if careful => {
                     lookup.extend(trades.iter().filter_map(|t| t.id.as_deref()));
                 }
-                WriteOp::Insert(_) => {}
+                WriteOp::Insert(_) | WriteOp::SetWatermark { .. } => {}
             }
         }
         let stored = self.load(&lookup)?;
@@ -303,6 +311,15 @@ impl Writer {
                 view.insert(after.id.clone(), after.clone());
             }
             planned.push(p);
+        }
+        for op in ops {
+            if let WriteOp::SetWatermark { sink, seq } = op {
+                self.conn.execute(
+                    "INSERT INTO sync_state VALUES (?, ?, now()::TIMESTAMP) ON CONFLICT (sink) DO UPDATE \
+                     SET watermark = greatest(watermark, excluded.watermark), updated_at = excluded.updated_at",
+                    duckdb::params![sink, seq],
+                )?;
+            }
         }
         // Write each touched row once, in its final state.
         let mut finals: Vec<&Trade> = Vec::new();
@@ -380,6 +397,7 @@ impl Writer {
                     Planned { result: Ok(vec![after.clone()]), changes: vec![(Some(cur.clone()), after)] }
                 }
             },
+            WriteOp::SetWatermark { .. } => Planned { result: Ok(vec![]), changes: vec![] },
             WriteOp::Cancel { id, expected_version } => match view.get(id) {
                 None => refuse(Error::NotFound(format!("trade {id}"))),
                 Some(cur) if expected_version.is_some_and(|v| v != cur.version) => refuse(Error::Conflict {

@@ -291,7 +291,7 @@ async fn probes_status_and_metrics() {
         c.post(s.url("/v1/trades")).json(&trade_for(&format!("m{i}"))).send().await.unwrap();
     }
     let st: Value = c.get(s.url("/v1/status")).send().await.unwrap().json().await.unwrap();
-    assert_eq!(st["schema_version"], 1);
+    assert_eq!(st["schema_version"], 2);
     assert_eq!(st["trade_rows"], 5);
     assert_eq!(st["last_seq"], 5);
     assert_eq!(st["ready"], true);

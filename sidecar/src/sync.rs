@@ -1,0 +1,271 @@
+//! Incremental sync to ClickHouse: a follower of the commit sequence.
+//!
+//! Every `clickhouse.interval` (sooner is pointless, later only adds lag) the task
+//! reads the trades changed since its watermark (`WHERE seq > watermark ORDER BY seq`),
+//! inserts them as rows of a `ReplacingMergeTree(seq)` table keyed by id, and then
+//! records the new watermark durably in DuckDB (`sync_state`, through the writer).
+//! Delivery is at-least-once: a crash between the insert and the watermark re-sends
+//! the batch, and ClickHouse keeps only the highest `seq` per id, so `SELECT … FINAL`
+//! converges to exactly the DuckDB state. Cancelled trades travel as rows with
+//! `status = 'cancelled'` (tombstones).
+//!
+//! Failures retry on the backoff schedule (seed: 5, 15, 30, 60 s, then 60 s forever);
+//! after `degraded_after` consecutive failures the sync reports itself degraded
+//! (status, metric, log) and keeps retrying at the slowest pace.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::config::ClickhouseConfig;
+use crate::db;
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::model::Trade;
+use crate::reader::Reader;
+use crate::writer::{WriteOp, WriterHandle};
+
+/// Sink name in `sync_state`.
+pub const SINK: &str = "clickhouse";
+
+/// What `/v1/status` reports about the sync.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SyncStatus {
+    /// A ClickHouse URL is configured.
+    pub enabled: bool,
+    /// Consecutive failures reached `degraded_after`.
+    pub degraded: bool,
+    /// Highest sequence delivered (and recorded).
+    pub watermark: i64,
+    /// Committed changes not delivered yet.
+    pub lag: i64,
+    /// Failures since the last success.
+    pub consecutive_failures: u32,
+    /// The last error, while failing.
+    pub last_error: Option<String>,
+}
+
+/// Shared sync status.
+pub type SharedStatus = Arc<Mutex<SyncStatus>>;
+
+/// One row of the ClickHouse table (times as epoch microseconds: ClickHouse 18.16
+/// has no DateTime64).
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, clickhouse::Row)]
+pub struct ChRow {
+    /// Trade id.
+    pub id: String,
+    /// Symbol.
+    pub symbol: String,
+    /// `buy` / `sell`.
+    pub side: String,
+    /// Quantity.
+    pub quantity: f64,
+    /// Price.
+    pub price: f64,
+    /// `pending` / `filled` / `cancelled`.
+    pub status: String,
+    /// Trade time, epoch µs.
+    pub ts_us: i64,
+    /// Version.
+    pub version: i64,
+    /// Commit sequence of this state (the ReplacingMergeTree version).
+    pub seq: i64,
+    /// Creation time, epoch µs.
+    pub created_at_us: i64,
+    /// Last change, epoch µs.
+    pub updated_at_us: i64,
+}
+
+impl From<&Trade> for ChRow {
+    fn from(t: &Trade) -> Self {
+        ChRow {
+            id: t.id.clone(),
+            symbol: t.symbol.clone(),
+            side: t.side.as_str().into(),
+            quantity: t.quantity,
+            price: t.price,
+            status: t.status.as_str().into(),
+            ts_us: t.ts,
+            version: t.version,
+            seq: t.seq,
+            created_at_us: t.created_at,
+            updated_at_us: t.updated_at,
+        }
+    }
+}
+
+/// DDL of the target table; valid on ClickHouse 18.16 and current releases.
+pub fn create_table_sql(table: &str) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {table} (id String, symbol String, side String, quantity Float64, \
+         price Float64, status String, ts_us Int64, version Int64, seq Int64, created_at_us Int64, \
+         updated_at_us Int64) ENGINE = ReplacingMergeTree(seq) ORDER BY id"
+    )
+}
+
+/// The sync task's state.
+pub struct Sync {
+    cfg: ClickhouseConfig,
+    client: clickhouse::Client,
+    reader: Reader,
+    writer: WriterHandle,
+    metrics: Arc<Metrics>,
+    status: SharedStatus,
+}
+
+impl Sync {
+    /// Prepares the sync (connections are made by the task).
+    pub fn new(
+        cfg: ClickhouseConfig,
+        password: Option<String>,
+        reader: Reader,
+        writer: WriterHandle,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self> {
+        let url = cfg.url.clone().ok_or_else(|| Error::Config("clickhouse.url is not set".into()))?;
+        let mut client = clickhouse::Client::default()
+            .with_url(url)
+            .with_database(cfg.database.clone())
+            .with_user(cfg.user.clone())
+            .with_validation(cfg.validation);
+        if let Some(p) = password {
+            client = client.with_password(p);
+        }
+        let status = Arc::new(Mutex::new(SyncStatus { enabled: true, ..Default::default() }));
+        Ok(Sync { cfg, client, reader, writer, metrics, status })
+    }
+
+    /// The status handle, for `/v1/status`.
+    pub fn status(&self) -> SharedStatus {
+        self.status.clone()
+    }
+
+    /// Runs until `committed` closes.
+    pub async fn run(self, mut committed: watch::Receiver<i64>) {
+        let mut watermark: Option<i64> = None;
+        let mut table_ready = false;
+        let mut failures: u32 = 0;
+        loop {
+            let last = *committed.borrow_and_update();
+            match self.step(&mut watermark, &mut table_ready, last).await {
+                Ok(caught_up) => {
+                    if failures >= self.cfg.degraded_after {
+                        tracing::info!("clickhouse sync recovered");
+                    }
+                    failures = 0;
+                    self.record(watermark.unwrap_or(0), last, 0, None);
+                    if caught_up {
+                        tokio::select! {
+                            changed = committed.changed() => if changed.is_err() { return },
+                            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                        }
+                    }
+                    tokio::time::sleep(self.cfg.interval).await;
+                }
+                Err(e) => {
+                    failures += 1;
+                    self.metrics.sync_errors.inc();
+                    let pause = backoff(&self.cfg.backoff(), failures);
+                    if failures >= self.cfg.degraded_after {
+                        tracing::error!(error = %e, failures, retry_in = ?pause, "clickhouse sync degraded");
+                    } else {
+                        tracing::warn!(error = %e, failures, retry_in = ?pause, "clickhouse sync failed");
+                    }
+                    self.record(watermark.unwrap_or(0), last, failures, Some(e.to_string()));
+                    table_ready = false;
+                    tokio::time::sleep(pause).await;
+                    if committed.has_changed().is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    fn record(&self, watermark: i64, last: i64, failures: u32, error: Option<String>) {
+        let degraded = failures >= self.cfg.degraded_after;
+        self.metrics.sync_watermark.set(watermark);
+        self.metrics.sync_lag.set((last - watermark).max(0));
+        self.metrics.sync_degraded.set(i64::from(degraded));
+        let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        s.degraded = degraded;
+        s.watermark = watermark;
+        s.lag = (last - watermark).max(0);
+        s.consecutive_failures = failures;
+        s.last_error = error;
+    }
+
+    /// One round: make sure the table exists, ship one batch, record the watermark.
+    /// Returns true when caught up.
+    async fn step(&self, watermark: &mut Option<i64>, table_ready: &mut bool, last: i64) -> Result<bool> {
+        if !*table_ready {
+            ch(self.client.query(&create_table_sql(&self.cfg.table)).execute().await)?;
+            *table_ready = true;
+        }
+        let wm = match *watermark {
+            Some(w) => w,
+            None => {
+                let w = self
+                    .reader
+                    .with_conn(|c| {
+                        Ok(c.query_row(
+                            "SELECT coalesce(max(watermark), 0) FROM sync_state WHERE sink = ?",
+                            [SINK],
+                            |r| r.get::<_, i64>(0),
+                        )?)
+                    })
+                    .await?;
+                *watermark = Some(w);
+                w
+            }
+        };
+        if wm >= last {
+            return Ok(true);
+        }
+        let batch = self.cfg.batch_size;
+        let trades = self
+            .reader
+            .with_conn(move |conn| {
+                let sql = format!("SELECT {} FROM trades WHERE seq > ? ORDER BY seq LIMIT {batch}", db::TRADE_COLUMNS);
+                let mut stmt = conn.prepare_cached(&sql)?;
+                let rows = stmt.query_map([wm], db::trade_from_row)?;
+                Ok(rows.collect::<duckdb::Result<Vec<Trade>>>()?)
+            })
+            .await?;
+        let Some(top) = trades.last().map(|t| t.seq) else { return Ok(true) };
+        let mut insert = ch(self.client.insert::<ChRow>(&self.cfg.table).await)?;
+        for t in &trades {
+            ch(insert.write(&ChRow::from(t)).await)?;
+        }
+        ch(insert.end().await)?;
+        self.writer.submit(WriteOp::SetWatermark { sink: SINK.into(), seq: top }, Duration::from_secs(10)).await?;
+        *watermark = Some(top);
+        Ok(top >= last)
+    }
+}
+
+/// The pause after the `failures`-th consecutive failure: the schedule's entry, or its
+/// last (slowest) entry once the schedule is exhausted.
+pub fn backoff(schedule: &[Duration], failures: u32) -> Duration {
+    let i = (failures.max(1) as usize - 1).min(schedule.len().saturating_sub(1));
+    schedule.get(i).copied().unwrap_or(Duration::from_secs(60))
+}
+
+fn ch<T>(r: clickhouse::error::Result<T>) -> Result<T> {
+    r.map_err(|e| Error::Unavailable(format!("clickhouse: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_follows_the_schedule_then_stays_at_the_slowest() {
+        let s: Vec<Duration> = [5, 15, 30, 60].map(Duration::from_secs).to_vec();
+        let got: Vec<u64> = (1..=7).map(|f| backoff(&s, f).as_secs()).collect();
+        assert_eq!(got, [5, 15, 30, 60, 60, 60, 60]);
+        assert_eq!(backoff(&[], 3), Duration::from_secs(60));
+    }
+}
