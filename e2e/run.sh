@@ -4,7 +4,8 @@
 #   2. build the release binaries and the e2e test binary,
 #   3. build both images offline and load them (e2e/images.sh --load),
 #   4. helm install charts/tradestore-operator into $TS_E2E_NAMESPACE (pullPolicy Never),
-#   5. run the suite: cargo test --release -p tradestore-e2e -- --ignored --test-threads=1,
+#   5. run the suite: cargo test --release -p tradestore-e2e -- --ignored --test-threads=1, then
+#      upgrade the release to rbac.scope=namespace and run t01/t06/t07 in the watched namespace,
 #   6. on failure, collect logs/events/objects into $TS_CACHE_DIR/e2e-artifacts/<time>/,
 #   7. tear the cluster down (trap; E2E_KEEP_CLUSTER=1 keeps it up for debugging).
 # E2E_SKIP_BUILD=1 uses the sidecar/operator binaries already built in $CARGO_TARGET_DIR/release.
@@ -86,12 +87,16 @@ e2e/images.sh --load
 # shellcheck source=/dev/null
 source "$TS_CACHE_DIR/images/images.env"
 
-log "helm install $RELEASE into $NS"
-helm upgrade --install "$RELEASE" charts/tradestore-operator --namespace "$NS" --create-namespace \
-  --set image.repository="${OPERATOR_IMAGE%:*}" --set image.tag="${OPERATOR_IMAGE##*:}" \
-  --set image.pullPolicy=Never --set operator.resyncSeconds=10 \
-  --wait --timeout 180s
-kubectl -n "$NS" rollout status "deployment/$RELEASE" --timeout=120s
+# helm_install [EXTRA HELM ARGS...]: install/upgrade the chart with the fresh operator image.
+helm_install() {
+  helm upgrade --install "$RELEASE" charts/tradestore-operator --namespace "$NS" --create-namespace \
+    --set image.repository="${OPERATOR_IMAGE%:*}" --set image.tag="${OPERATOR_IMAGE##*:}" \
+    --set image.pullPolicy=Never --set operator.resyncSeconds=10 "$@" --wait --timeout 180s
+  kubectl -n "$NS" rollout status "deployment/$RELEASE" --timeout=120s
+}
+
+log "helm install $RELEASE into $NS (rbac.scope=cluster)"
+helm_install
 
 log "running the suite"
 export TRADESTORE_E2E_SIDECAR_IMAGE="$SIDECAR_IMAGE"
@@ -101,3 +106,17 @@ export TRADESTORE_E2E_OPERATOR_SA="$RELEASE"
 export TRADESTORE_E2E_IMAGE_PULL_POLICY=Never
 cargo test --release --locked -p tradestore-e2e -- --ignored --test-threads=1 --nocapture "$@"
 log "suite passed"
+
+# Second pass: the chart with namespace-scoped RBAC (a Role in one watched namespace), and the
+# tests that create, serve, delete and check RBAC in that namespace. Skipped when a test filter is
+# given or with E2E_SKIP_SCOPED=1.
+if (($# == 0)) && [[ ${E2E_SKIP_SCOPED:-0} != 1 ]]; then
+  scoped=e2e-scoped
+  log "helm upgrade: rbac.scope=namespace, watchNamespaces=[$scoped]"
+  kubectl create namespace "$scoped" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+  helm_install --set rbac.scope=namespace --set-json "watchNamespaces=[\"$scoped\"]"
+  TRADESTORE_E2E_NAMESPACE="$scoped" TRADESTORE_E2E_RBAC_SCOPE=namespace \
+    cargo test --release --locked -p tradestore-e2e -- --ignored --test-threads=1 --nocapture \
+    t01_ t06_ t07_
+  log "namespace-scoped pass passed"
+fi

@@ -15,6 +15,8 @@
 //! | `TRADESTORE_E2E_LEASE` | `tradestore-operator` | the leader-election Lease |
 //! | `TRADESTORE_E2E_CTR` | `ctr --address $TRADESTORE_E2E_CONTAINERD_SOCK` | command prefix reaching the node's containerd (SIGKILL of a container) |
 //! | `TRADESTORE_E2E_KEEP` | unset | `1`: keep the test namespaces |
+//! | `TRADESTORE_E2E_NAMESPACE` | unset | run every test in this (existing or new) namespace instead of a fresh one each, and delete only the test's TradeStores afterwards (for an operator that watches fixed namespaces) |
+//! | `TRADESTORE_E2E_RBAC_SCOPE` | `cluster` | `namespace`: the chart was installed with `rbac.scope=namespace` (t07 checks that the operator has no rights outside its namespaces) |
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -40,6 +42,8 @@ pub struct Settings {
     pub lease: String,
     pub ctr: Vec<String>,
     pub keep: bool,
+    pub fixed_namespace: Option<String>,
+    pub rbac_scope: String,
 }
 
 fn env_or(name: &str, default: &str) -> String {
@@ -69,6 +73,8 @@ impl Settings {
             lease: env_or("TRADESTORE_E2E_LEASE", "tradestore-operator"),
             ctr,
             keep: std::env::var("TRADESTORE_E2E_KEEP").is_ok_and(|v| v == "1"),
+            fixed_namespace: std::env::var("TRADESTORE_E2E_NAMESPACE").ok().filter(|v| !v.is_empty()),
+            rbac_scope: env_or("TRADESTORE_E2E_RBAC_SCOPE", "cluster"),
         })
     }
 }
@@ -121,13 +127,19 @@ impl Env {
     pub async fn new(prefix: &str) -> Result<Self> {
         let settings = Settings::from_env()?;
         let client = Client::try_default().await.context("connecting with KUBECONFIG")?;
-        let suffix: u32 = rand::random::<u32>() % 100_000;
-        let ns = format!("e2e-{prefix}-{suffix:05}");
         let nss: Api<Namespace> = Api::all(client.clone());
+        let ns = match &settings.fixed_namespace {
+            Some(ns) => ns.clone(),
+            None => format!("e2e-{prefix}-{:05}", rand::random::<u32>() % 100_000),
+        };
         let obj: Namespace = serde_json::from_value(json!({
             "metadata": {"name": ns, "labels": {"tradestore.io/e2e": "true"}}
         }))?;
-        nss.create(&PostParams::default(), &obj).await.with_context(|| format!("creating namespace {ns}"))?;
+        match nss.create(&PostParams::default(), &obj).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 && settings.fixed_namespace.is_some() => {}
+            Err(e) => return Err(e).with_context(|| format!("creating namespace {ns}")),
+        }
         say(format!("namespace {ns}"));
         Ok(Self { client, settings, ns })
     }
@@ -136,6 +148,19 @@ impl Env {
     pub async fn finish(self) -> Result<()> {
         if self.settings.keep {
             say(format!("keeping namespace {}", self.ns));
+            return Ok(());
+        }
+        if self.settings.fixed_namespace.is_some() {
+            // Shared namespace: remove this test's stores and wait until they are gone.
+            let stores = self.stores();
+            stores.delete_collection(&DeleteParams::default(), &ListParams::default()).await?;
+            wait_for(
+                "the test's TradeStores deleted",
+                Duration::from_secs(120),
+                Duration::from_millis(500),
+                || async { Ok(stores.list(&ListParams::default()).await?.items.is_empty().then_some(())) },
+            )
+            .await?;
             return Ok(());
         }
         let nss: Api<Namespace> = Api::all(self.client.clone());

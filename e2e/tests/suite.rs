@@ -382,6 +382,13 @@ async fn t07_operator_runs_under_its_own_least_privilege_service_account() -> Re
         for (g, r, v) in [("tradestore.io", "tradestores", "watch"), ("", "pods", "delete"), ("", "persistentvolumeclaims", "create"), ("", "secrets", "create"), ("events.k8s.io", "events", "create")] {
             ensure!(check(g, r, v, ns).await?, "the operator may not {v} {r}");
         }
+        if s.rbac_scope == "namespace" {
+            // Namespace scope: nothing on TradeStore resources outside the watched namespaces.
+            for (g, r, v) in [("tradestore.io", "tradestores", "watch"), ("", "pods", "create"), ("", "secrets", "get")] {
+                ensure!(!check(g, r, v, Some("default")).await?, "namespace scope, yet the operator may {v} {r} in default");
+                ensure!(!check(g, r, v, None).await?, "namespace scope, yet the operator may {v} {r} cluster-wide");
+            }
+        }
         for (g, r, v) in [("", "secrets", "list"), ("", "secrets", "delete"), ("apps", "deployments", "create"), ("", "nodes", "delete"), ("rbac.authorization.k8s.io", "clusterroles", "create"), ("", "pods", "update")] {
             ensure!(!check(g, r, v, ns).await?, "the operator may {v} {r}, more than it needs");
         }
