@@ -112,6 +112,12 @@ log "suite passed"
 # given or with E2E_SKIP_SCOPED=1.
 if (($# == 0)) && [[ ${E2E_SKIP_SCOPED:-0} != 1 ]]; then
   scoped=e2e-scoped
+  # The first pass's namespaces hold TradeStores with finalizers: let the cluster-wide operator
+  # finish deleting them before it stops watching those namespaces.
+  for _ in $(seq 120); do
+    [[ -z $(kubectl get ns -l tradestore.io/e2e=true -o name 2>/dev/null) ]] && break
+    sleep 1
+  done
   log "helm upgrade: rbac.scope=namespace, watchNamespaces=[$scoped]"
   kubectl create namespace "$scoped" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
   helm_install --set rbac.scope=namespace --set-json "watchNamespaces=[\"$scoped\"]"
