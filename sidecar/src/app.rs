@@ -13,6 +13,7 @@ use crate::health::Health;
 use crate::journal::{self, Journal, JournalStatus};
 use crate::metrics::Metrics;
 use crate::reader::{Reader, load_symbol_states};
+use crate::recovery;
 use crate::snapshot::{self, Manifest, Snapshots};
 use crate::state::HotState;
 use crate::sync::{self, Sync, SyncStatus};
@@ -41,6 +42,8 @@ pub struct App {
     pub journal: Option<journal::SharedStatus>,
     /// ClickHouse sync status, when the sync is configured.
     pub sync: Option<sync::SharedStatus>,
+    /// What start-up recovery did, if it ran.
+    pub recovery: Option<recovery::Report>,
 }
 
 /// The `/v1/status` document.
@@ -66,6 +69,10 @@ pub struct StatusDoc {
     pub journal: JournalStatus,
     /// The ClickHouse sync (`enabled: false` when not configured).
     pub sync: SyncStatus,
+    /// The newest complete snapshot.
+    pub last_snapshot: Option<Manifest>,
+    /// What start-up recovery did, if it ran.
+    pub recovery: Option<recovery::Report>,
 }
 
 impl App {
@@ -74,12 +81,14 @@ impl App {
     pub fn start(cfg: Config, env: &HashMap<String, String>) -> Result<(Arc<App>, JoinHandle<()>)> {
         let token = cfg.api_token(env)?;
         let path = cfg.database_path();
-        if let Some(from) = &cfg.snapshots.bootstrap_from
-            && !path.exists()
-        {
-            tracing::info!(from = %from.display(), "no database file; bootstrapping from snapshot");
-            snapshot::restore(from, &path)?;
-        }
+        let recovery = match &cfg.snapshots.bootstrap_from {
+            Some(from) if !path.exists() => {
+                tracing::info!(from = %from.display(), "no database file; bootstrapping from snapshot");
+                snapshot::restore(from, &path)?;
+                None
+            }
+            _ => recovery::run(&cfg, cfg.redis_password(env)?)?,
+        };
         let conn = db::open(&path, &cfg.duckdb)?;
         let applied = migrations::up(&conn, migrations::embedded(), None)?;
         let schema_version = migrations::status(&conn, migrations::embedded())?.current;
@@ -119,7 +128,19 @@ impl App {
         let s = &cfg.snapshots;
         let snapshots = Snapshots::new(s.dir.clone(), s.keep_last, s.max_age);
         Ok((
-            Arc::new(App { cfg, token, writer, reader, metrics, health, schema_version, snapshots, journal, sync }),
+            Arc::new(App {
+                cfg,
+                token,
+                writer,
+                reader,
+                metrics,
+                health,
+                schema_version,
+                snapshots,
+                journal,
+                sync,
+                recovery,
+            }),
             join,
         ))
     }
@@ -148,6 +169,8 @@ impl App {
                 .map(|j| j.lock().unwrap_or_else(|e| e.into_inner()).clone())
                 .unwrap_or_default(),
             sync: self.sync.as_ref().map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).clone()).unwrap_or_default(),
+            last_snapshot: self.snapshots.list().ok().and_then(|l| l.into_iter().last()),
+            recovery: self.recovery.clone(),
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod migrations;
 pub mod model;
 pub mod reader;
+pub mod recovery;
 pub mod shutdown;
 pub mod snapshot;
 pub mod state;
