@@ -13,12 +13,12 @@ use crate::health::Health;
 use crate::journal::{self, Journal, JournalStatus};
 use crate::metrics::Metrics;
 use crate::reader::{Reader, load_symbol_states};
-use crate::recovery;
 use crate::snapshot::{self, Manifest, Snapshots};
 use crate::state::HotState;
 use crate::sync::{self, Sync, SyncStatus};
 use crate::writer::{Writer, WriterHandle};
 use crate::{db, migrations};
+use crate::{integrity, recovery};
 
 /// Shared context of a running sidecar.
 pub struct App {
@@ -44,6 +44,8 @@ pub struct App {
     pub sync: Option<sync::SharedStatus>,
     /// What start-up recovery did, if it ran.
     pub recovery: Option<recovery::Report>,
+    /// The last integrity check.
+    pub integrity: integrity::SharedStatus,
 }
 
 /// The `/v1/status` document.
@@ -73,6 +75,8 @@ pub struct StatusDoc {
     pub last_snapshot: Option<Manifest>,
     /// What start-up recovery did, if it ran.
     pub recovery: Option<recovery::Report>,
+    /// The last integrity check.
+    pub integrity: integrity::CheckStatus,
 }
 
 impl App {
@@ -127,22 +131,25 @@ impl App {
         tracing::info!(db = %path.display(), schema_version, auth = token.is_some(), "store open");
         let s = &cfg.snapshots;
         let snapshots = Snapshots::new(s.dir.clone(), s.keep_last, s.max_age);
-        Ok((
-            Arc::new(App {
-                cfg,
-                token,
-                writer,
-                reader,
-                metrics,
-                health,
-                schema_version,
-                snapshots,
-                journal,
-                sync,
-                recovery,
-            }),
-            join,
-        ))
+        let interval = cfg.integrity.interval;
+        let app = Arc::new(App {
+            cfg,
+            token,
+            writer,
+            reader,
+            metrics,
+            health,
+            schema_version,
+            snapshots,
+            journal,
+            sync,
+            recovery,
+            integrity: Default::default(),
+        });
+        if !interval.is_zero() {
+            tokio::spawn(integrity::run(app.clone(), interval));
+        }
+        Ok((app, join))
     }
 
     /// Takes a consistent snapshot on a read connection while writes continue.
@@ -171,6 +178,7 @@ impl App {
             sync: self.sync.as_ref().map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).clone()).unwrap_or_default(),
             last_snapshot: self.snapshots.list().ok().and_then(|l| l.into_iter().last()),
             recovery: self.recovery.clone(),
+            integrity: self.integrity.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         }
     }
 }

@@ -55,6 +55,23 @@ pub struct Config {
     pub redis: RedisConfig,
     /// Incremental sync to ClickHouse (off unless `clickhouse.url` is set).
     pub clickhouse: ClickhouseConfig,
+    /// Periodic integrity checks.
+    pub integrity: IntegrityConfig,
+}
+
+/// Integrity check schedule.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IntegrityConfig {
+    /// Pause between checks (seed: every minute); 0s disables them.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+}
+
+impl Default for IntegrityConfig {
+    fn default() -> Self {
+        IntegrityConfig { interval: Duration::from_secs(60) }
+    }
 }
 
 /// ClickHouse sync settings. The password comes from `TRADESTORE_CLICKHOUSE_PASSWORD`
@@ -291,6 +308,7 @@ impl Default for Config {
             snapshots: SnapshotConfig::default(),
             redis: RedisConfig::default(),
             clickhouse: ClickhouseConfig::default(),
+            integrity: IntegrityConfig::default(),
         }
     }
 }

@@ -18,6 +18,7 @@ pub struct Health {
     ready: AtomicBool,
     shutting_down: AtomicBool,
     fatal: Mutex<Option<String>>,
+    integrity: Mutex<Option<String>>,
 }
 
 impl Health {
@@ -30,6 +31,7 @@ impl Health {
             ready: AtomicBool::new(false),
             shutting_down: AtomicBool::new(false),
             fatal: Mutex::new(None),
+            integrity: Mutex::new(None),
         }
     }
 
@@ -65,6 +67,12 @@ impl Health {
         self.fatal.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(why);
     }
 
+    /// Records the last integrity check's failure (None when it passed); a failure
+    /// makes readiness fail.
+    pub fn set_integrity(&self, failure: Option<String>) {
+        *self.integrity.lock().unwrap_or_else(|e| e.into_inner()) = failure;
+    }
+
     /// Ok when the process should be left running.
     pub fn liveness(&self) -> Result<(), String> {
         if let Some(why) = self.fatal.lock().unwrap_or_else(|e| e.into_inner()).clone() {
@@ -85,6 +93,9 @@ impl Health {
         }
         if !self.ready.load(Ordering::SeqCst) {
             return Err("starting: migrations or recovery not finished".into());
+        }
+        if let Some(why) = self.integrity.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+            return Err(format!("integrity check failed: {why}"));
         }
         Ok(())
     }
@@ -115,6 +126,18 @@ mod tests {
         assert!(h.liveness().unwrap_err().contains("unresponsive"));
         h.beat();
         assert!(h.liveness().is_ok());
+    }
+
+    #[test]
+    fn a_failed_integrity_check_fails_readiness_until_one_passes() {
+        let h = Health::new(Duration::from_secs(10));
+        h.beat();
+        h.set_ready();
+        h.set_integrity(Some("checksum".into()));
+        assert!(h.readiness().unwrap_err().contains("integrity"));
+        assert!(h.liveness().is_ok());
+        h.set_integrity(None);
+        assert!(h.readiness().is_ok());
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod db;
 pub mod error;
 pub mod health;
 pub mod http;
+pub mod integrity;
 pub mod journal;
 pub mod metrics;
 pub mod migrations;

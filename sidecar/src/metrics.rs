@@ -47,6 +47,10 @@ pub struct Metrics {
     pub sync_degraded: IntGauge,
     /// Failed sync attempts.
     pub sync_errors: IntCounter,
+    /// 1 when the last integrity check passed.
+    pub integrity_ok: IntGauge,
+    /// Duration of integrity checks.
+    pub integrity_duration: Histogram,
 }
 
 const LATENCY_BUCKETS: &[f64] =
@@ -106,6 +110,12 @@ impl Metrics {
             sync_lag: IntGauge::new("sync_lag", "Committed changes not synced to ClickHouse yet").unwrap(),
             sync_degraded: IntGauge::new("sync_degraded", "1 while the ClickHouse sync is degraded").unwrap(),
             sync_errors: IntCounter::new("sync_errors_total", "Failed ClickHouse sync attempts").unwrap(),
+            integrity_ok: IntGauge::new("integrity_ok", "1 when the last integrity check passed").unwrap(),
+            integrity_duration: Histogram::with_opts(
+                HistogramOpts::new("integrity_check_duration_seconds", "Duration of integrity checks")
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+            )
+            .unwrap(),
             registry,
         };
         let r = &m.registry;
@@ -129,6 +139,8 @@ impl Metrics {
         r.register(Box::new(m.sync_lag.clone())).unwrap();
         r.register(Box::new(m.sync_degraded.clone())).unwrap();
         r.register(Box::new(m.sync_errors.clone())).unwrap();
+        r.register(Box::new(m.integrity_ok.clone())).unwrap();
+        r.register(Box::new(m.integrity_duration.clone())).unwrap();
         m
     }
 

@@ -162,6 +162,11 @@ impl Reader {
         wanted.into_iter().filter_map(|sym| s.symbol(sym)).collect()
     }
 
+    /// Runs `f` with the hot state read-locked (the writer cannot apply a commit meanwhile).
+    pub fn with_state<T>(&self, f: impl FnOnce(&HotState) -> T) -> T {
+        f(&self.state.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
     /// Trade state of all symbols and the last committed sequence (hot, from memory).
     pub fn all_state(&self) -> (Vec<SymbolState>, i64) {
         let s = self.state.read().unwrap_or_else(|e| e.into_inner());

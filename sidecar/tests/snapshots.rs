@@ -110,3 +110,49 @@ async fn snapshot_under_load_is_consistent_and_restores() {
     assert!(!out.status.success() && err.contains("corrupt"), "{err}");
     assert!(!target.path().join("data").join("trades.duckdb").exists());
 }
+
+async fn wait_status(s: &Sidecar, what: &str, want: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let st: Value = client().get(s.url("/v1/status")).send().await.unwrap().json().await.unwrap();
+        if want(&st) {
+            return st;
+        }
+        assert!(std::time::Instant::now() < deadline, "never {what}: {st}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn integrity_checks_catch_a_damaged_snapshot_and_flip_readiness() {
+    let dir = tempfile::tempdir().unwrap();
+    let snaps = dir.path().join("snaps");
+    let env = [("TRADESTORE_SNAPSHOTS__DIR", snaps.to_str().unwrap()), ("TRADESTORE_INTEGRITY__INTERVAL", "100ms")];
+    let s = Sidecar::start(dir.path(), &env).await;
+    let c = client();
+    for i in 0..20 {
+        c.post(s.url("/v1/trades")).json(&trade_for(&format!("i{i}"))).send().await.unwrap();
+    }
+    let m: Value = c.post(s.url("/v1/snapshots")).send().await.unwrap().json().await.unwrap();
+    let st = wait_status(&s, "a passing check", |st| {
+        st["integrity"]["ok"] == true && st["integrity"]["rows_scanned"].as_i64() >= Some(20)
+    })
+    .await;
+    println!("integrity check on 20 rows took {} ms", st["integrity"]["duration_ms"]);
+    let file = snaps.join(m["id"].as_str().unwrap()).join("trades.duckdb");
+    let good = std::fs::read(&file).unwrap();
+    let mut bad = good.clone();
+    let at = bad.len() / 3;
+    bad[at] ^= 1;
+    std::fs::write(&file, &bad).unwrap();
+    let st = wait_status(&s, "a failing check", |st| st["integrity"]["ok"] == false).await;
+    assert!(st["integrity"]["error"].as_str().unwrap().contains("corrupt"), "{st}");
+    let r = c.get(s.url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.text().await.unwrap().contains("integrity"));
+    assert_eq!(c.get(s.url("/healthz")).send().await.unwrap().status(), 200, "still live: no restart loop");
+    let m = c.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(m.contains("tradestore_integrity_ok 0"), "{m}");
+    std::fs::write(&file, &good).unwrap();
+    wait_status(&s, "recovery of the check", |st| st["integrity"]["ok"] == true && st["ready"] == true).await;
+}
