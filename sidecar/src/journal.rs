@@ -21,7 +21,7 @@ use crate::config::RedisConfig;
 use crate::db;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::model::{Trade, now_micros};
+use crate::model::now_micros;
 use crate::reader::Reader;
 
 /// What `/v1/status` reports about the journal.
@@ -55,13 +55,7 @@ impl Journal {
     /// Prepares the journal (no connection yet; the task connects and retries).
     pub fn new(cfg: RedisConfig, password: Option<String>, reader: Reader, metrics: Arc<Metrics>) -> Result<Self> {
         let url = cfg.url.clone().ok_or_else(|| Error::Config("redis.url is not set".into()))?;
-        let mut info: redis::ConnectionInfo =
-            url.as_str().parse().map_err(|e| Error::Config(format!("redis.url {url:?}: {e}")))?;
-        if let Some(p) = password {
-            let settings = info.redis_settings().clone().set_password(p);
-            info = info.set_redis_settings(settings);
-        }
-        let client = redis::Client::open(info).map_err(|e| Error::Config(format!("redis.url: {e}")))?;
+        let client = redis_client(&url, password)?;
         let status = Arc::new(Mutex::new(JournalStatus { enabled: true, ..Default::default() }));
         Ok(Journal { cfg, client, reader, metrics, status })
     }
@@ -136,16 +130,7 @@ impl Journal {
         if wm >= last {
             return Ok(true);
         }
-        let batch = self.cfg.batch_size;
-        let trades = self
-            .reader
-            .with_conn(move |conn| {
-                let sql = format!("SELECT {} FROM trades WHERE seq > ? ORDER BY seq LIMIT {batch}", db::TRADE_COLUMNS);
-                let mut stmt = conn.prepare_cached(&sql)?;
-                let rows = stmt.query_map([wm], db::trade_from_row)?;
-                Ok(rows.collect::<duckdb::Result<Vec<Trade>>>()?)
-            })
-            .await?;
+        let trades = self.reader.changes_after(wm, self.cfg.batch_size).await?;
         let Some(top) = trades.last().map(|t| t.seq) else { return Ok(true) };
         let min_id = format!("{}-0", (now_micros() / 1000 - self.cfg.retention.as_millis() as i64).max(0));
         let mut pipe = redis::pipe();
@@ -200,6 +185,16 @@ impl Journal {
             })
             .await
     }
+}
+
+/// A Redis client for `url`, with the password (kept out of the URL and the config).
+pub fn redis_client(url: &str, password: Option<String>) -> Result<redis::Client> {
+    let mut info: redis::ConnectionInfo = url.parse().map_err(|e| Error::Config(format!("redis.url {url:?}: {e}")))?;
+    if let Some(p) = password {
+        let settings = info.redis_settings().clone().set_password(p);
+        info = info.set_redis_settings(settings);
+    }
+    redis::Client::open(info).map_err(|e| Error::Config(format!("redis.url: {e}")))
 }
 
 fn redis_err<T>(r: redis::RedisResult<T>) -> Result<T> {

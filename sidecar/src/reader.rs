@@ -114,6 +114,18 @@ impl Reader {
         .await
     }
 
+    /// The current state of every trade changed after sequence `seq`, oldest change
+    /// first, at most `limit` (what the journal and the sync follow).
+    pub async fn changes_after(&self, seq: i64, limit: usize) -> Result<Vec<Trade>> {
+        self.with_conn(move |conn| {
+            let sql = format!("SELECT {} FROM trades WHERE seq > ? ORDER BY seq LIMIT {limit}", db::TRADE_COLUMNS);
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let rows = stmt.query_map([seq], db::trade_from_row)?;
+            Ok(rows.collect::<duckdb::Result<Vec<Trade>>>()?)
+        })
+        .await
+    }
+
     /// A page of trades for one symbol, ordered by (ts, id).
     pub async fn list(&self, q: ListQuery) -> Result<Page> {
         self.with_conn(move |conn| {

@@ -109,12 +109,7 @@ fn replay(conn: &duckdb::Connection, trades: &[&Trade]) -> Result<()> {
 /// Every journal entry, oldest first (the stream is trimmed to the retention window).
 fn read_journal(url: &str, password: Option<String>, prefix: &str) -> Result<Vec<Trade>> {
     let unavailable = |e: redis::RedisError| Error::Unavailable(format!("redis (journal replay): {e}"));
-    let mut info: redis::ConnectionInfo = url.parse().map_err(|e| Error::Config(format!("redis.url {url:?}: {e}")))?;
-    if let Some(p) = password {
-        let settings = info.redis_settings().clone().set_password(p);
-        info = info.set_redis_settings(settings);
-    }
-    let client = redis::Client::open(info).map_err(unavailable)?;
+    let client = crate::journal::redis_client(url, password)?;
     let mut conn = client.get_connection().map_err(unavailable)?;
     let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
         .arg(format!("{prefix}:journal"))

@@ -20,7 +20,6 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::config::ClickhouseConfig;
-use crate::db;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::model::Trade;
@@ -224,16 +223,7 @@ impl Sync {
         if wm >= last {
             return Ok(true);
         }
-        let batch = self.cfg.batch_size;
-        let trades = self
-            .reader
-            .with_conn(move |conn| {
-                let sql = format!("SELECT {} FROM trades WHERE seq > ? ORDER BY seq LIMIT {batch}", db::TRADE_COLUMNS);
-                let mut stmt = conn.prepare_cached(&sql)?;
-                let rows = stmt.query_map([wm], db::trade_from_row)?;
-                Ok(rows.collect::<duckdb::Result<Vec<Trade>>>()?)
-            })
-            .await?;
+        let trades = self.reader.changes_after(wm, self.cfg.batch_size).await?;
         let Some(top) = trades.last().map(|t| t.seq) else { return Ok(true) };
         let mut insert = ch(self.client.insert::<ChRow>(&self.cfg.table).await)?;
         for t in &trades {
