@@ -80,7 +80,14 @@ else
   log "building binaries and the e2e tests"
   cargo build --release --locked -p tradestore-sidecar -p tradestore-operator
 fi
-cargo test --release --locked -p tradestore-e2e --no-run
+# The suite's test binary, run directly below (no second cargo invocation, no cargo lock waits).
+suite_bin="$(cargo test --release --locked -p tradestore-e2e --test suite --no-run --message-format=json |
+  python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "suite":
+        print(m["executable"])')"
+[[ -x $suite_bin ]] || { log "could not find the e2e suite binary"; exit 1; }
 
 log "images"
 e2e/images.sh --load
@@ -104,7 +111,7 @@ export TRADESTORE_E2E_OPERATOR_IMAGE="$OPERATOR_IMAGE"
 export TRADESTORE_E2E_OPERATOR_NAMESPACE="$NS"
 export TRADESTORE_E2E_OPERATOR_SA="$RELEASE"
 export TRADESTORE_E2E_IMAGE_PULL_POLICY=Never
-cargo test --release --locked -p tradestore-e2e -- --ignored --test-threads=1 --nocapture "$@"
+"$suite_bin" --ignored --test-threads=1 --nocapture "$@"
 log "suite passed"
 
 # Second pass: the chart with namespace-scoped RBAC (a Role in one watched namespace), and the
@@ -122,7 +129,6 @@ if (($# == 0)) && [[ ${E2E_SKIP_SCOPED:-0} != 1 ]]; then
   kubectl create namespace "$scoped" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
   helm_install --set rbac.scope=namespace --set-json "watchNamespaces=[\"$scoped\"]"
   TRADESTORE_E2E_NAMESPACE="$scoped" TRADESTORE_E2E_RBAC_SCOPE=namespace \
-    cargo test --release --locked -p tradestore-e2e -- --ignored --test-threads=1 --nocapture \
-    t01_ t06_ t07_
+    "$suite_bin" --ignored --test-threads=1 --nocapture t01_ t06_ t07_
   log "namespace-scoped pass passed"
 fi
