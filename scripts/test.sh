@@ -39,6 +39,7 @@ if [[ $(id -u) -ne 0 ]]; then
   echo "error: the full-disk test mounts a tmpfs and needs root" >&2
   exit 1
 fi
-cargo test --release --locked -p tradestore-sidecar --test disk_full -- --ignored
+# Same package selection as the run above, so nothing is rebuilt with other features.
+cargo test --release --locked --workspace -- --ignored --exact a_full_disk_refuses_writes_and_loses_nothing_acknowledged
 
 step "done"
