@@ -42,4 +42,11 @@ fi
 # Same package selection as the run above, so nothing is rebuilt with other features.
 cargo test --release --locked --workspace -- --ignored --exact a_full_disk_refuses_writes_and_loses_nothing_acknowledged
 
+step "Helm chart checks"
+e2e/chart-check.sh
+
+step "end-to-end on a local Kubernetes cluster (e2e/cluster, chart, suite)"
+# The release binaries were built by the test step above.
+E2E_SKIP_BUILD=1 e2e/run.sh
+
 step "done"
