@@ -148,8 +148,9 @@ impl Journal {
                 .arg("trade")
                 .arg(json)
                 .ignore();
-            pipe.cmd("SET").arg(self.key("last_trade")).arg(serde_json::to_string(t).expect("serializes")).ignore();
         }
+        let newest = trades.last().expect("non-empty batch");
+        pipe.cmd("SET").arg(self.key("last_trade")).arg(serde_json::to_string(newest).expect("serializes")).ignore();
         for s in self.reader.symbol_states(trades.iter().map(|t| t.symbol.as_str())) {
             let key = self.key(&format!("state:{}", s.symbol));
             pipe.cmd("SET").arg(key).arg(serde_json::to_string(&s).expect("state serializes")).ignore();

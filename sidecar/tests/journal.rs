@@ -91,6 +91,8 @@ async fn journal_follows_commits_and_catches_up_after_redis_outage() {
         let state: String = redis::cmd("GET").arg("tradestore:state:SYM1").query_async(&mut conn).await.unwrap();
         let mem: Value = c.get(s.url("/v1/state/SYM1")).send().await.unwrap().json().await.unwrap();
         assert_eq!(serde_json::from_str::<Value>(&state).unwrap(), mem, "Redis holds the hot state");
+        let last: String = redis::cmd("GET").arg("tradestore:last_trade").query_async(&mut conn).await.unwrap();
+        assert_eq!(serde_json::from_str::<Value>(&last).unwrap()["seq"], 61, "last_trade is the newest change");
     }
 
     // Redis goes away: writes are still acknowledged, the journal says it is degraded.
