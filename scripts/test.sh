@@ -26,6 +26,18 @@ fi
 # ports; the packaged services are not needed.
 redis-server --version
 
+step "S3-compatible server (moto, from PyPI)"
+# moto's server mode is a real HTTP S3 implementation; the snapshot tests start it.
+MOTO_VERSION=5.2.5
+moto_venv="$TS_CACHE_DIR/moto-$MOTO_VERSION"
+if [[ ! -x $moto_venv/bin/moto_server ]]; then
+  rm -rf "$moto_venv"
+  python3 -m venv "$moto_venv"
+  "$moto_venv/bin/pip" install -q "moto[server]==$MOTO_VERSION"
+fi
+export MOTO_SERVER=$moto_venv/bin/moto_server
+"$MOTO_SERVER" --help >/dev/null
+
 step "format and lint"
 cargo fmt --all --check
 cargo clippy --release --locked --workspace --all-targets -- -D warnings

@@ -238,6 +238,38 @@ async fn main() {
     row.vs = Some((row.ops_per_sec / raw_get_tps, "raw point lookup"));
     table.push(row);
 
+    // Integrity checks on the loaded store: how long one takes (against a raw DuckDB
+    // full scan of a table of the same size), and what checks running back to back do
+    // to a single writer's latency (against the same writer without checks, above).
+    let mut s = s;
+    s.terminate(Duration::from_secs(60));
+    let s = Sidecar::start(sdir.path(), &[("TRADESTORE_INTEGRITY__INTERVAL", "1ms")]).await;
+    let start = Instant::now();
+    let touch = "count(*) + count(id) + count(symbol) + count(side) + count(quantity) + count(price) + count(status) \
+                 + count(ts) + count(version) + count(seq) + count(created_at) + count(updated_at)";
+    let mut scans = Vec::new();
+    while start.elapsed().as_secs_f64() < secs.min(3.0) {
+        let t = Instant::now();
+        let _: i64 = conn.query_row(&format!("SELECT {touch} FROM trades"), [], |r| r.get(0)).unwrap();
+        scans.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    let raw_scan =
+        summarize(format!("raw DuckDB: full column scan ({raw_rows} rows)"), scans.len(), start.elapsed(), scans);
+    let raw_scan_ms = raw_scan.p50_us.unwrap_or(f64::NAN) / 1000.0;
+    table.push(raw_scan);
+    let (c2, url) = (c.clone(), s.url("/v1/trades"));
+    let (ops, el, lat) = load(1, secs, 1, move |_, n| {
+        let (c, url) = (c2.clone(), url.clone());
+        async move { c.post(url).json(&trade_for(&format!("ic-{n}"))).send().await.unwrap() }
+    })
+    .await;
+    let mut row = summarize("sidecar: POST /v1/trades, 1 client, integrity checks back to back".into(), ops, el, lat);
+    row.vs = Some((row.ops_per_sec / table[2].ops_per_sec, "same without checks"));
+    table.push(row);
+    let st: serde_json::Value = c.get(s.url("/v1/status")).send().await.unwrap().json().await.unwrap();
+    let check_ms = st["integrity"]["duration_ms"].as_f64().unwrap_or(f64::NAN);
+    assert_eq!(st["integrity"]["ok"], true, "{st}");
+
     println!("\n| scenario | ops/s | p50 µs | p99 µs | ratio |");
     println!("|---|---:|---:|---:|---|");
     for r in &table {
@@ -246,4 +278,9 @@ async fn main() {
         println!("| {} | {:.0} | {} | {} | {} |", r.what, r.ops_per_sec, f(r.p50_us), f(r.p99_us), vs);
     }
     println!("\nsidecar RSS after {rows} rows: {rss:.0} MiB");
+    println!(
+        "integrity check on {rows} rows: {check_ms:.0} ms (raw DuckDB full scan of {raw_rows} rows: {raw_scan_ms:.0} ms, \
+         ratio {:.1}×)",
+        check_ms / raw_scan_ms
+    );
 }

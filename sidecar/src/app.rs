@@ -7,13 +7,14 @@ use std::thread::JoinHandle;
 
 use serde::Serialize;
 
+use crate::backup::{self, BackupStatus, Backups};
 use crate::config::Config;
 use crate::error::Result;
 use crate::health::Health;
 use crate::journal::{self, Journal, JournalStatus};
 use crate::metrics::Metrics;
 use crate::reader::{Reader, load_symbol_states};
-use crate::snapshot::{self, Manifest, Snapshots};
+use crate::snapshot::Manifest;
 use crate::state::HotState;
 use crate::sync::{self, Sync, SyncStatus};
 use crate::writer::{Writer, WriterHandle};
@@ -36,8 +37,8 @@ pub struct App {
     pub health: Arc<Health>,
     /// Schema version of the open file.
     pub schema_version: i64,
-    /// Backup snapshots.
-    pub snapshots: Snapshots,
+    /// Backup snapshots and their targets.
+    pub backups: Backups,
     /// Redis journal status, when the journal is configured.
     pub journal: Option<journal::SharedStatus>,
     /// ClickHouse sync status, when the sync is configured.
@@ -46,6 +47,16 @@ pub struct App {
     pub recovery: Option<recovery::Report>,
     /// The last integrity check.
     pub integrity: integrity::SharedStatus,
+    /// Set when the process should stop by itself (see [`StopReason`]).
+    stop: tokio::sync::watch::Sender<Option<StopReason>>,
+}
+
+/// Why the sidecar stops without a signal.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StopReason {
+    /// An integrity check failed and `integrity.on_failure` is `recover`: stop cleanly,
+    /// quarantine the file once the journal holds everything, restart into recovery.
+    Recover(String),
 }
 
 /// The `/v1/status` document.
@@ -71,8 +82,10 @@ pub struct StatusDoc {
     pub journal: JournalStatus,
     /// The ClickHouse sync (`enabled: false` when not configured).
     pub sync: SyncStatus,
-    /// The newest complete snapshot.
+    /// The newest complete snapshot (in the bucket when one is configured).
     pub last_snapshot: Option<Manifest>,
+    /// Backup target, schedule and last failure.
+    pub backup: BackupStatus,
     /// What start-up recovery did, if it ran.
     pub recovery: Option<recovery::Report>,
     /// The last integrity check.
@@ -82,16 +95,18 @@ pub struct StatusDoc {
 impl App {
     /// Opens and migrates the database, then starts the writer and the read pool.
     /// Returns the context and the writer thread to join on shutdown.
-    pub fn start(cfg: Config, env: &HashMap<String, String>) -> Result<(Arc<App>, JoinHandle<()>)> {
+    pub async fn start(cfg: Config, env: &HashMap<String, String>) -> Result<(Arc<App>, JoinHandle<()>)> {
         let token = cfg.api_token(env)?;
         let path = cfg.database_path();
+        let backups = Backups::new(&cfg.snapshots)?;
+        backups.refresh().await;
         let recovery = match &cfg.snapshots.bootstrap_from {
             Some(from) if !path.exists() => {
-                tracing::info!(from = %from.display(), "no database file; bootstrapping from snapshot");
-                snapshot::restore(from, &path)?;
+                tracing::info!(from, "no database file; bootstrapping from snapshot");
+                backup::restore(&backups, from, &path).await?;
                 None
             }
-            _ => recovery::run(&cfg, cfg.redis_password(env)?)?,
+            _ => recovery::run(&cfg, &backups, cfg.redis_password(env)?).await?,
         };
         let conn = db::open(&path, &cfg.duckdb)?;
         let applied = migrations::up(&conn, migrations::embedded(), None)?;
@@ -107,31 +122,30 @@ impl App {
         let last_seq = state.read().unwrap_or_else(|e| e.into_inner()).last_seq();
         let (committed_tx, committed_rx) = tokio::sync::watch::channel(last_seq);
         let sync_rx = committed_rx.clone();
+        let (writer, join) = Writer::spawn(conn, &cfg, state, metrics.clone(), health.clone(), committed_tx)?;
+        let (sync, synced) = match &cfg.clickhouse.url {
+            None => (None, None),
+            Some(_) => {
+                let password = cfg.clickhouse_password(env)?;
+                let s = Sync::new(cfg.clickhouse.clone(), password, reader.clone(), writer.clone(), metrics.clone())?;
+                let (status, synced) = (s.status(), s.watermark());
+                tokio::spawn(s.run(sync_rx));
+                (Some(status), Some(synced))
+            }
+        };
         let journal = match &cfg.redis.url {
             None => None,
             Some(_) => {
                 let j = Journal::new(cfg.redis.clone(), cfg.redis_password(env)?, reader.clone(), metrics.clone())?;
                 let status = j.status();
-                tokio::spawn(j.run(committed_rx));
-                Some(status)
-            }
-        };
-        let (writer, join) = Writer::spawn(conn, &cfg, state, metrics.clone(), health.clone(), committed_tx)?;
-        let sync = match &cfg.clickhouse.url {
-            None => None,
-            Some(_) => {
-                let password = cfg.clickhouse_password(env)?;
-                let s = Sync::new(cfg.clickhouse.clone(), password, reader.clone(), writer.clone(), metrics.clone())?;
-                let status = s.status();
-                tokio::spawn(s.run(sync_rx));
+                tokio::spawn(j.run(committed_rx, synced));
                 Some(status)
             }
         };
         health.set_ready();
         tracing::info!(db = %path.display(), schema_version, auth = token.is_some(), "store open");
-        let s = &cfg.snapshots;
-        let snapshots = Snapshots::new(s.dir.clone(), s.keep_last, s.max_age);
         let interval = cfg.integrity.interval;
+        let schedule = cfg.snapshots.schedule.as_deref().map(backup::parse_schedule).transpose()?;
         let app = Arc::new(App {
             cfg,
             token,
@@ -140,22 +154,49 @@ impl App {
             metrics,
             health,
             schema_version,
-            snapshots,
+            backups,
             journal,
             sync,
             recovery,
             integrity: Default::default(),
+            stop: tokio::sync::watch::channel(None).0,
         });
         if !interval.is_zero() {
             tokio::spawn(integrity::run(app.clone(), interval));
         }
+        if let Some(schedule) = schedule {
+            tokio::spawn(backup::run_schedule(app.clone(), schedule));
+        }
         Ok((app, join))
     }
 
-    /// Takes a consistent snapshot on a read connection while writes continue.
+    /// Takes a consistent snapshot on a read connection while writes continue, and
+    /// ships it to the configured target.
     pub async fn take_snapshot(self: &Arc<Self>) -> Result<Manifest> {
-        let app = self.clone();
-        self.reader.with_conn(move |conn| app.snapshots.take(conn, app.schema_version)).await
+        let taken = self.backups.take(&self.reader, self.schema_version).await;
+        match &taken {
+            Ok(_) => self.metrics.snapshots.inc(),
+            Err(_) => self.metrics.snapshot_failures.inc(),
+        }
+        taken
+    }
+
+    /// Asks the process to stop by itself (the serve loop watches this).
+    pub fn request_stop(&self, reason: StopReason) {
+        self.stop.send_if_modified(|r| {
+            let first = r.is_none();
+            if first {
+                *r = Some(reason);
+            }
+            first
+        });
+    }
+
+    /// Resolves when [`App::request_stop`] was called, with the reason.
+    pub async fn stop_requested(&self) -> StopReason {
+        let mut rx = self.stop.subscribe();
+        let reason = rx.wait_for(Option::is_some).await.expect("the sender lives in App");
+        reason.clone().expect("waited for Some")
     }
 
     /// The current status document.
@@ -176,7 +217,8 @@ impl App {
                 .map(|j| j.lock().unwrap_or_else(|e| e.into_inner()).clone())
                 .unwrap_or_default(),
             sync: self.sync.as_ref().map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).clone()).unwrap_or_default(),
-            last_snapshot: self.snapshots.list().ok().and_then(|l| l.into_iter().last()),
+            last_snapshot: self.backups.last(),
+            backup: self.backups.status(),
             recovery: self.recovery.clone(),
             integrity: self.integrity.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         }

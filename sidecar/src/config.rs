@@ -59,18 +59,32 @@ pub struct Config {
     pub integrity: IntegrityConfig,
 }
 
-/// Integrity check schedule.
+/// Integrity check schedule and what a failure does.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct IntegrityConfig {
     /// Pause between checks (seed: every minute); 0s disables them.
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
+    /// What a failed check does besides failing readiness.
+    pub on_failure: OnIntegrityFailure,
+}
+
+/// Reaction to a failed integrity check.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OnIntegrityFailure {
+    /// Fail readiness, log and report; a human decides.
+    Report,
+    /// Also quarantine the database file and restart into recovery (newest verified
+    /// snapshot + Redis journal), but only once the journal holds every committed
+    /// change, so that nothing acknowledged is lost.
+    Recover,
 }
 
 impl Default for IntegrityConfig {
     fn default() -> Self {
-        IntegrityConfig { interval: Duration::from_secs(60) }
+        IntegrityConfig { interval: Duration::from_secs(60), on_failure: OnIntegrityFailure::Report }
     }
 }
 
@@ -161,20 +175,29 @@ impl Default for RedisConfig {
     }
 }
 
-/// Where snapshots go and how long they are kept.
+/// Where snapshots go, when they are taken and how long they are kept.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct SnapshotConfig {
     /// Directory of snapshots (in Kubernetes a second volume, not the data volume).
+    /// With `s3` set it is the staging area: each snapshot is written here, uploaded,
+    /// and only the newest stays here (for fast recovery and the integrity check).
     pub dir: PathBuf,
     /// Always keep at least this many of the newest snapshots.
     pub keep_last: usize,
-    /// Older snapshots beyond `keep_last` are pruned once older than this (seed: 1 h).
+    /// Older snapshots beyond `keep_last` are pruned once older than this (seed: 1 h);
+    /// `0s` means no age limit: everything beyond `keep_last` is pruned.
     #[serde(with = "humantime_serde")]
-    pub max_age: Option<Duration>,
-    /// When the database file does not exist at start, restore this snapshot
-    /// directory first (checksum verified) instead of starting empty.
-    pub bootstrap_from: Option<PathBuf>,
+    pub max_age: Duration,
+    /// Cron schedule of automatic snapshots, UTC: 5 fields (e.g. `0 * * * *`) or 6
+    /// with leading seconds; none when unset.
+    pub schedule: Option<String>,
+    /// When the database file does not exist at start, restore this snapshot first
+    /// (checksum verified) instead of starting empty: a snapshot directory path, or a
+    /// snapshot id looked up in `dir` and then in `s3`.
+    pub bootstrap_from: Option<String>,
+    /// Also keep snapshots in an S3-compatible object store.
+    pub s3: Option<S3Config>,
 }
 
 impl Default for SnapshotConfig {
@@ -182,10 +205,35 @@ impl Default for SnapshotConfig {
         SnapshotConfig {
             dir: PathBuf::from("./snapshots"),
             keep_last: 3,
-            max_age: Some(Duration::from_secs(3600)),
+            max_age: Duration::from_secs(3600),
+            schedule: None,
             bootstrap_from: None,
+            s3: None,
         }
     }
+}
+
+/// An S3-compatible bucket. Credentials come from the standard `AWS_ACCESS_KEY_ID` /
+/// `AWS_SECRET_ACCESS_KEY` (and optional `AWS_SESSION_TOKEN`) variables, never from
+/// this file.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    /// Bucket name.
+    pub bucket: String,
+    /// Key prefix under which snapshots live (`<prefix>/<id>/...`).
+    #[serde(default)]
+    pub prefix: String,
+    /// Endpoint of a non-AWS store, e.g. `http://minio:9000`; AWS when unset.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Region.
+    #[serde(default = "default_region")]
+    pub region: String,
+}
+
+fn default_region() -> String {
+    "us-east-1".into()
 }
 
 /// Log output.
@@ -370,7 +418,7 @@ impl Config {
             .into_iter()
             .filter(|(k, _)| {
                 k.starts_with(&format!("{ENV_PREFIX}_"))
-                    && ![TOKEN_ENV, CONFIG_ENV, REDIS_PASSWORD_ENV].contains(&k.as_str())
+                    && ![TOKEN_ENV, CONFIG_ENV, REDIS_PASSWORD_ENV, CLICKHOUSE_PASSWORD_ENV].contains(&k.as_str())
             })
             .collect();
         builder = builder.add_source(
@@ -440,8 +488,29 @@ impl Config {
         if !ident(&ch.table) || !ident(&ch.database) {
             return bad("clickhouse.table and clickhouse.database must be plain identifiers".into());
         }
-        if self.snapshots.keep_last == 0 {
+        let snaps = &self.snapshots;
+        if snaps.keep_last == 0 {
             return bad("snapshots.keep_last must be >= 1".into());
+        }
+        if let Some(expr) = &snaps.schedule {
+            crate::backup::parse_schedule(expr)?;
+        }
+        if let Some(s3) = &snaps.s3 {
+            if s3.bucket.is_empty() {
+                return bad("snapshots.s3.bucket must not be empty".into());
+            }
+            if let Some(e) = &s3.endpoint
+                && !(e.starts_with("http://") || e.starts_with("https://"))
+            {
+                return bad(format!("snapshots.s3.endpoint {e:?} must start with http:// or https://"));
+            }
+        }
+        if self.integrity.on_failure == OnIntegrityFailure::Recover && self.redis.url.is_none() {
+            return bad(
+                "integrity.on_failure: recover needs the Redis journal (redis.url): without it recovery would \
+                 lose every change since the last snapshot"
+                    .into(),
+            );
         }
         if self.lifecycle.liveness_deadline < Duration::from_secs(1) {
             return bad("lifecycle.liveness_deadline must be at least 1s".into());

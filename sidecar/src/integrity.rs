@@ -10,14 +10,18 @@
 //! 3. **Latest snapshot** — its size and SHA-256 still match its manifest.
 //!
 //! A failure makes readiness fail, shows in `/v1/status` and metrics, and is logged at
-//! error level; the next passing check clears it.
+//! error level; the next passing check clears it. With `integrity.on_failure: recover`
+//! a failure of the database checks (1 and 2) also stops the process cleanly; once the
+//! journal holds every committed change the file is quarantined and the restart
+//! recovers it (see [`crate::recovery`]).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::app::App;
+use crate::app::{App, StopReason};
+use crate::config::OnIntegrityFailure;
 use crate::error::{Error, Result};
 use crate::model::format_micros;
 use crate::reader::{Reader, load_symbol_states};
@@ -48,22 +52,7 @@ pub async fn check(app: &Arc<App>) -> CheckStatus {
     let outcome = app
         .reader
         .with_conn(move |conn| {
-            let tables: Vec<String> = conn
-                .prepare("SELECT table_name FROM duckdb_tables() WHERE database_name = current_database()")?
-                .query_map([], |r| r.get(0))?
-                .collect::<duckdb::Result<_>>()?;
-            let mut rows = 0i64;
-            for t in &tables {
-                // Touch every column of every row so every block is read (and checksummed).
-                let cols: Vec<String> = conn
-                    .prepare("SELECT column_name FROM duckdb_columns() WHERE table_name = ? AND database_name = current_database()")?
-                    .query_map([t], |r| r.get(0))?
-                    .collect::<duckdb::Result<_>>()?;
-                let touch = cols.iter().map(|c| format!("count(\"{c}\")")).collect::<Vec<_>>().join(" + ");
-                let sql = format!("SELECT count(*), {touch} FROM \"{t}\"");
-                let (n, _): (i64, i64) = conn.query_row(&sql, [], |r| Ok((r.get(0)?, r.get(1)?)))?;
-                rows += n;
-            }
+            let rows = scan_blocks(conn)?;
             let dup: i64 = conn.query_row("SELECT count(*) - count(DISTINCT seq) FROM trades", [], |r| r.get(0))?;
             if dup != 0 {
                 return Err(Error::Internal(format!("{dup} duplicate commit sequence numbers")));
@@ -79,13 +68,14 @@ pub async fn check(app: &Arc<App>) -> CheckStatus {
             compare_hot_state(conn, &reader)?;
             Ok(rows)
         })
-        .await
-        .and_then(|rows| {
-            if let Some(m) = app.snapshots.list()?.into_iter().last() {
-                snapshot::verify(&app.snapshots.path_of(&m.id))?;
-            }
-            Ok(rows)
-        });
+        .await;
+    let database_failed = outcome.is_err();
+    let outcome = outcome.and_then(|rows| {
+        if let Some((_, dir)) = app.backups.latest_local()? {
+            snapshot::verify(&dir)?;
+        }
+        Ok(rows)
+    });
     let status = CheckStatus {
         last_run: Some(format_micros(crate::model::now_micros())),
         ok: outcome.is_ok(),
@@ -103,10 +93,40 @@ pub async fn check(app: &Arc<App>) -> CheckStatus {
         Some(e) => {
             app.health.set_integrity(Some(e.clone()));
             tracing::error!(error = %e, "INTEGRITY CHECK FAILED");
+            if database_failed && app.cfg.integrity.on_failure == OnIntegrityFailure::Recover {
+                app.request_stop(StopReason::Recover(e.clone()));
+            }
         }
     }
     *app.integrity.lock().unwrap_or_else(|e| e.into_inner()) = status.clone();
     status
+}
+
+/// Reads every value of every table of the open database, so that every block is
+/// read from disk (and its checksum verified) unless already cached. Returns the rows.
+pub fn scan_blocks(conn: &duckdb::Connection) -> Result<i64> {
+    let tables: Vec<String> = conn
+        .prepare("SELECT table_name FROM duckdb_tables() WHERE database_name = current_database()")?
+        .query_map([], |r| r.get(0))?
+        .collect::<duckdb::Result<_>>()?;
+    let mut rows = 0i64;
+    for t in &tables {
+        let cols: Vec<String> = conn
+            .prepare(
+                "SELECT column_name FROM duckdb_columns() WHERE table_name = ? AND database_name = current_database()",
+            )?
+            .query_map([t], |r| r.get(0))?
+            .collect::<duckdb::Result<_>>()?;
+        // Hash every value: `count(col)` alone can be answered from validity masks
+        // without reading the data blocks.
+        let values = cols.iter().map(|c| format!("\"{c}\"")).collect::<Vec<_>>().join(", ");
+        let (n, _): (i64, Option<u64>) =
+            conn.query_row(&format!("SELECT count(*), bit_xor(hash({values})) FROM \"{t}\""), [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
+        rows += n;
+    }
+    Ok(rows)
 }
 
 /// Compares the in-memory trade state with the `trade_state` view at the same commit:

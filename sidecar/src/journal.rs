@@ -65,22 +65,43 @@ impl Journal {
         self.status.clone()
     }
 
-    /// Runs until `committed` closes: follows the commit sequence and journals it.
-    pub async fn run(self, mut committed: watch::Receiver<i64>) {
+    /// Runs until `committed` closes: follows the commit sequence and journals it, and
+    /// mirrors the ClickHouse sync watermark (when `synced` is given) to
+    /// `<prefix>:sync:clickhouse:watermark`.
+    pub async fn run(self, mut committed: watch::Receiver<i64>, mut synced: Option<watch::Receiver<i64>>) {
         let mut backoff = Duration::from_millis(100);
         let mut conn: Option<ConnectionManager> = None;
         let mut watermark: Option<i64> = None;
+        let mut mirrored: Option<i64> = None;
         loop {
             let last = *committed.borrow_and_update();
-            let step = self.step(&mut conn, &mut watermark, last).await;
+            let step = async {
+                let done = self.step(&mut conn, &mut watermark, last).await?;
+                if let Some(rx) = synced.as_mut() {
+                    let wm = *rx.borrow_and_update();
+                    if mirrored != Some(wm) {
+                        self.mirror_sync_watermark(conn.as_mut().expect("connected by step"), wm).await?;
+                        mirrored = Some(wm);
+                    }
+                }
+                Ok::<_, Error>(done)
+            }
+            .await;
             match step {
                 Ok(done) => {
                     backoff = Duration::from_millis(100);
                     self.record(watermark.unwrap_or(0), last, None);
                     if done {
                         let tick = tokio::time::sleep(Duration::from_secs(1));
+                        let sync_moved = async {
+                            match synced.as_mut() {
+                                Some(rx) => rx.changed().await.is_ok(),
+                                None => std::future::pending().await,
+                            }
+                        };
                         tokio::select! {
                             changed = committed.changed() => if changed.is_err() { return },
+                            _ = sync_moved => {}
                             _ = tick => {}
                         }
                     }
@@ -106,6 +127,10 @@ impl Journal {
         s.watermark = watermark;
         s.lag = (last - watermark).max(0);
         s.last_error = error;
+    }
+
+    async fn mirror_sync_watermark(&self, c: &mut ConnectionManager, wm: i64) -> Result<()> {
+        redis_err(redis::cmd("SET").arg(self.key("sync:clickhouse:watermark")).arg(wm).query_async::<()>(c).await)
     }
 
     fn key(&self, suffix: &str) -> String {

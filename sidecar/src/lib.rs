@@ -5,6 +5,7 @@
 //! (connection pool) and the writer's in-memory [`state`].
 
 pub mod app;
+pub mod backup;
 pub mod config;
 pub mod db;
 pub mod error;
@@ -17,6 +18,7 @@ pub mod migrations;
 pub mod model;
 pub mod reader;
 pub mod recovery;
+pub mod remote;
 pub mod shutdown;
 pub mod snapshot;
 pub mod state;

@@ -5,9 +5,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tradestore_sidecar::app::{App, StopReason};
 use tradestore_sidecar::config::{CONFIG_ENV, Config, LogFormat};
 use tradestore_sidecar::error::{Error, Result};
-use tradestore_sidecar::{app::App, db, http, migrations, shutdown, snapshot};
+use tradestore_sidecar::{backup, db, http, migrations, recovery, shutdown};
 
 #[derive(Parser)]
 #[command(name = "sidecar", version, about = "TradeStore DuckDB sidecar")]
@@ -32,9 +33,10 @@ enum Command {
     Config,
     /// Restore a snapshot into the (empty) data directory; the checksum is verified first.
     Restore {
-        /// Snapshot directory (holding trades.duckdb and manifest.json).
+        /// A snapshot directory (holding trades.duckdb and manifest.json), or a snapshot
+        /// id looked up in `snapshots.dir` and then in `snapshots.s3`.
         #[arg(long)]
-        from: PathBuf,
+        from: String,
     },
 }
 
@@ -70,9 +72,7 @@ fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(cfg, env),
         Command::Migrate { action } => migrate(&cfg, action),
-        Command::Restore { from } => snapshot::restore(&from, &cfg.database_path()).map(|m| {
-            println!("{}", serde_json::to_string_pretty(&m).expect("manifest serializes"));
-        }),
+        Command::Restore { from } => restore(&cfg, &from),
         Command::Config => {
             println!("{}", serde_json::to_string_pretty(&cfg).expect("config serializes"));
             Ok(())
@@ -85,6 +85,27 @@ fn main() -> ExitCode {
             eprintln!("sidecar: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// After an integrity failure: quarantines the file for recovery at the next start,
+/// but only once the Redis journal holds every committed change (waiting until
+/// `deadline`); exits non-zero either way so the container restarts.
+async fn quarantine_when_journaled(app: &App, why: &str, deadline: tokio::time::Instant) -> Result<()> {
+    let last = app.metrics.last_seq.get();
+    loop {
+        let journaled = app.journal.as_ref().map_or(0, |j| j.lock().unwrap_or_else(|e| e.into_inner()).watermark);
+        if journaled >= last {
+            recovery::quarantine(&app.cfg.database_path(), why)?;
+            return Err(Error::Internal(format!("integrity check failed ({why}); restarting into recovery")));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Error::Internal(format!(
+                "integrity check failed ({why}); the journal holds seq {journaled} of {last}, so the file is not \
+                 quarantined (recovery would lose changes): a human must decide"
+            )));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
 
@@ -123,6 +144,16 @@ fn migrate(cfg: &Config, action: MigrateAction) -> Result<()> {
     Ok(())
 }
 
+fn restore(cfg: &Config, from: &str) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let m = runtime.block_on(async {
+        let backups = backup::Backups::new(&cfg.snapshots)?;
+        backup::restore(&backups, from, &cfg.database_path()).await
+    })?;
+    println!("{}", serde_json::to_string_pretty(&m).expect("manifest serializes"));
+    Ok(())
+}
+
 fn serve(cfg: Config, env: HashMap<String, String>) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
@@ -132,7 +163,7 @@ fn serve(cfg: Config, env: HashMap<String, String>) -> Result<()> {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .map_err(|e| Error::Config(format!("cannot listen on {listen}: {e}")))?;
-        let (app, writer_thread) = App::start(cfg, &env)?;
+        let (app, writer_thread) = App::start(cfg, &env).await?;
         tracing::info!(addr = %listener.local_addr()?, "listening");
         let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
         let server = warp::serve(http::routes(app.clone()))
@@ -142,21 +173,33 @@ fn serve(cfg: Config, env: HashMap<String, String>) -> Result<()> {
             })
             .run();
         let server = tokio::spawn(server);
-        let signal = signals.recv().await;
-        tracing::info!(signal, grace = ?grace, "shutting down");
+        let stop = tokio::select! {
+            signal = signals.recv() => {
+                tracing::info!(signal, grace = ?grace, "shutting down");
+                None
+            }
+            reason = app.stop_requested() => {
+                tracing::error!(?reason, grace = ?grace, "stopping by itself");
+                Some(reason)
+            }
+        };
+        let deadline = tokio::time::Instant::now() + grace;
         shutdown::begin(&app);
         let _ = stop_http.send(());
-        let drained = tokio::time::timeout(grace, async {
+        let drained = tokio::time::timeout_at(deadline, async {
             let _ = server.await;
-            shutdown::finish_writer(app, writer_thread).await;
+            shutdown::finish_writer(app.clone(), writer_thread).await;
         })
         .await;
-        match drained {
-            Ok(()) => {
+        if drained.is_err() {
+            return Err(Error::Internal(format!("shutdown did not finish within {grace:?}")));
+        }
+        match stop {
+            None => {
                 tracing::info!("stopped cleanly");
                 Ok(())
             }
-            Err(_) => Err(Error::Internal(format!("shutdown did not finish within {grace:?}"))),
+            Some(StopReason::Recover(why)) => quarantine_when_journaled(&app, &why, deadline).await,
         }
     })
 }

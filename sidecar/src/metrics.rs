@@ -51,6 +51,10 @@ pub struct Metrics {
     pub integrity_ok: IntGauge,
     /// Duration of integrity checks.
     pub integrity_duration: Histogram,
+    /// Snapshots taken (and shipped to the target).
+    pub snapshots: IntCounter,
+    /// Failed snapshot attempts.
+    pub snapshot_failures: IntCounter,
 }
 
 const LATENCY_BUCKETS: &[f64] =
@@ -116,6 +120,8 @@ impl Metrics {
                     .buckets(LATENCY_BUCKETS.to_vec()),
             )
             .unwrap(),
+            snapshots: IntCounter::new("snapshots_total", "Snapshots taken and shipped").unwrap(),
+            snapshot_failures: IntCounter::new("snapshot_failures_total", "Failed snapshot attempts").unwrap(),
             registry,
         };
         let r = &m.registry;
@@ -141,6 +147,8 @@ impl Metrics {
         r.register(Box::new(m.sync_errors.clone())).unwrap();
         r.register(Box::new(m.integrity_ok.clone())).unwrap();
         r.register(Box::new(m.integrity_duration.clone())).unwrap();
+        r.register(Box::new(m.snapshots.clone())).unwrap();
+        r.register(Box::new(m.snapshot_failures.clone())).unwrap();
         m
     }
 

@@ -51,16 +51,41 @@ pub struct Manifest {
 /// A snapshot directory with its retention policy.
 pub struct Snapshots {
     dir: PathBuf,
-    keep_last: usize,
-    max_age: Option<Duration>,
+    retention: Retention,
     busy: Mutex<()>,
 }
 
+/// Which snapshots to keep: always the newest `keep_last`; older ones only while
+/// younger than `max_age` (zero: no age limit, so everything beyond `keep_last` goes).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Retention {
+    /// Newest snapshots always kept.
+    pub keep_last: usize,
+    /// Age beyond which older snapshots are pruned; zero keeps none beyond `keep_last`.
+    pub max_age: Duration,
+}
+
+impl Retention {
+    /// Ids of the snapshots in `all` (oldest first) that retention removes at `now_us`.
+    pub fn expired(&self, all: &[Manifest], now_us: i64) -> Vec<String> {
+        let excess = all.len().saturating_sub(self.keep_last);
+        all.iter()
+            .take(excess)
+            .filter(|m| {
+                self.max_age.is_zero()
+                    || crate::model::parse_micros(&m.created_at)
+                        .map(|t| now_us - t > self.max_age.as_micros() as i64)
+                        .unwrap_or(true)
+            })
+            .map(|m| m.id.clone())
+            .collect()
+    }
+}
+
 impl Snapshots {
-    /// Snapshots under `dir`, keeping at least the newest `keep_last` and pruning
-    /// older ones past `max_age`.
-    pub fn new(dir: PathBuf, keep_last: usize, max_age: Option<Duration>) -> Self {
-        Snapshots { dir, keep_last, max_age, busy: Mutex::new(()) }
+    /// Snapshots under `dir`, pruned by `retention` after each one taken.
+    pub fn new(dir: PathBuf, retention: Retention) -> Self {
+        Snapshots { dir, retention, busy: Mutex::new(()) }
     }
 
     /// Takes a consistent snapshot through `conn` (a read connection of the live
@@ -124,9 +149,8 @@ impl Snapshots {
         Ok(out)
     }
 
-    /// Deletes snapshots beyond `keep_last` that are older than `max_age` (or all
-    /// beyond `keep_last` when no age is set), and leftovers of interrupted ones.
-    /// Returns the ids removed.
+    /// Applies retention, and removes leftovers of interrupted snapshots. Returns the
+    /// ids removed.
     pub fn prune(&self) -> Result<Vec<String>> {
         for entry in std::fs::read_dir(&self.dir)? {
             let path = entry?.path();
@@ -134,23 +158,19 @@ impl Snapshots {
                 std::fs::remove_dir_all(&path)?;
             }
         }
-        let all = self.list()?;
-        let excess = all.len().saturating_sub(self.keep_last);
-        let mut removed = Vec::new();
-        for m in all.into_iter().take(excess) {
-            let old_enough = match self.max_age {
-                None => true,
-                Some(age) => {
-                    std::fs::metadata(self.dir.join(&m.id).join(MANIFEST))?.modified()?.elapsed().unwrap_or_default()
-                        > age
-                }
-            };
-            if old_enough {
-                std::fs::remove_dir_all(self.dir.join(&m.id))?;
-                removed.push(m.id);
-            }
+        let removed = self.retention.expired(&self.list()?, now_micros());
+        for id in &removed {
+            std::fs::remove_dir_all(self.dir.join(id))?;
         }
         Ok(removed)
+    }
+
+    /// The newest complete snapshot and its directory.
+    pub fn latest(&self) -> Result<Option<(Manifest, PathBuf)>> {
+        Ok(self.list()?.pop().map(|m| {
+            let dir = self.path_of(&m.id);
+            (m, dir)
+        }))
     }
 
     /// Directory of snapshot `id`.
@@ -279,7 +299,7 @@ mod tests {
     fn take_verify_restore_and_prune() {
         let dir = tempfile::tempdir().unwrap();
         let conn = live_db(dir.path());
-        let snaps = Snapshots::new(dir.path().join("snaps"), 2, None);
+        let snaps = Snapshots::new(dir.path().join("snaps"), Retention { keep_last: 2, max_age: Duration::ZERO });
         let first = snaps.take(&conn, 1).unwrap();
         assert_eq!((first.seq, first.trade_rows, first.schema_version), (100, 100, 1));
         verify(&snaps.path_of(&first.id)).unwrap();
@@ -305,7 +325,7 @@ mod tests {
     fn a_corrupt_snapshot_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let conn = live_db(dir.path());
-        let snaps = Snapshots::new(dir.path().join("snaps"), 5, None);
+        let snaps = Snapshots::new(dir.path().join("snaps"), Retention { keep_last: 5, max_age: Duration::ZERO });
         let m = snaps.take(&conn, 1).unwrap();
         let file = snaps.path_of(&m.id).join(DB_FILE);
         let mut bytes = std::fs::read(&file).unwrap();
@@ -321,10 +341,33 @@ mod tests {
     fn retention_by_age_keeps_young_snapshots() {
         let dir = tempfile::tempdir().unwrap();
         let conn = live_db(dir.path());
-        let snaps = Snapshots::new(dir.path().join("snaps"), 1, Some(Duration::from_secs(3600)));
+        let snaps =
+            Snapshots::new(dir.path().join("snaps"), Retention { keep_last: 1, max_age: Duration::from_secs(3600) });
         for _ in 0..3 {
             snaps.take(&conn, 1).unwrap();
         }
         assert_eq!(snaps.list().unwrap().len(), 3, "none is older than an hour");
+    }
+
+    #[test]
+    fn retention_keeps_the_newest_and_the_young() {
+        let at = |id: &str, micros: i64| Manifest {
+            id: id.into(),
+            created_at: format_micros(micros),
+            seq: 0,
+            schema_version: 1,
+            trade_rows: 0,
+            size_bytes: 0,
+            sha256: String::new(),
+            duration_ms: 0,
+        };
+        let hour = 3_600_000_000i64;
+        let all = [at("a", 0), at("b", 2 * hour), at("c", 3 * hour), at("d", 4 * hour)];
+        let now = 4 * hour;
+        let r = |keep_last, secs| Retention { keep_last, max_age: Duration::from_secs(secs) };
+        assert_eq!(r(2, 0).expired(&all, now), ["a", "b"], "no age limit: all beyond keep_last");
+        assert_eq!(r(2, 3600 + 1800).expired(&all, now), ["a", "b"], "both older than 1.5 h");
+        assert_eq!(r(1, 3 * 3600).expired(&all, now), ["a"], "b and c are young enough");
+        assert!(r(4, 0).expired(&all, now).is_empty());
     }
 }

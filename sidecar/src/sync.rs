@@ -112,6 +112,7 @@ pub struct Sync {
     writer: WriterHandle,
     metrics: Arc<Metrics>,
     status: SharedStatus,
+    synced: watch::Sender<i64>,
 }
 
 impl Sync {
@@ -133,7 +134,12 @@ impl Sync {
             client = client.with_password(p);
         }
         let status = Arc::new(Mutex::new(SyncStatus { enabled: true, ..Default::default() }));
-        Ok(Sync { cfg, client, reader, writer, metrics, status })
+        Ok(Sync { cfg, client, reader, writer, metrics, status, synced: watch::channel(0).0 })
+    }
+
+    /// The durable watermark as it advances (the journal mirrors it to Redis).
+    pub fn watermark(&self) -> watch::Receiver<i64> {
+        self.synced.subscribe()
     }
 
     /// The status handle, for `/v1/status`.
@@ -216,6 +222,7 @@ impl Sync {
                         )?)
                     })
                     .await?;
+                self.synced.send_replace(w);
                 *watermark = Some(w);
                 w
             }
@@ -231,6 +238,7 @@ impl Sync {
         }
         ch(insert.end().await)?;
         self.writer.submit(WriteOp::SetWatermark { sink: SINK.into(), seq: top }, Duration::from_secs(10)).await?;
+        self.synced.send_replace(top);
         *watermark = Some(top);
         Ok(top >= last)
     }

@@ -8,6 +8,7 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::servers::Server;
 use common::{Sidecar, client, free_port, open_db, trade_for};
 use serde_json::{Value, json};
 
@@ -114,7 +115,10 @@ async fn clickhouse_converges_to_duckdb_through_outages_and_crashes() {
         format!("clickhouse:\n  url: http://127.0.0.1:{http}\n  interval: 50ms\n  backoff_ms: [100, 200]\n  degraded_after: 2\n  batch_size: 97\n"),
     )
     .unwrap();
-    let env = [("TRADESTORE_CONFIG", cfg.to_str().unwrap())];
+    let rdir = tempfile::tempdir().unwrap();
+    let redis = Server::redis(rdir.path(), free_port());
+    let redis_url = redis.redis_url();
+    let env = [("TRADESTORE_CONFIG", cfg.to_str().unwrap()), ("TRADESTORE_REDIS__URL", redis_url.as_str())];
     let port = free_port();
     let mut s = Sidecar::start_on(dir.path(), port, &env).await;
 
@@ -136,6 +140,21 @@ async fn clickhouse_converges_to_duckdb_through_outages_and_crashes() {
     s.kill();
     let s = Sidecar::start_on(dir.path(), port, &env).await;
     wait_sync(&s, "caught up after the crash", |j, last| j["watermark"] == last && j["lag"] == 0).await;
+
+    // The durable watermark (DuckDB's sync_state) is mirrored to Redis.
+    let st: Value = client().get(s.url("/v1/status")).send().await.unwrap().json().await.unwrap();
+    let synced = st["sync"]["watermark"].as_i64().unwrap();
+    let mut rc = redis::Client::open(redis_url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mirrored: Option<i64> =
+            redis::cmd("GET").arg("tradestore:sync:clickhouse:watermark").query_async(&mut rc).await.unwrap();
+        if mirrored == Some(synced) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "Redis mirror {mirrored:?} never reached the sync watermark {synced}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let mut s = s;
     assert!(s.terminate(Duration::from_secs(30)).success());
 

@@ -4,46 +4,11 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::servers::Server;
 use common::{Sidecar, client, free_port, trade_for};
 use serde_json::{Value, json};
-
-struct Redis {
-    child: Child,
-}
-
-impl Redis {
-    fn start(dir: &std::path::Path, port: u16) -> Redis {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--appendonly", "yes", "--save", ""])
-            .arg("--dir")
-            .arg(dir)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed (scripts/test.sh installs it)");
-        let r = Redis { child };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        r
-    }
-
-    fn kill(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 async fn status(s: &Sidecar) -> Value {
     client().get(s.url("/v1/status")).send().await.unwrap().json().await.unwrap()
@@ -74,7 +39,7 @@ async fn journal_follows_commits_and_catches_up_after_redis_outage() {
     let dir = tempfile::tempdir().unwrap();
     let rdir = tempfile::tempdir().unwrap();
     let rport = free_port();
-    let mut redis = Redis::start(rdir.path(), rport);
+    let mut redis = Server::redis(rdir.path(), rport);
     let url = format!("redis://127.0.0.1:{rport}/0");
     let s = Sidecar::start(dir.path(), &[("TRADESTORE_REDIS__URL", &url), ("TRADESTORE_REDIS__MAX_BACKOFF", "200ms")])
         .await;
@@ -106,7 +71,7 @@ async fn journal_follows_commits_and_catches_up_after_redis_outage() {
     assert!(m.contains("tradestore_journal_healthy 0"), "{m}");
 
     // Redis returns (with its append-only file): the journal catches up, each change once.
-    let _redis = Redis::start(rdir.path(), rport);
+    let _redis = Server::redis(rdir.path(), rport);
     wait_journal(&s, |j| j["watermark"] == 101 && j["healthy"] == true).await;
     assert_eq!(stream_seqs(rport).await, (1..=101).collect::<Vec<i64>>());
 }
@@ -127,7 +92,7 @@ async fn a_lost_or_corrupt_file_comes_back_from_snapshot_plus_journal() {
     let dir = tempfile::tempdir().unwrap();
     let rdir = tempfile::tempdir().unwrap();
     let rport = free_port();
-    let _redis = Redis::start(rdir.path(), rport);
+    let _redis = Server::redis(rdir.path(), rport);
     let url = format!("redis://127.0.0.1:{rport}/0");
     let snaps = dir.path().join("snaps");
     let env = [("TRADESTORE_REDIS__URL", url.as_str()), ("TRADESTORE_SNAPSHOTS__DIR", snaps.to_str().unwrap())];

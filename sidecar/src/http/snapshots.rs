@@ -29,7 +29,7 @@ pub async fn list(app: Arc<App>, authz: Option<String>) -> Response {
             if app.cfg.auth.protect_reads {
                 auth::check(app.token.as_deref(), authz.as_deref())?;
             }
-            app.snapshots.list().map(|s| json!({ "snapshots": s }))
+            app.backups.list().await.map(|s| json!({ "snapshots": s }))
         }
         .await;
         reply::result(StatusCode::OK, result)

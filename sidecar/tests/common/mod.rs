@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+pub mod servers;
+
 pub const TOKEN: &str = "test-token-0123456789";
 
 /// A running sidecar process.

@@ -1,0 +1,233 @@
+//! Backups: where snapshots go and when they are taken.
+//!
+//! A snapshot is always taken into the local directory first ([`Snapshots`]). With an
+//! S3 target it is then uploaded ([`Remote`]), retention applies to the bucket, and
+//! the local directory keeps only the newest snapshot (for fast recovery and the
+//! integrity check). A cron schedule (`snapshots.schedule`) takes snapshots
+//! automatically; `POST /v1/snapshots` takes one on demand.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use croner::Cron;
+use serde::Serialize;
+
+use crate::app::App;
+use crate::config::SnapshotConfig;
+use crate::error::{Error, Result};
+use crate::model::{format_micros, now_micros};
+use crate::reader::Reader;
+use crate::remote::Remote;
+use crate::snapshot::{self, Manifest, Retention, Snapshots};
+
+/// What `/v1/status` says about backups.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct BackupStatus {
+    /// Where snapshots are kept: a directory, or `s3://bucket/prefix`.
+    pub target: String,
+    /// The cron schedule, if any.
+    pub schedule: Option<String>,
+    /// When the next scheduled snapshot is due (RFC 3339).
+    pub next_run: Option<String>,
+    /// The last snapshot attempt failed with this error (cleared by a success).
+    pub last_error: Option<String>,
+}
+
+/// The backup target(s) and their retention.
+pub struct Backups {
+    local: Arc<Snapshots>,
+    dir: PathBuf,
+    remote: Option<Remote>,
+    retention: Retention,
+    status: Mutex<BackupStatus>,
+    last: Mutex<Option<Manifest>>,
+}
+
+/// Parses a cron expression, UTC: 5 fields (minute hour day-of-month month
+/// day-of-week), or 6 with a leading seconds field.
+pub fn parse_schedule(expr: &str) -> Result<Cron> {
+    let fields = expr.split_whitespace().count();
+    if !(5..=6).contains(&fields) {
+        return Err(Error::Config(format!(
+            "snapshots.schedule {expr:?}: expected 5 cron fields (minute hour day month weekday) or 6 with \
+             leading seconds, got {fields}"
+        )));
+    }
+    expr.parse::<Cron>().map_err(|e| Error::Config(format!("snapshots.schedule {expr:?}: {e}")))
+}
+
+impl Backups {
+    /// The targets in `cfg`.
+    pub fn new(cfg: &SnapshotConfig) -> Result<Self> {
+        let retention = Retention { keep_last: cfg.keep_last, max_age: cfg.max_age };
+        let remote = cfg.s3.as_ref().map(Remote::new).transpose()?;
+        // With a bucket the directory is a staging area holding only the newest snapshot.
+        let local_retention = match remote {
+            Some(_) => Retention { keep_last: 1, max_age: Duration::ZERO },
+            None => retention,
+        };
+        let status = BackupStatus {
+            target: remote.as_ref().map_or_else(|| cfg.dir.display().to_string(), |r| r.url().to_string()),
+            schedule: cfg.schedule.clone(),
+            ..Default::default()
+        };
+        Ok(Backups {
+            local: Arc::new(Snapshots::new(cfg.dir.clone(), local_retention)),
+            dir: cfg.dir.clone(),
+            remote,
+            retention,
+            status: Mutex::new(status),
+            last: Mutex::new(None),
+        })
+    }
+
+    /// Reads the newest snapshot from the target, for `/v1/status` (logged, not
+    /// fatal, when the bucket cannot be listed).
+    pub async fn refresh(&self) {
+        match self.list().await {
+            Ok(mut all) => *self.last.lock().unwrap_or_else(|e| e.into_inner()) = all.pop(),
+            Err(e) => tracing::warn!(error = %e, "cannot list snapshots"),
+        }
+    }
+
+    /// The newest snapshot known (taken by this process or listed at start).
+    pub fn last(&self) -> Option<Manifest> {
+        self.last.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Takes a consistent snapshot on a read connection of the live database while
+    /// writes continue, uploads it when a bucket is configured, and applies retention.
+    pub async fn take(&self, reader: &Reader, schema_version: i64) -> Result<Manifest> {
+        let result: Result<Manifest> = async {
+            let local = self.local.clone();
+            let m = reader.with_conn(move |conn| local.take(conn, schema_version)).await?;
+            if let Some(remote) = &self.remote {
+                remote.upload(&self.local.path_of(&m.id), &m).await?;
+                for id in self.retention.expired(&remote.list().await?, now_micros()) {
+                    remote.delete(&id).await?;
+                    tracing::info!(id, "pruned remote snapshot");
+                }
+            }
+            *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(m.clone());
+            Ok(m)
+        }
+        .await;
+        self.status.lock().unwrap_or_else(|e| e.into_inner()).last_error = result.as_ref().err().map(|e: &Error| {
+            tracing::error!(error = %e, "snapshot failed");
+            e.to_string()
+        });
+        result
+    }
+
+    /// Complete snapshots, oldest first: the bucket's when configured, else the directory's.
+    pub async fn list(&self) -> Result<Vec<Manifest>> {
+        match &self.remote {
+            Some(r) => r.list().await,
+            None => self.local.list(),
+        }
+    }
+
+    /// The newest snapshot in the local directory (the integrity check verifies it).
+    pub fn latest_local(&self) -> Result<Option<(Manifest, PathBuf)>> {
+        self.local.latest()
+    }
+
+    /// A local directory holding snapshot `from`, verified: `from` is a snapshot
+    /// directory path, or an id found in the local directory or else downloaded.
+    pub async fn fetch(&self, from: &str) -> Result<PathBuf> {
+        let dir = if from.contains('/') {
+            PathBuf::from(from)
+        } else if self.local.path_of(from).join(snapshot::MANIFEST).is_file() {
+            self.local.path_of(from)
+        } else if let Some(remote) = &self.remote {
+            remote.download(from, &self.dir).await?
+        } else {
+            return Err(Error::NotFound(format!("snapshot {from} in {}", self.dir.display())));
+        };
+        snapshot::verify(&dir)?;
+        Ok(dir)
+    }
+
+    /// The newest snapshot that verifies, local or remote, fetched into the local
+    /// directory; unusable ones are skipped with an error log.
+    pub async fn newest_verified(&self) -> Result<Option<(Manifest, PathBuf)>> {
+        let mut candidates: Vec<(Manifest, bool)> = self.local.list()?.into_iter().map(|m| (m, false)).collect();
+        if let Some(remote) = &self.remote {
+            match remote.list().await {
+                Ok(list) => candidates.extend(list.into_iter().map(|m| (m, true))),
+                Err(e) => tracing::error!(error = %e, "cannot list remote snapshots; using local ones only"),
+            }
+        }
+        // Newest first by sequence; a local copy beats a download of the same snapshot.
+        candidates.sort_by_key(|(m, is_remote)| (m.seq, !is_remote));
+        for (m, is_remote) in candidates.into_iter().rev() {
+            let dir = match is_remote {
+                true => self.remote.as_ref().expect("remote candidate").download(&m.id, &self.dir).await,
+                false => snapshot::verify(&self.local.path_of(&m.id)).map(|_| self.local.path_of(&m.id)),
+            };
+            match dir {
+                Ok(dir) => return Ok(Some((m, dir))),
+                Err(e) => tracing::error!(id = m.id, error = %e, "skipping unusable snapshot"),
+            }
+        }
+        Ok(None)
+    }
+
+    /// The backup status, for `/v1/status`.
+    pub fn status(&self) -> BackupStatus {
+        self.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set_next_run(&self, next: Option<String>) {
+        self.status.lock().unwrap_or_else(|e| e.into_inner()).next_run = next;
+    }
+}
+
+/// Restores snapshot `from` (a path or an id) as `database`, which must not exist.
+pub async fn restore(backups: &Backups, from: &str, database: &Path) -> Result<Manifest> {
+    let dir = backups.fetch(from).await?;
+    snapshot::restore(&dir, database)
+}
+
+/// Takes a snapshot at every time `schedule` names, until the process ends. A failed
+/// snapshot is logged, counted and shown in `/v1/status`; the schedule goes on.
+pub async fn run_schedule(app: Arc<App>, schedule: Cron) {
+    loop {
+        let now = Utc::now();
+        let next = match schedule.find_next_occurrence(&now, false) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(error = %e, "snapshot schedule has no next run; scheduled snapshots stop");
+                app.backups.set_next_run(None);
+                return;
+            }
+        };
+        app.backups.set_next_run(Some(format_micros(next.timestamp_micros())));
+        let wait = (next - now).to_std().unwrap_or_default();
+        tokio::time::sleep(wait).await;
+        if let Ok(m) = app.take_snapshot().await {
+            tracing::info!(id = m.id, seq = m.seq, "scheduled snapshot taken");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedules_are_five_field_cron() {
+        let every_hour = parse_schedule("0 * * * *").unwrap();
+        let from = chrono::DateTime::parse_from_rfc3339("2026-01-01T10:20:00Z").unwrap().with_timezone(&Utc);
+        let next = every_hour.find_next_occurrence(&from, false).unwrap();
+        assert_eq!(next.to_rfc3339(), "2026-01-01T11:00:00+00:00");
+        let every_two_seconds = parse_schedule("*/2 * * * * *").unwrap();
+        let next = every_two_seconds.find_next_occurrence(&from, false).unwrap();
+        assert_eq!(next.to_rfc3339(), "2026-01-01T10:20:02+00:00");
+        for bad in ["* * * *", "0 0 * * * * 2026", "61 * * * *", "nonsense"] {
+            assert!(parse_schedule(bad).unwrap_err().to_string().contains("snapshots.schedule"), "{bad}");
+        }
+    }
+}
