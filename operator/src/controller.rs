@@ -428,6 +428,7 @@ async fn final_snapshot(
             record_snapshot(&mut backup, &snap, true);
             let note = format!("final snapshot {} (seq {}) taken before stopping the pod", snap.id, snap.seq);
             fin.done = true;
+            st.message = Some(format!("deleting: final snapshot {} taken; waiting for the pod to stop", snap.id));
             fin.snapshot_id = Some(snap.id);
             fin.last_error = None;
             fin.next_attempt = None;
@@ -445,6 +446,7 @@ async fn final_snapshot(
             fin.last_error = Some(msg.clone());
             if give_up {
                 fin.done = true;
+                st.message = Some("deleting without a final snapshot: waiting for the pod to stop".into());
                 fin.next_attempt = None;
                 let note = format!(
                     "final snapshot failed {} time(s) over {}s (last: {msg}); deleting without a final snapshot",
@@ -459,6 +461,11 @@ async fn final_snapshot(
             }
             let wait = backoff_delay(fin.attempts.max(1) as u32).min(limit - elapsed).max(Duration::from_secs(1));
             fin.next_attempt = Some(Time(now + wait));
+            st.message = Some(format!(
+                "deleting: the final snapshot failed {} time(s), retrying (at most {}s in all)",
+                fin.attempts,
+                limit.as_secs()
+            ));
             let note = format!(
                 "final snapshot attempt {} failed: {msg}; retrying in {}s (deletion goes on without it after {}s)",
                 fin.attempts,

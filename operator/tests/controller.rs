@@ -800,6 +800,7 @@ async fn final_snapshot_is_taken_before_the_pod_stops() {
     let fin = h.status()["backup"]["finalSnapshot"].clone();
     assert_eq!((fin["done"].clone(), fin["snapshotId"].clone()), (json!(true), json!("snap-1")));
     assert!(h.fake.events().contains(&("Normal".into(), "FinalSnapshotTaken".into())));
+    assert!(h.status()["message"].as_str().unwrap().contains("final snapshot snap-1 taken"));
     h.fake.remove(POD);
     h.reconcile().await;
     assert!(h.fake.get(TS).is_none(), "finalizer removed");
@@ -830,6 +831,7 @@ async fn final_snapshot_retries_with_backoff_then_deletion_goes_on() {
     assert_eq!(h.reconcile().await, Action::requeue(Duration::from_secs(2)));
     assert_eq!(h.probe.snapshots_taken(), 2);
     assert_eq!(h.status()["backup"]["finalSnapshot"]["attempts"], 2);
+    assert!(h.status()["message"].as_str().unwrap().contains("final snapshot failed 2 time(s)"));
 
     // Past the time limit (600 s): a Warning, and the pod goes without a snapshot.
     h.advance(601);
