@@ -298,8 +298,9 @@ fn has_foreign_controller(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1:
     meta.owner_references.iter().flatten().any(|o| o.controller == Some(true) && Some(o.uid.as_str()) != uid)
 }
 
-/// Deletion: stop the pod gracefully (the sidecar drains and checkpoints), then keep or delete
-/// the volume, then drop the finalizer.
+/// Deletion: the final snapshot when `finalSnapshotOnDelete` asks for it (bounded retries), then
+/// stop the pod gracefully (the sidecar drains and checkpoints), then keep or delete the volume,
+/// then drop the finalizer.
 async fn cleanup(ts: &TradeStore, api: &Api<TradeStore>, ctx: &Context) -> Result<Action> {
     let ns = ts.namespace().unwrap_or_default();
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
