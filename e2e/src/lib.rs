@@ -425,6 +425,27 @@ impl Sidecar {
         Ok(resp.json().await?)
     }
 
+    /// `GET /v1/status` (the sidecar's own report: `last_seq`, `last_snapshot`, `sync`, …).
+    pub async fn status(&self) -> Result<Value> {
+        self.get_json("/v1/status").await
+    }
+
+    /// `GET /v1/snapshots`: the manifests, oldest first (a bare list, or `{"snapshots": [...]}`).
+    pub async fn snapshots(&self) -> Result<Vec<Value>> {
+        let v = self.get_json("/v1/snapshots").await?;
+        let list = if v.is_array() { v } else { v["snapshots"].clone() };
+        list.as_array().cloned().with_context(|| format!("GET /v1/snapshots: not a list: {list}"))
+    }
+
+    async fn get_json(&self, path: &str) -> Result<Value> {
+        let resp = self.http.get(format!("{}{path}", self.base)).bearer_auth(&self.token).send().await?;
+        let status = resp.status();
+        if !status.is_success() {
+            bail!("GET {path}: HTTP {status}");
+        }
+        Ok(resp.json().await?)
+    }
+
     /// Waits until the Service answers `/readyz` with 200.
     pub async fn wait_serving(&self, timeout: Duration) -> Result<()> {
         wait_for(&format!("{} serving", self.base), timeout, Duration::from_millis(300), || async {

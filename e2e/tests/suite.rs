@@ -268,6 +268,16 @@ async fn t05_invalid_spec_rejected_by_api_server() -> Result<()> {
                 json!({"probes": {"periodSeconds": 2, "timeoutSeconds": 5, "unresponsiveSeconds": 10}}),
             ),
             ("maxRestarts 0", json!({"restartPolicy": {"maxRestarts": 0}})),
+            (
+                "cron schedule with 4 fields",
+                json!({"backup": {"schedule": "*/5 * * *", "target": {"volume": {"claimName": "backups"}}}}),
+            ),
+            (
+                "CEL two backup targets",
+                json!({"backup": {"schedule": "0 * * * *", "target": {"volume": {"claimName": "backups"},
+                    "s3": {"bucket": "bkt", "credentialsSecretName": "s3"}}}}),
+            ),
+            ("snapshot id with a slash", json!({"bootstrap": {"snapshotId": "../other-store/x"}})),
         ];
         for (what, extra) in cases {
             let mut m = env.store_manifest("bad", extra);
@@ -563,6 +573,99 @@ async fn t10_stop_resume_and_volume_changes() -> Result<()> {
         );
         let p = env.pod("desk").await?.context("pod gone")?;
         ensure!(p.uid().as_deref() == Some(uid.as_str()), "a storage change replaced the pod");
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes cluster with the chart installed: run e2e/run.sh"]
+async fn t11_backup_then_restore_into_a_new_store() -> Result<()> {
+    with_env("backup", |env| async move {
+        // A backup volume the two stores use one after the other (ReadWriteOnce: the first store
+        // is stopped before the second starts, so this also works when they land on different nodes).
+        let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(env.client.clone(), &env.ns);
+        let claim: PersistentVolumeClaim = serde_json::from_value(json!({
+            "metadata": {"name": "backups", "namespace": env.ns},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+        }))?;
+        pvcs.create(&PostParams::default(), &claim).await?;
+        // A schedule that does not fire during the test: only the requested snapshot exists.
+        let backup = json!({"schedule": "0 0 1 1 *", "target": {"volume": {"claimName": "backups"}}});
+        let extra = |more: Value| {
+            let mut spec = json!({"backup": backup.clone(), "storage": {"retentionPolicy": "Delete"}});
+            tradestore_e2e::merge(&mut spec, more);
+            spec
+        };
+
+        env.create_store("source", extra(json!({}))).await?;
+        env.wait_ready("source", READY).await?;
+        let sc = env.sidecar("source").await?;
+        sc.wait_serving(SHORT).await?;
+        let ids = sc.write_many("t11", "MSFT", 40).await?;
+        let written_seq = sc.status().await?["last_seq"].as_i64().context("no last_seq")?;
+        ensure!(written_seq >= 40, "last_seq {written_seq} after 40 writes");
+        if sc.status().await?["last_snapshot"].is_null() {
+            let ts = env.store("source").await?;
+            ensure!(
+                condition(&ts, "BackupReady").is_some_and(|c| c["status"] == "False" && c["reason"] == "NoSnapshotYet"),
+                "BackupReady before any snapshot: {:?}",
+                condition(&ts, "BackupReady")
+            );
+        }
+
+        // On-demand snapshot through the annotation.
+        env.patch_store("source", json!({"metadata": {"annotations": {"tradestore.io/backup-request": "e2e-1"}}}))
+            .await?;
+        let backup_status = wait_for("status.backup for request e2e-1", READY, Duration::from_millis(500), || async {
+            let ts = env.store("source").await?;
+            let b = ts.data.pointer("/status/backup").cloned().unwrap_or(Value::Null);
+            if b["lastRequest"] == "e2e-1" { Ok(Some(b)) } else { Err(anyhow!("status.backup {b}")) }
+        })
+        .await?;
+        ensure!(backup_status.get("lastFailure").is_none(), "the snapshot failed: {backup_status}");
+        let id = backup_status["lastSnapshot"].as_str().context("no lastSnapshot")?.to_string();
+        let seq = backup_status["lastSeq"].as_i64().context("no lastSeq")?;
+        ensure!(seq >= written_seq, "snapshot seq {seq} < last written seq {written_seq}");
+        ensure!(backup_status["lastSuccessfulTime"].is_string(), "no lastSuccessfulTime: {backup_status}");
+        let evs = env.events("source").await?;
+        ensure!(evs.iter().any(|(t, r, _)| t == "Normal" && r == "BackupTaken"), "no BackupTaken event: {evs:?}");
+        let ts = env.store("source").await?;
+        ensure!(
+            condition(&ts, "BackupReady").is_some_and(|c| c["status"] == "True"),
+            "BackupReady after the snapshot: {:?}",
+            condition(&ts, "BackupReady")
+        );
+        let listed = sc.snapshots().await?;
+        ensure!(listed.iter().any(|m| m["id"] == id.as_str()), "snapshot {id} not in GET /v1/snapshots: {listed:?}");
+        let status = sc.status().await?;
+        ensure!(status["last_snapshot"]["id"] == id.as_str(), "sidecar last_snapshot: {}", status["last_snapshot"]);
+
+        // Free the backup volume: stop the source.
+        env.patch_store("source", json!({"spec": {"stopped": true}})).await?;
+        env.wait_phase("source", "Stopped", READY).await?;
+        wait_for("source pod gone", READY, Duration::from_millis(500), || async {
+            Ok(env.pod("source").await?.is_none().then_some(()))
+        })
+        .await?;
+
+        // Restore into a new store: its volume is empty, so the sidecar starts from the snapshot.
+        env.create_store("restored", extra(json!({"bootstrap": {"snapshotId": id}}))).await?;
+        env.wait_ready("restored", READY).await?;
+        let rc = env.sidecar("restored").await?;
+        rc.wait_serving(SHORT).await?;
+        rc.check_all(&ids, "MSFT").await?;
+        let state = rc.state("MSFT").await?;
+        ensure!(state["trade_count"] == 40, "restored state: {state}");
+        let restored_seq = rc.status().await?["last_seq"].as_i64().context("no last_seq")?;
+        ensure!(restored_seq == seq, "restored last_seq {restored_seq} != snapshot seq {seq}");
+        // The restored store takes writes of its own.
+        rc.write("t11-after-restore", "MSFT", 1.0, 1.0).await?;
+
+        if env.settings.fixed_namespace.is_some() {
+            // Shared namespace: leave no claim behind (stores go in Env::finish).
+            pvcs.delete("backups", &DeleteParams::default()).await?;
+        }
         Ok(())
     })
     .await

@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::{ObjectReference, PersistentVolumeClaim, Pod, Secret};
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -18,11 +17,18 @@ use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, warn};
 
-use crate::crd::{FenceStatus, Phase, RetentionPolicy, SidecarReport, StorageStatus, TradeStore, TradeStoreStatus};
+use crate::crd::{
+    BackupStatus, FenceStatus, FinalSnapshotStatus, IntegrityStatus, JournalStatus, Phase, RetentionPolicy,
+    StorageStatus, SyncStatus, TradeStore, TradeStoreStatus,
+};
 use crate::metrics::Metrics;
-use crate::resources::{self, CLEAR_FENCE_ANNOTATION, SPEC_HASH_ANNOTATION};
+use crate::resources::{self, BACKUP_REQUEST_ANNOTATION, CLEAR_FENCE_ANNOTATION, SPEC_HASH_ANNOTATION};
+use crate::sidecar_api::{SidecarClient, SidecarStatus, Snapshot};
 use crate::sidecar_config::{PORT, TOKEN_KEY};
-use crate::status::{self, DEGRADED, PROGRESSING, READY, set_condition};
+use crate::status::{
+    self, BACKUP_READY, DEGRADED, PROGRESSING, READY, SYNC_HEALTHY, remove_condition, set_condition,
+    set_condition_unknown,
+};
 use crate::validate::{parse_quantity, validate};
 
 /// Finalizer on every TradeStore: deletion waits for the pod to stop and applies the PVC
@@ -43,6 +49,9 @@ pub enum Error {
     /// A referenced object is missing or wrong.
     #[error("missing dependency: {0}")]
     Dependency(String),
+    /// A sidecar API call failed (unreachable, timed out, or answered with an error).
+    #[error("sidecar: {0}")]
+    Sidecar(String),
 }
 
 impl Error {
@@ -54,6 +63,7 @@ impl Error {
             Error::Kube(_) => "ClientError".into(),
             Error::Conflict(_) => "Conflict".into(),
             Error::Dependency(_) => "Dependency".into(),
+            Error::Sidecar(_) => "Sidecar".into(),
         }
     }
 }
@@ -61,80 +71,21 @@ impl Error {
 /// Result of a reconcile step.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Asks a running sidecar for its `/v1/status`.
-pub trait SidecarProbe: Send + Sync {
-    /// `base` is `http://<pod IP>:8080`; `token` is sent as a bearer token when reads are protected.
-    fn status<'a>(&'a self, base: &'a str, token: Option<&'a str>) -> BoxFuture<'a, Result<SidecarReport, String>>;
-}
-
-/// The real probe: an HTTP GET with a short timeout.
-pub struct HttpSidecarProbe {
-    client: reqwest::Client,
-}
-
-impl HttpSidecarProbe {
-    /// A probe with a 2 s timeout.
-    pub fn new() -> Self {
-        let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().expect("reqwest client");
-        HttpSidecarProbe { client }
-    }
-}
-
-impl Default for HttpSidecarProbe {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-#[derive(serde::Deserialize)]
-struct SidecarStatusDoc {
-    schema_version: Option<i64>,
-    last_seq: Option<i64>,
-    trade_rows: Option<i64>,
-    wal_bytes: Option<i64>,
-    last_checkpoint_unix: Option<i64>,
-    queue_depth: Option<i64>,
-    ready: Option<bool>,
-    not_ready_reason: Option<String>,
-}
-
-impl SidecarProbe for HttpSidecarProbe {
-    fn status<'a>(&'a self, base: &'a str, token: Option<&'a str>) -> BoxFuture<'a, Result<SidecarReport, String>> {
-        Box::pin(async move {
-            let mut req = self.client.get(format!("{base}/v1/status"));
-            if let Some(t) = token {
-                req = req.bearer_auth(t);
-            }
-            let resp = req.send().await.map_err(|e| e.to_string())?;
-            if !resp.status().is_success() {
-                return Err(format!("GET /v1/status: HTTP {}", resp.status()));
-            }
-            let d: SidecarStatusDoc = resp.json().await.map_err(|e| e.to_string())?;
-            Ok(SidecarReport {
-                schema_version: d.schema_version,
-                last_seq: d.last_seq,
-                trade_rows: d.trade_rows,
-                wal_bytes: d.wal_bytes,
-                last_checkpoint_unix: d.last_checkpoint_unix,
-                queue_depth: d.queue_depth,
-                ready: d.ready,
-                not_ready_reason: d.not_ready_reason,
-            })
-        })
-    }
-}
-
 /// Tunables of the controller.
 #[derive(Clone, Debug)]
 pub struct Settings {
     /// Field manager of server-side apply.
     pub field_manager: String,
-    /// Query the sidecar's `/v1/status` (needs network access to pod IPs).
+    /// Call the sidecar's API: `/v1/status`, on-demand and final snapshots (needs network access
+    /// to pod IPs).
     pub probe_sidecar: bool,
     /// Requeue interval of a healthy store (status refresh).
     pub resync: Duration,
     /// Requeue interval while something is in progress.
     pub poll: Duration,
+    /// How long a deletion retries the final snapshot (`finalSnapshotOnDelete`) before it goes on
+    /// without one.
+    pub final_snapshot_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -144,6 +95,7 @@ impl Default for Settings {
             probe_sidecar: true,
             resync: Duration::from_secs(60),
             poll: Duration::from_secs(2),
+            final_snapshot_timeout: Duration::from_secs(600),
         }
     }
 }
@@ -158,8 +110,8 @@ pub struct Context {
     pub metrics: Metrics,
     /// Tunables.
     pub settings: Settings,
-    /// `/v1/status` client.
-    pub probe: Arc<dyn SidecarProbe>,
+    /// Client of the sidecars' API.
+    pub sidecar: Arc<dyn SidecarClient>,
     /// Current time (replaceable in tests).
     pub clock: Arc<dyn Fn() -> Timestamp + Send + Sync>,
     /// Consecutive failures per object, for backoff.
@@ -168,14 +120,14 @@ pub struct Context {
 
 impl Context {
     /// A context with the real clock.
-    pub fn new(client: Client, metrics: Metrics, settings: Settings, probe: Arc<dyn SidecarProbe>) -> Self {
+    pub fn new(client: Client, metrics: Metrics, settings: Settings, sidecar: Arc<dyn SidecarClient>) -> Self {
         let reporter = Reporter { controller: "tradestore-operator".into(), instance: std::env::var("POD_NAME").ok() };
         Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             metrics,
             settings,
-            probe,
+            sidecar,
             clock: Arc::new(Timestamp::now),
             failures: Mutex::new(HashMap::new()),
         }
@@ -346,8 +298,9 @@ fn has_foreign_controller(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1:
     meta.owner_references.iter().flatten().any(|o| o.controller == Some(true) && Some(o.uid.as_str()) != uid)
 }
 
-/// Deletion: stop the pod gracefully (the sidecar drains and checkpoints), then keep or delete
-/// the volume, then drop the finalizer.
+/// Deletion: the final snapshot when `finalSnapshotOnDelete` asks for it (bounded retries), then
+/// stop the pod gracefully (the sidecar drains and checkpoints), then keep or delete the volume,
+/// then drop the finalizer.
 async fn cleanup(ts: &TradeStore, api: &Api<TradeStore>, ctx: &Context) -> Result<Action> {
     let ns = ts.namespace().unwrap_or_default();
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
@@ -362,21 +315,28 @@ async fn cleanup(ts: &TradeStore, api: &Api<TradeStore>, ctx: &Context) -> Resul
         st.message = Some("deleting: waiting for the pod to stop".into());
         // Keep the new resourceVersion: the finalizer patch below is guarded by it.
         *ts = patch_status(api, ts, &st).await?;
-        if ts.spec.backup.as_ref().is_some_and(|b| b.final_snapshot_on_delete) {
-            ctx.event(
-                ts,
-                EventType::Warning,
-                "FinalSnapshotSkipped",
-                "Delete",
-                "finalSnapshotOnDelete is not implemented yet; no snapshot was taken".into(),
-            )
-            .await;
+    }
+
+    let pod = pods.get_opt(&name).await?.filter(|p| owned_by(&p.metadata, ts));
+    if wants_final_snapshot(ts) {
+        match &pod {
+            Some(p) if !is_terminating(p) => {
+                if let Some(wait) = final_snapshot(ts, api, ctx, p).await? {
+                    return Ok(Action::requeue(wait));
+                }
+            }
+            // No sidecar runs (stopped, fenced, or already stopping): nothing can take it.
+            _ => {
+                let now = (ctx.clock)();
+                let note =
+                    "no running sidecar (stopped, fenced or already stopping): deleting without a final snapshot";
+                finish_final_snapshot(ts, api, now, note.to_string()).await?;
+                ctx.event(ts, EventType::Warning, "FinalSnapshotSkipped", "Delete", note.into()).await;
+            }
         }
     }
 
-    if let Some(pod) = pods.get_opt(&name).await?
-        && owned_by(&pod.metadata, ts)
-    {
+    if let Some(pod) = pod {
         if !is_terminating(&pod) {
             delete_pod(&pods, &pod).await?;
             ctx.event(ts, EventType::Normal, "Stopping", "Delete", format!("deleting pod {name}")).await;
@@ -413,6 +373,161 @@ async fn cleanup(ts: &TradeStore, api: &Api<TradeStore>, ctx: &Context) -> Resul
     remove_finalizer(ts, api).await?;
     info!(store = key_of(&ts.metadata), "finalized");
     Ok(Action::await_change())
+}
+
+/// `finalSnapshotOnDelete` is set and the final snapshot is not finished yet.
+fn wants_final_snapshot(ts: &TradeStore) -> bool {
+    ts.spec.backup.as_ref().is_some_and(|b| b.final_snapshot_on_delete)
+        && !ts
+            .status
+            .as_ref()
+            .and_then(|s| s.backup.as_ref())
+            .and_then(|b| b.final_snapshot.as_ref())
+            .is_some_and(|f| f.done)
+}
+
+/// One attempt at the final snapshot of a store being deleted. `None`: finished (taken, or given
+/// up after `final_snapshot_timeout`), the pod may go. `Some(wait)`: retry after `wait`. The
+/// attempt count and the earliest next attempt live in the status, so the status writes (which
+/// trigger reconciles at once) do not shorten the backoff.
+async fn final_snapshot(
+    ts: &mut TradeStore,
+    api: &Api<TradeStore>,
+    ctx: &Context,
+    pod: &Pod,
+) -> Result<Option<Duration>> {
+    let now = (ctx.clock)();
+    let mut st = ts.status.clone().unwrap_or_default();
+    let mut backup = st.backup.clone().unwrap_or_default();
+    let mut fin = backup.final_snapshot.clone().unwrap_or(FinalSnapshotStatus {
+        started: Time(now),
+        attempts: 0,
+        next_attempt: None,
+        done: false,
+        snapshot_id: None,
+        last_error: None,
+    });
+    if let Some(next) = &fin.next_attempt
+        && next.0 > now
+    {
+        return Ok(Some(until(now, next.0)));
+    }
+    let attempt = async {
+        if !ctx.settings.probe_sidecar {
+            return Err(Error::Sidecar("the operator does not call sidecars (--probe-sidecar=false)".into()));
+        }
+        let base = sidecar_base(pod)
+            .filter(|_| status::sidecar_ready(pod))
+            .ok_or_else(|| Error::Sidecar("the sidecar is not ready".into()))?;
+        let token = read_token(ts, ctx).await?.ok_or_else(|| Error::Sidecar("no API token yet".into()))?;
+        ctx.sidecar.snapshot(&base, &token).await
+    };
+    let result = attempt.await;
+    fin.attempts += 1;
+    match result {
+        Ok(snap) => {
+            record_snapshot(&mut backup, &snap, true);
+            let note = format!("final snapshot {} (seq {}) taken before stopping the pod", snap.id, snap.seq);
+            fin.done = true;
+            st.message = Some(format!("deleting: final snapshot {} taken; waiting for the pod to stop", snap.id));
+            fin.snapshot_id = Some(snap.id);
+            fin.last_error = None;
+            fin.next_attempt = None;
+            backup.final_snapshot = Some(fin);
+            st.backup = Some(backup);
+            *ts = patch_status(api, ts, &st).await?;
+            ctx.event(ts, EventType::Normal, "FinalSnapshotTaken", "Delete", note).await;
+            Ok(None)
+        }
+        Err(e) => {
+            let elapsed = now.duration_since(fin.started.0).unsigned_abs();
+            let limit = ctx.settings.final_snapshot_timeout;
+            let give_up = elapsed >= limit || !ctx.settings.probe_sidecar;
+            let msg = e.to_string();
+            fin.last_error = Some(msg.clone());
+            if give_up {
+                fin.done = true;
+                st.message = Some("deleting without a final snapshot: waiting for the pod to stop".into());
+                fin.next_attempt = None;
+                let note = format!(
+                    "final snapshot failed {} time(s) over {}s (last: {msg}); deleting without a final snapshot",
+                    fin.attempts,
+                    elapsed.as_secs()
+                );
+                backup.final_snapshot = Some(fin);
+                st.backup = Some(backup);
+                *ts = patch_status(api, ts, &st).await?;
+                ctx.event(ts, EventType::Warning, "FinalSnapshotAbandoned", "Delete", truncate(&note, 1000)).await;
+                return Ok(None);
+            }
+            let wait = backoff_delay(fin.attempts.max(1) as u32).min(limit - elapsed).max(Duration::from_secs(1));
+            fin.next_attempt = Some(Time(now + wait));
+            st.message = Some(format!(
+                "deleting: the final snapshot failed {} time(s), retrying (at most {}s in all)",
+                fin.attempts,
+                limit.as_secs()
+            ));
+            let note = format!(
+                "final snapshot attempt {} failed: {msg}; retrying in {}s (deletion goes on without it after {}s)",
+                fin.attempts,
+                wait.as_secs(),
+                limit.as_secs()
+            );
+            backup.final_snapshot = Some(fin);
+            st.backup = Some(backup);
+            *ts = patch_status(api, ts, &st).await?;
+            ctx.event(ts, EventType::Warning, "FinalSnapshotFailed", "Delete", truncate(&note, 1000)).await;
+            Ok(Some(wait))
+        }
+    }
+}
+
+/// Marks the final snapshot finished without one (nothing could take it).
+async fn finish_final_snapshot(ts: &mut TradeStore, api: &Api<TradeStore>, now: Timestamp, why: String) -> Result<()> {
+    let mut st = ts.status.clone().unwrap_or_default();
+    let mut backup = st.backup.clone().unwrap_or_default();
+    let attempts = backup.final_snapshot.as_ref().map(|f| f.attempts).unwrap_or(0);
+    let started = backup.final_snapshot.as_ref().map(|f| f.started.clone()).unwrap_or(Time(now));
+    backup.final_snapshot = Some(FinalSnapshotStatus {
+        started,
+        attempts,
+        next_attempt: None,
+        done: true,
+        snapshot_id: None,
+        last_error: Some(why),
+    });
+    st.backup = Some(backup);
+    *ts = patch_status(api, ts, &st).await?;
+    Ok(())
+}
+
+fn until(now: Timestamp, then: Timestamp) -> Duration {
+    then.duration_since(now).unsigned_abs().max(Duration::from_secs(1))
+}
+
+/// `http://<pod IP>:8080`, once the pod has an IP.
+fn sidecar_base(pod: &Pod) -> Option<String> {
+    let ip = pod.status.as_ref()?.pod_ip.clone()?;
+    let host = if ip.contains(':') { format!("[{ip}]") } else { ip };
+    Some(format!("http://{host}:{PORT}"))
+}
+
+/// Records a snapshot the sidecar reported or took as the newest one. `asked`: the operator
+/// asked for it, so the failure of an earlier request is settled.
+fn record_snapshot(backup: &mut BackupStatus, snap: &Snapshot, asked: bool) {
+    let taken = snap.created_at.parse::<Timestamp>().ok();
+    let newer_than_failure = match (&backup.last_failure_time, taken) {
+        (Some(f), Some(t)) => t > f.0,
+        (Some(_), None) => false,
+        (None, _) => true,
+    };
+    if asked || newer_than_failure {
+        backup.last_failure = None;
+        backup.last_failure_time = None;
+    }
+    backup.last_snapshot = Some(snap.id.clone());
+    backup.last_seq = Some(snap.seq);
+    backup.last_successful_time = taken.map(Time);
 }
 
 async fn delete_pod(pods: &Api<Pod>, pod: &Pod) -> Result<()> {
@@ -470,6 +585,29 @@ struct PodOutcome {
     ready: bool,
     progressing: Option<(&'static str, String)>,
     requeue: Duration,
+}
+
+/// A pod step that started something (create, delete): its event, and an outcome that is not
+/// ready, shows the step as Progressing (with the event's reason) and looks again after `poll`.
+struct Transition {
+    phase: Phase,
+    type_: EventType,
+    reason: &'static str,
+    action: &'static str,
+    note: String,
+    progress: String,
+}
+
+impl Transition {
+    async fn publish(self, ctx: &Context, ts: &TradeStore) -> PodOutcome {
+        ctx.event(ts, self.type_, self.reason, self.action, self.note).await;
+        PodOutcome {
+            phase: self.phase,
+            ready: false,
+            progressing: Some((self.reason, self.progress)),
+            requeue: ctx.settings.poll,
+        }
+    }
 }
 
 /// The main pipeline for a live store.
@@ -564,19 +702,29 @@ async fn apply(ts: &TradeStore, api: &Api<TradeStore>, ctx: &Context) -> Result<
 
     let outcome = reconcile_pod(ts, ctx, &pods, current.as_ref(), &mut st, now).await?;
 
-    // Sidecar facts.
-    if outcome.ready && ctx.settings.probe_sidecar {
-        if let Some(ip) = current.as_ref().and_then(|p| p.status.as_ref()).and_then(|s| s.pod_ip.clone()) {
-            let host = if ip.contains(':') { format!("[{ip}]") } else { ip };
-            let token = if ts.spec.auth.protect_reads { token.as_deref() } else { None };
-            match ctx.probe.status(&format!("http://{host}:{PORT}"), token).await {
-                Ok(report) => st.sidecar = Some(report),
-                Err(e) => warn!(store = key_of(&ts.metadata), error = %e, "sidecar /v1/status unreachable"),
+    // The sidecar's API: on-demand snapshot, then its facts.
+    let base = current.as_ref().filter(|_| outcome.ready && ctx.settings.probe_sidecar).and_then(sidecar_base);
+    let mut requeue = outcome.requeue;
+    if !backup_request(ts, ctx, base.as_deref(), token.as_deref(), &mut st, now).await {
+        requeue = requeue.min(ctx.settings.poll);
+    }
+    let facts = match &base {
+        Some(base) => {
+            let read_token = if ts.spec.auth.protect_reads { token.as_deref() } else { None };
+            match ctx.sidecar.status(base, read_token).await {
+                Ok(facts) => Some(facts),
+                Err(e) => {
+                    warn!(store = key_of(&ts.metadata), error = %e, "sidecar /v1/status unreachable");
+                    None
+                }
             }
         }
-    } else if !outcome.ready {
+        None => None,
+    };
+    if !outcome.ready {
         st.sidecar = None;
     }
+    sidecar_facts(ts, &mut st, facts, outcome.ready, generation, now);
 
     // Conditions and phase.
     st.phase = Some(outcome.phase);
@@ -602,6 +750,13 @@ async fn apply(ts: &TradeStore, api: &Api<TradeStore>, ctx: &Context) -> Result<
         None => set_condition(&mut st.conditions, DEGRADED, false, "AsExpected", "", generation, now),
     }
     st.message = Some(ready_msg);
+    match &ts.spec.backup {
+        Some(spec) => {
+            let (ok, reason, msg) = status::backup_condition(spec, st.backup.as_ref(), now);
+            set_condition(&mut st.conditions, BACKUP_READY, ok, reason, msg, generation, now);
+        }
+        None => remove_condition(&mut st.conditions, BACKUP_READY),
+    }
 
     if old.phase != st.phase {
         let from = old.phase.map(|p| format!("{p:?}")).unwrap_or_else(|| "-".into());
@@ -611,7 +766,110 @@ async fn apply(ts: &TradeStore, api: &Api<TradeStore>, ctx: &Context) -> Result<
     if st != old {
         patch_status(api, ts, &st).await?;
     }
-    Ok(Action::requeue(outcome.requeue))
+    Ok(Action::requeue(requeue))
+}
+
+/// Acts on a new `tradestore.io/backup-request` value: asks the sidecar for a snapshot once per
+/// value (remembered in `status.backup.lastRequest`, also when it failed). Returns false while a
+/// request waits for the sidecar to become reachable.
+async fn backup_request(
+    ts: &TradeStore,
+    ctx: &Context,
+    base: Option<&str>,
+    token: Option<&str>,
+    st: &mut TradeStoreStatus,
+    now: Timestamp,
+) -> bool {
+    let Some(request) = ts.annotations().get(BACKUP_REQUEST_ANNOTATION) else { return true };
+    let mut backup = st.backup.clone().unwrap_or_default();
+    if backup.last_request.as_deref() == Some(request.as_str()) {
+        return true;
+    }
+    let result = match (base, token) {
+        (Some(base), Some(token)) => ctx.sidecar.snapshot(base, token).await,
+        _ if !ctx.settings.probe_sidecar => {
+            Err(Error::Sidecar("the operator does not call sidecars (--probe-sidecar=false)".into()))
+        }
+        // Not ready yet (or the token Secret was only just created): try again soon.
+        _ => return false,
+    };
+    backup.last_request = Some(request.clone());
+    match result {
+        Ok(snap) => {
+            let note = format!(
+                "snapshot {} taken on request {request:?}: seq {}, {} trades, {} bytes",
+                snap.id, snap.seq, snap.trade_rows, snap.size_bytes
+            );
+            record_snapshot(&mut backup, &snap, true);
+            ctx.event(ts, EventType::Normal, "BackupTaken", "Backup", note).await;
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            backup.last_failure = Some(msg.clone());
+            backup.last_failure_time = Some(Time(now));
+            let note = format!("snapshot on request {request:?} failed: {msg}; set a new value to try again");
+            ctx.event(ts, EventType::Warning, "BackupFailed", "Backup", truncate(&note, 1000)).await;
+        }
+    }
+    st.backup = Some(backup);
+    true
+}
+
+/// Copies what the sidecar reported (`None`: not reachable now) into the status: the sidecar
+/// report, the newest snapshot, sync, journal and integrity, and the `SyncHealthy` condition.
+fn sidecar_facts(
+    ts: &TradeStore,
+    st: &mut TradeStoreStatus,
+    facts: Option<SidecarStatus>,
+    ready: bool,
+    generation: Option<i64>,
+    now: Timestamp,
+) {
+    let spec = &ts.spec;
+    if let Some(f) = facts {
+        st.sidecar = Some(f.report);
+        if let Some(snap) = &f.last_snapshot {
+            let mut backup = st.backup.clone().unwrap_or_default();
+            record_snapshot(&mut backup, snap, false);
+            st.backup = Some(backup);
+        }
+        st.sync = spec.clickhouse.as_ref().map(|_| SyncStatus {
+            watermark: Some(f.sync.watermark),
+            lag: Some(f.sync.lag),
+            degraded: f.sync.degraded,
+            last_error: f.sync.last_error.clone(),
+        });
+        st.journal = spec.redis.as_ref().map(|_| JournalStatus {
+            watermark: Some(f.journal.watermark),
+            lag: Some(f.journal.lag),
+            healthy: f.journal.healthy,
+            last_error: f.journal.last_error.clone(),
+        });
+        st.integrity = f.integrity.last_run.clone().map(|last_run| IntegrityStatus {
+            last_run: Some(last_run),
+            ok: f.integrity.ok,
+            error: f.integrity.error.clone(),
+        });
+        if spec.clickhouse.is_some() {
+            let (ok, reason, msg) = status::sync_condition(&f.sync);
+            set_condition(&mut st.conditions, SYNC_HEALTHY, ok, reason, msg, generation, now);
+        }
+    } else if !ready {
+        // No sidecar to ask: its live facts are gone, the last snapshot stays known.
+        st.sync = None;
+        st.journal = None;
+        if spec.clickhouse.is_some() {
+            let msg = "the sidecar is not ready: sync state unknown";
+            set_condition_unknown(&mut st.conditions, SYNC_HEALTHY, "SidecarNotReady", msg, generation, now);
+        }
+    }
+    if spec.clickhouse.is_none() {
+        st.sync = None;
+        remove_condition(&mut st.conditions, SYNC_HEALTHY);
+    }
+    if spec.redis.is_none() {
+        st.journal = None;
+    }
 }
 
 /// Creates, keeps, replaces or removes the pod.
@@ -641,20 +899,16 @@ async fn reconcile_pod(
             uid: created.metadata.uid.clone().unwrap_or_default(),
             spec_hash: desired_hash.clone(),
         });
-        ctx.event(
-            ts,
-            EventType::Normal,
-            "PodCreated",
-            "Create",
-            format!("created pod {} ({desired_hash})", created.name_any()),
-        )
-        .await;
-        return Ok(PodOutcome {
+        return Ok(Transition {
             phase: Phase::Pending,
-            ready: false,
-            progressing: Some(("PodCreated", "waiting for the new pod to become ready".into())),
-            requeue: poll,
-        });
+            type_: EventType::Normal,
+            reason: "PodCreated",
+            action: "Create",
+            note: format!("created pod {} ({desired_hash})", created.name_any()),
+            progress: "waiting for the new pod to become ready".into(),
+        }
+        .publish(ctx, ts)
+        .await);
     };
 
     let current_hash = pod.annotations().get(SPEC_HASH_ANNOTATION).cloned().unwrap_or_default();
@@ -681,31 +935,30 @@ async fn reconcile_pod(
             Phase::Fenced => ("Fencing", format!("deleting pod {}: the store is fenced", pod.name_any())),
             _ => ("Stopping", format!("deleting pod {}: spec.stopped is true", pod.name_any())),
         };
-        ctx.event(ts, EventType::Normal, reason, "Delete", note).await;
-        return Ok(PodOutcome {
+        return Ok(Transition {
             phase: idle_phase,
-            ready: false,
-            progressing: Some((reason, "waiting for the pod to stop".into())),
-            requeue: poll,
-        });
+            type_: EventType::Normal,
+            reason,
+            action: "Delete",
+            note,
+            progress: "waiting for the pod to stop".into(),
+        }
+        .publish(ctx, ts)
+        .await);
     }
 
     if current_hash != desired_hash {
         delete_pod(pods, pod).await?;
-        ctx.event(
-            ts,
-            EventType::Normal,
-            "RollingOut",
-            "Delete",
-            format!("replacing pod {}: spec hash {current_hash} → {desired_hash}", pod.name_any()),
-        )
-        .await;
-        return Ok(PodOutcome {
+        return Ok(Transition {
             phase: Phase::Updating,
-            ready: false,
-            progressing: Some(("RollingOut", "replacing the pod after a spec change".into())),
-            requeue: poll,
-        });
+            type_: EventType::Normal,
+            reason: "RollingOut",
+            action: "Delete",
+            note: format!("replacing pod {}: spec hash {current_hash} → {desired_hash}", pod.name_any()),
+            progress: "replacing the pod after a spec change".into(),
+        }
+        .publish(ctx, ts)
+        .await);
     }
 
     let phase = status::pod_phase(pod);
@@ -714,20 +967,16 @@ async fn reconcile_pod(
         status::add_restarts(&mut st.restarts, 1, now);
         delete_pod(pods, pod).await?;
         let reason = pod.status.as_ref().and_then(|s| s.reason.clone()).unwrap_or_else(|| phase.to_string());
-        ctx.event(
-            ts,
-            EventType::Warning,
-            "PodFailed",
-            "Delete",
-            format!("pod {} ended ({reason}); replacing it", pod.name_any()),
-        )
-        .await;
-        return Ok(PodOutcome {
+        return Ok(Transition {
             phase: Phase::Pending,
-            ready: false,
-            progressing: Some(("PodFailed", format!("replacing the pod that ended ({reason})"))),
-            requeue: poll,
-        });
+            type_: EventType::Warning,
+            reason: "PodFailed",
+            action: "Delete",
+            note: format!("pod {} ended ({reason}); replacing it", pod.name_any()),
+            progress: format!("replacing the pod that ended ({reason})"),
+        }
+        .publish(ctx, ts)
+        .await);
     }
 
     let ready = status::sidecar_ready(pod);
@@ -746,6 +995,12 @@ async fn reconcile_pod(
 fn token_of(secret: &Secret) -> Option<String> {
     let raw = secret.data.as_ref()?.get(TOKEN_KEY)?;
     Some(String::from_utf8_lossy(&raw.0).trim().to_string())
+}
+
+/// The store's API token from its Secret, without creating anything.
+async fn read_token(ts: &TradeStore, ctx: &Context) -> Result<Option<String>> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ts.namespace().unwrap_or_default());
+    Ok(secrets.get_opt(&resources::token_secret_name(ts)).await?.as_ref().and_then(token_of))
 }
 
 /// Creates the generated token Secret once; checks a user-provided one. Returns the token (the

@@ -38,7 +38,7 @@ pub const VERSION: &str = "v1alpha1";
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
     printcolumn(name = "Restarts", type_ = "integer", json_path = ".status.restarts.inWindow", priority = 1),
     printcolumn(name = "Last Backup", type_ = "date", json_path = ".status.backup.lastSuccessfulTime"),
-    printcolumn(name = "Sync Lag", type_ = "string", json_path = ".status.sync.lag"),
+    printcolumn(name = "Sync Lag", type_ = "integer", json_path = ".status.sync.lag"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
@@ -93,21 +93,30 @@ pub struct TradeStoreSpec {
     #[serde(default)]
     pub auth: AuthSpec,
 
-    /// Redis connection (journal / hot-state replication). Not acted upon yet: reserved for the HA issue.
+    /// Redis journal of every committed change (the sidecar's `redis` section; the URL is passed
+    /// to the sidecar from the Secret, never written into the ConfigMap).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis: Option<RedisSpec>,
 
-    /// ClickHouse connection (analytics sync). Not acted upon yet: reserved for the sync issue.
+    /// ClickHouse analytics sync (the sidecar's `clickhouse` section; URL, user and password are
+    /// passed to the sidecar from Secrets). Adds the `SyncHealthy` condition and `status.sync`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clickhouse: Option<ClickHouseSpec>,
 
-    /// Snapshot backups taken by the sidecar. Not acted upon yet: reserved for the backup issue.
+    /// Scheduled snapshot backups taken by the sidecar, their retention and target. Without it
+    /// the sidecar takes no scheduled snapshots; on-demand ones (annotation
+    /// `tradestore.io/backup-request`) go to a staging directory on the data volume.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<BackupSpec>,
 
-    /// Periodic integrity checks run by the sidecar. Not acted upon yet.
+    /// Periodic integrity checks run by the sidecar (every 60 s, failures reported, when unset).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub integrity_check: Option<IntegrityCheckSpec>,
+
+    /// Restore: a new store (no database file on its volume yet) starts from this snapshot
+    /// instead of empty. Ignored once the database file exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap: Option<BootstrapSpec>,
 
     /// Extra containers sharing the pod with the sidecar (the trading application). They reach the
     /// sidecar at http://127.0.0.1:8080; `TRADESTORE_URL` and `TRADESTORE_API_TOKEN` are injected
@@ -444,8 +453,8 @@ pub struct ClickHouseSpec {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BackupSpec {
-    /// Cron schedule (5 fields, UTC), e.g. `0 * * * *`.
-    #[schemars(length(min = 9, max = 128))]
+    /// Cron schedule (5 fields: minute hour day-of-month month day-of-week, UTC), e.g. `0 * * * *`.
+    #[schemars(length(min = 9, max = 128), regex(pattern = r"^\s*\S+\s+\S+\s+\S+\s+\S+\s+\S+\s*$"))]
     pub schedule: String,
     /// How many snapshots to keep.
     #[serde(default)]
@@ -510,9 +519,14 @@ pub struct S3Target {
     /// Key prefix.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix: Option<String>,
-    /// Endpoint URL for non-AWS stores.
+    /// Endpoint URL for non-AWS stores, e.g. `http://minio:9000` (plain HTTP is allowed when the
+    /// scheme says so).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
+    /// Region of the bucket.
+    #[serde(default = "default_region")]
+    #[schemars(length(min = 1, max = 64))]
+    pub region: String,
     /// Secret with `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`.
     #[schemars(length(min = 1, max = 253))]
     pub credentials_secret_name: String,
@@ -526,6 +540,32 @@ pub struct IntegrityCheckSpec {
     #[serde(default = "default_integrity_interval")]
     #[schemars(range(min = 10, max = 604800))]
     pub interval_seconds: i64,
+    /// What the sidecar does when a check fails: Report (readiness, status and metrics show it)
+    /// or Recover (also stop once the Redis journal holds every change, quarantine the file and
+    /// restart into recovery from the newest verified snapshot plus the journal; needs `redis`).
+    #[serde(default)]
+    pub on_failure: IntegrityFailurePolicy,
+}
+
+/// Reaction to a failed integrity check.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum IntegrityFailurePolicy {
+    /// Report it (not ready, status, metrics) and wait for a human.
+    #[default]
+    Report,
+    /// Report it, then quarantine the file and recover from the newest verified snapshot plus
+    /// the Redis journal (each recovery is one container restart).
+    Recover,
+}
+
+/// Restore source of a new store.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BootstrapSpec {
+    /// Id of a snapshot in the backup target (`spec.backup.target`, else the data volume's
+    /// staging directory), e.g. from `status.backup.lastSnapshot` of the store it was taken from.
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[A-Za-z0-9._-]+$"))]
+    pub snapshot_id: String,
 }
 
 /// Extra pod metadata.
@@ -568,7 +608,8 @@ pub struct TradeStoreStatus {
     /// The generation the status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Ready, Progressing, Degraded (later also backup and sync conditions).
+    /// Ready, Progressing, Degraded; BackupReady with `spec.backup`; SyncHealthy with
+    /// `spec.clickhouse`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// Human-readable detail of the phase.
@@ -593,12 +634,18 @@ pub struct TradeStoreStatus {
     /// The sidecar's own report (`GET /v1/status`) when it was reachable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sidecar: Option<SidecarReport>,
-    /// Backups (filled by a later version).
+    /// Snapshots: the newest one, on-demand requests, the final snapshot on deletion.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<BackupStatus>,
-    /// Redis/ClickHouse sync (filled by a later version).
+    /// The ClickHouse sync as the sidecar reports it (only with `spec.clickhouse`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sync: Option<SyncStatus>,
+    /// The Redis journal as the sidecar reports it (only with `spec.redis`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub journal: Option<JournalStatus>,
+    /// The sidecar's last integrity check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub integrity: Option<IntegrityStatus>,
 }
 
 /// The pod of the store.
@@ -696,21 +743,100 @@ pub struct SidecarReport {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BackupStatus {
-    /// When the last snapshot succeeded.
+    /// When the newest snapshot was taken.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_successful_time: Option<Time>,
-    /// Name of the last snapshot.
+    /// Id of the newest snapshot (usable as `spec.bootstrap.snapshotId`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_snapshot: Option<String>,
+    /// Highest commit sequence the newest snapshot contains.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seq: Option<i64>,
+    /// The last `tradestore.io/backup-request` value acted upon (set a new value to ask again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_request: Option<String>,
+    /// When the last snapshot the operator asked for failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure_time: Option<Time>,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<String>,
+    /// The final snapshot of a store being deleted (`spec.backup.finalSnapshotOnDelete`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_snapshot: Option<FinalSnapshotStatus>,
 }
 
-/// Sync state.
+/// Progress of the final snapshot taken before the pod of a deleted store is stopped.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FinalSnapshotStatus {
+    /// First attempt.
+    pub started: Time,
+    /// Attempts so far.
+    pub attempts: i32,
+    /// No attempt before this time (backoff).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt: Option<Time>,
+    /// Finished: taken, or given up after the time limit (then deletion went on without it).
+    #[serde(default)]
+    pub done: bool,
+    /// Id of the final snapshot, when taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_id: Option<String>,
+    /// The last error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// The ClickHouse sync, as reported by the sidecar.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SyncStatus {
-    /// How far the slowest sync target is behind, e.g. `3s`.
+    /// Highest commit sequence delivered to ClickHouse.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lag: Option<String>,
+    pub watermark: Option<i64>,
+    /// Committed changes not delivered yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag: Option<i64>,
+    /// The sidecar gave up retrying quickly (consecutive failures reached its threshold).
+    #[serde(default)]
+    pub degraded: bool,
+    /// The last error, while failing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// The Redis journal, as reported by the sidecar.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JournalStatus {
+    /// Highest commit sequence journaled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watermark: Option<i64>,
+    /// Committed changes not journaled yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag: Option<i64>,
+    /// The last attempt succeeded.
+    #[serde(default)]
+    pub healthy: bool,
+    /// The last error, while failing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// The last integrity check, as reported by the sidecar.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IntegrityStatus {
+    /// When it finished (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_run: Option<String>,
+    /// It passed.
+    #[serde(default)]
+    pub ok: bool,
+    /// What failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 fn containers_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
@@ -799,6 +925,9 @@ fn default_keep_last() -> i32 {
 fn default_integrity_interval() -> i64 {
     60
 }
+fn default_region() -> String {
+    "us-east-1".into()
+}
 
 impl Default for DuckdbSpec {
     fn default() -> Self {
@@ -854,7 +983,10 @@ impl Default for LogSpec {
 
 impl Default for IntegrityCheckSpec {
     fn default() -> Self {
-        IntegrityCheckSpec { interval_seconds: default_integrity_interval() }
+        IntegrityCheckSpec {
+            interval_seconds: default_integrity_interval(),
+            on_failure: IntegrityFailurePolicy::default(),
+        }
     }
 }
 

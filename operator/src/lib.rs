@@ -7,6 +7,7 @@ pub mod leader;
 pub mod metrics;
 pub mod resources;
 pub mod server;
+pub mod sidecar_api;
 pub mod sidecar_config;
 pub mod status;
 pub mod validate;

@@ -18,11 +18,12 @@ use kube::runtime::{Controller, watcher};
 use kube::{Api, Client};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
-use tradestore_operator::controller::{self, Context, HttpSidecarProbe, Settings};
+use tradestore_operator::controller::{self, Context, Settings};
 use tradestore_operator::crd::TradeStore;
 use tradestore_operator::leader::{Outcome, run_while_leader};
 use tradestore_operator::metrics::Metrics;
 use tradestore_operator::server::{self, Health};
+use tradestore_operator::sidecar_api::HttpSidecarClient;
 
 /// The TradeStore operator.
 #[derive(Parser, Debug)]
@@ -88,13 +89,19 @@ struct RunArgs {
     #[arg(long, env = "TRADESTORE_FIELD_MANAGER", default_value = controller::FIELD_MANAGER)]
     field_manager: String,
 
-    /// Query each ready sidecar's /v1/status (needs network access to pod IPs).
+    /// Call each ready sidecar's API: /v1/status, on-demand and final snapshots (needs network
+    /// access to pod IPs).
     #[arg(long, env = "TRADESTORE_PROBE_SIDECAR", default_value_t = true, action = clap::ArgAction::Set)]
     probe_sidecar: bool,
 
     /// Seconds between status refreshes of a healthy store.
     #[arg(long, env = "TRADESTORE_RESYNC_SECONDS", default_value_t = 60)]
     resync_seconds: u64,
+
+    /// Seconds a deletion keeps retrying the final snapshot (finalSnapshotOnDelete) before it
+    /// goes on without one.
+    #[arg(long, env = "TRADESTORE_FINAL_SNAPSHOT_TIMEOUT_SECONDS", default_value_t = 600)]
+    final_snapshot_timeout_seconds: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -161,9 +168,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         field_manager: args.field_manager.clone(),
         probe_sidecar: args.probe_sidecar,
         resync: Duration::from_secs(args.resync_seconds.max(5)),
+        final_snapshot_timeout: Duration::from_secs(args.final_snapshot_timeout_seconds),
         ..Settings::default()
     };
-    let ctx = Arc::new(Context::new(client.clone(), metrics.clone(), settings, Arc::new(HttpSidecarProbe::new())));
+    let ctx = Arc::new(Context::new(client.clone(), metrics.clone(), settings, Arc::new(HttpSidecarClient::new())));
 
     let work = {
         let client = client.clone();

@@ -16,8 +16,13 @@ use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::crd::{TradeStore, TradeStoreSpec};
-use crate::sidecar_config::{CONFIG_DIR, CONFIG_KEY, CONFIG_PATH, DATA_DIR, PORT, SidecarConfig, TOKEN_DIR, TOKEN_KEY};
+use crate::crd::{
+    BackupRetention, BootstrapSpec, ClickHouseSpec, IntegrityCheckSpec, RedisSpec, SecretKeyRef, TradeStore,
+    TradeStoreSpec,
+};
+use crate::sidecar_config::{
+    BACKUP_DIR, CONFIG_DIR, CONFIG_KEY, CONFIG_PATH, DATA_DIR, PORT, SidecarConfig, TOKEN_DIR, TOKEN_KEY,
+};
 
 /// Label naming the store a pod (or any owned object) belongs to; also the Service selector.
 pub const STORE_LABEL: &str = "tradestore.io/store";
@@ -27,6 +32,8 @@ pub const SPEC_HASH_ANNOTATION: &str = "tradestore.io/pod-spec-hash";
 pub const RESTART_ANNOTATION: &str = "tradestore.io/restart";
 /// Annotation on the TradeStore: change its value to clear a fence set after too many restarts.
 pub const CLEAR_FENCE_ANNOTATION: &str = "tradestore.io/clear-fence";
+/// Annotation on the TradeStore: each new value makes the operator ask the sidecar for a snapshot.
+pub const BACKUP_REQUEST_ANNOTATION: &str = "tradestore.io/backup-request";
 /// Name of the sidecar container.
 pub const SIDECAR_CONTAINER: &str = "sidecar";
 /// Path of the sidecar binary in its image.
@@ -123,6 +130,27 @@ struct PodSpecInputs<'a> {
     service_account_name: &'a Option<String>,
     priority_class_name: &'a Option<String>,
     run_as_user: i64,
+    // Added with the backup/sync issue: skipped when unset, so older hashes stay valid.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redis: Option<&'a RedisSpec>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    clickhouse: Option<&'a ClickHouseSpec>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    backup: Option<BackupInputs<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    integrity_check: Option<&'a IntegrityCheckSpec>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bootstrap: Option<&'a BootstrapSpec>,
+}
+
+/// The backup settings the pod is built from (`finalSnapshotOnDelete` only matters to the
+/// operator, so changing it restarts nothing).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct BackupInputs<'a> {
+    schedule: &'a str,
+    retention: &'a BackupRetention,
+    target: &'a crate::crd::BackupTarget,
 }
 
 /// Hash (hex sha256, 16 chars) of everything that shapes the pod.
@@ -148,6 +176,15 @@ pub fn pod_spec_hash(ts: &TradeStore) -> String {
             service_account_name: &s.service_account_name,
             priority_class_name: &s.priority_class_name,
             run_as_user: s.run_as_user,
+            redis: s.redis.as_ref(),
+            clickhouse: s.clickhouse.as_ref(),
+            backup: s.backup.as_ref().map(|b| BackupInputs {
+                schedule: &b.schedule,
+                retention: &b.retention,
+                target: &b.target,
+            }),
+            integrity_check: s.integrity_check.as_ref(),
+            bootstrap: s.bootstrap.as_ref(),
         },
         restart: ts.annotations().get(RESTART_ANNOTATION).map(String::as_str),
         token_secret: token_secret_name(ts),
@@ -254,10 +291,71 @@ fn container_security_context(uid: i64) -> SecurityContext {
     }
 }
 
+fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector { name: secret.into(), key: key.into(), optional: Some(false) }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+fn secret_ref_env(name: &str, r: &SecretKeyRef) -> EnvVar {
+    secret_env(name, &r.name, &r.key)
+}
+
+/// The sidecar's secrets, as environment variables from Secrets (never in the ConfigMap):
+/// `TRADESTORE_REDIS__URL` (overrides `redis.url`), `TRADESTORE_CLICKHOUSE__URL`,
+/// `TRADESTORE_CLICKHOUSE__USER`, `TRADESTORE_CLICKHOUSE_PASSWORD`, and `AWS_ACCESS_KEY_ID` /
+/// `AWS_SECRET_ACCESS_KEY` from the S3 credentials Secret (keys of the same names).
+pub fn sidecar_env(spec: &TradeStoreSpec) -> Vec<EnvVar> {
+    let mut env = Vec::new();
+    if let Some(r) = &spec.redis {
+        env.push(secret_ref_env("TRADESTORE_REDIS__URL", &r.url_secret_ref));
+    }
+    if let Some(c) = &spec.clickhouse {
+        env.push(secret_ref_env("TRADESTORE_CLICKHOUSE__URL", &c.url_secret_ref));
+        if let Some(u) = &c.user_secret_ref {
+            env.push(secret_ref_env("TRADESTORE_CLICKHOUSE__USER", u));
+        }
+        if let Some(p) = &c.password_secret_ref {
+            env.push(secret_ref_env("TRADESTORE_CLICKHOUSE_PASSWORD", p));
+        }
+    }
+    if let Some(s3) = spec.backup.as_ref().and_then(|b| b.target.s3.as_ref()) {
+        for key in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"] {
+            env.push(secret_env(key, &s3.credentials_secret_name, key));
+        }
+    }
+    env
+}
+
 /// The sidecar container.
 pub fn sidecar_container(ts: &TradeStore) -> Container {
     let s = &ts.spec;
     let p = &s.probes;
+    let env = sidecar_env(s);
+    let mut mounts = vec![
+        VolumeMount { name: "data".into(), mount_path: DATA_DIR.into(), ..VolumeMount::default() },
+        VolumeMount {
+            name: "config".into(),
+            mount_path: CONFIG_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        },
+        VolumeMount {
+            name: "token".into(),
+            mount_path: TOKEN_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        },
+        VolumeMount { name: "tmp".into(), mount_path: "/tmp".into(), ..VolumeMount::default() },
+    ];
+    if backup_claim(s).is_some() {
+        mounts.push(VolumeMount { name: "backup".into(), mount_path: BACKUP_DIR.into(), ..VolumeMount::default() });
+    }
     Container {
         name: SIDECAR_CONTAINER.into(),
         image: Some(s.image.clone()),
@@ -291,22 +389,8 @@ pub fn sidecar_container(ts: &TradeStore) -> Container {
             p.timeout_seconds,
             div_ceil(p.startup_seconds, p.period_seconds).max(1),
         )),
-        volume_mounts: Some(vec![
-            VolumeMount { name: "data".into(), mount_path: DATA_DIR.into(), ..VolumeMount::default() },
-            VolumeMount {
-                name: "config".into(),
-                mount_path: CONFIG_DIR.into(),
-                read_only: Some(true),
-                ..VolumeMount::default()
-            },
-            VolumeMount {
-                name: "token".into(),
-                mount_path: TOKEN_DIR.into(),
-                read_only: Some(true),
-                ..VolumeMount::default()
-            },
-            VolumeMount { name: "tmp".into(), mount_path: "/tmp".into(), ..VolumeMount::default() },
-        ]),
+        env: (!env.is_empty()).then_some(env),
+        volume_mounts: Some(mounts),
         security_context: Some(container_security_context(s.run_as_user)),
         termination_message_policy: Some("FallbackToLogsOnError".into()),
         ..Container::default()
@@ -325,21 +409,15 @@ fn user_container(ts: &TradeStore, c: &Container) -> Container {
         });
     }
     if !env.iter().any(|e| e.name == "TRADESTORE_API_TOKEN") {
-        env.push(EnvVar {
-            name: "TRADESTORE_API_TOKEN".into(),
-            value_from: Some(EnvVarSource {
-                secret_key_ref: Some(SecretKeySelector {
-                    name: token_secret_name(ts),
-                    key: TOKEN_KEY.into(),
-                    optional: Some(false),
-                }),
-                ..EnvVarSource::default()
-            }),
-            ..EnvVar::default()
-        });
+        env.push(secret_env("TRADESTORE_API_TOKEN", &token_secret_name(ts), TOKEN_KEY));
     }
     c.env = Some(env);
     c
+}
+
+/// The backup volume's claim (`spec.backup.target.volume.claimName`), if any.
+pub fn backup_claim(spec: &TradeStoreSpec) -> Option<&str> {
+    spec.backup.as_ref().and_then(|b| b.target.volume.as_ref()).map(|v| v.claim_name.as_str())
 }
 
 /// The store's pod. With user containers and `nativeSidecar`, the sidecar is a native sidecar
@@ -368,7 +446,7 @@ pub fn pod(ts: &TradeStore) -> Pod {
         (None, all)
     };
 
-    let volumes = vec![
+    let mut volumes = vec![
         Volume {
             name: "data".into(),
             persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
@@ -399,6 +477,16 @@ pub fn pod(ts: &TradeStore) -> Pod {
         },
         Volume { name: "tmp".into(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Volume::default() },
     ];
+    if let Some(claim) = backup_claim(s) {
+        volumes.push(Volume {
+            name: "backup".into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: claim.into(),
+                read_only: Some(false),
+            }),
+            ..Volume::default()
+        });
+    }
 
     Pod {
         metadata: ObjectMeta {

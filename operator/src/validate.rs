@@ -6,7 +6,7 @@ use std::collections::HashSet;
 
 use kube::ResourceExt;
 
-use crate::crd::TradeStore;
+use crate::crd::{IntegrityFailurePolicy, TradeStore};
 use crate::resources::SIDECAR_CONTAINER;
 use crate::sidecar_config::PORT;
 
@@ -97,12 +97,112 @@ pub fn validate(ts: &TradeStore) -> Vec<String> {
             }
         }
     }
-    if let Some(b) = &s.backup
-        && b.target.volume.is_some() == b.target.s3.is_some()
+    if let Some(b) = &s.backup {
+        if b.target.volume.is_some() == b.target.s3.is_some() {
+            errs.push("spec.backup.target must set exactly one of volume and s3".into());
+        }
+        if let Err(e) = parse_schedule(&b.schedule) {
+            errs.push(format!("spec.backup.schedule {:?}: {e}", b.schedule));
+        }
+        if let Some(v) = &b.target.volume
+            && v.claim_name == crate::resources::pvc_name(ts)
+        {
+            errs.push(format!("spec.backup.target.volume.claimName {:?} is the data volume", v.claim_name));
+        }
+        if let Some(t) = &b.target.s3 {
+            errs.extend(validate_s3(t));
+        }
+    }
+    if let Some(b) = &s.bootstrap
+        && !is_snapshot_id(&b.snapshot_id)
     {
-        errs.push("spec.backup.target must set exactly one of volume and s3".into());
+        errs.push(format!(
+            "spec.bootstrap.snapshotId {:?} must be a snapshot id (letters, digits, '.', '_', '-'; no '/')",
+            b.snapshot_id
+        ));
+    }
+    if let Some(r) = &s.redis
+        && r.key_prefix.as_deref().is_some_and(|p| p.trim().is_empty())
+    {
+        errs.push("spec.redis.keyPrefix must not be empty when set".into());
+    }
+    if let Some(c) = &s.clickhouse
+        && c.database.as_deref().is_some_and(|d| d.trim().is_empty())
+    {
+        errs.push("spec.clickhouse.database must not be empty when set".into());
+    }
+    if s.integrity_check.as_ref().is_some_and(|i| i.on_failure == IntegrityFailurePolicy::Recover) && s.redis.is_none()
+    {
+        errs.push(
+            "spec.integrityCheck.onFailure Recover needs spec.redis: recovery replays the Redis journal on top of \
+             the newest snapshot, and without it would lose every change since that snapshot"
+                .into(),
+        );
     }
     errs
+}
+
+/// A 5-field cron expression (minute hour day-of-month month day-of-week, UTC), parsed the way the
+/// sidecar parses `snapshots.schedule` (croner, no seconds, no year field).
+pub fn parse_schedule(schedule: &str) -> Result<croner::Cron, String> {
+    let fields = schedule.split_whitespace().count();
+    if fields != 5 {
+        return Err(format!("a cron schedule has 5 fields (minute hour day month weekday), not {fields}"));
+    }
+    croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Disallowed)
+        .year(croner::parser::Year::Disallowed)
+        .build()
+        .parse(schedule)
+        .map_err(|e| e.to_string())
+}
+
+fn validate_s3(t: &crate::crd::S3Target) -> Vec<String> {
+    let mut errs = Vec::new();
+    let b = t.bucket.as_bytes();
+    let bucket_ok = (3..=63).contains(&b.len())
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'.' || *c == b'-')
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric();
+    if !bucket_ok {
+        errs.push(format!("spec.backup.target.s3.bucket {:?} is not a valid bucket name", t.bucket));
+    }
+    if let Some(p) = &t.prefix
+        && !is_sane_prefix(p)
+    {
+        errs.push(format!(
+            "spec.backup.target.s3.prefix {p:?} must be a relative key prefix like stores/ns/name (no leading '/', no empty, '.' or '..' segments, no spaces)"
+        ));
+    }
+    if let Some(e) = &t.endpoint {
+        match reqwest::Url::parse(e) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some_and(|h| !h.is_empty()) => {}
+            _ => errs.push(format!("spec.backup.target.s3.endpoint {e:?} is not an http(s) URL")),
+        }
+    }
+    if t.region.trim().is_empty() {
+        errs.push("spec.backup.target.s3.region must not be empty".into());
+    }
+    errs
+}
+
+/// An S3 key prefix: slash-separated segments, no leading slash, no empty / `.` / `..` segments
+/// (a single trailing slash is allowed), printable without whitespace.
+pub fn is_sane_prefix(p: &str) -> bool {
+    let body = p.strip_suffix('/').unwrap_or(p);
+    !body.is_empty()
+        && p.len() <= 512
+        && !p.chars().any(|c| c.is_whitespace() || c.is_control())
+        && body.split('/').all(|seg| !seg.is_empty() && seg != "." && seg != "..")
+}
+
+/// A snapshot id as the sidecar names them: one path segment of letters, digits, `.`, `_`, `-`.
+pub fn is_snapshot_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 253
+        && id != "."
+        && id != ".."
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 /// RFC 1035 label: what a Service name must be.

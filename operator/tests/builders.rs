@@ -34,6 +34,9 @@ fn check_golden(name: &str, actual: &str) {
     assert_eq!(expected, actual, "{name} differs from the golden file (UPDATE_GOLDEN=1 to accept)");
 }
 
+/// A change applied to a fixture in table-driven tests.
+type Edit<T> = Box<dyn Fn(&mut T)>;
+
 fn sidecar(pod: &Pod) -> k8s_openapi::api::core::v1::Container {
     let spec = pod.spec.as_ref().unwrap();
     spec.init_containers
@@ -47,7 +50,7 @@ fn sidecar(pod: &Pod) -> k8s_openapi::api::core::v1::Container {
 
 #[test]
 fn golden_objects_for_every_fixture() {
-    for name in ["minimal", "with-app", "classic-sidecar"] {
+    for name in ["minimal", "with-app", "classic-sidecar", "backup-volume"] {
         let ts = fixture(name);
         let mut out = String::new();
         out += &format!("# pod\n{}", yaml(&resources::pod(&ts)));
@@ -61,7 +64,7 @@ fn golden_objects_for_every_fixture() {
 
 #[test]
 fn fixtures_are_valid() {
-    for name in ["minimal", "with-app", "classic-sidecar"] {
+    for name in ["minimal", "with-app", "classic-sidecar", "backup-volume"] {
         assert_eq!(validate(&fixture(name)), Vec::<String>::new(), "{name}");
     }
 }
@@ -209,14 +212,211 @@ fn pod_hash_follows_what_shapes_the_pod() {
     restarted.annotations_mut().insert(RESTART_ANNOTATION.into(), "now".into());
     assert_ne!(resources::pod_spec_hash(&restarted), h);
 
-    // Not shaping the pod: stop/fence switches, volume size, restart policy, backups.
+    // Not shaping the pod: stop/fence switches, volume size, restart policy, other annotations.
     let mut same = ts.clone();
     same.spec.stopped = true;
     same.spec.fenced = true;
     same.spec.storage.size = k8s_openapi::apimachinery::pkg::api::resource::Quantity("5Gi".into());
     same.spec.restart_policy.max_restarts = 9;
     same.annotations_mut().insert("unrelated".into(), "x".into());
+    same.annotations_mut().insert("tradestore.io/backup-request".into(), "x".into());
     assert_eq!(resources::pod_spec_hash(&same), h);
+}
+
+#[test]
+fn pod_hash_follows_backup_sync_integrity_and_restore_settings() {
+    let ts = fixture("backup-volume");
+    let h = resources::pod_spec_hash(&ts);
+    let changes: Vec<(&str, Edit<TradeStore>)> = vec![
+        ("schedule", Box::new(|t| t.spec.backup.as_mut().unwrap().schedule = "0 0 * * *".into())),
+        ("retention", Box::new(|t| t.spec.backup.as_mut().unwrap().retention.keep_last = 6)),
+        (
+            "target",
+            Box::new(|t| t.spec.backup.as_mut().unwrap().target.volume.as_mut().unwrap().claim_name = "other".into()),
+        ),
+        ("redis secret", Box::new(|t| t.spec.redis.as_mut().unwrap().url_secret_ref.key = "url2".into())),
+        ("redis prefix", Box::new(|t| t.spec.redis.as_mut().unwrap().key_prefix = None)),
+        ("clickhouse password", Box::new(|t| t.spec.clickhouse.as_mut().unwrap().password_secret_ref = None)),
+        ("integrity", Box::new(|t| t.spec.integrity_check.as_mut().unwrap().interval_seconds = 60)),
+        ("bootstrap", Box::new(|t| t.spec.bootstrap = None)),
+        ("no backup", Box::new(|t| t.spec.backup = None)),
+    ];
+    for (what, change) in changes {
+        let mut changed = ts.clone();
+        change(&mut changed);
+        assert_ne!(resources::pod_spec_hash(&changed), h, "{what} must roll the pod out");
+    }
+    // Only the operator acts on finalSnapshotOnDelete: no restart.
+    let mut same = ts.clone();
+    same.spec.backup.as_mut().unwrap().final_snapshot_on_delete = false;
+    assert_eq!(resources::pod_spec_hash(&same), h);
+}
+
+#[test]
+fn secrets_reach_the_sidecar_as_secret_key_refs_only() {
+    let ts = fixture("backup-volume");
+    let env = sidecar(&resources::pod(&ts)).env.expect("sidecar env");
+    let refs: Vec<(String, String, String)> = env
+        .iter()
+        .map(|e| {
+            assert!(e.value.is_none(), "{} must not be a literal", e.name);
+            let r = e.value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap();
+            (e.name.clone(), r.name.clone(), r.key.clone())
+        })
+        .collect();
+    let want = [
+        ("TRADESTORE_REDIS__URL", "redis", "url"),
+        ("TRADESTORE_CLICKHOUSE__URL", "clickhouse", "url"),
+        ("TRADESTORE_CLICKHOUSE__USER", "clickhouse", "user"),
+        ("TRADESTORE_CLICKHOUSE_PASSWORD", "clickhouse", "password"),
+    ];
+    let want: Vec<_> = want.iter().map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string())).collect();
+    assert_eq!(refs, want);
+    let s3 = sidecar(&resources::pod(&fixture("with-app"))).env.expect("sidecar env");
+    let s3: Vec<_> = s3
+        .iter()
+        .map(|e| {
+            let r = e.value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap();
+            (e.name.as_str(), r.name.as_str(), r.key.as_str())
+        })
+        .collect();
+    assert_eq!(
+        s3,
+        [
+            ("TRADESTORE_REDIS__URL", "redis", "url"),
+            ("TRADESTORE_CLICKHOUSE__URL", "clickhouse", "url"),
+            ("AWS_ACCESS_KEY_ID", "s3-creds", "AWS_ACCESS_KEY_ID"),
+            ("AWS_SECRET_ACCESS_KEY", "s3-creds", "AWS_SECRET_ACCESS_KEY"),
+        ]
+    );
+    assert!(sidecar(&resources::pod(&fixture("minimal"))).env.is_none());
+    // Nothing secret in the ConfigMap.
+    let cm = resources::config_map(&ts).data.unwrap()["sidecar.yaml"].clone();
+    for secret_name in ["url", "password", "user:", "AWS"] {
+        assert!(!cm.contains(secret_name), "{secret_name} in {cm}");
+    }
+}
+
+#[test]
+fn backup_volume_is_mounted_as_the_snapshot_directory() {
+    let ts = fixture("backup-volume");
+    let pod = resources::pod(&ts);
+    let vol = pod.spec.as_ref().unwrap().volumes.as_ref().unwrap().iter().find(|v| v.name == "backup").cloned();
+    let claim = vol.expect("backup volume").persistent_volume_claim.expect("a PVC volume");
+    assert_eq!(claim.claim_name, "tradestore-backups");
+    let mounts = sidecar(&pod).volume_mounts.unwrap();
+    let m = mounts.iter().find(|m| m.name == "backup").expect("backup mount");
+    assert_eq!(m.mount_path, "/var/lib/tradestore-backups");
+    assert_eq!(m.read_only, None);
+    // Only the sidecar mounts it.
+    let app = &pod.spec.as_ref().unwrap().containers[0];
+    assert!(app.volume_mounts.is_none());
+    // No backup volume without a volume target.
+    let pod = resources::pod(&fixture("with-app"));
+    assert!(pod.spec.unwrap().volumes.unwrap().iter().all(|v| v.name != "backup"));
+}
+
+fn config_of(name: &str) -> serde_json::Value {
+    let text = SidecarConfig::from_spec(&fixture(name).spec).to_yaml();
+    serde_saphyr::from_str(&text).expect("config is YAML")
+}
+
+#[test]
+fn backup_sync_integrity_and_restore_are_rendered() {
+    let v = config_of("backup-volume");
+    assert_eq!(
+        v["snapshots"],
+        serde_json::json!({"dir": "/var/lib/tradestore-backups", "keep_last": 5, "max_age": "24h",
+            "schedule": "15 */6 * * *", "bootstrap_from": "20261101T120000Z-0000000042"})
+    );
+    assert_eq!(v["redis"], serde_json::json!({"key_prefix": "desk-b"}));
+    assert_eq!(v["clickhouse"], serde_json::json!({"database": "analytics"}));
+    assert_eq!(v["integrity"], serde_json::json!({"interval": "300s", "on_failure": "recover"}));
+
+    let v = config_of("with-app");
+    assert_eq!(
+        v["snapshots"],
+        serde_json::json!({"dir": "/var/lib/tradestore/snapshots", "keep_last": 48, "max_age": "0s",
+            "schedule": "0 * * * *", "s3": {"bucket": "tradestore-backups", "region": "us-east-1"}})
+    );
+    assert_eq!(v["redis"], serde_json::json!({}));
+    assert_eq!(v["clickhouse"], serde_json::json!({"database": "trades"}));
+
+    // No backup spec: on-demand snapshots only, staged on the data volume; no Redis/ClickHouse.
+    let v = config_of("minimal");
+    assert_eq!(
+        v["snapshots"],
+        serde_json::json!({"dir": "/var/lib/tradestore/snapshots", "keep_last": 3, "max_age": "0s"})
+    );
+    assert!(v.get("redis").is_none() && v.get("clickhouse").is_none());
+    assert_eq!(v["integrity"], serde_json::json!({"interval": "60s", "on_failure": "report"}));
+}
+
+#[test]
+fn s3_endpoint_prefix_and_region_are_rendered() {
+    let mut ts = fixture("with-app");
+    let s3 = ts.spec.backup.as_mut().unwrap().target.s3.as_mut().unwrap();
+    s3.prefix = Some("stores/trading/desk-a".into());
+    s3.endpoint = Some("http://minio.storage:9000".into());
+    s3.region = "eu-central-1".into();
+    let v: serde_json::Value = serde_saphyr::from_str(&SidecarConfig::from_spec(&ts.spec).to_yaml()).unwrap();
+    assert_eq!(
+        v["snapshots"]["s3"],
+        serde_json::json!({"bucket": "tradestore-backups", "prefix": "stores/trading/desk-a",
+            "endpoint": "http://minio.storage:9000", "region": "eu-central-1"})
+    );
+    assert!(validate(&ts).is_empty(), "{:?}", validate(&ts));
+}
+
+#[test]
+fn backup_and_restore_validation() {
+    let cases: Vec<(&str, Edit<TradeStore>)> = vec![
+        ("schedule", Box::new(|t| t.spec.backup.as_mut().unwrap().schedule = "61 * * * *".into())),
+        ("5 fields", Box::new(|t| t.spec.backup.as_mut().unwrap().schedule = "0 0 * * * *".into())),
+        ("5 fields", Box::new(|t| t.spec.backup.as_mut().unwrap().schedule = "@hourly".into())),
+        (
+            "is the data volume",
+            Box::new(|t| {
+                t.spec.backup.as_mut().unwrap().target.volume.as_mut().unwrap().claim_name = "restored-data".into()
+            }),
+        ),
+        ("snapshotId", Box::new(|t| t.spec.bootstrap.as_mut().unwrap().snapshot_id = "../etc".into())),
+        ("snapshotId", Box::new(|t| t.spec.bootstrap.as_mut().unwrap().snapshot_id = "a/b".into())),
+        ("keyPrefix", Box::new(|t| t.spec.redis.as_mut().unwrap().key_prefix = Some(" ".into()))),
+        ("database", Box::new(|t| t.spec.clickhouse.as_mut().unwrap().database = Some(String::new()))),
+        ("onFailure Recover needs spec.redis", Box::new(|t| t.spec.redis = None)),
+    ];
+    assert!(validate(&fixture("backup-volume")).is_empty());
+    for (needle, change) in cases {
+        let mut ts = fixture("backup-volume");
+        change(&mut ts);
+        let errs = validate(&ts).join("\n");
+        assert!(errs.contains(needle), "missing {needle:?} in {errs:?}");
+    }
+    let s3_cases: Vec<(&str, Edit<tradestore_operator::crd::S3Target>)> = vec![
+        ("endpoint", Box::new(|s| s.endpoint = Some("minio:9000".into()))),
+        ("endpoint", Box::new(|s| s.endpoint = Some("ftp://minio".into()))),
+        ("prefix", Box::new(|s| s.prefix = Some("/abs".into()))),
+        ("prefix", Box::new(|s| s.prefix = Some("a//b".into()))),
+        ("prefix", Box::new(|s| s.prefix = Some("a/../b".into()))),
+        ("prefix", Box::new(|s| s.prefix = Some("a b".into()))),
+        ("bucket", Box::new(|s| s.bucket = "Upper_Case".into())),
+        ("region", Box::new(|s| s.region = String::new())),
+    ];
+    for (needle, change) in s3_cases {
+        let mut ts = fixture("with-app");
+        change(ts.spec.backup.as_mut().unwrap().target.s3.as_mut().unwrap());
+        let errs = validate(&ts).join("\n");
+        assert!(errs.contains(&format!("s3.{needle}")), "missing {needle:?} in {errs:?}");
+    }
+    // Accepted: trailing slash on the prefix, https endpoints, ranges and steps in the schedule.
+    let mut ts = fixture("with-app");
+    let b = ts.spec.backup.as_mut().unwrap();
+    b.schedule = "*/15 8-18 * * MON-FRI".into();
+    let s3 = b.target.s3.as_mut().unwrap();
+    s3.prefix = Some("stores/".into());
+    s3.endpoint = Some("https://s3.example.com".into());
+    assert!(validate(&ts).is_empty(), "{:?}", validate(&ts));
 }
 
 #[test]
@@ -231,14 +431,17 @@ fn sidecar_config_has_exactly_the_sidecar_keys() {
         keys,
         [
             "auth",
+            "clickhouse",
             "data_dir",
             "database_file",
             "duckdb",
             "http",
+            "integrity",
             "lifecycle",
             "listen",
             "log",
             "reader",
+            "redis",
             "snapshots",
             "writer"
         ]
@@ -258,7 +461,9 @@ fn sidecar_config_has_exactly_the_sidecar_keys() {
     assert_eq!(section_keys("http"), ["max_batch_trades", "max_body_bytes", "write_timeout"]);
     assert_eq!(section_keys("auth"), ["protect_reads", "token_file"]);
     assert_eq!(section_keys("lifecycle"), ["liveness_deadline", "shutdown_grace"]);
-    assert_eq!(section_keys("snapshots"), ["dir"]);
+    assert_eq!(section_keys("snapshots"), ["dir", "keep_last", "max_age", "s3", "schedule"]);
+    assert_eq!(section_keys("integrity"), ["interval", "on_failure"]);
+    assert_eq!(section_keys("clickhouse"), ["database"]);
     assert_eq!(v["snapshots"]["dir"], "/var/lib/tradestore/snapshots");
     assert_eq!(v["data_dir"], "/var/lib/tradestore");
     assert_eq!(v["listen"], "0.0.0.0:8080");

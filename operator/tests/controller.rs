@@ -10,13 +10,15 @@ use std::time::Duration;
 
 use fake_api::FakeApi;
 use futures::future::BoxFuture;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::core::error_boundary::DeserializeGuard;
 use kube::runtime::controller::Action;
 use serde_json::{Value, json};
-use tradestore_operator::controller::{self, Context, Settings, SidecarProbe};
+use tradestore_operator::controller::{self, Context, Error, Settings};
 use tradestore_operator::crd::{SidecarReport, TradeStore};
 use tradestore_operator::metrics::Metrics;
+use tradestore_operator::sidecar_api::{HttpSidecarClient, SidecarClient, SidecarStatus, Snapshot, SyncReport};
 
 const NS: &str = "trading";
 const TS: &str = "/apis/tradestore.io/v1alpha1/namespaces/trading/tradestores/minimal";
@@ -26,17 +28,58 @@ const CM: &str = "/api/v1/namespaces/trading/configmaps/minimal-config";
 const SVC: &str = "/api/v1/namespaces/trading/services/minimal";
 const SECRET: &str = "/api/v1/namespaces/trading/secrets/minimal-token";
 
-/// Answers a fixed report and remembers the token it was given.
+/// A sidecar that answers a settable status, takes snapshots (or fails to, while `failing`), and
+/// remembers what it was asked.
 #[derive(Default)]
-struct FixedProbe {
+struct FakeSidecar {
     last_token: Mutex<Option<String>>,
+    snapshot_calls: Mutex<Vec<(String, String)>>,
+    failing: Mutex<bool>,
+    last_snapshot: Mutex<Option<Snapshot>>,
+    sync: Mutex<SyncReport>,
 }
 
-impl SidecarProbe for FixedProbe {
-    fn status<'a>(&'a self, _base: &'a str, token: Option<&'a str>) -> BoxFuture<'a, Result<SidecarReport, String>> {
+impl FakeSidecar {
+    fn snapshots_taken(&self) -> usize {
+        self.snapshot_calls.lock().unwrap().len()
+    }
+    fn fail(&self, on: bool) {
+        *self.failing.lock().unwrap() = on;
+    }
+}
+
+fn manifest(id: &str, created_at: &str, seq: i64) -> Snapshot {
+    Snapshot { id: id.into(), created_at: created_at.into(), seq, trade_rows: seq, ..Default::default() }
+}
+
+impl SidecarClient for FakeSidecar {
+    fn status<'a>(&'a self, _base: &'a str, token: Option<&'a str>) -> BoxFuture<'a, Result<SidecarStatus, Error>> {
         *self.last_token.lock().unwrap() = token.map(str::to_string);
         Box::pin(async {
-            Ok(SidecarReport { schema_version: Some(3), last_seq: Some(42), ready: Some(true), ..Default::default() })
+            Ok(SidecarStatus {
+                report: SidecarReport {
+                    schema_version: Some(3),
+                    last_seq: Some(42),
+                    ready: Some(true),
+                    ..Default::default()
+                },
+                last_snapshot: self.last_snapshot.lock().unwrap().clone(),
+                sync: self.sync.lock().unwrap().clone(),
+                ..Default::default()
+            })
+        })
+    }
+
+    fn snapshot<'a>(&'a self, base: &'a str, token: &'a str) -> BoxFuture<'a, Result<Snapshot, Error>> {
+        self.snapshot_calls.lock().unwrap().push((base.to_string(), token.to_string()));
+        Box::pin(async move {
+            if *self.failing.lock().unwrap() {
+                return Err(Error::Sidecar("POST /v1/snapshots: HTTP 500 disk full".into()));
+            }
+            let n = self.snapshots_taken() as i64;
+            let snap = manifest(&format!("snap-{n}"), "2026-11-01T12:00:00Z", 40 + n);
+            *self.last_snapshot.lock().unwrap() = Some(snap.clone());
+            Ok(snap)
         })
     }
 }
@@ -45,14 +88,14 @@ struct Harness {
     fake: FakeApi,
     ctx: Arc<Context>,
     now: Arc<Mutex<Timestamp>>,
-    probe: Arc<FixedProbe>,
+    probe: Arc<FakeSidecar>,
 }
 
 impl Harness {
     fn new(spec: Value) -> Harness {
         let (fake, client) = FakeApi::new();
         let now = Arc::new(Mutex::new("2026-11-01T12:00:00Z".parse::<Timestamp>().unwrap()));
-        let probe = Arc::new(FixedProbe::default());
+        let probe = Arc::new(FakeSidecar::default());
         let mut ctx = Context::new(client, Metrics::new(), Settings::default(), probe.clone());
         let n = now.clone();
         ctx.clock = Arc::new(move || *n.lock().unwrap());
@@ -533,25 +576,46 @@ async fn a_pod_that_ended_is_replaced_and_counted() {
 }
 
 #[tokio::test]
-async fn http_probe_reads_the_sidecar_status_document() {
+async fn http_client_reads_the_status_document_and_takes_snapshots() {
     use warp::Filter;
+    let manifest = json!({"id": "20261101T120000Z-0000000042", "created_at": "2026-11-01T12:00:00Z", "seq": 42,
+        "schema_version": 2, "trade_rows": 99, "size_bytes": 12288, "sha256": "ab", "duration_ms": 7});
     let doc = json!({"schema_version": 2, "last_seq": 1234, "trade_rows": 99, "wal_bytes": 4096,
-        "last_checkpoint_unix": 1700000000, "queue_depth": 1, "ready": false, "not_ready_reason": "migrating"});
-    let route = warp::path!("v1" / "status").and(warp::header::optional::<String>("authorization")).map(
-        move |auth: Option<String>| {
-            if auth.as_deref() == Some("Bearer secret-token-0123456789") {
+        "last_checkpoint_unix": 1700000000, "queue_depth": 1, "ready": false, "not_ready_reason": "migrating",
+        "journal": {"enabled": true, "healthy": false, "watermark": 1200, "lag": 34, "last_error": "refused"},
+        "sync": {"enabled": true, "degraded": true, "watermark": 1000, "lag": 234, "consecutive_failures": 5,
+                 "last_error": "timeout"},
+        "last_snapshot": manifest, "recovery": null,
+        "integrity": {"last_run": "2026-11-01T12:00:01Z", "ok": true, "error": null, "duration_ms": 3, "rows_scanned": 99}});
+    let authorized = |auth: &Option<String>| auth.as_deref() == Some("Bearer secret-token-0123456789");
+    let status = warp::path!("v1" / "status")
+        .and(warp::get())
+        .and(warp::header::optional::<String>("authorization"))
+        .map(move |auth: Option<String>| {
+            if authorized(&auth) {
                 warp::reply::with_status(warp::reply::json(&doc), warp::http::StatusCode::OK)
             } else {
                 warp::reply::with_status(warp::reply::json(&json!({})), warp::http::StatusCode::UNAUTHORIZED)
             }
-        },
-    );
+        });
+    let snapshots = warp::path!("v1" / "snapshots")
+        .and(warp::post())
+        .and(warp::header::optional::<String>("authorization"))
+        .map(move |auth: Option<String>| {
+            if authorized(&auth) {
+                warp::reply::with_status(warp::reply::json(&manifest), warp::http::StatusCode::CREATED)
+            } else {
+                let body = json!({"error": "unauthorized", "message": "bad token"});
+                warp::reply::with_status(warp::reply::json(&body), warp::http::StatusCode::UNAUTHORIZED)
+            }
+        });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(warp::serve(route).incoming(listener).run());
-    let probe = controller::HttpSidecarProbe::new();
-    assert!(probe.status(&base, None).await.unwrap_err().contains("401"));
-    let r = probe.status(&base, Some("secret-token-0123456789")).await.unwrap();
+    tokio::spawn(warp::serve(status.or(snapshots)).incoming(listener).run());
+    let client = HttpSidecarClient::new();
+    assert!(client.status(&base, None).await.unwrap_err().to_string().contains("401"));
+    let s = client.status(&base, Some("secret-token-0123456789")).await.unwrap();
+    let r = &s.report;
     assert_eq!(r.schema_version, Some(2));
     assert_eq!(r.last_seq, Some(1234));
     assert_eq!(r.trade_rows, Some(99));
@@ -560,5 +624,263 @@ async fn http_probe_reads_the_sidecar_status_document() {
     assert_eq!(r.queue_depth, Some(1));
     assert_eq!(r.ready, Some(false));
     assert_eq!(r.not_ready_reason.as_deref(), Some("migrating"));
-    assert!(probe.status("http://127.0.0.1:1", None).await.is_err());
+    let snap = s.last_snapshot.as_ref().unwrap();
+    assert_eq!((snap.id.as_str(), snap.seq, snap.size_bytes), ("20261101T120000Z-0000000042", 42, 12288));
+    assert_eq!((s.sync.enabled, s.sync.degraded, s.sync.watermark, s.sync.lag), (true, true, 1000, 234));
+    assert_eq!(s.sync.last_error.as_deref(), Some("timeout"));
+    assert_eq!((s.journal.healthy, s.journal.lag), (false, 34));
+    assert_eq!(s.integrity.last_run.as_deref(), Some("2026-11-01T12:00:01Z"));
+    assert!(s.integrity.ok);
+
+    let err = client.snapshot(&base, "wrong-token").await.unwrap_err().to_string();
+    assert!(err.contains("401") && err.contains("bad token"), "{err}");
+    let taken = client.snapshot(&base, "secret-token-0123456789").await.unwrap();
+    assert_eq!(&taken, snap);
+    assert!(client.status("http://127.0.0.1:1", None).await.is_err());
+    assert!(client.snapshot("http://127.0.0.1:1", "t").await.is_err());
+}
+
+/// A store with a volume backup target (and, when `clickhouse`, a ClickHouse sync).
+fn backup_spec(clickhouse: bool) -> Value {
+    let mut spec = minimal_spec();
+    spec["backup"] = json!({"schedule": "0 * * * *", "target": {"volume": {"claimName": "backups"}}});
+    if clickhouse {
+        spec["clickhouse"] = json!({"urlSecretRef": {"name": "ch", "key": "url"}});
+    }
+    spec
+}
+
+fn request_backup(h: &Harness, token: &str) {
+    h.fake.edit(TS, |o| o["metadata"]["annotations"] = json!({"tradestore.io/backup-request": token}));
+}
+
+fn snapshot_token(h: &Harness) -> String {
+    let secret = h.fake.get(SECRET).unwrap();
+    let stored: k8s_openapi::ByteString = serde_json::from_value(secret["data"]["token"].clone()).unwrap();
+    String::from_utf8(stored.0).unwrap()
+}
+
+#[tokio::test]
+async fn backup_request_takes_one_snapshot_per_token() {
+    let h = Harness::new(backup_spec(false));
+    h.create().await;
+    h.pod_ready(0);
+    h.reconcile().await;
+    assert_eq!(h.condition("BackupReady"), ("False".into(), "NoSnapshotYet".into()));
+
+    request_backup(&h, "b1");
+    h.reconcile().await;
+    assert_eq!(h.probe.snapshots_taken(), 1);
+    let (base, token) = h.probe.snapshot_calls.lock().unwrap()[0].clone();
+    assert_eq!(base, "http://10.0.0.7:8080");
+    assert_eq!(token, snapshot_token(&h), "snapshots are always authenticated");
+    let backup = h.status()["backup"].clone();
+    assert_eq!(backup["lastRequest"], "b1");
+    assert_eq!(backup["lastSnapshot"], "snap-1");
+    assert_eq!(backup["lastSeq"], 41);
+    assert_eq!(backup["lastSuccessfulTime"], "2026-11-01T12:00:00Z");
+    assert!(h.fake.events().contains(&("Normal".into(), "BackupTaken".into())));
+    assert_eq!(h.condition("BackupReady"), ("True".into(), "SnapshotAvailable".into()));
+
+    // The same token again: nothing.
+    h.reconcile().await;
+    h.reconcile().await;
+    assert_eq!(h.probe.snapshots_taken(), 1);
+
+    // A new token while the sidecar fails: handled once, reported, BackupReady False.
+    h.probe.fail(true);
+    request_backup(&h, "b2");
+    h.reconcile().await;
+    h.reconcile().await;
+    assert_eq!(h.probe.snapshots_taken(), 2);
+    assert_eq!(h.status()["backup"]["lastRequest"], "b2");
+    assert!(h.status()["backup"]["lastFailure"].as_str().unwrap().contains("disk full"));
+    assert!(h.fake.events().contains(&("Warning".into(), "BackupFailed".into())));
+    assert_eq!(h.condition("BackupReady"), ("False".into(), "BackupFailed".into()));
+    assert_eq!(h.status()["backup"]["lastSnapshot"], "snap-1", "the older snapshot stays known");
+
+    // The next request succeeds: the failure is settled.
+    h.probe.fail(false);
+    request_backup(&h, "b3");
+    h.reconcile().await;
+    assert_eq!(h.probe.snapshots_taken(), 3);
+    assert_eq!(h.condition("BackupReady"), ("True".into(), "SnapshotAvailable".into()));
+    assert!(h.status()["backup"].get("lastFailure").is_none());
+}
+
+#[tokio::test]
+async fn backup_request_waits_for_a_ready_sidecar() {
+    let h = Harness::new(minimal_spec());
+    h.create().await;
+    request_backup(&h, "early");
+    let action = h.reconcile().await;
+    assert_eq!(h.probe.snapshots_taken(), 0, "no ready sidecar yet");
+    assert!(h.status().get("backup").is_none(), "the request stays pending");
+    assert_eq!(action, Action::requeue(Duration::from_secs(2)), "a pending request polls");
+    h.pod_ready(0);
+    h.reconcile().await;
+    assert_eq!(h.probe.snapshots_taken(), 1);
+    assert_eq!(h.status()["backup"]["lastRequest"], "early");
+    assert!(h.status()["conditions"].as_array().unwrap().iter().all(|c| c["type"] != "BackupReady"), "no spec.backup");
+}
+
+#[tokio::test]
+async fn missed_scheduled_snapshots_make_backups_not_ready() {
+    let h = Harness::new(backup_spec(false));
+    *h.probe.last_snapshot.lock().unwrap() = Some(manifest("hourly-11", "2026-11-01T11:00:00Z", 7));
+    h.create().await;
+    h.pod_ready(0);
+    h.reconcile().await; // 12:00: the 12:00 snapshot is still within the grace time
+    assert_eq!(h.status()["backup"]["lastSnapshot"], "hourly-11");
+    assert_eq!(h.condition("BackupReady"), ("True".into(), "SnapshotAvailable".into()));
+    h.advance(2 * 3600); // 14:00: 12:00 and 13:00 were missed
+    h.reconcile().await;
+    assert_eq!(h.condition("BackupReady"), ("False".into(), "ScheduleMissed".into()));
+    *h.probe.last_snapshot.lock().unwrap() = Some(manifest("hourly-14", "2026-11-01T14:00:00Z", 9));
+    h.reconcile().await;
+    assert_eq!(h.condition("BackupReady"), ("True".into(), "SnapshotAvailable".into()));
+    assert_eq!(h.status()["backup"]["lastSeq"], 9);
+}
+
+#[tokio::test]
+async fn sync_status_and_condition_follow_the_sidecar() {
+    let h = Harness::new(backup_spec(true));
+    *h.probe.sync.lock().unwrap() = SyncReport { enabled: true, watermark: 40, lag: 2, ..Default::default() };
+    h.create().await;
+    assert_eq!(h.condition("SyncHealthy").0, "Unknown", "no ready sidecar yet");
+    h.pod_ready(0);
+    h.reconcile().await;
+    assert_eq!(h.status()["sync"], json!({"watermark": 40, "lag": 2, "degraded": false}));
+    assert_eq!(h.condition("SyncHealthy"), ("True".into(), "SyncRunning".into()));
+
+    *h.probe.sync.lock().unwrap() = SyncReport {
+        enabled: true,
+        degraded: true,
+        watermark: 40,
+        lag: 500,
+        consecutive_failures: 5,
+        last_error: Some("connection refused".into()),
+    };
+    h.reconcile().await;
+    assert_eq!(h.condition("SyncHealthy"), ("False".into(), "SyncDegraded".into()));
+    assert_eq!(h.status()["sync"]["lag"], 500);
+    assert_eq!(h.status()["sync"]["lastError"], "connection refused");
+
+    // Without ClickHouse in the spec there is no sync condition or status.
+    h.edit_spec(|s| {
+        s.as_object_mut().unwrap().remove("clickhouse").expect("clickhouse was set");
+    });
+    h.reconcile().await; // rolls out (the pod's env changed)
+    h.reconcile().await;
+    assert!(h.status().get("sync").is_none());
+    assert!(h.status()["conditions"].as_array().unwrap().iter().all(|c| c["type"] != "SyncHealthy"));
+}
+
+async fn start_deletion(h: &Harness) -> Action {
+    h.fake.edit(TS, |o| o["metadata"]["deletionTimestamp"] = json!("2026-11-01T12:00:00Z"));
+    h.reconcile().await
+}
+
+fn pod_deleting(h: &Harness) -> bool {
+    h.fake.get(POD).is_none_or(|p| !p["metadata"]["deletionTimestamp"].is_null())
+}
+
+#[tokio::test]
+async fn final_snapshot_is_taken_before_the_pod_stops() {
+    let mut spec = backup_spec(false);
+    spec["backup"]["finalSnapshotOnDelete"] = json!(true);
+    let h = Harness::new(spec);
+    h.fake.graceful_pods(true);
+    h.create().await;
+    h.pod_ready(0);
+    h.reconcile().await;
+    start_deletion(&h).await;
+    assert_eq!(h.probe.snapshots_taken(), 1);
+    assert!(pod_deleting(&h), "pod stopped after the snapshot");
+    let fin = h.status()["backup"]["finalSnapshot"].clone();
+    assert_eq!((fin["done"].clone(), fin["snapshotId"].clone()), (json!(true), json!("snap-1")));
+    assert!(h.fake.events().contains(&("Normal".into(), "FinalSnapshotTaken".into())));
+    assert!(h.status()["message"].as_str().unwrap().contains("final snapshot snap-1 taken"));
+    h.fake.remove(POD);
+    h.reconcile().await;
+    assert!(h.fake.get(TS).is_none(), "finalizer removed");
+    assert_eq!(h.probe.snapshots_taken(), 1, "taken once");
+}
+
+#[tokio::test]
+async fn final_snapshot_retries_with_backoff_then_deletion_goes_on() {
+    let mut spec = backup_spec(false);
+    spec["backup"]["finalSnapshotOnDelete"] = json!(true);
+    let h = Harness::new(spec);
+    h.fake.graceful_pods(true);
+    h.create().await;
+    h.pod_ready(0);
+    h.reconcile().await;
+    h.probe.fail(true);
+
+    let action = start_deletion(&h).await;
+    assert_eq!(action, Action::requeue(Duration::from_secs(1)));
+    assert_eq!(h.probe.snapshots_taken(), 1);
+    assert!(!pod_deleting(&h), "the pod keeps running while the snapshot is retried");
+    assert!(h.fake.events().contains(&("Warning".into(), "FinalSnapshotFailed".into())));
+
+    // The status write triggers a reconcile at once: it must not retry before the backoff.
+    h.reconcile().await;
+    assert_eq!(h.probe.snapshots_taken(), 1);
+    h.advance(1);
+    assert_eq!(h.reconcile().await, Action::requeue(Duration::from_secs(2)));
+    assert_eq!(h.probe.snapshots_taken(), 2);
+    assert_eq!(h.status()["backup"]["finalSnapshot"]["attempts"], 2);
+    assert!(h.status()["message"].as_str().unwrap().contains("final snapshot failed 2 time(s)"));
+
+    // Past the time limit (600 s): a Warning, and the pod goes without a snapshot.
+    h.advance(601);
+    h.reconcile().await;
+    assert_eq!(h.probe.snapshots_taken(), 3);
+    assert!(pod_deleting(&h));
+    assert!(h.fake.events().contains(&("Warning".into(), "FinalSnapshotAbandoned".into())));
+    assert_eq!(h.status()["backup"]["finalSnapshot"]["done"], true);
+    h.fake.remove(POD);
+    h.reconcile().await;
+    assert!(h.fake.get(TS).is_none(), "deletion was not blocked");
+    assert_eq!(h.probe.snapshots_taken(), 3);
+}
+
+#[tokio::test]
+async fn final_snapshot_is_skipped_when_no_sidecar_runs() {
+    let mut spec = backup_spec(false);
+    spec["backup"]["finalSnapshotOnDelete"] = json!(true);
+    spec["stopped"] = json!(true);
+    let h = Harness::new(spec);
+    h.create().await;
+    assert!(h.fake.get(POD).is_none());
+    start_deletion(&h).await;
+    assert_eq!(h.probe.snapshots_taken(), 0);
+    assert!(h.fake.events().contains(&("Warning".into(), "FinalSnapshotSkipped".into())));
+    assert!(h.fake.get(TS).is_none(), "deleted");
+}
+
+#[tokio::test]
+async fn backup_settings_reach_the_pod_and_roll_it_out() {
+    let h = Harness::new(minimal_spec());
+    h.create().await;
+    h.pod_ready(0);
+    h.reconcile().await;
+    let old_hash = hash_of(&h.fake);
+    h.edit_spec(|s| {
+        s["backup"] =
+            json!({"schedule": "*/30 * * * *", "target": {"s3": {"bucket": "bkt", "credentialsSecretName": "s3"}}});
+        s["bootstrap"] = json!({"snapshotId": "snap-9"});
+    });
+    h.reconcile().await; // deletes
+    h.reconcile().await; // creates
+    assert_ne!(hash_of(&h.fake), old_hash);
+    let pod: Pod = serde_json::from_value(h.fake.get(POD).unwrap()).unwrap();
+    let env = pod.spec.unwrap().containers[0].env.clone().unwrap();
+    let names: Vec<_> = env.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(names, ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]);
+    let config = h.fake.get(CM).unwrap()["data"]["sidecar.yaml"].as_str().unwrap().to_string();
+    assert!(config.contains("schedule: \"*/30 * * * *\"") || config.contains("schedule: '*/30 * * * *'"), "{config}");
+    assert!(config.contains("bootstrap_from: snap-9"), "{config}");
+    assert!(!config.contains("credentials") && !config.contains("AWS_"), "no secrets in the ConfigMap: {config}");
 }
