@@ -126,6 +126,8 @@ impl Env {
     /// Connects with the default kubeconfig and creates the namespace `e2e-<prefix>-<random>`.
     pub async fn new(prefix: &str) -> Result<Self> {
         let settings = Settings::from_env()?;
+        // Several rustls providers are compiled into the workspace; pick kube's (ring).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let client = Client::try_default().await.context("connecting with KUBECONFIG")?;
         let nss: Api<Namespace> = Api::all(client.clone());
         let ns = match &settings.fixed_namespace {

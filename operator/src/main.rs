@@ -157,6 +157,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }));
     info!(addr = %args.metrics_addr, "serving /metrics, /healthz, /readyz");
 
+    // Several rustls providers are compiled into the workspace; pick kube's (ring).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = Client::try_default().await.context("connecting to the Kubernetes API")?;
     let namespaces: Vec<String> =
         args.namespaces.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
