@@ -245,16 +245,14 @@ async fn main() {
     s.terminate(Duration::from_secs(60));
     let s = Sidecar::start(sdir.path(), &[("TRADESTORE_INTEGRITY__INTERVAL", "1ms")]).await;
     let start = Instant::now();
-    let touch = "count(*) + count(id) + count(symbol) + count(side) + count(quantity) + count(price) + count(status) \
-                 + count(ts) + count(version) + count(seq) + count(created_at) + count(updated_at)";
     let mut scans = Vec::new();
     while start.elapsed().as_secs_f64() < secs.min(3.0) {
         let t = Instant::now();
-        let _: i64 = conn.query_row(&format!("SELECT {touch} FROM trades"), [], |r| r.get(0)).unwrap();
+        tradestore_sidecar::integrity::scan_blocks(&conn).unwrap();
         scans.push(t.elapsed().as_secs_f64() * 1e6);
     }
-    let raw_scan =
-        summarize(format!("raw DuckDB: full column scan ({raw_rows} rows)"), scans.len(), start.elapsed(), scans);
+    let what = format!("raw DuckDB: the integrity block scan alone, every value hashed ({raw_rows} rows)");
+    let raw_scan = summarize(what, scans.len(), start.elapsed(), scans);
     let raw_scan_ms = raw_scan.p50_us.unwrap_or(f64::NAN) / 1000.0;
     table.push(raw_scan);
     let (c2, url) = (c.clone(), s.url("/v1/trades"));
@@ -279,7 +277,7 @@ async fn main() {
     }
     println!("\nsidecar RSS after {rows} rows: {rss:.0} MiB");
     println!(
-        "integrity check on {rows} rows: {check_ms:.0} ms (raw DuckDB full scan of {raw_rows} rows: {raw_scan_ms:.0} ms, \
+        "integrity check on {rows} rows: {check_ms:.0} ms (raw DuckDB block scan of {raw_rows} rows: {raw_scan_ms:.0} ms, \
          ratio {:.1}×)",
         check_ms / raw_scan_ms
     );
