@@ -470,11 +470,12 @@ pub struct BackupSpec {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BackupRetention {
-    /// Keep at most this many snapshots.
+    /// The newest this many snapshots are always kept.
     #[serde(default = "default_keep_last")]
     #[schemars(range(min = 1, max = 10000))]
     pub keep_last: i32,
-    /// Also delete snapshots older than this many hours (0: no age limit).
+    /// Older snapshots beyond `keepLast` are kept while younger than this many hours;
+    /// 0 keeps none beyond `keepLast`.
     #[serde(default)]
     #[schemars(range(min = 0))]
     pub max_age_hours: i64,

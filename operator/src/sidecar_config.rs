@@ -67,7 +67,7 @@ pub struct SidecarConfig {
 pub struct Snapshots {
     pub dir: String,
     pub keep_last: i32,
-    /// `0s`: no age limit.
+    /// `0s`: nothing kept beyond `keep_last`.
     pub max_age: String,
     /// 5-field cron, UTC; absent: no scheduled snapshots.
     #[serde(skip_serializing_if = "Option::is_none")]

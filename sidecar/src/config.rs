@@ -186,7 +186,7 @@ pub struct SnapshotConfig {
     /// Always keep at least this many of the newest snapshots.
     pub keep_last: usize,
     /// Older snapshots beyond `keep_last` are pruned once older than this (seed: 1 h);
-    /// `0s` means no age limit: everything beyond `keep_last` is pruned.
+    /// `0s` keeps nothing beyond `keep_last`.
     #[serde(with = "humantime_serde")]
     pub max_age: Duration,
     /// Cron schedule of automatic snapshots, UTC: 5 fields (e.g. `0 * * * *`) or 6

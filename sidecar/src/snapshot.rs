@@ -56,7 +56,7 @@ pub struct Snapshots {
 }
 
 /// Which snapshots to keep: always the newest `keep_last`; older ones only while
-/// younger than `max_age` (zero: no age limit, so everything beyond `keep_last` goes).
+/// younger than `max_age` (zero: everything beyond `keep_last` goes).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Retention {
     /// Newest snapshots always kept.
@@ -365,7 +365,7 @@ mod tests {
         let all = [at("a", 0), at("b", 2 * hour), at("c", 3 * hour), at("d", 4 * hour)];
         let now = 4 * hour;
         let r = |keep_last, secs| Retention { keep_last, max_age: Duration::from_secs(secs) };
-        assert_eq!(r(2, 0).expired(&all, now), ["a", "b"], "no age limit: all beyond keep_last");
+        assert_eq!(r(2, 0).expired(&all, now), ["a", "b"], "zero age: all beyond keep_last");
         assert_eq!(r(2, 3600 + 1800).expired(&all, now), ["a", "b"], "both older than 1.5 h");
         assert_eq!(r(1, 3 * 3600).expired(&all, now), ["a"], "b and c are young enough");
         assert!(r(4, 0).expired(&all, now).is_empty());
