@@ -828,9 +828,12 @@ fn sidecar_facts(
     let spec = &ts.spec;
     if let Some(f) = facts {
         st.sidecar = Some(f.report);
-        if let Some(snap) = &f.last_snapshot {
+        if f.last_snapshot.is_some() || f.backup.last_error.is_some() || st.backup.is_some() {
             let mut backup = st.backup.clone().unwrap_or_default();
-            record_snapshot(&mut backup, snap, false);
+            if let Some(snap) = &f.last_snapshot {
+                record_snapshot(&mut backup, snap, false);
+            }
+            backup.sidecar_error = f.backup.last_error.clone();
             st.backup = Some(backup);
         }
         st.sync = spec.clickhouse.as_ref().map(|_| SyncStatus {

@@ -762,6 +762,10 @@ pub struct BackupStatus {
     /// Why it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failure: Option<String>,
+    /// The sidecar's last snapshot attempt (scheduled or requested) failed with this error;
+    /// cleared by its next success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sidecar_error: Option<String>,
     /// The final snapshot of a store being deleted (`spec.backup.finalSnapshotOnDelete`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub final_snapshot: Option<FinalSnapshotStatus>,

@@ -83,6 +83,14 @@ pub struct IntegrityReport {
     pub error: Option<String>,
 }
 
+/// The backup part of `/v1/status` (the sidecar's `BackupStatus`).
+#[derive(Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(default)]
+pub struct BackupReport {
+    /// The last snapshot attempt failed with this error (cleared by a success).
+    pub last_error: Option<String>,
+}
+
 /// Everything the operator reads from `GET /v1/status`.
 #[derive(Clone, Debug, PartialEq, Default)]
 pub struct SidecarStatus {
@@ -90,6 +98,8 @@ pub struct SidecarStatus {
     pub report: SidecarReport,
     /// The newest complete snapshot.
     pub last_snapshot: Option<Snapshot>,
+    /// Backup target state.
+    pub backup: BackupReport,
     /// The ClickHouse sync.
     pub sync: SyncReport,
     /// The Redis journal.
@@ -138,6 +148,8 @@ struct StatusDoc {
     #[serde(default)]
     last_snapshot: Option<Snapshot>,
     #[serde(default)]
+    backup: BackupReport,
+    #[serde(default)]
     sync: SyncReport,
     #[serde(default)]
     journal: JournalReport,
@@ -182,6 +194,7 @@ impl SidecarClient for HttpSidecarClient {
                     not_ready_reason: d.not_ready_reason,
                 },
                 last_snapshot: d.last_snapshot,
+                backup: d.backup,
                 sync: d.sync,
                 journal: d.journal,
                 integrity: d.integrity,

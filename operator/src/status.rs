@@ -154,7 +154,8 @@ pub fn condition_true(conds: &[Condition], type_: &str) -> bool {
 }
 
 /// `BackupReady` from the backup status: (status, reason, message). False when the last snapshot
-/// the operator asked for failed (`BackupFailed`), when there is none yet (`NoSnapshotYet`), or
+/// the operator asked for failed (`BackupFailed`), when the sidecar's last attempt — scheduled or
+/// requested — failed (`SnapshotFailing`), when there is none yet (`NoSnapshotYet`), or
 /// when the newest one is older than the last scheduled time plus [`SCHEDULE_GRACE_SECONDS`]
 /// (`ScheduleMissed`: scheduled snapshots fail, or no sidecar ran to take them).
 pub fn backup_condition(spec: &BackupSpec, b: Option<&BackupStatus>, now: Timestamp) -> (bool, &'static str, String) {
@@ -162,6 +163,9 @@ pub fn backup_condition(spec: &BackupSpec, b: Option<&BackupStatus>, now: Timest
     if let Some(err) = &b.last_failure {
         let when = b.last_failure_time.as_ref().map(|t| t.0.to_string()).unwrap_or_default();
         return (false, "BackupFailed", format!("the last requested snapshot failed at {when}: {err}"));
+    }
+    if let Some(err) = &b.sidecar_error {
+        return (false, "SnapshotFailing", format!("the sidecar's last snapshot attempt failed: {err}"));
     }
     let Some(id) = &b.last_snapshot else {
         return (false, "NoSnapshotYet", "no snapshot exists yet".into());

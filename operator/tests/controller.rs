@@ -18,7 +18,9 @@ use serde_json::{Value, json};
 use tradestore_operator::controller::{self, Context, Error, Settings};
 use tradestore_operator::crd::{SidecarReport, TradeStore};
 use tradestore_operator::metrics::Metrics;
-use tradestore_operator::sidecar_api::{HttpSidecarClient, SidecarClient, SidecarStatus, Snapshot, SyncReport};
+use tradestore_operator::sidecar_api::{
+    BackupReport, HttpSidecarClient, SidecarClient, SidecarStatus, Snapshot, SyncReport,
+};
 
 const NS: &str = "trading";
 const TS: &str = "/apis/tradestore.io/v1alpha1/namespaces/trading/tradestores/minimal";
@@ -36,6 +38,7 @@ struct FakeSidecar {
     snapshot_calls: Mutex<Vec<(String, String)>>,
     failing: Mutex<bool>,
     last_snapshot: Mutex<Option<Snapshot>>,
+    backup_error: Mutex<Option<String>>,
     sync: Mutex<SyncReport>,
 }
 
@@ -64,6 +67,7 @@ impl SidecarClient for FakeSidecar {
                     ..Default::default()
                 },
                 last_snapshot: self.last_snapshot.lock().unwrap().clone(),
+                backup: BackupReport { last_error: self.backup_error.lock().unwrap().clone() },
                 sync: self.sync.lock().unwrap().clone(),
                 ..Default::default()
             })
@@ -740,6 +744,16 @@ async fn missed_scheduled_snapshots_make_backups_not_ready() {
     h.reconcile().await;
     assert_eq!(h.condition("BackupReady"), ("True".into(), "SnapshotAvailable".into()));
     assert_eq!(h.status()["backup"]["lastSeq"], 9);
+
+    // The sidecar's own (scheduled) snapshot fails: reported at once, cleared by its next success.
+    *h.probe.backup_error.lock().unwrap() = Some("object store: connection refused".into());
+    h.reconcile().await;
+    assert_eq!(h.condition("BackupReady"), ("False".into(), "SnapshotFailing".into()));
+    assert!(h.status()["backup"]["sidecarError"].as_str().unwrap().contains("connection refused"));
+    *h.probe.backup_error.lock().unwrap() = None;
+    h.reconcile().await;
+    assert_eq!(h.condition("BackupReady"), ("True".into(), "SnapshotAvailable".into()));
+    assert!(h.status()["backup"].get("sidecarError").is_none());
 }
 
 #[tokio::test]
