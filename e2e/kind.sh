@@ -59,8 +59,11 @@ EOF
 fi
 kubectl config use-context "kind-$CLUSTER"
 APP_IMAGE="${TRADESTORE_E2E_APP_IMAGE:-docker.io/library/busybox:1.36}"
-docker image inspect "$APP_IMAGE" >/dev/null 2>&1 || docker pull "$APP_IMAGE"
-kind load docker-image --name "$CLUSTER" "$SIDECAR_IMAGE" "$OPERATOR_IMAGE" "$APP_IMAGE"
+REDIS_IMAGE="${TRADESTORE_E2E_REDIS_IMAGE:-docker.io/library/redis:7}"
+for img in "$APP_IMAGE" "$REDIS_IMAGE"; do
+  docker image inspect "$img" >/dev/null 2>&1 || docker pull "$img"
+done
+kind load docker-image --name "$CLUSTER" "$SIDECAR_IMAGE" "$OPERATOR_IMAGE" "$APP_IMAGE" "$REDIS_IMAGE"
 
 node_ip="$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$CLUSTER-control-plane")"
 $SUDO ip route replace "$SERVICE_CIDR" via "$node_ip" && route_added=1
@@ -77,6 +80,7 @@ export TRADESTORE_E2E_OPERATOR_NAMESPACE="$NS"
 export TRADESTORE_E2E_OPERATOR_SA="$RELEASE"
 export TRADESTORE_E2E_IMAGE_PULL_POLICY=IfNotPresent
 export TRADESTORE_E2E_APP_IMAGE="$APP_IMAGE"
+export TRADESTORE_E2E_REDIS_IMAGE="$REDIS_IMAGE"
 # kind's local-path provisioner: ReadWriteOnce.
 export TRADESTORE_E2E_ACCESS_MODE=ReadWriteOnce
 # SIGKILL of a container goes through containerd inside the kind node.

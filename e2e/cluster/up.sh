@@ -48,9 +48,10 @@ BIN="$("$HERE/build-k8s.sh" | tail -n1)"
 [[ -x $BIN/k8s ]] || die "no Kubernetes binary in $BIN"
 export PATH="$BIN:$PATH"
 
-img_hash="$(cat "$HERE/images/build.sh" "$HERE/images/pause.c" /bin/busybox | sha256sum | cut -c1-12)"
+command -v redis-server >/dev/null || die "redis-server is needed for the cluster's redis image: apt-get install redis-server"
+img_hash="$(cat "$HERE/images/build.sh" "$HERE/images/pause.c" /bin/busybox "$(readlink -f "$(command -v redis-server)")" | sha256sum | cut -c1-12)"
 IMAGES="$TS_CACHE/images-$img_hash"
-if [[ ! -f $IMAGES/busybox.tar || ! -f $IMAGES/pause.tar ]]; then
+if [[ ! -f $IMAGES/busybox.tar || ! -f $IMAGES/pause.tar || ! -f $IMAGES/redis.tar ]]; then
   log "building images into $IMAGES"
   "$HERE/images/build.sh" "$IMAGES"
   for d in "$TS_CACHE"/images-*; do [[ $d == "$IMAGES" ]] || rm -rf "$d"; done
@@ -323,7 +324,7 @@ start_proc containerd ns containerd --config "$TS_STATE/containerd/config.toml"
 wait_for 60 "containerd" ctr --address "$CTRD_SOCK" version
 
 log "importing images"
-for t in "$IMAGES/pause.tar" "$IMAGES/busybox.tar"; do
+for t in "$IMAGES/pause.tar" "$IMAGES/busybox.tar" "$IMAGES/redis.tar"; do
   "$HERE/load-image.sh" "$t" >/dev/null
 done
 

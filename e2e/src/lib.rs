@@ -8,6 +8,7 @@
 //! | `TRADESTORE_E2E_SIDECAR_IMAGE` | — (required) | sidecar image reference the stores use |
 //! | `TRADESTORE_E2E_BROKEN_IMAGE` | `TRADESTORE_E2E_OPERATOR_IMAGE` | an image without `/usr/local/bin/sidecar` (crash-loop test) |
 //! | `TRADESTORE_E2E_APP_IMAGE` | `tradestore.local/busybox:e2e` | an image with `sh` and `nc` for the app container test |
+//! | `TRADESTORE_E2E_REDIS_IMAGE` | `tradestore.local/redis:e2e` | an image with `redis-server` on `PATH` (the journal test) |
 //! | `TRADESTORE_E2E_IMAGE_PULL_POLICY` | `Never` | pull policy of the stores' pods |
 //! | `TRADESTORE_E2E_ACCESS_MODE` | the CRD default (`ReadWriteOncePod`) | `storage.accessMode` of the stores |
 //! | `TRADESTORE_E2E_OPERATOR_NAMESPACE` | `tradestore-system` | where the chart is installed |
@@ -35,6 +36,7 @@ pub struct Settings {
     pub sidecar_image: String,
     pub broken_image: String,
     pub app_image: String,
+    pub redis_image: String,
     pub pull_policy: String,
     pub access_mode: Option<String>,
     pub operator_namespace: String,
@@ -66,6 +68,7 @@ impl Settings {
             sidecar_image,
             broken_image,
             app_image: env_or("TRADESTORE_E2E_APP_IMAGE", "tradestore.local/busybox:e2e"),
+            redis_image: env_or("TRADESTORE_E2E_REDIS_IMAGE", "tradestore.local/redis:e2e"),
             pull_policy: env_or("TRADESTORE_E2E_IMAGE_PULL_POLICY", "Never"),
             access_mode: std::env::var("TRADESTORE_E2E_ACCESS_MODE").ok().filter(|v| !v.is_empty()),
             operator_namespace: env_or("TRADESTORE_E2E_OPERATOR_NAMESPACE", "tradestore-system"),

@@ -670,3 +670,73 @@ async fn t11_backup_then_restore_into_a_new_store() -> Result<()> {
     })
     .await
 }
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes cluster with the chart installed: run e2e/run.sh"]
+async fn t12_redis_journal_wired_from_a_secret() -> Result<()> {
+    with_env("redis", |env| async move {
+        // A Redis server in the namespace, reached through its Service name.
+        let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.ns);
+        let redis: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "redis", "labels": {"app": "redis"}},
+            "spec": {
+                "securityContext": {"runAsNonRoot": true, "runAsUser": 65534, "seccompProfile": {"type": "RuntimeDefault"}},
+                "containers": [{
+                    "name": "redis",
+                    "image": env.settings.redis_image,
+                    "imagePullPolicy": "IfNotPresent",
+                    "command": ["redis-server", "--port", "6379", "--bind", "0.0.0.0", "--protected-mode", "no", "--save", "", "--appendonly", "no", "--dir", "/tmp"],
+                    "ports": [{"containerPort": 6379}],
+                    "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]}},
+                    "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+                }],
+                "volumes": [{"name": "tmp", "emptyDir": {}}],
+            },
+        }))?;
+        pods.create(&PostParams::default(), &redis).await?;
+        let svc: Service = serde_json::from_value(json!({
+            "metadata": {"name": "redis"},
+            "spec": {"selector": {"app": "redis"}, "ports": [{"port": 6379, "targetPort": 6379}]},
+        }))?;
+        Api::<Service>::namespaced(env.client.clone(), &env.ns).create(&PostParams::default(), &svc).await?;
+        let url = format!("redis://redis.{}.svc.cluster.local:6379/0", env.ns);
+        let secret: Secret = serde_json::from_value(json!({
+            "metadata": {"name": "redis-conn"},
+            "stringData": {"url": url},
+        }))?;
+        Api::<Secret>::namespaced(env.client.clone(), &env.ns).create(&PostParams::default(), &secret).await?;
+
+        // The store gets the URL only through the Secret reference (never in its ConfigMap).
+        let redis_spec = json!({"redis": {"urlSecretRef": {"name": "redis-conn", "key": "url"}, "keyPrefix": "desk"}});
+        env.create_store("desk", redis_spec).await?;
+        env.wait_ready("desk", READY).await?;
+        let cm: ConfigMap = Api::namespaced(env.client.clone(), &env.ns).get("desk-config").await?;
+        let rendered = cm.data.and_then(|d| d.get("sidecar.yaml").cloned()).unwrap_or_default();
+        ensure!(rendered.contains("key_prefix: desk") && !rendered.contains("redis://"), "ConfigMap: {rendered}");
+        let sc = env.sidecar("desk").await?;
+        sc.wait_serving(SHORT).await?;
+        sc.write_many("t12", "NFLX", 10).await?;
+        let last = sc.status().await?["last_seq"].as_i64().unwrap_or(-1);
+        ensure!(last >= 10, "last_seq {last}");
+        let j = wait_for("the journal to reach the last commit", SHORT, Duration::from_millis(500), || async {
+            let st = sc.status().await?;
+            let j = st["journal"].clone();
+            if j["enabled"] == true && j["healthy"] == true && j["watermark"].as_i64() == Some(last) {
+                Ok(Some(j))
+            } else {
+                Err(anyhow!("journal {j}"))
+            }
+        })
+        .await?;
+        say(format!("journal through the Service: {j}"));
+        // The operator copies it into the TradeStore status.
+        wait_for("status.journal in the TradeStore", SHORT, Duration::from_millis(500), || async {
+            let ts = env.store("desk").await?;
+            let j = ts.data.pointer("/status/journal").cloned().unwrap_or(Value::Null);
+            if j["healthy"] == true && j["watermark"].as_i64() == Some(last) { Ok(Some(())) } else { Err(anyhow!("{j}")) }
+        })
+        .await?;
+        Ok(())
+    })
+    .await
+}
