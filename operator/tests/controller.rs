@@ -799,8 +799,8 @@ fn pod_deleting(h: &Harness) -> bool {
     h.fake.get(POD).is_none_or(|p| !p["metadata"]["deletionTimestamp"].is_null())
 }
 
-#[tokio::test]
-async fn final_snapshot_is_taken_before_the_pod_stops() {
+/// A store with `finalSnapshotOnDelete` whose sidecar is running and ready.
+async fn running_store_with_final_snapshot() -> Harness {
     let mut spec = backup_spec(false);
     spec["backup"]["finalSnapshotOnDelete"] = json!(true);
     let h = Harness::new(spec);
@@ -808,6 +808,12 @@ async fn final_snapshot_is_taken_before_the_pod_stops() {
     h.create().await;
     h.pod_ready(0);
     h.reconcile().await;
+    h
+}
+
+#[tokio::test]
+async fn final_snapshot_is_taken_before_the_pod_stops() {
+    let h = running_store_with_final_snapshot().await;
     start_deletion(&h).await;
     assert_eq!(h.probe.snapshots_taken(), 1);
     assert!(pod_deleting(&h), "pod stopped after the snapshot");
@@ -823,13 +829,7 @@ async fn final_snapshot_is_taken_before_the_pod_stops() {
 
 #[tokio::test]
 async fn final_snapshot_retries_with_backoff_then_deletion_goes_on() {
-    let mut spec = backup_spec(false);
-    spec["backup"]["finalSnapshotOnDelete"] = json!(true);
-    let h = Harness::new(spec);
-    h.fake.graceful_pods(true);
-    h.create().await;
-    h.pod_ready(0);
-    h.reconcile().await;
+    let h = running_store_with_final_snapshot().await;
     h.probe.fail(true);
 
     let action = start_deletion(&h).await;

@@ -103,7 +103,7 @@ impl App {
         let recovery = match &cfg.snapshots.bootstrap_from {
             Some(from) if !path.exists() => {
                 tracing::info!(from, "no database file; bootstrapping from snapshot");
-                backup::restore(&backups, from, &path).await?;
+                backups.restore(from, &path).await?;
                 None
             }
             _ => recovery::run(&cfg, &backups, cfg.redis_password(env)?).await?,

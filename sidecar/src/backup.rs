@@ -38,7 +38,6 @@ pub struct BackupStatus {
 /// The backup target(s) and their retention.
 pub struct Backups {
     local: Arc<Snapshots>,
-    dir: PathBuf,
     remote: Option<Remote>,
     retention: Retention,
     status: Mutex<BackupStatus>,
@@ -75,7 +74,6 @@ impl Backups {
         };
         Ok(Backups {
             local: Arc::new(Snapshots::new(cfg.dir.clone(), local_retention)),
-            dir: cfg.dir.clone(),
             remote,
             retention,
             status: Mutex::new(status),
@@ -134,25 +132,30 @@ impl Backups {
         self.local.latest()
     }
 
-    /// A local directory holding snapshot `from`, verified: `from` is a snapshot
-    /// directory path, or an id found in the local directory or else downloaded.
-    pub async fn fetch(&self, from: &str) -> Result<PathBuf> {
-        let dir = if from.contains('/') {
-            PathBuf::from(from)
+    /// A local directory holding snapshot `from`: `from` is a snapshot directory path,
+    /// or an id found in the local directory or else downloaded from the bucket. Not
+    /// verified here: [`snapshot::restore`] checks size and SHA-256 before using it.
+    async fn fetch(&self, from: &str) -> Result<PathBuf> {
+        if from.contains('/') {
+            Ok(PathBuf::from(from))
         } else if self.local.path_of(from).join(snapshot::MANIFEST).is_file() {
-            self.local.path_of(from)
+            Ok(self.local.path_of(from))
         } else if let Some(remote) = &self.remote {
-            remote.download(from, &self.dir).await?
+            remote.download(from, self.local.dir()).await
         } else {
-            return Err(Error::NotFound(format!("snapshot {from} in {}", self.dir.display())));
-        };
-        snapshot::verify(&dir)?;
-        Ok(dir)
+            Err(Error::NotFound(format!("snapshot {from} in {}", self.local.dir().display())))
+        }
     }
 
-    /// The newest snapshot that verifies, local or remote, fetched into the local
-    /// directory; unusable ones are skipped with an error log.
-    pub async fn newest_verified(&self) -> Result<Option<(Manifest, PathBuf)>> {
+    /// Restores snapshot `from` (a path or an id) as `database`, which must not exist.
+    pub async fn restore(&self, from: &str, database: &Path) -> Result<Manifest> {
+        snapshot::restore(&self.fetch(from).await?, database)
+    }
+
+    /// Restores the newest snapshot that verifies, local or in the bucket, as `database`
+    /// (which must not exist); unusable ones are skipped with an error log. `None` when
+    /// there is no usable snapshot.
+    pub async fn restore_newest(&self, database: &Path) -> Result<Option<Manifest>> {
         let mut candidates: Vec<(Manifest, bool)> = self.local.list()?.into_iter().map(|m| (m, false)).collect();
         if let Some(remote) = &self.remote {
             match remote.list().await {
@@ -163,12 +166,15 @@ impl Backups {
         // Newest first by sequence; a local copy beats a download of the same snapshot.
         candidates.sort_by_key(|(m, is_remote)| (m.seq, !is_remote));
         for (m, is_remote) in candidates.into_iter().rev() {
-            let dir = match is_remote {
-                true => self.remote.as_ref().expect("remote candidate").download(&m.id, &self.dir).await,
-                false => snapshot::verify(&self.local.path_of(&m.id)).map(|_| self.local.path_of(&m.id)),
+            let restored = match is_remote {
+                true => match self.remote.as_ref().expect("remote candidate").download(&m.id, self.local.dir()).await {
+                    Ok(dir) => snapshot::restore(&dir, database),
+                    Err(e) => Err(e),
+                },
+                false => snapshot::restore(&self.local.path_of(&m.id), database),
             };
-            match dir {
-                Ok(dir) => return Ok(Some((m, dir))),
+            match restored {
+                Ok(m) => return Ok(Some(m)),
                 Err(e) => tracing::error!(id = m.id, error = %e, "skipping unusable snapshot"),
             }
         }
@@ -183,12 +189,6 @@ impl Backups {
     fn set_next_run(&self, next: Option<String>) {
         self.status.lock().unwrap_or_else(|e| e.into_inner()).next_run = next;
     }
-}
-
-/// Restores snapshot `from` (a path or an id) as `database`, which must not exist.
-pub async fn restore(backups: &Backups, from: &str, database: &Path) -> Result<Manifest> {
-    let dir = backups.fetch(from).await?;
-    snapshot::restore(&dir, database)
 }
 
 /// Takes a snapshot at every time `schedule` names, until the process ends. A failed

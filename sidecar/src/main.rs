@@ -146,10 +146,8 @@ fn migrate(cfg: &Config, action: MigrateAction) -> Result<()> {
 
 fn restore(cfg: &Config, from: &str) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let m = runtime.block_on(async {
-        let backups = backup::Backups::new(&cfg.snapshots)?;
-        backup::restore(&backups, from, &cfg.database_path()).await
-    })?;
+    let m =
+        runtime.block_on(async { backup::Backups::new(&cfg.snapshots)?.restore(from, &cfg.database_path()).await })?;
     println!("{}", serde_json::to_string_pretty(&m).expect("manifest serializes"));
     Ok(())
 }

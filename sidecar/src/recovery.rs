@@ -13,7 +13,7 @@ use crate::backup::Backups;
 use crate::config::{Config, OnIntegrityFailure};
 use crate::error::{Error, Result};
 use crate::model::{Trade, now_micros};
-use crate::{db, integrity, migrations, snapshot};
+use crate::{db, integrity, migrations};
 
 /// What recovery did, reported in `/v1/status`.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -39,17 +39,16 @@ pub struct Report {
 pub async fn run(cfg: &Config, backups: &Backups, redis_password: Option<String>) -> Result<Option<Report>> {
     let path = cfg.database_path();
     let Some(reason) = why_recover(cfg, redis_password.clone())? else { return Ok(None) };
-    let newest_good = backups.newest_verified().await?;
     let journal = match &cfg.redis.url {
         Some(url) => read_journal(url, redis_password, &cfg.redis.key_prefix)?,
         None => Vec::new(),
     };
-    if reason == MISSING && newest_good.is_none() && journal.is_empty() {
+    let restored = backups.restore_newest(&path).await?;
+    if reason == MISSING && restored.is_none() && journal.is_empty() {
         return Ok(None); // a new store
     }
     let mut report = Report { reason, ..Default::default() };
-    if let Some((m, dir)) = &newest_good {
-        snapshot::restore(dir, &path)?;
+    if let Some(m) = &restored {
         report.snapshot = Some(m.id.clone());
         report.snapshot_seq = m.seq;
     }

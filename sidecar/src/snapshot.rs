@@ -173,6 +173,11 @@ impl Snapshots {
         }))
     }
 
+    /// The directory holding the snapshots.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Directory of snapshot `id`.
     pub fn path_of(&self, id: &str) -> PathBuf {
         self.dir.join(id)
