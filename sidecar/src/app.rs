@@ -100,13 +100,15 @@ impl App {
         let path = cfg.database_path();
         let backups = Backups::new(&cfg.snapshots)?;
         backups.refresh().await;
-        let recovery = match &cfg.snapshots.bootstrap_from {
+        let redis =
+            cfg.redis.url.as_deref().map(|url| journal::stream::client(url, cfg.redis_password(env)?)).transpose()?;
+        let rebuilt = match &cfg.snapshots.bootstrap_from {
             Some(from) if !path.exists() => {
                 tracing::info!(from, "no database file; bootstrapping from snapshot");
                 backups.restore(from, &path).await?;
                 None
             }
-            _ => recovery::run(&cfg, &backups, cfg.redis_password(env)?).await?,
+            _ => recovery::run(&cfg, &backups, redis.as_ref()).await?,
         };
         let conn = db::open(&path, &cfg.duckdb)?;
         let applied = migrations::up(&conn, migrations::embedded(), None)?;
@@ -114,6 +116,10 @@ impl App {
         if !applied.is_empty() {
             tracing::info!(?applied, schema_version, "applied migrations");
         }
+        // Before the writer hands out sequence numbers: a store below its journal
+        // must take the journal's changes first, or it would reuse their numbers.
+        let caught_up = recovery::catch_up(&conn, &cfg, redis.as_ref())?;
+        let recovery = rebuilt.or(caught_up);
         let state = Arc::new(RwLock::new(load_hot_state(&conn, cfg.writer.recent_trades)?));
         let metrics = Arc::new(Metrics::new());
         let health = Arc::new(Health::new(cfg.lifecycle.liveness_deadline));
@@ -133,15 +139,21 @@ impl App {
                 (Some(status), Some(synced))
             }
         };
-        let journal = match &cfg.redis.url {
-            None => None,
-            Some(_) => {
-                let j = Journal::new(cfg.redis.clone(), cfg.redis_password(env)?, reader.clone(), metrics.clone())?;
-                let status = j.status();
-                tokio::spawn(j.run(committed_rx, synced));
-                Some(status)
-            }
-        };
+        let journal = redis.map(|client| {
+            let marker = journal::diverged_marker(&path);
+            let j = Journal::new(
+                cfg.redis.clone(),
+                client,
+                reader.clone(),
+                metrics.clone(),
+                last_seq,
+                marker,
+                backups.watch_last(),
+            );
+            let status = j.status();
+            tokio::spawn(j.run(committed_rx, synced));
+            status
+        });
         health.set_ready();
         tracing::info!(db = %path.display(), schema_version, auth = token.is_some(), "store open");
         let interval = cfg.integrity.interval;
@@ -199,6 +211,15 @@ impl App {
         reason.clone().expect("waited for Some")
     }
 
+    /// The journal's status, its lag measured against the last commit now (so it keeps
+    /// growing while Redis is down).
+    fn journal_status(&self) -> JournalStatus {
+        let Some(j) = &self.journal else { return JournalStatus::default() };
+        let mut s = j.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        s.lag = (self.metrics.last_seq.get() - s.watermark).max(0);
+        s
+    }
+
     /// The current status document.
     pub fn status(&self) -> StatusDoc {
         let readiness = self.health.readiness();
@@ -211,11 +232,7 @@ impl App {
             queue_depth: self.metrics.queue_depth.get(),
             ready: readiness.is_ok(),
             not_ready_reason: readiness.err(),
-            journal: self
-                .journal
-                .as_ref()
-                .map(|j| j.lock().unwrap_or_else(|e| e.into_inner()).clone())
-                .unwrap_or_default(),
+            journal: self.journal_status(),
             sync: self.sync.as_ref().map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).clone()).unwrap_or_default(),
             last_snapshot: self.backups.last(),
             backup: self.backups.status(),

@@ -41,7 +41,8 @@ pub struct Backups {
     remote: Option<Remote>,
     retention: Retention,
     status: Mutex<BackupStatus>,
-    last: Mutex<Option<Manifest>>,
+    /// The newest snapshot; followers watch it to keep what it does not cover.
+    last: tokio::sync::watch::Sender<Option<Manifest>>,
 }
 
 /// Parses a cron expression, UTC: 5 fields (minute hour day-of-month month
@@ -77,7 +78,7 @@ impl Backups {
             remote,
             retention,
             status: Mutex::new(status),
-            last: Mutex::new(None),
+            last: tokio::sync::watch::channel(None).0,
         })
     }
 
@@ -85,14 +86,23 @@ impl Backups {
     /// fatal, when the bucket cannot be listed).
     pub async fn refresh(&self) {
         match self.list().await {
-            Ok(mut all) => *self.last.lock().unwrap_or_else(|e| e.into_inner()) = all.pop(),
+            Ok(mut all) => self.set_last(all.pop()),
             Err(e) => tracing::warn!(error = %e, "cannot list snapshots"),
         }
     }
 
+    fn set_last(&self, m: Option<Manifest>) {
+        self.last.send_replace(m);
+    }
+
+    /// The newest snapshot as it changes.
+    pub fn watch_last(&self) -> tokio::sync::watch::Receiver<Option<Manifest>> {
+        self.last.subscribe()
+    }
+
     /// The newest snapshot known (taken by this process or listed at start).
     pub fn last(&self) -> Option<Manifest> {
-        self.last.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.last.borrow().clone()
     }
 
     /// Takes a consistent snapshot on a read connection of the live database while
@@ -108,7 +118,7 @@ impl Backups {
                     tracing::info!(id, "pruned remote snapshot");
                 }
             }
-            *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(m.clone());
+            self.set_last(Some(m.clone()));
             Ok(m)
         }
         .await;

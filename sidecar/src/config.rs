@@ -57,6 +57,29 @@ pub struct Config {
     pub clickhouse: ClickhouseConfig,
     /// Periodic integrity checks.
     pub integrity: IntegrityConfig,
+    /// Start-up recovery.
+    pub recovery: RecoveryConfig,
+}
+
+/// Start-up recovery: how long it waits for the journal, and whether it may come up
+/// without proof that it restored every change.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecoveryConfig {
+    /// How long start-up waits for Redis when it needs the journal: to rebuild a file,
+    /// or to check that the store does not end below the journal.
+    #[serde(with = "humantime_serde")]
+    pub journal_wait: Duration,
+    /// Come up even when recovery cannot prove it holds every change (journal
+    /// unreachable, empty or trimmed past the snapshot); the recovery report then says
+    /// `complete: false` and why. Off: start-up fails with that reason instead.
+    pub accept_data_loss: bool,
+}
+
+impl Default for RecoveryConfig {
+    fn default() -> Self {
+        RecoveryConfig { journal_wait: Duration::from_secs(30), accept_data_loss: false }
+    }
 }
 
 /// Integrity check schedule and what a failure does.
@@ -160,6 +183,9 @@ pub struct RedisConfig {
     /// Slowest retry pace while Redis is unreachable.
     #[serde(with = "humantime_serde")]
     pub max_backoff: Duration,
+    /// Longest wait for a connection or a reply; a stalled Redis then counts as down.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
 }
 
 impl Default for RedisConfig {
@@ -171,6 +197,7 @@ impl Default for RedisConfig {
             retention: Duration::from_secs(3600),
             batch_size: 1000,
             max_backoff: Duration::from_secs(5),
+            timeout: Duration::from_secs(2),
         }
     }
 }
@@ -357,6 +384,7 @@ impl Default for Config {
             redis: RedisConfig::default(),
             clickhouse: ClickhouseConfig::default(),
             integrity: IntegrityConfig::default(),
+            recovery: RecoveryConfig::default(),
         }
     }
 }
@@ -468,6 +496,9 @@ impl Config {
         }
         if self.database_file.is_empty() || self.database_file.contains('/') {
             return bad("database_file must be a plain file name".into());
+        }
+        if self.redis.timeout < Duration::from_millis(10) {
+            return bad("redis.timeout must be at least 10ms".into());
         }
         if self.redis.batch_size == 0 || self.redis.key_prefix.is_empty() {
             return bad("redis.batch_size must be >= 1 and redis.key_prefix non-empty".into());

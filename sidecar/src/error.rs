@@ -11,6 +11,9 @@ pub enum Error {
     /// The database file's schema does not fit this binary.
     #[error("migration error: {0}")]
     Migration(String),
+    /// Start-up recovery cannot bring the store back without losing changes.
+    #[error("recovery refused: {0}")]
+    Recovery(String),
     /// A snapshot is missing, corrupt or cannot be used.
     #[error("snapshot error: {0}")]
     Snapshot(String),

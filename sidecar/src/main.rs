@@ -96,7 +96,7 @@ async fn quarantine_when_journaled(app: &App, why: &str, deadline: tokio::time::
     loop {
         let journaled = app.journal.as_ref().map_or(0, |j| j.lock().unwrap_or_else(|e| e.into_inner()).watermark);
         if journaled >= last {
-            recovery::quarantine(&app.cfg.database_path(), why)?;
+            recovery::quarantine(&app.cfg.database_path(), why, last)?;
             return Err(Error::Internal(format!("integrity check failed ({why}); restarting into recovery")));
         }
         if tokio::time::Instant::now() >= deadline {

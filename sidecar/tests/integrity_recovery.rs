@@ -9,12 +9,8 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::time::{Duration, Instant};
 
 use common::servers::Server;
-use common::{Sidecar, client, free_port, trade_for};
+use common::{Sidecar, client, free_port, status, trade_for, wait_exit};
 use serde_json::{Value, json};
-
-async fn status(s: &Sidecar) -> Value {
-    client().get(s.url("/v1/status")).send().await.unwrap().json().await.unwrap()
-}
 
 async fn write_batch(s: &Sidecar, from: usize, n: usize) {
     let trades: Vec<Value> = (from..from + n).map(|i| trade_for(&format!("t{i}"))).collect();
@@ -49,17 +45,6 @@ fn damage(file: &std::path::Path, at: u64) {
     f.seek(SeekFrom::Start(at)).unwrap();
     f.write_all(&b).unwrap();
     f.sync_all().unwrap();
-}
-
-async fn wait_exit(s: &mut Sidecar) -> std::process::ExitStatus {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(code) = s.child.try_wait().unwrap() {
-            return code;
-        }
-        assert!(Instant::now() < deadline, "the sidecar did not stop after the damage; log:\n{}", s.log());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 async fn assert_all_there(s: &Sidecar) {

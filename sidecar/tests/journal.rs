@@ -4,34 +4,12 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
-use common::servers::Server;
-use common::{Sidecar, client, free_port, trade_for};
+use common::servers::{Server, journal_seqs};
+use common::{Sidecar, client, free_port, status, trade_for, wait_status};
 use serde_json::{Value, json};
 
-async fn status(s: &Sidecar) -> Value {
-    client().get(s.url("/v1/status")).send().await.unwrap().json().await.unwrap()
-}
-
 async fn wait_journal(s: &Sidecar, want: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let st = status(s).await;
-        if want(&st["journal"]) {
-            return st;
-        }
-        assert!(Instant::now() < deadline, "journal never reached the expected state: {st}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn stream_seqs(port: u16) -> Vec<i64> {
-    let c = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
-    let mut conn = c.get_multiplexed_async_connection().await.unwrap();
-    let entries: Vec<(String, Vec<(String, String)>)> =
-        redis::cmd("XRANGE").arg("tradestore:journal").arg("-").arg("+").query_async(&mut conn).await.unwrap();
-    entries.into_iter().map(|(_, fields)| fields.iter().find(|(k, _)| k == "seq").unwrap().1.parse().unwrap()).collect()
+    wait_status(s, "the expected journal state", |st| want(&st["journal"])).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -49,7 +27,7 @@ async fn journal_follows_commits_and_catches_up_after_redis_outage() {
     }
     assert_eq!(c.delete(s.url("/v1/trades/j0")).send().await.unwrap().status(), 200);
     wait_journal(&s, |j| j["watermark"] == 61 && j["healthy"] == true && j["lag"] == 0).await;
-    assert_eq!(stream_seqs(rport).await, (1..=61).collect::<Vec<i64>>());
+    assert_eq!(journal_seqs(rport).await, (1..=61).collect::<Vec<i64>>());
     {
         let rc = redis::Client::open(url.as_str()).unwrap();
         let mut conn = rc.get_multiplexed_async_connection().await.unwrap();
@@ -73,7 +51,7 @@ async fn journal_follows_commits_and_catches_up_after_redis_outage() {
     // Redis returns (with its append-only file): the journal catches up, each change once.
     let _redis = Server::redis(rdir.path(), rport);
     wait_journal(&s, |j| j["watermark"] == 101 && j["healthy"] == true).await;
-    assert_eq!(stream_seqs(rport).await, (1..=101).collect::<Vec<i64>>());
+    assert_eq!(journal_seqs(rport).await, (1..=101).collect::<Vec<i64>>());
 }
 
 /// Every trade's (version, status) as the API reports it.

@@ -141,3 +141,42 @@ pub fn open_db(dir: &Path) -> duckdb::Connection {
 pub async fn get_json(c: &reqwest::Client, url: String, query: &[(&str, &str)]) -> Value {
     c.get(url).query(query).send().await.unwrap().json().await.unwrap()
 }
+
+/// `GET /v1/status`.
+pub async fn status(s: &Sidecar) -> Value {
+    client().get(s.url("/v1/status")).send().await.unwrap().json().await.unwrap()
+}
+
+/// Polls `/v1/status` until `want` holds (30 s at most), and returns it.
+pub async fn wait_status(s: &Sidecar, what: &str, want: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let st = status(s).await;
+        if want(&st) {
+            return st;
+        }
+        assert!(Instant::now() < deadline, "{what} never happened: {st}\nlog:\n{}", s.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits for the process to exit by itself (60 s at most).
+pub async fn wait_exit(s: &mut Sidecar) -> ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(code) = s.child.try_wait().unwrap() {
+            return code;
+        }
+        assert!(Instant::now() < deadline, "the sidecar did not stop; log:\n{}", s.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Posts one trade per id, each acknowledged with 201.
+pub async fn write_trades(s: &Sidecar, ids: impl IntoIterator<Item = String>) {
+    let c = client();
+    for id in ids {
+        let r = c.post(s.url("/v1/trades")).json(&trade_for(&id)).send().await.unwrap();
+        assert_eq!(r.status(), 201, "{id}: {}", r.text().await.unwrap());
+    }
+}

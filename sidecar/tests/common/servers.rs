@@ -35,6 +35,16 @@ impl Server {
         Server::wait(child, port, "redis-server")
     }
 
+    /// `redis-server` without persistence: a restart comes back empty.
+    pub fn redis_ephemeral(port: u16) -> Server {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--appendonly", "no", "--save", ""])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (scripts/test.sh installs it)");
+        Server::wait(child, port, "redis-server")
+    }
+
     /// moto's S3-compatible server (`MOTO_SERVER`, installed by scripts/test.sh) with
     /// bucket `bucket` created.
     pub async fn s3(bucket: &str) -> Server {
@@ -62,6 +72,11 @@ impl Server {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 
+    /// Sends `signal` (e.g. `libc::SIGSTOP`, `libc::SIGCONT`).
+    pub fn signal(&self, signal: i32) {
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, signal) }, 0);
+    }
+
     /// SIGKILLs it.
     pub fn kill(&mut self) {
         self.child.kill().unwrap();
@@ -74,4 +89,23 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The `seq` of every entry in the journal stream `tradestore:journal`, in stream order.
+pub async fn journal_seqs(port: u16) -> Vec<i64> {
+    let mut conn = redis_conn(port).await;
+    let entries: Vec<(String, Vec<(String, String)>)> =
+        redis::cmd("XRANGE").arg("tradestore:journal").arg("-").arg("+").query_async(&mut conn).await.unwrap();
+    entries.into_iter().map(|(_, fields)| fields.iter().find(|(k, _)| k == "seq").unwrap().1.parse().unwrap()).collect()
+}
+
+/// A connection to the Redis on `port`.
+pub async fn redis_conn(port: u16) -> redis::aio::MultiplexedConnection {
+    let c = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
+    c.get_multiplexed_async_connection().await.unwrap()
+}
+
+/// `GET <key>` as an integer (None when unset).
+pub async fn redis_int(port: u16, key: &str) -> Option<i64> {
+    redis::cmd("GET").arg(key).query_async(&mut redis_conn(port).await).await.unwrap()
 }
