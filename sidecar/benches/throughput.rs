@@ -78,7 +78,7 @@ fn raw_insert(conn: &Connection, id: &str, seq: i64) {
     let t = trade_for(id);
     conn.execute(
         "INSERT INTO trades VALUES (?, ?, ?, ?, ?, 'filled', now()::TIMESTAMP, 1, ?, now()::TIMESTAMP, now()::TIMESTAMP)",
-        params![id, t["symbol"].as_str(), t["side"].as_str(), t["quantity"].as_f64(), t["price"].as_f64(), seq],
+        params![id, t["symbol"].as_str(), t["side"].as_str(), t["quantity"].as_str(), t["price"].as_str(), seq],
     )
     .unwrap();
 }

@@ -2,12 +2,13 @@
 
 use std::path::{Path, PathBuf};
 
-use duckdb::types::{TimeUnit, Value};
+use duckdb::types::{Decimal, TimeUnit, Value};
 use duckdb::{Connection, Row};
 
 use crate::config::DuckdbConfig;
 use crate::error::{Error, Result};
 use crate::model::{Side, Status, Trade};
+use crate::money::Amount;
 
 /// Columns selected by [`trade_from_row`], in order.
 pub const TRADE_COLUMNS: &str = "id, symbol, side, quantity, price, status, epoch_us(ts), version, seq, \
@@ -47,12 +48,16 @@ pub fn trade_from_row(row: &Row<'_>) -> duckdb::Result<Trade> {
     let bad = |what: &str, v: &str| {
         duckdb::Error::FromSqlConversionFailure(0, duckdb::types::Type::Text, format!("bad {what} {v:?}").into())
     };
+    let amount = |i: usize| -> duckdb::Result<Amount> {
+        let d: Decimal = row.get(i)?;
+        Amount::from_sql(d).ok_or_else(|| bad("amount", &d.to_string()))
+    };
     Ok(Trade {
         id: row.get(0)?,
         symbol: row.get(1)?,
         side: Side::parse(&side).ok_or_else(|| bad("side", &side))?,
-        quantity: row.get(3)?,
-        price: row.get(4)?,
+        quantity: amount(3)?,
+        price: amount(4)?,
         status: Status::parse(&status).ok_or_else(|| bad("status", &status))?,
         ts: row.get(6)?,
         version: row.get(7)?,
@@ -68,8 +73,8 @@ pub fn row_values(t: &Trade) -> [Value; 11] {
         Value::Text(t.id.clone()),
         Value::Text(t.symbol.clone()),
         Value::Text(t.side.as_str().into()),
-        Value::Double(t.quantity),
-        Value::Double(t.price),
+        t.quantity.to_sql(),
+        t.price.to_sql(),
         Value::Text(t.status.as_str().into()),
         timestamp(t.ts),
         Value::BigInt(t.version),

@@ -148,7 +148,7 @@ fn compare_hot_state(conn: &duckdb::Connection, reader: &Reader) -> Result<()> {
         let db_state = load_symbol_states(conn);
         conn.execute_batch("COMMIT")?;
         let db_state = db_state?;
-        let same = db_state.len() == expected.len() && db_state.iter().zip(&expected).all(|(a, b)| a.approx_eq(b));
+        let same = db_state == expected; // exact: no epsilon (see crate::money)
         if !same {
             return Err(Error::Internal(format!(
                 "in-memory trade state differs from the trade_state view at seq {db_seq}"

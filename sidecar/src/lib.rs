@@ -16,6 +16,7 @@ pub mod journal;
 pub mod metrics;
 pub mod migrations;
 pub mod model;
+pub mod money;
 pub mod reader;
 pub mod recovery;
 pub mod remote;

@@ -310,4 +310,47 @@ mod tests {
         assert_eq!(status(&conn, &set).unwrap().current, 0, "the whole run rolled back");
         assert!(!table_exists(&conn, "trades"));
     }
+
+    fn insert_double(conn: &Connection, id: &str, quantity: f64, price: f64) {
+        conn.execute(
+            "INSERT INTO trades VALUES (?, 'X', 'buy', ?, ?, 'filled', now()::TIMESTAMP, 1, \
+             (SELECT coalesce(max(seq), 0) + 1 FROM trades), now()::TIMESTAMP, now()::TIMESTAMP)",
+            duckdb::params![id, quantity, price],
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn exact_money_converts_what_clients_sent_and_refuses_what_it_cannot_hold() {
+        let conn = mem();
+        up(&conn, embedded(), Some(2)).unwrap();
+        insert_double(&conn, "a", 0.1, 189.5);
+        insert_double(&conn, "b", 0.2, 0.00000001);
+        insert_double(&conn, "c", 9_999_999_999.5, -37.63);
+        insert_double(&conn, "too-fine", 1.0, 0.123456789);
+        insert_double(&conn, "too-big", 1e10, 1.0);
+        let e = up(&conn, embedded(), Some(3)).unwrap_err().to_string();
+        assert!(e.contains("too-big, too-fine") && !e.contains(" a,"), "{e}");
+        assert_eq!(status(&conn, embedded()).unwrap().current, 2, "nothing changed");
+        conn.execute_batch("DELETE FROM trades WHERE id LIKE 'too-%'").unwrap();
+        up(&conn, embedded(), Some(3)).unwrap();
+        let text = |sql: &str| -> String { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
+        assert_eq!(
+            text("SELECT string_agg(quantity::VARCHAR || '@' || price::VARCHAR, ' ' ORDER BY id) FROM trades"),
+            "0.10000000@189.50000000 0.20000000@0.00000001 9999999999.50000000@-37.63000000"
+        );
+        assert_eq!(text("SELECT buy_quantity::VARCHAR FROM trade_state"), "9999999999.80000000", "exact sum");
+        assert_eq!(
+            text("SELECT buy_notional::VARCHAR FROM trade_state"),
+            "-376299999962.2349999980000000",
+            "0.1 × 189.5 + 0.2 × 0.00000001 - 9999999999.5 × 37.63, in 128 bits"
+        );
+        assert_eq!(
+            text("SELECT typeof(buy_notional) FROM trade_state"),
+            "DECIMAL(38,16)",
+            "notionals keep all 16 decimals"
+        );
+        down(&conn, embedded(), 2).unwrap();
+        assert_eq!(text("SELECT string_agg(price::VARCHAR, ' ' ORDER BY id) FROM trades"), "189.5 1e-08 -37.63");
+    }
 }

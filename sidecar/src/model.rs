@@ -6,14 +6,12 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::money::Amount;
+
 /// Longest accepted trade id.
 pub const MAX_ID_LEN: usize = 64;
 /// Longest accepted symbol (also enforced by the schema).
 pub const MAX_SYMBOL_LEN: usize = 32;
-/// Largest accepted quantity; keeps sums far away from f64 precision trouble.
-pub const MAX_QUANTITY: f64 = 1e12;
-/// Largest accepted absolute price.
-pub const MAX_ABS_PRICE: f64 = 1e12;
 
 /// Buy or sell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,10 +85,10 @@ pub struct Trade {
     pub symbol: String,
     /// Buy or sell.
     pub side: Side,
-    /// Positive quantity.
-    pub quantity: f64,
-    /// Finite price.
-    pub price: f64,
+    /// Positive quantity (exact decimal, see [`crate::money`]).
+    pub quantity: Amount,
+    /// Price (exact decimal; may be negative, as some futures were).
+    pub price: Amount,
     /// Lifecycle status.
     pub status: Status,
     /// Trade time.
@@ -118,10 +116,10 @@ pub struct NewTrade {
     pub symbol: String,
     /// Buy or sell.
     pub side: Side,
-    /// Positive quantity.
-    pub quantity: f64,
-    /// Finite price.
-    pub price: f64,
+    /// Positive quantity (exact decimal, see [`crate::money`]).
+    pub quantity: Amount,
+    /// Price (exact decimal; may be negative, as some futures were).
+    pub price: Amount,
     /// Defaults to `filled`; `cancelled` is not accepted on insert.
     pub status: Option<Status>,
     /// Trade time; defaults to the time the sidecar received it.
@@ -140,9 +138,9 @@ pub struct TradePatch {
     /// New side.
     pub side: Option<Side>,
     /// New quantity.
-    pub quantity: Option<f64>,
+    pub quantity: Option<Amount>,
     /// New price.
-    pub price: Option<f64>,
+    pub price: Option<Amount>,
     /// New status (`cancelled` cancels the trade).
     pub status: Option<Status>,
     /// New trade time.
@@ -199,16 +197,11 @@ fn validate_symbol(symbol: &str) -> Result<(), FieldError> {
     check_token("symbol", symbol, MAX_SYMBOL_LEN, &['.', '_', ':', '-', '/'])
 }
 
-fn validate_quantity(q: f64) -> Result<(), FieldError> {
-    if !q.is_finite() || q <= 0.0 || q > MAX_QUANTITY {
-        return Err(FieldError::new("quantity", format!("must be > 0 and <= {MAX_QUANTITY}")));
-    }
-    Ok(())
-}
-
-fn validate_price(p: f64) -> Result<(), FieldError> {
-    if !p.is_finite() || p.abs() > MAX_ABS_PRICE {
-        return Err(FieldError::new("price", format!("must be finite with |price| <= {MAX_ABS_PRICE}")));
+/// The range and scale of a price are the type's ([`Amount`]); a quantity must also
+/// be positive.
+fn validate_quantity(q: Amount) -> Result<(), FieldError> {
+    if !q.is_positive() {
+        return Err(FieldError::new("quantity", "must be > 0"));
     }
     Ok(())
 }
@@ -221,7 +214,6 @@ impl NewTrade {
         }
         validate_symbol(&self.symbol)?;
         validate_quantity(self.quantity)?;
-        validate_price(self.price)?;
         if self.status == Some(Status::Cancelled) {
             return Err(FieldError::new("status", "a trade cannot be inserted as cancelled"));
         }
@@ -257,9 +249,6 @@ impl TradePatch {
         }
         if let Some(q) = self.quantity {
             validate_quantity(q)?;
-        }
-        if let Some(p) = self.price {
-            validate_price(p)?;
         }
         Ok(())
     }
@@ -349,8 +338,6 @@ mod tests {
             (r#"{"symbol":"A B","side":"buy","quantity":1,"price":1}"#, "symbol"),
             (r#"{"symbol":"A","side":"buy","quantity":0,"price":1}"#, "quantity"),
             (r#"{"symbol":"A","side":"buy","quantity":-3,"price":1}"#, "quantity"),
-            (r#"{"symbol":"A","side":"buy","quantity":1e13,"price":1}"#, "quantity"),
-            (r#"{"symbol":"A","side":"buy","quantity":1,"price":1e300}"#, "price"),
             (r#"{"id":"a/b","symbol":"A","side":"buy","quantity":1,"price":1}"#, "id"),
             (r#"{"symbol":"A","side":"buy","quantity":1,"price":1,"status":"cancelled"}"#, "status"),
         ];
@@ -370,6 +357,12 @@ mod tests {
             serde_json::from_str::<NewTrade>(r#"{"symbol":"A","side":"buy","quantity":1,"price":1,"ts":"yesterday"}"#)
                 .is_err()
         );
+        for amounts in
+            [r#""quantity":1e13,"price":1"#, r#""quantity":1,"price":1e300"#, r#""quantity":1,"price":"NaN""#]
+        {
+            let json = format!(r#"{{"symbol":"A","side":"buy",{amounts}}}"#);
+            assert!(serde_json::from_str::<NewTrade>(&json).is_err(), "{json}");
+        }
     }
 
     #[test]
@@ -378,7 +371,7 @@ mod tests {
         let p: TradePatch = serde_json::from_str(r#"{"expected_version":1,"price":200}"#).unwrap();
         p.validate().unwrap();
         let next = p.apply(&cur, 2, 20);
-        assert_eq!((next.version, next.seq, next.price, next.quantity), (2, 2, 200.0, 10.0));
+        assert_eq!((next.version, next.seq, next.price, next.quantity), (2, 2, Amount::whole(200), Amount::whole(10)));
         assert_eq!((next.created_at, next.updated_at), (10, 20));
         let bad: TradePatch = serde_json::from_str(r#"{"expected_version":0}"#).unwrap();
         assert_eq!(bad.validate().unwrap_err().field, "expected_version");

@@ -12,6 +12,7 @@ use serde::Serialize;
 use crate::db;
 use crate::error::{Error, Result};
 use crate::model::Trade;
+use crate::money::{Sum8, Sum16};
 use crate::state::{HotState, SymbolState};
 
 /// Hands out clones of one base connection (same database instance).
@@ -186,19 +187,20 @@ impl Reader {
     }
 }
 
-/// Reads the `trade_state` view.
+/// Reads the `trade_state` view. The sums travel as text: DuckDB's `DECIMAL(38,…)`
+/// results are wider than any Rust decimal type but parse exactly into [`Sum8`]/[`Sum16`].
 pub fn load_symbol_states(conn: &Connection) -> Result<Vec<SymbolState>> {
     let mut stmt = conn.prepare(
-        "SELECT symbol, buy_quantity, sell_quantity, buy_notional, sell_notional, trade_count \
-         FROM trade_state ORDER BY symbol",
+        "SELECT symbol, buy_quantity::VARCHAR, sell_quantity::VARCHAR, buy_notional::VARCHAR, \
+         sell_notional::VARCHAR, trade_count FROM trade_state ORDER BY symbol",
     )?;
     let rows = stmt.query_map([], |r| {
         let mut s = SymbolState {
             symbol: r.get(0)?,
-            buy_quantity: r.get(1)?,
-            sell_quantity: r.get(2)?,
-            buy_notional: r.get(3)?,
-            sell_notional: r.get(4)?,
+            buy_quantity: parse8(r, 1)?,
+            sell_quantity: parse8(r, 2)?,
+            buy_notional: parse16(r, 3)?,
+            sell_notional: parse16(r, 4)?,
             trade_count: r.get(5)?,
             ..Default::default()
         };
@@ -206,6 +208,20 @@ pub fn load_symbol_states(conn: &Connection) -> Result<Vec<SymbolState>> {
         Ok(s)
     })?;
     Ok(rows.collect::<duckdb::Result<Vec<_>>>()?)
+}
+
+fn parse8(r: &duckdb::Row<'_>, i: usize) -> duckdb::Result<Sum8> {
+    let t: String = r.get(i)?;
+    Sum8::parse(&t).ok_or_else(|| not_a_sum(i, &t))
+}
+
+fn parse16(r: &duckdb::Row<'_>, i: usize) -> duckdb::Result<Sum16> {
+    let t: String = r.get(i)?;
+    Sum16::parse(&t).ok_or_else(|| not_a_sum(i, &t))
+}
+
+fn not_a_sum(i: usize, text: &str) -> duckdb::Error {
+    duckdb::Error::FromSqlConversionFailure(i, duckdb::types::Type::Text, format!("not an exact sum: {text:?}").into())
 }
 
 /// Encodes a list position as an opaque cursor.

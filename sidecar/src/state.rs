@@ -9,71 +9,57 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use serde::Serialize;
 
 use crate::model::{Side, Status, Trade};
+use crate::money::{Sum8, Sum16};
 
-/// Aggregate over the filled trades of one symbol.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+/// Aggregate over the filled trades of one symbol, exact (see [`crate::money`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct SymbolState {
     /// Instrument symbol.
     pub symbol: String,
     /// Bought minus sold quantity.
-    pub position: f64,
+    pub position: Sum8,
     /// Total bought quantity.
-    pub buy_quantity: f64,
+    pub buy_quantity: Sum8,
     /// Total sold quantity.
-    pub sell_quantity: f64,
-    /// Sum of quantity × price over buys.
-    pub buy_notional: f64,
+    pub sell_quantity: Sum8,
+    /// Sum of quantity × price over buys (16 decimals: exact).
+    pub buy_notional: Sum16,
     /// Sum of quantity × price over sells.
-    pub sell_notional: f64,
-    /// Volume-weighted average price over all filled trades.
-    pub avg_price: Option<f64>,
-    /// Volume-weighted average buy price.
-    pub avg_buy_price: Option<f64>,
-    /// Volume-weighted average sell price.
-    pub avg_sell_price: Option<f64>,
+    pub sell_notional: Sum16,
+    /// Volume-weighted average price over all filled trades, rounded half to even at 8 decimals.
+    pub avg_price: Option<Sum8>,
+    /// Volume-weighted average buy price (same rounding).
+    pub avg_buy_price: Option<Sum8>,
+    /// Volume-weighted average sell price (same rounding).
+    pub avg_sell_price: Option<Sum8>,
     /// Number of filled trades.
     pub trade_count: i64,
 }
 
 impl SymbolState {
-    fn add(&mut self, t: &Trade, sign: f64) {
-        let notional = t.quantity * t.price;
+    fn add(&mut self, t: &Trade, sign: i64) {
+        let notional = t.quantity.times(t.price);
         match t.side {
             Side::Buy => {
-                self.buy_quantity += sign * t.quantity;
-                self.buy_notional += sign * notional;
+                self.buy_quantity.add(t.quantity, sign);
+                self.buy_notional.add(notional, sign);
             }
             Side::Sell => {
-                self.sell_quantity += sign * t.quantity;
-                self.sell_notional += sign * notional;
+                self.sell_quantity.add(t.quantity, sign);
+                self.sell_notional.add(notional, sign);
             }
         }
-        self.trade_count += sign as i64;
+        self.trade_count += sign;
         self.refresh();
     }
 
-    /// Recomputes the derived fields from the sums.
+    /// Recomputes the derived fields from the exact sums.
     pub fn refresh(&mut self) {
-        fn ratio(n: f64, d: f64) -> Option<f64> {
-            (d > 0.0).then(|| n / d)
-        }
-        self.position = self.buy_quantity - self.sell_quantity;
-        self.avg_buy_price = ratio(self.buy_notional, self.buy_quantity);
-        self.avg_sell_price = ratio(self.sell_notional, self.sell_quantity);
-        self.avg_price = ratio(self.buy_notional + self.sell_notional, self.buy_quantity + self.sell_quantity);
-    }
-
-    /// True when two states agree up to floating-point summation order.
-    pub fn approx_eq(&self, other: &SymbolState) -> bool {
-        fn close(a: f64, b: f64) -> bool {
-            (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
-        }
-        self.symbol == other.symbol
-            && self.trade_count == other.trade_count
-            && close(self.buy_quantity, other.buy_quantity)
-            && close(self.sell_quantity, other.sell_quantity)
-            && close(self.buy_notional, other.buy_notional)
-            && close(self.sell_notional, other.sell_notional)
+        let volume = Sum8(self.buy_quantity.0 + self.sell_quantity.0);
+        self.position = Sum8(self.buy_quantity.0 - self.sell_quantity.0);
+        self.avg_buy_price = self.buy_quantity.average(self.buy_notional);
+        self.avg_sell_price = self.sell_quantity.average(self.sell_notional);
+        self.avg_price = volume.average(Sum16(self.buy_notional.0 + self.sell_notional.0));
     }
 }
 
@@ -103,7 +89,7 @@ impl HotState {
     pub fn apply(&mut self, before: Option<&Trade>, after: &Trade) {
         if let Some(b) = before.filter(|b| b.status == Status::Filled) {
             let entry = self.symbols.entry(b.symbol.clone()).or_default();
-            entry.add(b, -1.0);
+            entry.add(b, -1);
             if entry.trade_count == 0 {
                 self.symbols.remove(&b.symbol);
             }
@@ -113,7 +99,7 @@ impl HotState {
                 .symbols
                 .entry(after.symbol.clone())
                 .or_insert_with(|| SymbolState { symbol: after.symbol.clone(), ..Default::default() });
-            entry.add(after, 1.0);
+            entry.add(after, 1);
         }
         self.last_seq = self.last_seq.max(after.seq);
         self.remember(after.clone());
@@ -162,14 +148,15 @@ impl HotState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::money::Amount;
 
-    fn trade(id: &str, symbol: &str, side: Side, q: f64, p: f64, status: Status, seq: i64) -> Trade {
+    fn trade(id: &str, symbol: &str, side: Side, q: &str, p: &str, status: Status, seq: i64) -> Trade {
         Trade {
             id: id.into(),
             symbol: symbol.into(),
             side,
-            quantity: q,
-            price: p,
+            quantity: Amount::parse(q).unwrap(),
+            price: Amount::parse(p).unwrap(),
             status,
             ts: 0,
             version: 1,
@@ -182,28 +169,45 @@ mod tests {
     #[test]
     fn aggregates_positions_and_average_prices() {
         let mut s = HotState::new(vec![], 0, 10);
-        s.apply(None, &trade("a", "X", Side::Buy, 10.0, 100.0, Status::Filled, 1));
-        s.apply(None, &trade("b", "X", Side::Buy, 30.0, 200.0, Status::Filled, 2));
-        s.apply(None, &trade("c", "X", Side::Sell, 5.0, 300.0, Status::Filled, 3));
-        s.apply(None, &trade("d", "X", Side::Buy, 99.0, 1.0, Status::Pending, 4));
+        s.apply(None, &trade("a", "X", Side::Buy, "10", "100", Status::Filled, 1));
+        s.apply(None, &trade("b", "X", Side::Buy, "30", "200", Status::Filled, 2));
+        s.apply(None, &trade("c", "X", Side::Sell, "5", "300", Status::Filled, 3));
+        s.apply(None, &trade("d", "X", Side::Buy, "99", "1", Status::Pending, 4));
         let x = s.symbol("X").unwrap();
-        assert_eq!(x.position, 35.0);
-        assert_eq!(x.avg_buy_price, Some(175.0));
-        assert_eq!(x.avg_sell_price, Some(300.0));
+        let shown = |v: Option<Sum8>| v.map(|v| v.to_string());
+        assert_eq!(x.position.to_string(), "35");
+        assert_eq!(shown(x.avg_buy_price), Some("175".into()));
+        assert_eq!(shown(x.avg_sell_price), Some("300".into()));
         assert_eq!(x.trade_count, 3);
         assert_eq!(s.last_seq(), 4);
     }
 
     #[test]
+    fn a_flat_book_reads_exactly_zero() {
+        let mut s = HotState::new(vec![], 0, 10);
+        s.apply(None, &trade("a", "X", Side::Buy, "0.1", "1.1", Status::Filled, 1));
+        s.apply(None, &trade("b", "X", Side::Buy, "0.2", "1.2", Status::Filled, 2));
+        s.apply(None, &trade("c", "X", Side::Sell, "0.3", "1.3", Status::Filled, 3));
+        let x = s.symbol("X").unwrap();
+        assert_eq!((x.position, x.buy_quantity.to_string()), (Sum8(0), "0.3".to_string()));
+        assert_eq!(x.buy_notional.to_string(), "0.35", "0.1 × 1.1 + 0.2 × 1.2");
+        assert_eq!(shown_avg(&x), "1.16666667", "0.35 / 0.3, half to even at 8 decimals");
+    }
+
+    fn shown_avg(x: &SymbolState) -> String {
+        x.avg_buy_price.unwrap().to_string()
+    }
+
+    #[test]
     fn updates_and_cancels_move_the_aggregate() {
         let mut s = HotState::new(vec![], 0, 10);
-        let a = trade("a", "X", Side::Buy, 10.0, 100.0, Status::Filled, 1);
+        let a = trade("a", "X", Side::Buy, "10", "100", Status::Filled, 1);
         s.apply(None, &a);
         let mut a2 = a.clone();
-        a2.quantity = 4.0;
+        a2.quantity = Amount::whole(4);
         a2.seq = 2;
         s.apply(Some(&a), &a2);
-        assert_eq!(s.symbol("X").unwrap().position, 4.0);
+        assert_eq!(s.symbol("X").unwrap().position, Sum8(4 * 100_000_000));
         let mut a3 = a2.clone();
         a3.status = Status::Cancelled;
         a3.seq = 3;
@@ -216,7 +220,7 @@ mod tests {
     fn recent_window_forgets_old_trades() {
         let mut s = HotState::new(vec![], 0, 2);
         for (i, id) in ["a", "b", "c"].into_iter().enumerate() {
-            s.apply(None, &trade(id, "X", Side::Buy, 1.0, 1.0, Status::Filled, i as i64 + 1));
+            s.apply(None, &trade(id, "X", Side::Buy, "1", "1", Status::Filled, i as i64 + 1));
         }
         assert!(s.recent_trade("a").is_none());
         assert!(s.recent_trade("c").is_some());

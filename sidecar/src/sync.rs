@@ -59,10 +59,11 @@ pub struct ChRow {
     pub symbol: String,
     /// `buy` / `sell`.
     pub side: String,
-    /// Quantity.
-    pub quantity: f64,
-    /// Price.
-    pub price: f64,
+    /// Quantity, as the scaled integer of `Decimal(18,8)` (RowBinary's Decimal64 is an
+    /// `Int64` of units of 10^-8: exact, no float on the way).
+    pub quantity: i64,
+    /// Price, the same way.
+    pub price: i64,
     /// `pending` / `filled` / `cancelled`.
     pub status: String,
     /// Trade time, epoch µs.
@@ -83,8 +84,8 @@ impl From<&Trade> for ChRow {
             id: t.id.clone(),
             symbol: t.symbol.clone(),
             side: t.side.as_str().into(),
-            quantity: t.quantity,
-            price: t.price,
+            quantity: t.quantity.units(),
+            price: t.price.units(),
             status: t.status.as_str().into(),
             ts_us: t.ts,
             version: t.version,
@@ -98,8 +99,8 @@ impl From<&Trade> for ChRow {
 /// DDL of the target table; valid on ClickHouse 18.16 and current releases.
 pub fn create_table_sql(table: &str) -> String {
     format!(
-        "CREATE TABLE IF NOT EXISTS {table} (id String, symbol String, side String, quantity Float64, \
-         price Float64, status String, ts_us Int64, version Int64, seq Int64, created_at_us Int64, \
+        "CREATE TABLE IF NOT EXISTS {table} (id String, symbol String, side String, quantity Decimal(18,8), \
+         price Decimal(18,8), status String, ts_us Int64, version Int64, seq Int64, created_at_us Int64, \
          updated_at_us Int64) ENGINE = ReplacingMergeTree(seq) ORDER BY id"
     )
 }
@@ -202,11 +203,33 @@ impl Sync {
         s.last_error = error;
     }
 
+    /// Refuses a table whose money columns are not `Decimal(18,8)` (one created by a
+    /// sidecar that stored floats): exact integers written into `Float64` columns would
+    /// read as garbage, so the sync stops and says how to migrate instead.
+    async fn check_money_columns(&self) -> Result<()> {
+        let types: Vec<(String, String)> = ch(self
+            .client
+            .query("SELECT name, type FROM system.columns WHERE database = ? AND table = ? AND name IN ('quantity', 'price')")
+            .bind(&self.cfg.database)
+            .bind(&self.cfg.table)
+            .fetch_all()
+            .await)?;
+        match types.iter().find(|(_, t)| t != "Decimal(18, 8)") {
+            None => Ok(()),
+            Some((column, t)) => Err(Error::Config(format!(
+                "clickhouse table {}.{} has {column} {t}, not Decimal(18, 8): migrate it (ALTER TABLE … MODIFY COLUMN \
+                 {column} Decimal(18,8)) or set clickhouse.table to a new table",
+                self.cfg.database, self.cfg.table
+            ))),
+        }
+    }
+
     /// One round: make sure the table exists, ship one batch, record the watermark.
     /// Returns true when caught up.
     async fn step(&self, watermark: &mut Option<i64>, table_ready: &mut bool, last: i64) -> Result<bool> {
         if !*table_ready {
             ch(self.client.query(&create_table_sql(&self.cfg.table)).execute().await)?;
+            self.check_money_columns().await?;
             *table_ready = true;
         }
         let wm = match *watermark {

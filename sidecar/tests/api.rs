@@ -43,12 +43,12 @@ async fn insert_get_list_patch_cancel() {
 
     let r = c.get(s.url("/v1/trades/T-1")).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(r.json::<Value>().await.unwrap()["price"], 100.0);
+    assert_eq!(r.json::<Value>().await.unwrap()["price"], "100", "amounts are decimal strings");
     assert_eq!(c.get(s.url("/v1/trades/nope")).send().await.unwrap().status(), 404);
 
     let st: Value = c.get(s.url("/v1/state/AAPL")).send().await.unwrap().json().await.unwrap();
-    assert_eq!(st["position"], 35.0);
-    assert_eq!(st["avg_buy_price"], 175.0);
+    assert_eq!(st["position"], "35");
+    assert_eq!(st["avg_buy_price"], "175");
     assert_eq!(st["trade_count"], 3);
     assert_eq!(c.get(s.url("/v1/state/MSFT")).send().await.unwrap().status(), 404, "pending trades do not count");
 
@@ -73,7 +73,7 @@ async fn insert_get_list_patch_cancel() {
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"]["current"]["version"], 2, "conflict returns the current trade");
     let st: Value = c.get(s.url("/v1/state/AAPL")).send().await.unwrap().json().await.unwrap();
-    assert_eq!(st["position"], 45.0);
+    assert_eq!(st["position"], "45");
 
     // Cancel (a tombstone: still readable, out of the state).
     let r = c.delete(s.url("/v1/trades/T-1?expected_version=1")).send().await.unwrap();
@@ -85,7 +85,7 @@ async fn insert_get_list_patch_cancel() {
     let r = c.patch(s.url("/v1/trades/T-1")).json(&json!({"expected_version":3,"price":1})).send().await.unwrap();
     assert_eq!(r.status(), 409, "cancelled is terminal");
     let st: Value = c.get(s.url("/v1/state/AAPL")).send().await.unwrap().json().await.unwrap();
-    assert_eq!(st["position"], 25.0);
+    assert_eq!(st["position"], "25");
     assert_eq!(c.delete(s.url("/v1/trades/ghost")).send().await.unwrap().status(), 404);
 
     // Duplicate id: 409 with the stored trade.
@@ -106,14 +106,53 @@ async fn insert_get_list_patch_cancel() {
         let mem = before["symbols"].as_array().unwrap();
         assert_eq!(db.len(), mem.len());
         for (d, m) in db.iter().zip(mem) {
-            assert_eq!(d.symbol, m["symbol"].as_str().unwrap());
-            assert!((d.position - m["position"].as_f64().unwrap()).abs() < 1e-9);
-            assert_eq!(d.trade_count, m["trade_count"].as_i64().unwrap());
+            assert_eq!(&serde_json::to_value(d).unwrap(), m, "exactly equal, every digit");
         }
     }
     let s = Sidecar::start(dir.path(), &[]).await;
     let after: Value = client().get(s.url("/v1/state")).send().await.unwrap().json().await.unwrap();
     assert_eq!(before, after);
+}
+
+#[tokio::test]
+async fn money_is_exact_decimal_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Sidecar::start(dir.path(), &[]).await;
+    let c = client();
+    let post = |body: Value| c.post(s.url("/v1/trades")).json(&body).send();
+    for (id, side, q, p) in [("f1", "buy", json!(0.1), json!("100.10")), ("f2", "buy", json!("0.2"), json!(100.2))] {
+        let r = post(json!({"id": id, "symbol": "FLAT", "side": side, "quantity": q, "price": p})).await.unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    let r =
+        post(json!({"id":"f3","symbol":"FLAT","side":"sell","quantity":"0.3","price":"99.99999999"})).await.unwrap();
+    let t: Value = r.json().await.unwrap();
+    assert_eq!((t["quantity"].as_str(), t["price"].as_str()), (Some("0.3"), Some("99.99999999")), "{t}");
+    let st: Value = c.get(s.url("/v1/state/FLAT")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(st["position"], "0", "a flat book reads exactly zero: {st}");
+    assert_eq!(st["buy_quantity"], "0.3", "{st}");
+    assert_eq!(st["buy_notional"], "30.05", "0.1 × 100.10 + 0.2 × 100.2: {st}");
+    assert_eq!(st["avg_buy_price"], "100.16666667", "30.05 / 0.3, half to even at 8 decimals: {st}");
+    assert_eq!(st["sell_notional"], "29.999999997", "{st}");
+
+    for (field, body) in [
+        ("quantity", json!({"symbol":"X","side":"buy","quantity":"0.000000001","price":1})),
+        ("price", json!({"symbol":"X","side":"buy","quantity":1,"price":"NaN"})),
+        ("price", json!({"symbol":"X","side":"buy","quantity":1,"price":"Infinity"})),
+        ("price", json!({"symbol":"X","side":"buy","quantity":1,"price":"1e400"})),
+        ("price", json!({"symbol":"X","side":"buy","quantity":1,"price":true})),
+        ("quantity", json!({"symbol":"X","side":"buy","quantity":12345678901u64,"price":1})),
+    ] {
+        let r = post(body.clone()).await.unwrap();
+        assert_eq!(r.status(), 400, "{body}");
+        let e: Value = r.json().await.unwrap();
+        assert_eq!(e["error"]["field"], field, "{body}: {e}");
+    }
+    // A JSON number with more digits than a float holds is read from its text.
+    let raw = r#"{"id":"exact","symbol":"X","side":"buy","quantity":1234567890.12345678,"price":0.00000001}"#;
+    let r = c.post(s.url("/v1/trades")).header("content-type", "application/json").body(raw).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.json::<Value>().await.unwrap()["quantity"], "1234567890.12345678");
 }
 
 #[tokio::test]
@@ -291,7 +330,8 @@ async fn probes_status_and_metrics() {
         c.post(s.url("/v1/trades")).json(&trade_for(&format!("m{i}"))).send().await.unwrap();
     }
     let st: Value = c.get(s.url("/v1/status")).send().await.unwrap().json().await.unwrap();
-    assert_eq!(st["schema_version"], 2);
+    let latest = tradestore_sidecar::migrations::embedded().last().unwrap().version;
+    assert_eq!(st["schema_version"], latest);
     assert_eq!(st["trade_rows"], 5);
     assert_eq!(st["last_seq"], 5);
     assert_eq!(st["ready"], true);

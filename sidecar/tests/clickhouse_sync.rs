@@ -160,7 +160,9 @@ async fn clickhouse_converges_to_duckdb_through_outages_and_crashes() {
 
     // Row for row: ClickHouse's final view equals the DuckDB table.
     let conn = open_db(dir.path());
-    let mut stmt = conn.prepare("SELECT id, status, version, seq, quantity, price FROM trades ORDER BY id").unwrap();
+    let mut stmt = conn
+        .prepare("SELECT id, status, version, seq, quantity::VARCHAR, price::VARCHAR FROM trades ORDER BY id")
+        .unwrap();
     let duck: Vec<String> = stmt
         .query_map([], |r| {
             Ok(format!(
@@ -169,8 +171,8 @@ async fn clickhouse_converges_to_duckdb_through_outages_and_crashes() {
                 r.get::<_, String>(1)?,
                 r.get::<_, i64>(2)?,
                 r.get::<_, i64>(3)?,
-                r.get::<_, f64>(4)?,
-                r.get::<_, f64>(5)?
+                r.get::<_, String>(4)?,
+                r.get::<_, String>(5)?
             ))
         })
         .unwrap()

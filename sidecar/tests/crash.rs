@@ -16,6 +16,7 @@ use common::{Sidecar, client, free_port, open_db, trade_for};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
+use tradestore_sidecar::money::Amount;
 
 #[derive(Default)]
 struct Ledger {
@@ -114,8 +115,9 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_trade() {
     let status = s.terminate(Duration::from_secs(30));
     assert!(status.success(), "{status}; log:\n{}", s.log());
     let conn = open_db(dir.path());
-    let mut stmt = conn.prepare("SELECT id, symbol, side, quantity, price, status FROM trades").unwrap();
-    let rows: Vec<(String, String, String, f64, f64, String)> = stmt
+    let mut stmt =
+        conn.prepare("SELECT id, symbol, side, quantity::VARCHAR, price::VARCHAR, status FROM trades").unwrap();
+    let rows: Vec<(String, String, String, String, String, String)> = stmt
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))
         .unwrap()
         .collect::<Result<_, _>>()
@@ -131,7 +133,12 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_trade() {
             (want["symbol"].as_str().unwrap(), want["side"].as_str().unwrap()),
             "{id}"
         );
-        assert_eq!((*q, *p), (want["quantity"].as_f64().unwrap(), want["price"].as_f64().unwrap()), "{id}");
+        let exact = |text: &str| Amount::parse(text).unwrap().to_string();
+        assert_eq!(
+            (exact(q), exact(p)),
+            (want["quantity"].to_string().replace('"', ""), want["price"].to_string().replace('"', "")),
+            "{id}"
+        );
         if l.cancelled.contains(id) {
             assert_eq!(status, "cancelled", "acknowledged cancel of {id} lost");
         }

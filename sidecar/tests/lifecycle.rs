@@ -72,9 +72,9 @@ fn migrate_command_status_up_down() {
     assert!(ok, "{out}");
     assert!(out.contains("\"current\": 0") && out.contains("\"pending\": [\n    1"), "{out}");
     let (ok, out) = run(dir.path(), &["migrate", "up"]);
-    assert!(ok && out.contains("applied: [1, 2]"), "{out}");
+    assert!(ok && out.contains("applied: [1, 2, 3]"), "{out}");
     let (ok, out) = run(dir.path(), &["migrate", "down", "--to", "0"]);
-    assert!(ok && out.contains("rolled back: [2, 1]"), "{out}");
+    assert!(ok && out.contains("rolled back: [3, 2, 1]"), "{out}");
     let tables: i64 = open_db(dir.path())
         .query_row("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'trades'", [], |r| r.get(0))
         .unwrap();

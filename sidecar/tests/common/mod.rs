@@ -8,6 +8,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use tradestore_sidecar::money::Amount;
 
 pub mod servers;
 
@@ -120,15 +121,17 @@ pub fn client() -> reqwest::Client {
 }
 
 /// A trade body whose content is a pure function of its id, so a stored row can be
-/// checked for being exactly what some client sent.
+/// checked for being exactly what some client sent. Amounts are decimal strings in
+/// the canonical form the sidecar answers with.
 pub fn trade_for(id: &str) -> Value {
     let h = id.bytes().fold(7u64, |a, b| a.wrapping_mul(31).wrapping_add(b as u64));
+    let amount = |units: u64| Amount::from_units(units as i64).unwrap().to_string();
     json!({
         "id": id,
         "symbol": format!("SYM{}", h % 5),
         "side": if h % 2 == 0 { "buy" } else { "sell" },
-        "quantity": (h % 1000 + 1) as f64,
-        "price": 100.0 + (h % 5000) as f64 / 100.0,
+        "quantity": amount((h % 1000 + 1) * 100_000_000 + h % 7 * 1_000),
+        "price": amount(10_000_000_000 + (h % 5000) * 1_000_000),
     })
 }
 
