@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tradestore_sidecar::money::Amount;
 
+pub mod clickhouse;
 pub mod servers;
 
 pub const TOKEN: &str = "test-token-0123456789";
