@@ -559,11 +559,12 @@ impl Config {
     }
 }
 
-/// Smallest accepted `duckdb.memory_limit`. Measured with DuckDB 1.5.6 and 4 threads
-/// (docs/sidecar.md, "Memory"): below it batch inserts of a few thousand trades already
-/// fail with `Out of Memory Error`, and at 3 MB the database was invalidated after 212
-/// trades. The PK index grows with the store, so large stores need more than this.
-pub const MIN_MEMORY_LIMIT: u64 = 64 << 20;
+/// Smallest accepted `duckdb.memory_limit`. Measured with DuckDB 1.5.6, 4 threads and
+/// batches of 1,000 trades (docs/sidecar.md, "Memory"): with 3 MB the first batch fails,
+/// with 8 MiB writes fail after 16,000 trades and 12 MiB after 50,000, each time with
+/// `Out of Memory Error`. 16 MiB is the least that runs a small store; the primary-key
+/// index grows with the store, so real stores need more (200,000 trades: 32 MiB).
+pub const MIN_MEMORY_LIMIT: u64 = 16 << 20;
 
 /// Parses a size the way DuckDB's `memory_limit` reads it: a number (decimals allowed)
 /// and a unit: `B`, `KB`/`MB`/`GB`/`TB` (powers of 1000, also `K`, `M`, `G`, `T`) or
@@ -681,12 +682,12 @@ mod tests {
     #[test]
     fn a_memory_limit_too_small_to_run_is_refused() {
         let limit = |v: &str| Config::load(None, env(&[("TRADESTORE_DUCKDB__MEMORY_LIMIT", v)]));
-        for small in ["3MB", "32MiB", "63MiB"] {
+        for small in ["3MB", "8MiB", "16MB", "15.9MiB"] {
             let e = limit(small).unwrap_err().to_string();
-            assert!(e.contains("duckdb.memory_limit") && e.contains("minimum of 64 MiB"), "{small}: {e}");
+            assert!(e.contains("duckdb.memory_limit") && e.contains("minimum of 16 MiB"), "{small}: {e}");
         }
         assert!(limit("ten").unwrap_err().to_string().contains("not a size"));
-        assert_eq!(limit("64MiB").unwrap().duckdb.memory_limit.as_deref(), Some("64MiB"));
+        assert_eq!(limit("16MiB").unwrap().duckdb.memory_limit.as_deref(), Some("16MiB"));
         assert!(limit("2GB").is_ok());
     }
 

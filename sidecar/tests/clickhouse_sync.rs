@@ -197,13 +197,14 @@ async fn the_durable_watermark_is_reported_after_a_restart_while_clickhouse_is_d
     let mut ch = ClickHouse::start(chdir.path(), http, tcp);
     let rdir = tempfile::tempdir().unwrap();
     let redis = Server::redis(rdir.path(), free_port());
-    let (ch_url, redis_url) = (format!("http://127.0.0.1:{http}"), redis.redis_url());
-    let env = [
-        ("TRADESTORE_CLICKHOUSE__URL", ch_url.as_str()),
-        ("TRADESTORE_CLICKHOUSE__INTERVAL", "50ms"),
-        ("TRADESTORE_CLICKHOUSE__BACKOFF_MS", "[100]"),
-        ("TRADESTORE_REDIS__URL", redis_url.as_str()),
-    ];
+    let redis_url = redis.redis_url();
+    let cfg = dir.path().join("sidecar.yaml");
+    std::fs::write(
+        &cfg,
+        format!("clickhouse:\n  url: http://127.0.0.1:{http}\n  interval: 50ms\n  backoff_ms: [100]\n"),
+    )
+    .unwrap();
+    let env = [("TRADESTORE_CONFIG", cfg.to_str().unwrap()), ("TRADESTORE_REDIS__URL", redis_url.as_str())];
     let mut s = Sidecar::start(dir.path(), &env).await;
     write_some(&s, "a", 120).await;
     wait_sync(&s, "caught up", |j, last| j["watermark"] == last && j["lag"] == 0).await;

@@ -107,20 +107,22 @@ async fn a_full_disk_refuses_writes_and_loses_nothing_acknowledged() {
     acked.extend(batch(&s, "a-after", 200).await.expect("writes succeed again once space returns, no restart"));
     assert!(s.terminate(Duration::from_secs(30)).success());
 
-    // 2. The WAL is allowed to reach 4 MiB, then DuckDB checkpoints it; the ballast leaves
-    //    room for the WAL to get there but not for the checkpoint.
-    let late_checkpoint = [
-        ("TRADESTORE_DUCKDB__CHECKPOINT_EVERY_COMMITS", "0"),
-        ("TRADESTORE_DUCKDB__CHECKPOINT_THRESHOLD_BYTES", "4194304"),
-        ("TRADESTORE_DUCKDB__MAX_WAL_BYTES", "4194304"),
+    // 2. The writer checkpoints after every 60 commits (DuckDB's own size trigger is far
+    //    away). After 55 batches the ballast leaves room for the WAL of the next few but
+    //    not for the checkpoint, which writes the 11,000 trades' blocks into the file.
+    let by_count = [
+        ("TRADESTORE_DUCKDB__CHECKPOINT_EVERY_COMMITS", "60"),
+        ("TRADESTORE_DUCKDB__CHECKPOINT_THRESHOLD_BYTES", "1073741824"),
+        ("TRADESTORE_DUCKDB__MAX_WAL_BYTES", "1073741824"),
     ];
-    let mut s = Sidecar::start(dir.path(), &late_checkpoint).await;
+    let mut s = Sidecar::start(dir.path(), &by_count).await;
     let mut b = 0;
-    while wal_bytes(&s).await < 3 * 1024 * 1024 + 512 * 1024 {
+    while b < 55 {
         acked.extend(batch(&s, &format!("b{b}"), 200).await.unwrap());
         b += 1;
     }
-    let ballast = fill(&data, 4 * 1024 * 1024 - wal_bytes(&s).await + 256 * 1024);
+    let per_batch = wal_bytes(&s).await / 55;
+    let ballast = fill(&data, 8 * per_batch + 64 * 1024);
     let mut first_failure: Option<Instant> = None;
     let exit = loop {
         if let Some(code) = s.child.try_wait().unwrap() {
@@ -134,7 +136,7 @@ async fn a_full_disk_refuses_writes_and_loses_nothing_acknowledged() {
             "still running {since:?} after the last acknowledged write (batch {b}); log:\n{}",
             s.log()
         );
-        match batch(&s, &format!("b{b}"), 50).await {
+        match batch(&s, &format!("b{b}"), 200).await {
             Ok(ids) => {
                 acked.extend(ids);
                 first_failure = None;
