@@ -848,8 +848,9 @@ fn sidecar_facts(
             healthy: f.journal.healthy,
             last_error: f.journal.last_error.clone(),
         });
-        st.integrity = f.integrity.last_run.clone().map(|last_run| IntegrityStatus {
-            last_run: Some(last_run),
+        st.integrity = f.integrity.has_run().then(|| IntegrityStatus {
+            last_run: f.integrity.last_run.clone(),
+            state: f.integrity.state.clone(),
             ok: f.integrity.ok,
             error: f.integrity.error.clone(),
         });

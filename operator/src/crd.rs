@@ -836,9 +836,13 @@ pub struct IntegrityStatus {
     /// When it finished (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_run: Option<String>,
-    /// It passed.
-    #[serde(default)]
-    pub ok: bool,
+    /// `passed`, `failed`, or `inconclusive` (a transient error such as out of memory kept
+    /// the check from finishing: no verdict, not a failure).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// It passed; unset when the check was inconclusive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ok: Option<bool>,
     /// What failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,

@@ -75,12 +75,23 @@ pub struct JournalReport {
 #[derive(Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(default)]
 pub struct IntegrityReport {
+    /// `not_run`, `passed`, `failed` or `inconclusive` (a transient error such as out of
+    /// memory kept the check from finishing); unset from sidecars older than the field.
+    pub state: Option<String>,
     /// When the last check finished (RFC 3339); none yet when unset.
     pub last_run: Option<String>,
-    /// It passed.
-    pub ok: bool,
+    /// The verdict; null until a check reached one (not run yet, or inconclusive).
+    pub ok: Option<bool>,
     /// What failed.
     pub error: Option<String>,
+}
+
+impl IntegrityReport {
+    /// True once a check has finished. "Not run yet" (just after start, or checks
+    /// disabled) is no failure and leaves nothing to report.
+    pub fn has_run(&self) -> bool {
+        self.last_run.is_some() && self.state.as_deref() != Some("not_run")
+    }
 }
 
 /// The backup part of `/v1/status` (the sidecar's `BackupStatus`).

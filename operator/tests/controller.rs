@@ -19,7 +19,7 @@ use tradestore_operator::controller::{self, Context, Error, Settings};
 use tradestore_operator::crd::{SidecarReport, TradeStore};
 use tradestore_operator::metrics::Metrics;
 use tradestore_operator::sidecar_api::{
-    BackupReport, HttpSidecarClient, SidecarClient, SidecarStatus, Snapshot, SyncReport,
+    BackupReport, HttpSidecarClient, IntegrityReport, SidecarClient, SidecarStatus, Snapshot, SyncReport,
 };
 
 const NS: &str = "trading";
@@ -40,6 +40,7 @@ struct FakeSidecar {
     last_snapshot: Mutex<Option<Snapshot>>,
     backup_error: Mutex<Option<String>>,
     sync: Mutex<SyncReport>,
+    integrity: Mutex<IntegrityReport>,
 }
 
 impl FakeSidecar {
@@ -69,6 +70,7 @@ impl SidecarClient for FakeSidecar {
                 last_snapshot: self.last_snapshot.lock().unwrap().clone(),
                 backup: BackupReport { last_error: self.backup_error.lock().unwrap().clone() },
                 sync: self.sync.lock().unwrap().clone(),
+                integrity: self.integrity.lock().unwrap().clone(),
                 ..Default::default()
             })
         })
@@ -634,7 +636,7 @@ async fn http_client_reads_the_status_document_and_takes_snapshots() {
     assert_eq!(s.sync.last_error.as_deref(), Some("timeout"));
     assert_eq!((s.journal.healthy, s.journal.lag), (false, 34));
     assert_eq!(s.integrity.last_run.as_deref(), Some("2026-11-01T12:00:01Z"));
-    assert!(s.integrity.ok);
+    assert_eq!(s.integrity.ok, Some(true));
 
     let err = client.snapshot(&base, "wrong-token").await.unwrap_err().to_string();
     assert!(err.contains("401") && err.contains("bad token"), "{err}");
@@ -788,6 +790,36 @@ async fn sync_status_and_condition_follow_the_sidecar() {
     h.reconcile().await;
     assert!(h.status().get("sync").is_none());
     assert!(h.status()["conditions"].as_array().unwrap().iter().all(|c| c["type"] != "SyncHealthy"));
+}
+
+#[tokio::test]
+async fn integrity_not_run_yet_or_inconclusive_is_no_failure() {
+    // What the sidecar sends just after start: no verdict yet, `ok: null`.
+    let parse = |v: Value| serde_json::from_value::<IntegrityReport>(v).expect("integrity report parses");
+    let not_run = parse(json!({"state": "not_run", "last_run": null, "ok": null, "error": null,
+        "duration_ms": 0, "rows_scanned": 0}));
+    assert!(!not_run.has_run());
+    let older_sidecar = parse(json!({"last_run": null, "ok": false, "error": null}));
+    assert!(!older_sidecar.has_run(), "a sidecar without `state` says the same with last_run: null");
+
+    let h = Harness::new(minimal_spec());
+    *h.probe.integrity.lock().unwrap() = not_run;
+    h.create().await;
+    h.pod_ready(0);
+    h.reconcile().await;
+    assert!(h.status().get("integrity").is_none(), "nothing to report yet: {}", h.status());
+
+    *h.probe.integrity.lock().unwrap() = parse(json!({"state": "inconclusive", "last_run": "2026-11-01T12:00:01Z",
+        "ok": null, "error": "database error: Out of Memory Error: failed to pin block"}));
+    h.reconcile().await;
+    let st = h.status();
+    assert_eq!(st["integrity"]["state"], "inconclusive", "{st}");
+    assert!(st["integrity"].get("ok").is_none(), "no verdict, so no `ok: false`: {st}");
+
+    *h.probe.integrity.lock().unwrap() = parse(json!({"state": "failed", "last_run": "2026-11-01T12:00:02Z",
+        "ok": false, "error": "snapshot error: corrupt"}));
+    h.reconcile().await;
+    assert_eq!(h.status()["integrity"]["ok"], false);
 }
 
 async fn start_deletion(h: &Harness) -> Action {

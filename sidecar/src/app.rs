@@ -57,6 +57,10 @@ pub enum StopReason {
     /// An integrity check failed and `integrity.on_failure` is `recover`: stop cleanly,
     /// quarantine the file once the journal holds everything, restart into recovery.
     Recover(String),
+    /// DuckDB invalidated the database (e.g. a checkpoint failed on a full disk): every
+    /// later statement fails, so stop (non-zero) and let the restart reopen the file
+    /// and replay the WAL, which holds every acknowledged commit.
+    Fatal(String),
 }
 
 /// The `/v1/status` document.
@@ -128,12 +132,16 @@ impl App {
         let last_seq = state.read().unwrap_or_else(|e| e.into_inner()).last_seq();
         let (committed_tx, committed_rx) = tokio::sync::watch::channel(last_seq);
         let sync_rx = committed_rx.clone();
+        // Read before anything is delivered, so that status and the Redis mirror show the
+        // durable watermark from the start, not 0 until ClickHouse answers.
+        let durable_watermark = sync::durable_watermark(&conn)?;
         let (writer, join) = Writer::spawn(conn, &cfg, state, metrics.clone(), health.clone(), committed_tx)?;
         let (sync, synced) = match &cfg.clickhouse.url {
             None => (None, None),
             Some(_) => {
                 let password = cfg.clickhouse_password(env)?;
-                let s = Sync::new(cfg.clickhouse.clone(), password, reader.clone(), writer.clone(), metrics.clone())?;
+                let (r, w, m) = (reader.clone(), writer.clone(), metrics.clone());
+                let s = Sync::new(cfg.clickhouse.clone(), password, r, w, m, durable_watermark)?;
                 let (status, synced) = (s.status(), s.watermark());
                 tokio::spawn(s.run(sync_rx));
                 (Some(status), Some(synced))
@@ -204,11 +212,16 @@ impl App {
         });
     }
 
-    /// Resolves when [`App::request_stop`] was called, with the reason.
+    /// Resolves when [`App::request_stop`] was called or a fatal storage error was
+    /// recorded, with the reason.
     pub async fn stop_requested(&self) -> StopReason {
         let mut rx = self.stop.subscribe();
-        let reason = rx.wait_for(Option::is_some).await.expect("the sender lives in App");
-        reason.clone().expect("waited for Some")
+        tokio::select! {
+            reason = rx.wait_for(Option::is_some) => {
+                reason.expect("the sender lives in App").clone().expect("waited for Some")
+            }
+            why = self.health.fatal() => StopReason::Fatal(why),
+        }
     }
 
     /// The journal's status, its lag measured against the last commit now (so it keeps

@@ -137,6 +137,11 @@ impl Backups {
         }
     }
 
+    /// The local snapshot directory (the integrity check takes its attach lock).
+    pub fn local(&self) -> Arc<Snapshots> {
+        self.local.clone()
+    }
+
     /// The newest snapshot in the local directory (the integrity check verifies it).
     pub fn latest_local(&self) -> Result<Option<(Manifest, PathBuf)>> {
         self.local.latest()

@@ -477,10 +477,15 @@ impl Config {
         if d.max_wal_bytes < d.checkpoint_threshold_bytes {
             return bad("duckdb.max_wal_bytes must be >= duckdb.checkpoint_threshold_bytes".into());
         }
-        if let Some(m) = &d.memory_limit
-            && (m.is_empty() || !m.chars().all(|c| c.is_ascii_alphanumeric() || c == '.'))
-        {
-            return bad(format!("duckdb.memory_limit {m:?} is not a size like 512MiB or 2GB"));
+        if let Some(m) = &d.memory_limit {
+            let bytes = parse_size(m).map_err(|e| Error::Config(format!("duckdb.memory_limit: {e}")))?;
+            if bytes < MIN_MEMORY_LIMIT {
+                return bad(format!(
+                    "duckdb.memory_limit {m:?} is below the minimum of {} MiB: DuckDB cannot run the store's \
+                     queries in less (it runs out of memory and may invalidate the database)",
+                    MIN_MEMORY_LIMIT >> 20
+                ));
+            }
         }
         if self.writer.queue_batches == 0 || self.writer.max_batch_requests == 0 {
             return bad("writer.queue_batches and writer.max_batch_requests must be >= 1".into());
@@ -585,6 +590,39 @@ impl Config {
     }
 }
 
+/// Smallest accepted `duckdb.memory_limit`. Measured with DuckDB 1.5.6, 4 threads and
+/// batches of 1,000 trades (docs/sidecar.md, "Memory"): with 3 MB the first batch fails,
+/// with 8 MiB writes fail after 16,000 trades and 12 MiB after 50,000, each time with
+/// `Out of Memory Error`. 16 MiB is the least that runs a small store; the primary-key
+/// index grows with the store, so real stores need more (200,000 trades: 32 MiB).
+pub const MIN_MEMORY_LIMIT: u64 = 16 << 20;
+
+/// Parses a size the way DuckDB's `memory_limit` reads it: a number (decimals allowed)
+/// and a unit: `B`, `KB`/`MB`/`GB`/`TB` (powers of 1000, also `K`, `M`, `G`, `T`) or
+/// `KiB`/`MiB`/`GiB`/`TiB` (powers of 1024), case-insensitive, spaces allowed between.
+/// Percentages are refused: DuckDB 1.5's configuration API rejects them.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (number, unit) = (&t[..split], t[split..].trim());
+    let value: f64 = number.parse().map_err(|_| format!("{text:?} is not a size like 512MiB or 2GB"))?;
+    let multiplier: u64 = match unit.to_ascii_lowercase().as_str() {
+        "b" => 1,
+        "k" | "kb" => 1_000,
+        "m" | "mb" => 1_000_000,
+        "g" | "gb" => 1_000_000_000,
+        "t" | "tb" => 1_000_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        "%" => return Err(format!("{text:?}: percentages are not accepted; give a size like 512MiB")),
+        "" => return Err(format!("{text:?} has no unit; give a size like 512MiB or 2GB")),
+        other => return Err(format!("{text:?}: unknown unit {other:?} (B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)")),
+    };
+    Ok((value * multiplier as f64) as u64)
+}
+
 fn secret(env: &HashMap<String, String>, var: &str, file: Option<&Path>, key: &str) -> Result<Option<String>> {
     if let Some(p) = env.get(var) {
         return Ok(Some(p.trim().to_string()));
@@ -650,6 +688,38 @@ mod tests {
         assert!(e.contains("listen"), "{e}");
         let e = Config::load(Some(Path::new("/nonexistent.yaml")), HashMap::new()).unwrap_err().to_string();
         assert!(e.contains("does not exist"), "{e}");
+    }
+
+    #[test]
+    fn sizes_parse_like_duckdb_reads_them() {
+        let ok = [
+            ("512MiB", 512 << 20),
+            ("2GB", 2_000_000_000),
+            ("1.5 GiB", 3 << 29),
+            ("64mib", 64 << 20),
+            ("100M", 100_000_000),
+            ("4096 B", 4096),
+            ("1TiB", 1 << 40),
+            ("8k", 8_000),
+        ];
+        for (text, bytes) in ok {
+            assert_eq!(parse_size(text), Ok(bytes), "{text}");
+        }
+        for bad in ["", "MB", "100", "50%", "1.2.3GB", "12 parsecs", "-1GB"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_memory_limit_too_small_to_run_is_refused() {
+        let limit = |v: &str| Config::load(None, env(&[("TRADESTORE_DUCKDB__MEMORY_LIMIT", v)]));
+        for small in ["3MB", "8MiB", "16MB", "15.9MiB"] {
+            let e = limit(small).unwrap_err().to_string();
+            assert!(e.contains("duckdb.memory_limit") && e.contains("minimum of 16 MiB"), "{small}: {e}");
+        }
+        assert!(limit("ten").unwrap_err().to_string().contains("not a size"));
+        assert_eq!(limit("16MiB").unwrap().duckdb.memory_limit.as_deref(), Some("16MiB"));
+        assert!(limit("2GB").is_ok());
     }
 
     #[test]

@@ -29,6 +29,72 @@ pub fn open(path: &Path, cfg: &DuckdbConfig) -> Result<Connection> {
     Ok(conn)
 }
 
+/// What a failed call says about the store. Decided in one place, [`classify`], so
+/// that the writer, the integrity check and the snapshot code agree on what may be
+/// retried, what needs a restart, and what is evidence of damage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The stored data is damaged: a block checksum mismatch, a corrupt or unreadable
+    /// file, an invariant the integrity check found broken, a snapshot that does not
+    /// match its manifest. Only this may quarantine the database file.
+    Damage,
+    /// DuckDB invalidated the database instance (a checkpoint that failed, an internal
+    /// error): every later statement fails until the process reopens the file, which
+    /// replays the WAL.
+    Fatal,
+    /// May pass when tried again: out of memory, interrupted, no free read connection,
+    /// a full disk while appending to the WAL (the transaction rolls back, nothing else).
+    Transient,
+    /// Anything else: a constraint, bad SQL, a bug.
+    Other,
+}
+
+/// Classifies an error. DuckDB errors are read from their text, because the C API
+/// hands duckdb-rs no usable error type (every failure has state 1); the text starts
+/// with DuckDB's exception type (`Out of Memory Error: …`, `FATAL Error: …`).
+pub fn classify(e: &Error) -> Failure {
+    match e {
+        Error::Db(db) => classify_duckdb(&db.to_string()),
+        Error::Integrity(_) | Error::Snapshot(_) => Failure::Damage,
+        Error::Unavailable(_) => Failure::Transient,
+        Error::Io(io) => match io.kind() {
+            std::io::ErrorKind::Interrupted
+            | std::io::ErrorKind::TimedOut
+            | std::io::ErrorKind::WouldBlock
+            | std::io::ErrorKind::StorageFull => Failure::Transient,
+            _ => Failure::Other,
+        },
+        _ => Failure::Other,
+    }
+}
+
+/// Classifies a DuckDB error message (see [`classify`]).
+pub fn classify_duckdb(message: &str) -> Failure {
+    let lower = message.to_ascii_lowercase();
+    // An invalidated database quotes the original error, which may itself look
+    // transient or like damage; the instance is unusable either way.
+    if lower.contains("has been invalidated") {
+        return Failure::Fatal;
+    }
+    let kind = message.split_once(" Error: ").map_or("", |(kind, _)| kind);
+    match kind {
+        "FATAL" | "INTERNAL" => return Failure::Fatal,
+        "Out of Memory" | "Interrupt" => return Failure::Transient,
+        _ => {}
+    }
+    const DAMAGE: [&str; 4] =
+        ["corrupt database file", "corrupt wal file", "data corruption", "not a valid duckdb database file"];
+    if kind == "Serialization" || DAMAGE.iter().any(|d| lower.contains(d)) {
+        return Failure::Damage;
+    }
+    const TRANSIENT: [&str; 4] =
+        ["no space left on device", "could not allocate", "failed to pin block", "resource temporarily unavailable"];
+    if TRANSIENT.iter().any(|t| lower.contains(t)) {
+        return Failure::Transient;
+    }
+    Failure::Other
+}
+
 /// Path of the write-ahead log DuckDB keeps next to the database file.
 pub fn wal_path(db: &Path) -> PathBuf {
     let mut p = db.as_os_str().to_owned();
@@ -92,6 +158,67 @@ pub fn timestamp(micros: i64) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn duckdb_error(conn: &Connection, sql: &str) -> Error {
+        Error::from(conn.execute_batch(sql).expect_err(sql))
+    }
+
+    #[test]
+    fn real_duckdb_errors_are_classified() {
+        let small = duckdb::Config::default().max_memory("4MiB").unwrap().threads(1).unwrap();
+        let conn = Connection::open_in_memory_with_flags(small).unwrap();
+        // A list aggregate cannot spill: it must hold every value in memory at once.
+        let oom = duckdb_error(&conn, "SELECT list(i::VARCHAR) FROM range(2000000) r(i)");
+        assert!(oom.to_string().contains("Out of Memory Error"), "{oom}");
+        assert_eq!(classify(&oom), Failure::Transient, "{oom}");
+
+        conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY); INSERT INTO t VALUES (1)").unwrap();
+        let dup = duckdb_error(&conn, "INSERT INTO t VALUES (1)");
+        assert_eq!(classify(&dup), Failure::Other, "{dup}");
+
+        let corrupt = damaged_block_error();
+        assert!(corrupt.to_string().contains("checksum"), "{corrupt}");
+        assert_eq!(classify(&corrupt), Failure::Damage, "{corrupt}");
+
+        // Seen from DuckDB 1.5.6 on a full tmpfs (the root-only test in tests/disk_full.rs
+        // produces them for real): a WAL append that failed rolls back and can be retried;
+        // a checkpoint that failed invalidates the instance.
+        let wal = "TransactionContext Error: Failed to commit: Could not write file \"/d/t.duckdb.wal\": No space \
+                   left on device";
+        assert_eq!(classify_duckdb(wal), Failure::Transient);
+        let checkpoint = "FATAL Error: Failed to create checkpoint because of error: Could not write file \
+                          \"/d/t.duckdb\": No space left on device";
+        assert_eq!(classify_duckdb(checkpoint), Failure::Fatal);
+        let after = "FATAL Error: Failed: database has been invalidated because of a previous fatal error. The \
+                     database must be restarted prior to being used again.\nOriginal error: \"Corrupt database file\"";
+        assert_eq!(classify_duckdb(after), Failure::Fatal);
+        assert_eq!(classify(&Error::Unavailable("no free read connection".into())), Failure::Transient);
+        assert_eq!(classify(&Error::Integrity("duplicate sequences".into())), Failure::Damage);
+    }
+
+    /// The error DuckDB gives when a scan reads a data block whose checksum fails.
+    fn damaged_block_error() -> Error {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.duckdb");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("CREATE TABLE t AS SELECT i, i::VARCHAR || 'x' AS s FROM range(300000) r(i); CHECKPOINT")
+            .unwrap();
+        let block: i64 = conn
+            .query_row(
+                "SELECT block_id FROM pragma_storage_info('t') WHERE column_name = 's' AND block_id >= 0 LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        drop(conn);
+        // 3 header blocks of 4 KiB, then 256 KiB blocks starting with their checksum.
+        let at = 3 * 4096 + block as usize * 256 * 1024 + 64;
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[at..at + 64].iter_mut().for_each(|b| *b ^= 0x5a);
+        std::fs::write(&path, bytes).unwrap();
+        let conn = Connection::open(&path).unwrap();
+        duckdb_error(&conn, "SELECT count(*), bit_xor(hash(s)) FROM t")
+    }
 
     #[test]
     fn engine_settings_are_applied_and_wal_autocheckpoint_is_the_same_knob() {

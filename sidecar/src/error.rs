@@ -47,6 +47,11 @@ pub enum Error {
     /// An invariant broke; a bug or a damaged file.
     #[error("internal error: {0}")]
     Internal(String),
+    /// The integrity check found stored data that contradicts itself (duplicate
+    /// sequences, a watermark ahead of the store, a view that disagrees with memory):
+    /// evidence of damage, unlike [`Error::Internal`].
+    #[error("integrity violation: {0}")]
+    Integrity(String),
 }
 
 /// Result with the sidecar's error.

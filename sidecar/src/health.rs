@@ -2,7 +2,10 @@
 //!
 //! Liveness: the process answers and the writer made progress within the deadline
 //! (the writer beats while idle and around every commit, so a wedged commit or a
-//! dead writer thread fails it), and no fatal storage error was seen.
+//! dead writer thread fails it), and no fatal storage error was seen. A fatal error
+//! also makes the process stop by itself ([`Health::fatal`], watched by
+//! [`crate::app::App::stop_requested`]): DuckDB refuses every later statement, so
+//! waiting for a liveness restart would only prolong the outage.
 //! Readiness: live, migrations applied and recovery done, and not shutting down.
 
 use std::sync::Mutex;
@@ -17,7 +20,7 @@ pub struct Health {
     deadline: Duration,
     ready: AtomicBool,
     shutting_down: AtomicBool,
-    fatal: Mutex<Option<String>>,
+    fatal: tokio::sync::watch::Sender<Option<String>>,
     integrity: Mutex<Option<String>>,
 }
 
@@ -30,7 +33,7 @@ impl Health {
             deadline,
             ready: AtomicBool::new(false),
             shutting_down: AtomicBool::new(false),
-            fatal: Mutex::new(None),
+            fatal: tokio::sync::watch::channel(None).0,
             integrity: Mutex::new(None),
         }
     }
@@ -61,10 +64,24 @@ impl Health {
         self.shutting_down.load(Ordering::SeqCst)
     }
 
-    /// Records an unrecoverable error (e.g. DuckDB invalidated the database);
-    /// liveness fails so the pod is restarted and the WAL replayed.
+    /// Records an unrecoverable error (e.g. DuckDB invalidated the database): liveness
+    /// fails and [`Health::fatal`] resolves, so the process stops and its restart
+    /// reopens the file and replays the WAL. The first error is kept.
     pub fn set_fatal(&self, why: String) {
-        self.fatal.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(why);
+        self.fatal.send_if_modified(|f| {
+            let first = f.is_none();
+            if first {
+                *f = Some(why);
+            }
+            first
+        });
+    }
+
+    /// Resolves with the first fatal error, once there is one.
+    pub async fn fatal(&self) -> String {
+        let mut rx = self.fatal.subscribe();
+        let why = rx.wait_for(Option::is_some).await.expect("the sender lives in Health");
+        why.clone().expect("waited for Some")
     }
 
     /// Records the last integrity check's failure (None when it passed); a failure
@@ -75,7 +92,7 @@ impl Health {
 
     /// Ok when the process should be left running.
     pub fn liveness(&self) -> Result<(), String> {
-        if let Some(why) = self.fatal.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+        if let Some(why) = self.fatal.borrow().clone() {
             return Err(format!("fatal: {why}"));
         }
         let idle = self.since_beat();
@@ -140,12 +157,14 @@ mod tests {
         assert!(h.readiness().is_ok());
     }
 
-    #[test]
-    fn fatal_errors_stick() {
+    #[tokio::test]
+    async fn fatal_errors_stick_and_are_announced() {
         let h = Health::new(Duration::from_secs(10));
         h.beat();
         h.set_fatal("database invalidated".into());
+        h.set_fatal("a later one".into());
         h.beat();
         assert!(h.liveness().unwrap_err().contains("invalidated"));
+        assert_eq!(h.fatal().await, "database invalidated", "the first error is the one reported");
     }
 }

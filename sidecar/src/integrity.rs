@@ -9,11 +9,20 @@
 //!    commit sequences are unique, and no sync watermark is ahead of the store.
 //! 3. **Latest snapshot** — its size and SHA-256 still match its manifest.
 //!
-//! A failure makes readiness fail, shows in `/v1/status` and metrics, and is logged at
-//! error level; the next passing check clears it. With `integrity.on_failure: recover`
-//! a failure of the database checks (1 and 2) also stops the process cleanly; once the
-//! journal holds every committed change the file is quarantined and the restart
-//! recovers it (see [`crate::recovery`]).
+//! Every error is classified ([`db::classify`]):
+//! - **damage** (a checksum or corruption error from DuckDB, an invariant broken, a
+//!   snapshot that does not match its manifest) and other errors fail the check: readiness
+//!   fails, `/v1/status` and metrics show it, it is logged at error level; the next passing
+//!   check clears it. With `integrity.on_failure: recover`, damage found by the database
+//!   checks (1 and 2) — and only that — also stops the process cleanly; once the journal
+//!   holds every committed change the file is quarantined and the restart recovers it
+//!   (see [`crate::recovery`]).
+//! - **transient** errors (out of memory, no free read connection, interrupted I/O) say
+//!   nothing about the data: the database checks are retried, and if they still cannot
+//!   finish the check is `inconclusive` (status, `tradestore_integrity_inconclusive_total`,
+//!   a warning). Readiness keeps the previous verdict; nothing is quarantined.
+//! - **fatal**: DuckDB invalidated the instance; the process stops (non-zero) so the
+//!   restart reopens the file, like a fatal error on the write path.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -22,19 +31,44 @@ use serde::Serialize;
 
 use crate::app::{App, StopReason};
 use crate::config::OnIntegrityFailure;
+use crate::db::{self, Failure};
 use crate::error::{Error, Result};
 use crate::model::format_micros;
 use crate::reader::{Reader, load_symbol_states};
 use crate::snapshot;
 
+/// How often the database checks are tried when they fail for a transient reason.
+const ATTEMPTS: u32 = 3;
+/// Pause between those attempts.
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
+
+/// Where the checks stand.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckState {
+    /// No check has finished since start (or checks are disabled): not a failure.
+    #[default]
+    NotRun,
+    /// The last check passed.
+    Passed,
+    /// The last check failed.
+    Failed,
+    /// The last check could not finish for a transient reason, even when retried: no
+    /// verdict (readiness keeps the previous one).
+    Inconclusive,
+}
+
 /// The last check's outcome, for `/v1/status`.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct CheckStatus {
+    /// Where the checks stand.
+    pub state: CheckState,
     /// When the last check finished (RFC 3339).
     pub last_run: Option<String>,
-    /// It passed.
-    pub ok: bool,
-    /// What failed.
+    /// The verdict: true when it passed, false when it failed, null when no check has
+    /// reached one (not run yet, or inconclusive).
+    pub ok: Option<bool>,
+    /// What failed (or why the check was inconclusive).
     pub error: Option<String>,
     /// How long it took.
     pub duration_ms: u64,
@@ -45,30 +79,10 @@ pub struct CheckStatus {
 /// Shared check status.
 pub type SharedStatus = Arc<Mutex<CheckStatus>>;
 
-/// Runs one full check and records it.
+/// Runs one full check, records it and reacts to a failure.
 pub async fn check(app: &Arc<App>) -> CheckStatus {
     let started = Instant::now();
-    let reader = app.reader.clone();
-    let outcome = app
-        .reader
-        .with_conn(move |conn| {
-            let rows = scan_blocks(conn)?;
-            let dup: i64 = conn.query_row("SELECT count(*) - count(DISTINCT seq) FROM trades", [], |r| r.get(0))?;
-            if dup != 0 {
-                return Err(Error::Internal(format!("{dup} duplicate commit sequence numbers")));
-            }
-            let ahead: i64 = conn.query_row(
-                "SELECT count(*) FROM sync_state WHERE watermark > (SELECT coalesce(max(seq), 0) FROM trades)",
-                [],
-                |r| r.get(0),
-            )?;
-            if ahead != 0 {
-                return Err(Error::Internal("a sync watermark is ahead of the store".into()));
-            }
-            compare_hot_state(conn, &reader)?;
-            Ok(rows)
-        })
-        .await;
+    let outcome = database_checks_retried(app).await;
     let database_failed = outcome.is_err();
     let outcome = outcome.and_then(|rows| {
         if let Some((_, dir)) = app.backups.latest_local()? {
@@ -76,47 +90,134 @@ pub async fn check(app: &Arc<App>) -> CheckStatus {
         }
         Ok(rows)
     });
+    let state = react(app, &outcome, database_failed);
     let status = CheckStatus {
+        state,
         last_run: Some(format_micros(crate::model::now_micros())),
-        ok: outcome.is_ok(),
+        ok: match state {
+            CheckState::Passed => Some(true),
+            CheckState::Failed => Some(false),
+            CheckState::NotRun | CheckState::Inconclusive => None,
+        },
         error: outcome.as_ref().err().map(|e| e.to_string()),
         duration_ms: started.elapsed().as_millis() as u64,
         rows_scanned: *outcome.as_ref().unwrap_or(&0),
     };
-    app.metrics.integrity_ok.set(i64::from(status.ok));
     app.metrics.integrity_duration.observe(started.elapsed().as_secs_f64());
-    match &status.error {
-        None => {
-            app.health.set_integrity(None);
-            tracing::debug!(ms = status.duration_ms, rows = status.rows_scanned, "integrity check passed");
-        }
-        Some(e) => {
-            app.health.set_integrity(Some(e.clone()));
-            tracing::error!(error = %e, "INTEGRITY CHECK FAILED");
-            if database_failed && app.cfg.integrity.on_failure == OnIntegrityFailure::Recover {
-                app.request_stop(StopReason::Recover(e.clone()));
-            }
-        }
-    }
     *app.integrity.lock().unwrap_or_else(|e| e.into_inner()) = status.clone();
     status
+}
+
+/// The database checks (blocks and invariants), tried again while they fail for a
+/// transient reason.
+async fn database_checks_retried(app: &Arc<App>) -> Result<i64> {
+    let mut attempt = 1;
+    loop {
+        let outcome = database_checks(app).await;
+        match &outcome {
+            Err(e) if attempt < ATTEMPTS && db::classify(e) == Failure::Transient => {
+                tracing::warn!(error = %e, attempt, "integrity check hit a transient error; retrying");
+                tokio::time::sleep(RETRY_PAUSE).await;
+                attempt += 1;
+            }
+            _ => return outcome,
+        }
+    }
+}
+
+async fn database_checks(app: &Arc<App>) -> Result<i64> {
+    let reader = app.reader.clone();
+    let snapshots = app.backups.local();
+    app.reader
+        .with_conn(move |conn| {
+            let tables = snapshots.with_attach_lock(|| own_tables(conn))?;
+            let rows = scan_tables(conn, &tables)?;
+            check_invariants(conn)?;
+            compare_hot_state(conn, &reader)?;
+            Ok(rows)
+        })
+        .await
+}
+
+/// Updates readiness, metrics and logs for `outcome`, stops the process when the
+/// failure calls for it, and returns the resulting state.
+fn react(app: &App, outcome: &Result<i64>, database_failed: bool) -> CheckState {
+    let e = match outcome {
+        Ok(rows) => {
+            app.health.set_integrity(None);
+            app.metrics.integrity_ok.set(1);
+            tracing::debug!(rows, "integrity check passed");
+            return CheckState::Passed;
+        }
+        Err(e) => e,
+    };
+    let failure = db::classify(e);
+    if failure == Failure::Transient {
+        app.metrics.integrity_inconclusive.inc();
+        tracing::warn!(error = %e, "integrity check inconclusive (a transient error, not evidence of damage)");
+        return CheckState::Inconclusive;
+    }
+    app.health.set_integrity(Some(e.to_string()));
+    app.metrics.integrity_ok.set(0);
+    tracing::error!(error = %e, ?failure, "INTEGRITY CHECK FAILED");
+    match failure {
+        Failure::Fatal => app.health.set_fatal(e.to_string()),
+        Failure::Damage if database_failed && app.cfg.integrity.on_failure == OnIntegrityFailure::Recover => {
+            app.request_stop(StopReason::Recover(e.to_string()))
+        }
+        _ => {}
+    }
+    CheckState::Failed
+}
+
+/// Invariants of the stored data alone: unique commit sequences, no sync watermark
+/// ahead of the store.
+fn check_invariants(conn: &duckdb::Connection) -> Result<()> {
+    let dup: i64 = conn.query_row("SELECT count(*) - count(DISTINCT seq) FROM trades", [], |r| r.get(0))?;
+    if dup != 0 {
+        return Err(Error::Integrity(format!("{dup} duplicate commit sequence numbers")));
+    }
+    let ahead: i64 = conn.query_row(
+        "SELECT count(*) FROM sync_state WHERE watermark > (SELECT coalesce(max(seq), 0) FROM trades)",
+        [],
+        |r| r.get(0),
+    )?;
+    if ahead != 0 {
+        return Err(Error::Integrity("a sync watermark is ahead of the store".into()));
+    }
+    Ok(())
 }
 
 /// Reads every value of every table of the open database, so that every block is
 /// read from disk (and its checksum verified) unless already cached. Returns the rows.
 pub fn scan_blocks(conn: &duckdb::Connection) -> Result<i64> {
+    scan_tables(conn, &own_tables(conn)?)
+}
+
+/// The tables of the connection's own database and their columns. The catalog
+/// functions visit every attached database, so the periodic check calls this under
+/// [`snapshot::Snapshots::with_attach_lock`].
+fn own_tables(conn: &duckdb::Connection) -> Result<Vec<(String, Vec<String>)>> {
     let tables: Vec<String> = conn
         .prepare("SELECT table_name FROM duckdb_tables() WHERE database_name = current_database()")?
         .query_map([], |r| r.get(0))?
         .collect::<duckdb::Result<_>>()?;
-    let mut rows = 0i64;
-    for t in &tables {
+    let mut out = Vec::with_capacity(tables.len());
+    for t in tables {
         let cols: Vec<String> = conn
             .prepare(
                 "SELECT column_name FROM duckdb_columns() WHERE table_name = ? AND database_name = current_database()",
             )?
-            .query_map([t], |r| r.get(0))?
+            .query_map([&t], |r| r.get(0))?
             .collect::<duckdb::Result<_>>()?;
+        out.push((t, cols));
+    }
+    Ok(out)
+}
+
+fn scan_tables(conn: &duckdb::Connection, tables: &[(String, Vec<String>)]) -> Result<i64> {
+    let mut rows = 0i64;
+    for (t, cols) in tables {
         // Hash every value: `count(col)` alone can be answered from validity masks
         // without reading the data blocks.
         let values = cols.iter().map(|c| format!("\"{c}\"")).collect::<Vec<_>>().join(", ");
@@ -150,7 +251,7 @@ fn compare_hot_state(conn: &duckdb::Connection, reader: &Reader) -> Result<()> {
         let db_state = db_state?;
         let same = db_state == expected; // exact: no epsilon (see crate::money)
         if !same {
-            return Err(Error::Internal(format!(
+            return Err(Error::Integrity(format!(
                 "in-memory trade state differs from the trade_state view at seq {db_seq}"
             )));
         }

@@ -198,6 +198,11 @@ fn serve(cfg: Config, env: HashMap<String, String>) -> Result<()> {
                 Ok(())
             }
             Some(StopReason::Recover(why)) => quarantine_when_journaled(&app, &why, deadline).await,
+            // Non-zero, so the container is restarted; the file is not quarantined: it is
+            // not damaged, and reopening it replays the WAL.
+            Some(StopReason::Fatal(why)) => {
+                Err(Error::Internal(format!("fatal storage error ({why}); restarting to reopen the database")))
+            }
         }
     })
 }

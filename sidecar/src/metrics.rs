@@ -49,6 +49,9 @@ pub struct Metrics {
     pub sync_errors: IntCounter,
     /// 1 when the last integrity check passed.
     pub integrity_ok: IntGauge,
+    /// Integrity checks that could not finish for a transient reason (out of memory,
+    /// no free read connection) even when retried.
+    pub integrity_inconclusive: IntCounter,
     /// Duration of integrity checks.
     pub integrity_duration: Histogram,
     /// Snapshots taken (and shipped to the target).
@@ -115,6 +118,11 @@ impl Metrics {
             sync_degraded: IntGauge::new("sync_degraded", "1 while the ClickHouse sync is degraded").unwrap(),
             sync_errors: IntCounter::new("sync_errors_total", "Failed ClickHouse sync attempts").unwrap(),
             integrity_ok: IntGauge::new("integrity_ok", "1 when the last integrity check passed").unwrap(),
+            integrity_inconclusive: IntCounter::new(
+                "integrity_inconclusive_total",
+                "Integrity checks that could not finish for a transient reason, even when retried",
+            )
+            .unwrap(),
             integrity_duration: Histogram::with_opts(
                 HistogramOpts::new("integrity_check_duration_seconds", "Duration of integrity checks")
                     .buckets(LATENCY_BUCKETS.to_vec()),
@@ -146,6 +154,7 @@ impl Metrics {
         r.register(Box::new(m.sync_degraded.clone())).unwrap();
         r.register(Box::new(m.sync_errors.clone())).unwrap();
         r.register(Box::new(m.integrity_ok.clone())).unwrap();
+        r.register(Box::new(m.integrity_inconclusive.clone())).unwrap();
         r.register(Box::new(m.integrity_duration.clone())).unwrap();
         r.register(Box::new(m.snapshots.clone())).unwrap();
         r.register(Box::new(m.snapshot_failures.clone())).unwrap();

@@ -8,6 +8,14 @@
 //! writer is never paused. (A raw file copy is not safe: a concurrent checkpoint can
 //! tear it.) Layout: `<dir>/<id>/trades.duckdb` + `<dir>/<id>/manifest.json`; a
 //! snapshot is written under `<id>.partial` and renamed into place when complete.
+//!
+//! The attached copy is visible to every connection of the instance, and a connection
+//! that enumerates the catalog (`duckdb_tables()`) while it is attached holds a
+//! reference that outlives `DETACH`: the copy then stays open, its data in its own WAL,
+//! and is written out later. So the copy is checkpointed before it is detached,
+//! catalog scans wait while a copy is attached ([`Snapshots::with_attach_lock`]),
+//! and before the checksum is taken the copy must prove itself final (see
+//! [`prove_final`]). A snapshot that cannot is refused, never published.
 
 use std::fs::File;
 use std::io::Read;
@@ -53,6 +61,8 @@ pub struct Snapshots {
     dir: PathBuf,
     retention: Retention,
     busy: Mutex<()>,
+    /// Held while a copy is attached to the live instance.
+    attached: Mutex<()>,
 }
 
 /// Which snapshots to keep: always the newest `keep_last`; older ones only while
@@ -85,7 +95,16 @@ impl Retention {
 impl Snapshots {
     /// Snapshots under `dir`, pruned by `retention` after each one taken.
     pub fn new(dir: PathBuf, retention: Retention) -> Self {
-        Snapshots { dir, retention, busy: Mutex::new(()) }
+        Snapshots { dir, retention, busy: Mutex::new(()), attached: Mutex::new(()) }
+    }
+
+    /// Runs `f` holding the lock a snapshot holds while its copy is attached to the
+    /// live instance. Queries that enumerate every attached database
+    /// (`duckdb_tables()`, `duckdb_columns()`) run under it, so they never see a copy
+    /// (and never keep one open past its `DETACH`).
+    pub fn with_attach_lock<T>(&self, f: impl FnOnce() -> T) -> T {
+        let _none = self.attached.lock().unwrap_or_else(|e| e.into_inner());
+        f()
     }
 
     /// Takes a consistent snapshot through `conn` (a read connection of the live
@@ -103,7 +122,10 @@ impl Snapshots {
         let partial = self.dir.join(format!("{id}.partial"));
         std::fs::create_dir_all(&partial)?;
         let file = partial.join(DB_FILE);
-        let copied = copy_database(conn, &file);
+        let copied = self.with_attach_lock(|| copy_database(conn, &file)).and_then(|counts| {
+            prove_final(&file, counts)?;
+            Ok(counts)
+        });
         let (seq, trade_rows) = match copied {
             Ok(v) => v,
             Err(e) => {
@@ -201,6 +223,9 @@ fn copy_database(conn: &Connection, target: &Path) -> Result<(i64, i64)> {
         match copied {
             Ok(c) => {
                 conn.execute_batch("COMMIT")?;
+                // Write the copy into its file now, on this connection, whoever else
+                // still holds a reference to it; DETACH alone may leave it in the WAL.
+                conn.execute_batch(&format!("CHECKPOINT {alias}"))?;
                 Ok(c)
             }
             Err(e) => {
@@ -213,6 +238,35 @@ fn copy_database(conn: &Connection, target: &Path) -> Result<(i64, i64)> {
     let counts = result?;
     detached?;
     Ok(counts)
+}
+
+/// Proves the detached copy complete on its own before anything is published: no
+/// WAL is left next to it (everything is in the file the checksum covers), and a
+/// separate read-only DuckDB instance opening just that file sees exactly the rows and
+/// the highest sequence the copying transaction saw. The instance is closed before
+/// returning, so the checksum is taken of a file no one has open.
+fn prove_final(file: &Path, (seq, rows): (i64, i64)) -> Result<()> {
+    let refuse = |why: String| Err(Error::Snapshot(format!("{}: {why}; not publishing it", file.display())));
+    if crate::db::wal_path(file).exists() {
+        return refuse("the copy still has a WAL after CHECKPOINT and DETACH".into());
+    }
+    let read_only = duckdb::Config::default()
+        .access_mode(duckdb::AccessMode::ReadOnly)?
+        .enable_autoload_extension(false)?
+        .threads(1)?;
+    let found = {
+        let copy = Connection::open_with_flags(file, read_only)?;
+        copy.query_row("SELECT coalesce(max(seq), 0), count(*) FROM trades", [], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+        })?
+    };
+    if found != (seq, rows) {
+        return refuse(format!(
+            "the copy holds {} rows up to seq {}, the transaction saw {rows} up to seq {seq}",
+            found.1, found.0
+        ));
+    }
+    Ok(())
 }
 
 fn read_manifest(dir: &Path) -> Result<Manifest> {

@@ -117,13 +117,15 @@ pub struct Sync {
 }
 
 impl Sync {
-    /// Prepares the sync (connections are made by the task).
+    /// Prepares the sync (connections are made by the task), resuming from `watermark`,
+    /// the durable one ([`durable_watermark`]).
     pub fn new(
         cfg: ClickhouseConfig,
         password: Option<String>,
         reader: Reader,
         writer: WriterHandle,
         metrics: Arc<Metrics>,
+        watermark: i64,
     ) -> Result<Self> {
         let url = cfg.url.clone().ok_or_else(|| Error::Config("clickhouse.url is not set".into()))?;
         let mut client = clickhouse::Client::default()
@@ -134,8 +136,10 @@ impl Sync {
         if let Some(p) = password {
             client = client.with_password(p);
         }
-        let status = Arc::new(Mutex::new(SyncStatus { enabled: true, ..Default::default() }));
-        Ok(Sync { cfg, client, reader, writer, metrics, status, synced: watch::channel(0).0 })
+        let status = Arc::new(Mutex::new(SyncStatus { enabled: true, watermark, ..Default::default() }));
+        metrics.sync_watermark.set(watermark);
+        let synced = watch::channel(watermark).0;
+        Ok(Sync { cfg, client, reader, writer, metrics, status, synced })
     }
 
     /// The durable watermark as it advances (the journal mirrors it to Redis).
@@ -150,9 +154,11 @@ impl Sync {
 
     /// Runs until `committed` closes.
     pub async fn run(self, mut committed: watch::Receiver<i64>) {
-        let mut watermark: Option<i64> = None;
+        let mut watermark = *self.synced.borrow();
         let mut table_ready = false;
         let mut failures: u32 = 0;
+        // The lag is known before the first round, which may wait for ClickHouse.
+        self.record(watermark, *committed.borrow(), 0, None);
         loop {
             let last = *committed.borrow_and_update();
             match self.step(&mut watermark, &mut table_ready, last).await {
@@ -161,7 +167,7 @@ impl Sync {
                         tracing::info!("clickhouse sync recovered");
                     }
                     failures = 0;
-                    self.record(watermark.unwrap_or(0), last, 0, None);
+                    self.record(watermark, last, 0, None);
                     if caught_up {
                         tokio::select! {
                             changed = committed.changed() => if changed.is_err() { return },
@@ -179,7 +185,7 @@ impl Sync {
                     } else {
                         tracing::warn!(error = %e, failures, retry_in = ?pause, "clickhouse sync failed");
                     }
-                    self.record(watermark.unwrap_or(0), last, failures, Some(e.to_string()));
+                    self.record(watermark, last, failures, Some(e.to_string()));
                     table_ready = false;
                     tokio::time::sleep(pause).await;
                     if committed.has_changed().is_err() {
@@ -226,30 +232,13 @@ impl Sync {
 
     /// One round: make sure the table exists, ship one batch, record the watermark.
     /// Returns true when caught up.
-    async fn step(&self, watermark: &mut Option<i64>, table_ready: &mut bool, last: i64) -> Result<bool> {
+    async fn step(&self, watermark: &mut i64, table_ready: &mut bool, last: i64) -> Result<bool> {
         if !*table_ready {
             ch(self.client.query(&create_table_sql(&self.cfg.table)).execute().await)?;
             self.check_money_columns().await?;
             *table_ready = true;
         }
-        let wm = match *watermark {
-            Some(w) => w,
-            None => {
-                let w = self
-                    .reader
-                    .with_conn(|c| {
-                        Ok(c.query_row(
-                            "SELECT coalesce(max(watermark), 0) FROM sync_state WHERE sink = ?",
-                            [SINK],
-                            |r| r.get::<_, i64>(0),
-                        )?)
-                    })
-                    .await?;
-                self.synced.send_replace(w);
-                *watermark = Some(w);
-                w
-            }
-        };
+        let wm = *watermark;
         if wm >= last {
             return Ok(true);
         }
@@ -262,9 +251,16 @@ impl Sync {
         ch(insert.end().await)?;
         self.writer.submit(WriteOp::SetWatermark { sink: SINK.into(), seq: top }, Duration::from_secs(10)).await?;
         self.synced.send_replace(top);
-        *watermark = Some(top);
+        *watermark = top;
         Ok(top >= last)
     }
+}
+
+/// The watermark recorded in DuckDB's `sync_state`: every change up to it has been
+/// delivered to ClickHouse (0 before the first delivery).
+pub fn durable_watermark(conn: &duckdb::Connection) -> Result<i64> {
+    let sql = "SELECT coalesce(max(watermark), 0) FROM sync_state WHERE sink = ?";
+    Ok(conn.query_row(sql, [SINK], |r| r.get(0))?)
 }
 
 /// The pause after the `failures`-th consecutive failure: the schedule's entry, or its

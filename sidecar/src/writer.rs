@@ -252,13 +252,12 @@ impl Writer {
         }
     }
 
-    /// Classifies an error from a failed transaction; a database DuckDB
-    /// invalidated cannot be used again, so liveness must fail.
+    /// Maps an error from a failed transaction to the client's answer; a fatal one
+    /// (DuckDB invalidated the database) also stops the process, see [`Writer::fatal`].
     fn storage_error(&self, e: Error) -> Error {
         let text = e.to_string();
-        if text.contains("invalidated") || text.contains("FATAL") {
-            tracing::error!(error = %text, "database invalidated; failing liveness so the pod restarts");
-            self.health.set_fatal(text.clone());
+        if db::classify(&e) == db::Failure::Fatal {
+            self.fatal(&text);
         } else {
             tracing::warn!(error = %text, "write failed");
         }
@@ -266,6 +265,15 @@ impl Writer {
             Error::Db(_) | Error::Io(_) => Error::Unavailable(format!("storage error: {text}")),
             other => other,
         }
+    }
+
+    /// DuckDB invalidated the database: every later statement fails, whether or not
+    /// space or memory comes back. Recorded as fatal, which fails liveness and stops
+    /// the process; the restart reopens the file and replays the WAL (every
+    /// acknowledged commit is in it).
+    fn fatal(&self, text: &str) {
+        tracing::error!(error = %text, "database invalidated; stopping so the restart reopens it");
+        self.health.set_fatal(text.to_string());
     }
 
     /// Plans `ops` against the table, writes the final rows and commits; on any
@@ -478,7 +486,11 @@ impl Writer {
                 self.metrics.wal_bytes.set(db::wal_size(&self.db_path) as i64);
                 tracing::debug!(elapsed_ms = start.elapsed().as_millis() as u64, wal_before = wal, "checkpoint");
             }
-            Err(e) => tracing::warn!(error = %e, "checkpoint failed; will retry after the next commit"),
+            Err(e) => match Error::from(e) {
+                // A checkpoint that failed on a full disk invalidates the database.
+                e if db::classify(&e) == db::Failure::Fatal => self.fatal(&e.to_string()),
+                e => tracing::warn!(error = %e, "checkpoint failed; will retry after the next commit"),
+            },
         }
     }
 }

@@ -128,3 +128,50 @@ async fn clickhouse_converges_to_duckdb_through_outages_and_crashes() {
         assert_eq!(d, h);
     }
 }
+
+/// A restart while ClickHouse is down: the sync cannot deliver anything, but the status
+/// and the Redis mirror must show the durable watermark (DuckDB's `sync_state`), not 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_durable_watermark_is_reported_after_a_restart_while_clickhouse_is_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let chdir = tempfile::tempdir().unwrap();
+    let (http, tcp) = (free_port(), free_port());
+    let mut ch = ClickHouse::start(chdir.path(), http, tcp);
+    let rdir = tempfile::tempdir().unwrap();
+    let redis = Server::redis(rdir.path(), free_port());
+    let redis_url = redis.redis_url();
+    let cfg = dir.path().join("sidecar.yaml");
+    std::fs::write(
+        &cfg,
+        format!("clickhouse:\n  url: http://127.0.0.1:{http}\n  interval: 50ms\n  backoff_ms: [100]\n"),
+    )
+    .unwrap();
+    let env = [("TRADESTORE_CONFIG", cfg.to_str().unwrap()), ("TRADESTORE_REDIS__URL", redis_url.as_str())];
+    let mut s = Sidecar::start(dir.path(), &env).await;
+    write_some(&s, "a", 120).await;
+    wait_sync(&s, "caught up", |j, last| j["watermark"] == last && j["lag"] == 0).await;
+    let st: Value = client().get(s.url("/v1/status")).send().await.unwrap().json().await.unwrap();
+    let synced = st["sync"]["watermark"].as_i64().unwrap();
+    assert!(synced > 0, "{st}");
+    ch.kill();
+    assert!(s.terminate(Duration::from_secs(30)).success());
+
+    let s = Sidecar::start(dir.path(), &env).await;
+    wait_sync(&s, "a failed delivery attempt", |j, _| j["consecutive_failures"].as_u64() >= Some(1)).await;
+    // The journal records its watermark only after mirroring the sync's, so once it is
+    // caught up the mirror has been written since the restart.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let st = loop {
+        let st: Value = client().get(s.url("/v1/status")).send().await.unwrap().json().await.unwrap();
+        if st["journal"]["watermark"] == st["last_seq"] {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "journal never caught up: {st}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(st["sync"]["watermark"].as_i64(), Some(synced), "{st}");
+    let mut rc = redis::Client::open(redis_url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let mirrored: Option<i64> =
+        redis::cmd("GET").arg("tradestore:sync:clickhouse:watermark").query_async(&mut rc).await.unwrap();
+    assert_eq!(mirrored, Some(synced), "the Redis mirror must keep the durable watermark");
+}

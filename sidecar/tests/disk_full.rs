@@ -1,23 +1,70 @@
-//! A full disk: the data directory is a tiny tmpfs. Writes must fail with a clear
-//! 503 (never a false acknowledgement), and every acknowledged trade must be there
-//! when the files are moved to a disk with room.
+//! A full disk: the data directory is a small tmpfs, filled with a ballast file.
 //!
-//! Needs root (it mounts a tmpfs), so it is `#[ignore]`d for plain `cargo test`;
-//! `scripts/test.sh` runs it explicitly with `--ignored`.
+//! 1. The WAL cannot grow: writes fail with a clear 503 (never a false acknowledgement),
+//!    the process stays up, and once space returns the same process writes again.
+//! 2. A checkpoint cannot be written: DuckDB invalidates the database and refuses every
+//!    later statement, so the process must stop by itself, non-zero and promptly; once
+//!    space returns the restart replays the WAL.
+//!
+//! Either way every acknowledged trade is there at the end. Needs root (it mounts a
+//! tmpfs), so it is `#[ignore]`d for plain `cargo test`; `scripts/test.sh` runs it
+//! explicitly with `--ignored`.
 
 mod common;
 
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use common::{Sidecar, client, trade_for};
 use serde_json::{Value, json};
 
-struct Tmpfs(std::path::PathBuf);
+struct Tmpfs(PathBuf);
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(&self.0).status();
     }
+}
+
+fn free_bytes(dir: &Path) -> u64 {
+    let path = std::ffi::CString::new(dir.to_str().unwrap()).unwrap();
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(path.as_ptr(), &mut st) }, 0);
+    st.f_bavail as u64 * st.f_frsize as u64
+}
+
+/// Writes a ballast file into `dir` until about `leave` bytes are free; returns its path.
+fn fill(dir: &Path, leave: u64) -> PathBuf {
+    let path = dir.join("ballast");
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).unwrap();
+    let chunk = vec![0u8; 4096];
+    for _ in 0..free_bytes(dir).saturating_sub(leave) / 4096 {
+        f.write_all(&chunk).unwrap();
+    }
+    f.sync_all().unwrap();
+    path
+}
+
+/// Posts one batch of `n` trades named `<prefix>-<k>`; their ids when acknowledged,
+/// else the HTTP status and body.
+async fn batch(s: &Sidecar, prefix: &str, n: usize) -> Result<Vec<String>, (u16, Value)> {
+    let ids: Vec<String> = (0..n).map(|k| format!("{prefix}-{k}")).collect();
+    let trades: Vec<Value> = ids.iter().map(|id| trade_for(id)).collect();
+    let r = match client().post(s.url("/v1/trades/batch")).json(&json!({ "trades": trades })).send().await {
+        Ok(r) => r,
+        Err(e) => return Err((0, json!({ "error": { "message": e.to_string() } }))),
+    };
+    match r.status().as_u16() {
+        201 => Ok(ids),
+        code => Err((code, r.json().await.unwrap_or_default())),
+    }
+}
+
+async fn wal_bytes(s: &Sidecar) -> u64 {
+    let st: Value = client().get(s.url("/v1/status")).send().await.unwrap().json().await.unwrap();
+    st["wal_bytes"].as_u64().unwrap()
 }
 
 #[tokio::test]
@@ -26,52 +73,91 @@ async fn a_full_disk_refuses_writes_and_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
-    let ok = Command::new("mount").args(["-t", "tmpfs", "-o", "size=6m", "tmpfs"]).arg(&data).status().unwrap();
+    let ok = Command::new("mount").args(["-t", "tmpfs", "-o", "size=24m", "tmpfs"]).arg(&data).status().unwrap();
     assert!(ok.success(), "mount tmpfs (needs root)");
-    let mount = Tmpfs(data.clone());
-
-    let mut s = Sidecar::start(dir.path(), &[("TRADESTORE_DUCKDB__CHECKPOINT_EVERY_COMMITS", "0")]).await;
-    let c = client();
+    let _mount = Tmpfs(data.clone());
     let mut acked = Vec::new();
+
+    // 1. No checkpoint at all (count trigger off, thresholds far away): only the WAL grows.
+    let no_checkpoints = [
+        ("TRADESTORE_DUCKDB__CHECKPOINT_EVERY_COMMITS", "0"),
+        ("TRADESTORE_DUCKDB__CHECKPOINT_THRESHOLD_BYTES", "1073741824"),
+        ("TRADESTORE_DUCKDB__MAX_WAL_BYTES", "1073741824"),
+    ];
+    let mut s = Sidecar::start(dir.path(), &no_checkpoints).await;
+    for b in 0..10 {
+        acked.extend(batch(&s, &format!("a{b}"), 200).await.unwrap());
+    }
+    let ballast = fill(&data, 64 * 1024);
     let mut refusal = None;
-    for b in 0..2_000 {
-        let ids: Vec<String> = (0..200).map(|k| format!("df-{b}-{k}")).collect();
-        let trades: Vec<Value> = ids.iter().map(|id| trade_for(id)).collect();
-        let r = c.post(s.url("/v1/trades/batch")).json(&json!({ "trades": trades })).send().await.unwrap();
-        match r.status().as_u16() {
-            201 => acked.extend(ids),
-            503 => {
-                refusal = Some(r.json::<Value>().await.unwrap());
+    for b in 10..200 {
+        match batch(&s, &format!("a{b}"), 200).await {
+            Ok(ids) => acked.extend(ids),
+            Err(e) => {
+                refusal = Some(e);
                 break;
             }
-            other => panic!("unexpected {other}: {}", r.text().await.unwrap()),
         }
     }
-    let refusal = refusal.expect("a 6 MiB disk must fill up");
-    let msg = refusal["error"]["message"].as_str().unwrap();
-    assert!(msg.contains("storage error"), "{refusal}");
-    assert!(!acked.is_empty());
-    // Whatever state DuckDB is in now, the process keeps answering probes.
-    let health = c.get(s.url("/healthz")).send().await.unwrap();
-    println!("after ENOSPC: /healthz {} ; refusal: {msg}", health.status());
-    s.kill();
+    let (code, body) = refusal.expect("64 KiB of room must run out");
+    assert_eq!(code, 503, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("storage error"), "{body}");
+    assert_eq!(client().get(s.url("/healthz")).send().await.unwrap().status(), 200, "a full WAL is not fatal");
+    std::fs::remove_file(&ballast).unwrap();
+    acked.extend(batch(&s, "a-after", 200).await.expect("writes succeed again once space returns, no restart"));
+    assert!(s.terminate(Duration::from_secs(30)).success());
 
-    // Move the files to a disk with room and start again: every acknowledged trade is there.
-    let roomy = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(roomy.path().join("data")).unwrap();
-    for f in std::fs::read_dir(&data).unwrap() {
-        let f = f.unwrap();
-        std::fs::copy(f.path(), roomy.path().join("data").join(f.file_name())).unwrap();
+    // 2. The writer checkpoints after every 60 commits (DuckDB's own size trigger is far
+    //    away). After 55 batches the ballast leaves room for the WAL of the next few but
+    //    not for the checkpoint, which writes the 11,000 trades' blocks into the file.
+    let by_count = [
+        ("TRADESTORE_DUCKDB__CHECKPOINT_EVERY_COMMITS", "60"),
+        ("TRADESTORE_DUCKDB__CHECKPOINT_THRESHOLD_BYTES", "1073741824"),
+        ("TRADESTORE_DUCKDB__MAX_WAL_BYTES", "1073741824"),
+    ];
+    let mut s = Sidecar::start(dir.path(), &by_count).await;
+    let mut b = 0;
+    while b < 55 {
+        acked.extend(batch(&s, &format!("b{b}"), 200).await.unwrap());
+        b += 1;
     }
-    drop(mount);
-    let s = Sidecar::start(roomy.path(), &[]).await;
+    let per_batch = wal_bytes(&s).await / 55;
+    let ballast = fill(&data, 8 * per_batch + 64 * 1024);
+    let mut first_failure: Option<Instant> = None;
+    let exit = loop {
+        if let Some(code) = s.child.try_wait().unwrap() {
+            break code;
+        }
+        // Time since the last acknowledged write: once DuckDB invalidated the database
+        // nothing is acknowledged any more, and the process must be gone soon after.
+        let since = first_failure.get_or_insert_with(Instant::now).elapsed();
+        assert!(
+            since < Duration::from_secs(15) && b < 2_000,
+            "still running {since:?} after the last acknowledged write (batch {b}); log:\n{}",
+            s.log()
+        );
+        match batch(&s, &format!("b{b}"), 200).await {
+            Ok(ids) => {
+                acked.extend(ids);
+                first_failure = None;
+            }
+            Err((code, body)) => assert!(code == 503 || code == 0, "{code}: {body}"),
+        }
+        b += 1;
+    };
+    assert!(!exit.success(), "stops non-zero so the container is restarted: {exit}");
+    let log = s.log();
+    assert!(log.contains("database invalidated"), "{log}");
+    std::fs::remove_file(&ballast).unwrap();
+
+    // Space is back: the restart replays the WAL; every acknowledged trade is there.
+    let s = Sidecar::start(dir.path(), &[]).await;
+    let st: Value = client().get(s.url("/v1/status")).send().await.unwrap().json().await.unwrap();
+    assert!(st["trade_rows"].as_u64().unwrap() >= acked.len() as u64, "{st} vs {}", acked.len());
     for id in acked.iter().step_by(97).chain(acked.last()) {
-        let r = c.get(s.url(&format!("/v1/trades/{id}"))).send().await.unwrap();
+        let r = client().get(s.url(&format!("/v1/trades/{id}"))).send().await.unwrap();
         assert_eq!(r.status(), 200, "acknowledged {id} lost");
     }
-    let st: Value = c.get(s.url("/v1/status")).send().await.unwrap().json().await.unwrap();
-    assert!(st["trade_rows"].as_u64().unwrap() >= acked.len() as u64, "{st} vs {}", acked.len());
-    // And the store takes writes again.
-    let r = c.post(s.url("/v1/trades")).json(&trade_for("after-disk-full")).send().await.unwrap();
+    let r = client().post(s.url("/v1/trades")).json(&trade_for("after-disk-full")).send().await.unwrap();
     assert_eq!(r.status(), 201);
 }

@@ -132,3 +132,53 @@ async fn a_damaged_file_is_quarantined_and_rebuilt_without_loss() {
         .count();
     assert!(aside >= 2, "damaged files are kept aside, not deleted");
 }
+
+/// An integrity check that runs out of memory has found nothing wrong with the data:
+/// in `recover` mode it must be reported (inconclusive, metric, log) and must neither
+/// quarantine the healthy file nor stop the process. With 20 MiB and 4 threads the
+/// primary-key index of a growing store soon leaves too little for the parallel scans of
+/// the block check (DuckDB 1.5.6: `Out of Memory Error: failed to pin block`); writes
+/// and journal reads start to fail at about the same size, so a refused batch is
+/// tolerated here: this test is about what the check does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_integrity_check_out_of_memory_is_reported_not_recovered() {
+    let dir = tempfile::tempdir().unwrap();
+    let rdir = tempfile::tempdir().unwrap();
+    let redis = Server::redis(rdir.path(), free_port());
+    let url = redis.redis_url();
+    let env = [
+        ("TRADESTORE_REDIS__URL", url.as_str()),
+        ("TRADESTORE_INTEGRITY__INTERVAL", "300ms"),
+        ("TRADESTORE_INTEGRITY__ON_FAILURE", "recover"),
+        ("TRADESTORE_DUCKDB__MEMORY_LIMIT", "20MiB"),
+        ("TRADESTORE_DUCKDB__THREADS", "4"),
+    ];
+    let mut s = Sidecar::start(dir.path(), &env).await;
+    let mut written = 0;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let st = loop {
+        let st = status(&s).await;
+        if st["integrity"]["error"].as_str().is_some_and(|e| e.contains("Out of Memory")) {
+            break st;
+        }
+        assert!(written < 300_000 && Instant::now() < deadline, "the check never ran out of memory: {st}");
+        let trades: Vec<Value> = (written..written + 1_000).map(|i| trade_for(&format!("t{i}"))).collect();
+        let r = client().post(s.url("/v1/trades/batch")).json(&json!({ "trades": trades })).send().await.unwrap();
+        assert!([201, 503].contains(&r.status().as_u16()), "{}", r.text().await.unwrap());
+        written += 1_000;
+    };
+    assert_eq!(st["integrity"]["state"], "inconclusive", "{st}");
+    assert!(st["integrity"]["ok"].is_null(), "no verdict: {st}");
+    // Several more checks run into the same wall; none may stop the store.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(s.child.try_wait().unwrap().is_none(), "the sidecar stopped; log:\n{}", s.log());
+    let db = dir.path().join("data").join("trades.duckdb");
+    assert!(!db.with_extension("quarantine").exists(), "a healthy file was quarantined");
+    assert_eq!(client().get(s.url("/readyz")).send().await.unwrap().status(), 200, "readiness keeps the last verdict");
+    let m = client().get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(!m.contains("tradestore_integrity_inconclusive_total 0"), "{m}");
+    assert!(s.log().contains("integrity check inconclusive"), "warned");
+    let t: Value = client().get(s.url("/v1/trades/t0")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(t["id"], "t0", "the store still answers: {t}");
+    assert!(s.terminate(Duration::from_secs(30)).success());
+}

@@ -156,3 +156,104 @@ async fn integrity_checks_catch_a_damaged_snapshot_and_flip_readiness() {
     std::fs::write(&file, &good).unwrap();
     wait_status(&s, "recovery of the check", |st| st["integrity"]["ok"] == true && st["ready"] == true).await;
 }
+
+/// Snapshots taken while integrity checks run back to back (they enumerate the catalog,
+/// which sees the attached copy) and writes go on: every published snapshot must be
+/// complete and final — bigger than an empty DuckDB file, its file matching its
+/// manifest's checksum, restorable with exactly `trade_rows` rows up to `seq` — and
+/// readiness (which re-verifies the newest snapshot) must never drop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_snapshot_taken_during_integrity_checks_is_final() {
+    const SNAPSHOTS: usize = 60;
+    let dir = tempfile::tempdir().unwrap();
+    let snaps = dir.path().join("snaps");
+    let env = [
+        ("TRADESTORE_SNAPSHOTS__DIR", snaps.to_str().unwrap()),
+        ("TRADESTORE_SNAPSHOTS__KEEP_LAST", "1000"),
+        ("TRADESTORE_INTEGRITY__INTERVAL", "1ms"),
+    ];
+    let mut s = Sidecar::start(dir.path(), &env).await;
+    let c = client();
+    let stop = Arc::new(Mutex::new(false));
+    let writer = {
+        let (c, base, stop) = (c.clone(), s.base.clone(), stop.clone());
+        tokio::spawn(async move {
+            for b in 0.. {
+                if *stop.lock().unwrap() {
+                    return;
+                }
+                let trades: Vec<Value> = (0..50).map(|k| trade_for(&format!("b{b}-{k}"))).collect();
+                let r = c.post(format!("{base}/v1/trades/batch")).json(&serde_json::json!({ "trades": trades }));
+                assert_eq!(r.send().await.unwrap().status(), 201);
+            }
+        })
+    };
+    let mut manifests = Vec::new();
+    let mut not_ready = Vec::new();
+    for _ in 0..SNAPSHOTS {
+        let r = c.post(s.url("/v1/snapshots")).send().await.unwrap();
+        assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+        manifests.push(r.json::<Value>().await.unwrap());
+        // The integrity check re-verifies the newest snapshot within milliseconds.
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        let ready = c.get(s.url("/readyz")).send().await.unwrap();
+        if ready.status() != 200 {
+            not_ready.push(ready.text().await.unwrap());
+        }
+    }
+    *stop.lock().unwrap() = true;
+    writer.await.unwrap();
+    let st: Value = c.get(s.url("/v1/status")).send().await.unwrap().json().await.unwrap();
+    assert!(s.terminate(std::time::Duration::from_secs(30)).success());
+    assert!(not_ready.is_empty(), "readiness dropped {} times: {:?}", not_ready.len(), not_ready.first());
+    assert_eq!(st["integrity"]["state"], "passed", "{st}");
+
+    let mut bad = Vec::new();
+    for m in &manifests {
+        if let Err(why) = snapshot_is_final(&snaps.join(m["id"].as_str().unwrap()), m) {
+            bad.push(why);
+        }
+    }
+    assert!(bad.is_empty(), "{} of {SNAPSHOTS} snapshots are not final: {bad:#?}", bad.len());
+}
+
+/// Checks one snapshot from the outside: size, checksum, and a restore holding exactly
+/// what the manifest says.
+fn snapshot_is_final(dir: &std::path::Path, m: &Value) -> Result<(), String> {
+    use sha2::Digest;
+    let id = m["id"].as_str().unwrap();
+    let bytes = std::fs::read(dir.join("trades.duckdb")).map_err(|e| format!("{id}: {e}"))?;
+    if bytes.len() as u64 <= 12288 || bytes.len() as u64 != m["size_bytes"].as_u64().unwrap() {
+        return Err(format!("{id}: {} bytes, manifest says {}", bytes.len(), m["size_bytes"]));
+    }
+    let sum = hex::encode(sha2::Sha256::digest(&bytes));
+    if sum != m["sha256"].as_str().unwrap() {
+        return Err(format!("{id}: sha256 {sum} differs from the manifest's {}", m["sha256"]));
+    }
+    let target = tempfile::tempdir().unwrap();
+    let db = target.path().join("trades.duckdb");
+    tradestore_sidecar::snapshot::restore(dir, &db).map_err(|e| format!("{id}: restore: {e}"))?;
+    let got = duckdb::Connection::open(&db)
+        .and_then(|c| {
+            c.query_row("SELECT count(*), coalesce(max(seq), 0) FROM trades", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        })
+        .map_err(|e| format!("{id}: restored copy: {e}"))?;
+    let want: (i64, i64) = (m["trade_rows"].as_i64().unwrap(), m["seq"].as_i64().unwrap());
+    if got != want {
+        return Err(format!("{id}: restored (rows, seq) {got:?}, manifest says {want:?}"));
+    }
+    Ok(())
+}
+
+/// With checks disabled no check ever runs: the status says so, distinctly from a
+/// failure, and the store is ready.
+#[tokio::test]
+async fn integrity_status_says_not_run_until_a_check_finished() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Sidecar::start(dir.path(), &[("TRADESTORE_INTEGRITY__INTERVAL", "0s")]).await;
+    let st: Value = client().get(s.url("/v1/status")).send().await.unwrap().json().await.unwrap();
+    let integrity = &st["integrity"];
+    assert_eq!(integrity["state"], "not_run", "{st}");
+    assert!(integrity["ok"].is_null() && integrity["last_run"].is_null() && integrity["error"].is_null(), "{st}");
+    assert_eq!(client().get(s.url("/readyz")).send().await.unwrap().status(), 200);
+}
