@@ -11,6 +11,8 @@ pub struct Metrics {
     pub http_requests: IntCounterVec,
     /// Request latency by route.
     pub http_duration: HistogramVec,
+    /// Answers in the 4xx range (the client's mistakes), by status code.
+    pub http_client_errors: IntCounterVec,
     /// Time from BEGIN to durable COMMIT of one group commit.
     pub commit_duration: Histogram,
     /// Requests folded into one commit.
@@ -76,6 +78,11 @@ impl Metrics {
                 &["route"],
             )
             .unwrap(),
+            http_client_errors: IntCounterVec::new(
+                Opts::new("http_client_errors_total", "Answers in the 4xx range (client mistakes) by status code"),
+                &["code"],
+            )
+            .unwrap(),
             commit_duration: Histogram::with_opts(
                 HistogramOpts::new("writer_commit_duration_seconds", "BEGIN to durable COMMIT of one group commit")
                     .buckets(LATENCY_BUCKETS.to_vec()),
@@ -127,6 +134,7 @@ impl Metrics {
         let r = &m.registry;
         r.register(Box::new(m.http_requests.clone())).unwrap();
         r.register(Box::new(m.http_duration.clone())).unwrap();
+        r.register(Box::new(m.http_client_errors.clone())).unwrap();
         r.register(Box::new(m.commit_duration.clone())).unwrap();
         r.register(Box::new(m.batch_requests.clone())).unwrap();
         r.register(Box::new(m.commits.clone())).unwrap();

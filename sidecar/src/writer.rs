@@ -392,6 +392,9 @@ impl Writer {
                     reason: format!("trade {id} is at version {}, not {}", cur.version, patch.expected_version),
                     current: Some(Box::new(cur.clone())),
                 }),
+                // Nothing would change: answer with the trade as it is (same version and
+                // seq) instead of minting a version that differs only in its number.
+                Some(cur) if changes_nothing(patch, cur) => Planned { result: Ok(vec![cur.clone()]), changes: vec![] },
                 Some(cur) => {
                     let after = patch.apply(cur, self.take_seq(), now);
                     Planned { result: Ok(vec![after.clone()]), changes: vec![(Some(cur.clone()), after)] }
@@ -481,4 +484,10 @@ impl Writer {
             Err(e) => tracing::warn!(error = %e, "checkpoint failed; will retry after the next commit"),
         }
     }
+}
+
+/// True when applying `patch` to `current` leaves every field of the trade as it is.
+fn changes_nothing(patch: &TradePatch, current: &Trade) -> bool {
+    let patched = patch.apply(current, current.seq, current.updated_at);
+    Trade { version: current.version, ..patched } == *current
 }
