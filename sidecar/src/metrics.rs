@@ -13,6 +13,12 @@ pub struct Metrics {
     pub http_duration: HistogramVec,
     /// Answers in the 4xx range (the client's mistakes), by status code.
     pub http_client_errors: IntCounterVec,
+    /// Connections open now.
+    pub http_open_connections: IntGauge,
+    /// Connections refused because every open one was busy at the cap.
+    pub http_connections_rejected: IntCounter,
+    /// Connections the server closed, by reason (timeouts, evicted at the cap, shutdown).
+    pub http_connections_closed: IntCounterVec,
     /// Time from BEGIN to durable COMMIT of one group commit.
     pub commit_duration: Histogram,
     /// Requests folded into one commit.
@@ -83,6 +89,17 @@ impl Metrics {
                 &["code"],
             )
             .unwrap(),
+            http_open_connections: IntGauge::new("http_open_connections", "HTTP connections open now").unwrap(),
+            http_connections_rejected: IntCounter::new(
+                "http_connections_rejected_total",
+                "Connections refused at http.max_connections because every open one was busy",
+            )
+            .unwrap(),
+            http_connections_closed: IntCounterVec::new(
+                Opts::new("http_connections_closed_total", "Connections closed by the server, by reason"),
+                &["reason"],
+            )
+            .unwrap(),
             commit_duration: Histogram::with_opts(
                 HistogramOpts::new("writer_commit_duration_seconds", "BEGIN to durable COMMIT of one group commit")
                     .buckets(LATENCY_BUCKETS.to_vec()),
@@ -135,6 +152,9 @@ impl Metrics {
         r.register(Box::new(m.http_requests.clone())).unwrap();
         r.register(Box::new(m.http_duration.clone())).unwrap();
         r.register(Box::new(m.http_client_errors.clone())).unwrap();
+        r.register(Box::new(m.http_open_connections.clone())).unwrap();
+        r.register(Box::new(m.http_connections_rejected.clone())).unwrap();
+        r.register(Box::new(m.http_connections_closed.clone())).unwrap();
         r.register(Box::new(m.commit_duration.clone())).unwrap();
         r.register(Box::new(m.batch_requests.clone())).unwrap();
         r.register(Box::new(m.commits.clone())).unwrap();

@@ -467,3 +467,29 @@ async fn a_patch_that_changes_nothing_keeps_version_and_seq() {
     let r = c.patch(s.url("/v1/trades/same")).json(&json!({"expected_version": 1, "price": 1})).send().await.unwrap();
     assert_eq!(r.json::<Value>().await.unwrap()["version"], 2, "a real change still makes a version");
 }
+#[tokio::test]
+async fn client_mistakes_are_counted_and_never_logged_as_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Sidecar::start(dir.path(), &[]).await;
+    let (c, anon) = (client(), reqwest::Client::new());
+    assert_eq!(post_raw_json(&s, "/v1/trades", "{").await.status(), 400);
+    assert_eq!(anon.post(s.url("/v1/trades")).json(&trade_for("x")).send().await.unwrap().status(), 401);
+    assert_eq!(c.get(s.url("/v1/trades/none")).send().await.unwrap().status(), 404);
+    assert_eq!(c.get(s.url("/no/such/route")).send().await.unwrap().status(), 404);
+    assert_eq!(c.post(s.url("/v1/trades")).json(&trade_for("x")).send().await.unwrap().status(), 201);
+    assert_eq!(c.post(s.url("/v1/trades")).json(&trade_for("x")).send().await.unwrap().status(), 409);
+    assert_eq!(c.post(s.url("/v1/trades")).body("{}").send().await.unwrap().status(), 415);
+    let big =
+        "POST /v1/trades HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 99999999\r\n\r\n";
+    assert!(raw_request(s.port, big).await.starts_with("HTTP/1.1 413"));
+    // Not even HTTP: hyper answers 400 itself.
+    assert!(raw_request(s.port, "NOT HTTP AT ALL\r\n\r\n").await.starts_with("HTTP/1.1 400"));
+    let m = c.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    for (code, n) in [("400", 1), ("401", 1), ("404", 2), ("409", 1), ("413", 1), ("415", 1)] {
+        let line = format!("tradestore_http_client_errors_total{{code=\"{code}\"}} {n}");
+        assert!(m.contains(&line), "missing {line} in:\n{m}");
+    }
+    let log = s.log();
+    assert!(!log.contains("ERROR"), "client mistakes logged as errors:\n{log}");
+    assert!(log.contains("WARN") && log.contains("status=401"), "a wrong token is worth a warning:\n{log}");
+}

@@ -16,6 +16,7 @@
 mod auth;
 mod ops;
 mod reply;
+pub mod server;
 mod snapshots;
 mod trades;
 
@@ -37,7 +38,6 @@ use crate::model::FieldError;
 /// All routes, with rejections turned into JSON errors.
 pub fn routes(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
     let limit = app.cfg.http.max_body_bytes;
-    let client_errors = app.metrics.clone();
     let with_app = warp::any().map(move || app.clone());
     let auth = warp::header::optional::<String>("authorization");
     let body = json_body(limit);
@@ -130,8 +130,6 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Infal
         .unify()
         .recover(recover)
         .unify()
-        .with(warp::log::custom(move |info| note_client_error(&client_errors, &info)))
-        .map(warp::Reply::into_response)
 }
 
 /// `GET`, or `HEAD` for probes that only look at the status (hyper sends no body).
@@ -153,15 +151,14 @@ fn json_body(limit: u64) -> impl Filter<Extract = (JsonBody,), Error = Rejection
         .map(|content_type, bytes| JsonBody { content_type, bytes })
 }
 
-/// Counts and logs a 4xx answer. These are the client's mistakes, not the sidecar's:
-/// never logged at error level, so alerts on error logs stay meaningful.
-fn note_client_error(metrics: &Metrics, info: &warp::log::Info<'_>) {
-    let status = info.status();
+/// Counts and logs a 4xx answer (called by the server for every response). These are
+/// the client's mistakes, not the sidecar's: never logged at error level, so alerts on
+/// error logs stay meaningful.
+fn note_client_error(metrics: &Metrics, method: &warp::http::Method, path: &str, status: StatusCode) {
     if !status.is_client_error() {
         return;
     }
     metrics.http_client_errors.with_label_values(&[status.as_str()]).inc();
-    let (method, path) = (info.method().as_str(), info.path());
     if status == StatusCode::UNAUTHORIZED {
         // Worth seeing at the default level: usually a client with a stale or wrong token.
         tracing::warn!(%method, path, status = status.as_u16(), "client error");
