@@ -37,8 +37,10 @@ pub struct Metrics {
     pub last_seq: IntGauge,
     /// WAL file size in bytes.
     pub wal_bytes: IntGauge,
-    /// Unix time of the last explicit checkpoint.
+    /// Unix time of the last checkpoint, the sidecar's or DuckDB's own.
     pub last_checkpoint: IntGauge,
+    /// Checkpoints DuckDB ran by itself (`checkpoint_threshold`), as seen by the writer.
+    pub auto_checkpoints: IntCounter,
     /// Explicit checkpoints run.
     pub checkpoints: IntCounter,
     /// 1 while the Redis journal's last attempt succeeded.
@@ -127,7 +129,12 @@ impl Metrics {
             wal_bytes: IntGauge::new("duckdb_wal_bytes", "Size of the DuckDB WAL file").unwrap(),
             last_checkpoint: IntGauge::new(
                 "duckdb_last_checkpoint_timestamp_seconds",
-                "Unix time of the last explicit checkpoint",
+                "Unix time of the last checkpoint (explicit or DuckDB's own)",
+            )
+            .unwrap(),
+            auto_checkpoints: IntCounter::new(
+                "duckdb_auto_checkpoints_total",
+                "Checkpoints DuckDB ran by itself at checkpoint_threshold",
             )
             .unwrap(),
             checkpoints: IntCounter::new("duckdb_checkpoints_total", "Explicit checkpoints run").unwrap(),
@@ -166,6 +173,7 @@ impl Metrics {
         r.register(Box::new(m.wal_bytes.clone())).unwrap();
         r.register(Box::new(m.last_checkpoint.clone())).unwrap();
         r.register(Box::new(m.checkpoints.clone())).unwrap();
+        r.register(Box::new(m.auto_checkpoints.clone())).unwrap();
         r.register(Box::new(m.journal_healthy.clone())).unwrap();
         r.register(Box::new(m.journal_watermark.clone())).unwrap();
         r.register(Box::new(m.journal_errors.clone())).unwrap();
