@@ -74,7 +74,7 @@ pub struct StatusDoc {
     pub trade_rows: i64,
     /// WAL size in bytes.
     pub wal_bytes: u64,
-    /// Unix time of the last explicit checkpoint (0 = none since start).
+    /// Unix time of the last checkpoint, the sidecar's or DuckDB's own (0 = none since start).
     pub last_checkpoint_unix: i64,
     /// Writes waiting for the writer.
     pub queue_depth: i64,

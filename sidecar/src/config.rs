@@ -341,6 +341,22 @@ pub struct HttpConfig {
     /// may still commit; the client should re-read before retrying).
     #[serde(with = "humantime_serde")]
     pub write_timeout: Duration,
+    /// A request head must be complete this long after its first byte.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// A request body must be complete this long after its head (else 408).
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    /// A keep-alive connection with no request in progress is closed after this long.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Connections open at once (lowered to fit the file descriptor limit).
+    pub max_connections: usize,
+    /// On shutdown: how long the listener keeps accepting (writes get 503), and then
+    /// how long connections stalled mid-request get before they are closed; each at
+    /// most a quarter of `lifecycle.shutdown_grace`, so the final commit and checkpoint fit.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_drain: Duration,
 }
 
 /// Bearer-token authentication.
@@ -421,7 +437,33 @@ impl Default for ReaderConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { max_body_bytes: 4 * 1024 * 1024, max_batch_trades: 10_000, write_timeout: Duration::from_secs(10) }
+        HttpConfig {
+            max_body_bytes: 4 * 1024 * 1024,
+            max_batch_trades: 10_000,
+            write_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 1024,
+            shutdown_drain: Duration::from_secs(2),
+        }
+    }
+}
+
+impl HttpConfig {
+    fn validate(&self) -> Result<()> {
+        let timeouts = [
+            ("header_read_timeout", self.header_read_timeout),
+            ("body_read_timeout", self.body_read_timeout),
+            ("idle_timeout", self.idle_timeout),
+        ];
+        if let Some((name, _)) = timeouts.iter().find(|(_, d)| *d < Duration::from_millis(100)) {
+            return Err(Error::Config(format!("http.{name} must be at least 100ms")));
+        }
+        if self.max_connections == 0 {
+            return Err(Error::Config("http.max_connections must be >= 1".into()));
+        }
+        Ok(())
     }
 }
 
@@ -499,6 +541,7 @@ impl Config {
         if self.http.max_body_bytes < 1024 {
             return bad("http.max_body_bytes must be at least 1024".into());
         }
+        self.http.validate()?;
         if self.database_file.is_empty() || self.database_file.contains('/') {
             return bad("database_file must be a plain file name".into());
         }

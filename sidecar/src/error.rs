@@ -26,6 +26,9 @@ pub enum Error {
     /// The request is malformed.
     #[error("invalid request: {0}")]
     Invalid(FieldError),
+    /// A request body that is not `application/json`.
+    #[error("unsupported media type: {0}")]
+    UnsupportedMediaType(String),
     /// Missing or wrong bearer token.
     #[error("missing or wrong bearer token")]
     Unauthorized,

@@ -163,14 +163,16 @@ fn serve(cfg: Config, env: HashMap<String, String>) -> Result<()> {
             .map_err(|e| Error::Config(format!("cannot listen on {listen}: {e}")))?;
         let (app, writer_thread) = App::start(cfg, &env).await?;
         tracing::info!(addr = %listener.local_addr()?, "listening");
-        let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = warp::serve(http::routes(app.clone()))
-            .incoming(listener)
-            .graceful(async move {
-                let _ = http_stopped.await;
-            })
-            .run();
-        let server = tokio::spawn(server);
+        let limits = http::server::Limits::new(&app.cfg.http, grace);
+        tracing::info!(max_connections = limits.max_connections, "serving HTTP");
+        let (stop_http, http_stopped) = tokio::sync::watch::channel(false);
+        let server = tokio::spawn(http::server::serve(
+            listener,
+            http::routes(app.clone()),
+            limits,
+            app.metrics.clone(),
+            http_stopped,
+        ));
         let stop = tokio::select! {
             signal = signals.recv() => {
                 tracing::info!(signal, grace = ?grace, "shutting down");
@@ -183,7 +185,7 @@ fn serve(cfg: Config, env: HashMap<String, String>) -> Result<()> {
         };
         let deadline = tokio::time::Instant::now() + grace;
         shutdown::begin(&app);
-        let _ = stop_http.send(());
+        stop_http.send_replace(true);
         let drained = tokio::time::timeout_at(deadline, async {
             let _ = server.await;
             shutdown::finish_writer(app.clone(), writer_thread).await;

@@ -11,6 +11,14 @@ pub struct Metrics {
     pub http_requests: IntCounterVec,
     /// Request latency by route.
     pub http_duration: HistogramVec,
+    /// Answers in the 4xx range (the client's mistakes), by status code.
+    pub http_client_errors: IntCounterVec,
+    /// Connections open now.
+    pub http_open_connections: IntGauge,
+    /// Connections refused because every open one was busy at the cap.
+    pub http_connections_rejected: IntCounter,
+    /// Connections the server closed, by reason (timeouts, evicted at the cap, shutdown).
+    pub http_connections_closed: IntCounterVec,
     /// Time from BEGIN to durable COMMIT of one group commit.
     pub commit_duration: Histogram,
     /// Requests folded into one commit.
@@ -29,8 +37,10 @@ pub struct Metrics {
     pub last_seq: IntGauge,
     /// WAL file size in bytes.
     pub wal_bytes: IntGauge,
-    /// Unix time of the last explicit checkpoint.
+    /// Unix time of the last checkpoint, the sidecar's or DuckDB's own.
     pub last_checkpoint: IntGauge,
+    /// Checkpoints DuckDB ran by itself (`checkpoint_threshold`), as seen by the writer.
+    pub auto_checkpoints: IntCounter,
     /// Explicit checkpoints run.
     pub checkpoints: IntCounter,
     /// 1 while the Redis journal's last attempt succeeded.
@@ -79,6 +89,22 @@ impl Metrics {
                 &["route"],
             )
             .unwrap(),
+            http_client_errors: IntCounterVec::new(
+                Opts::new("http_client_errors_total", "Answers in the 4xx range (client mistakes) by status code"),
+                &["code"],
+            )
+            .unwrap(),
+            http_open_connections: IntGauge::new("http_open_connections", "HTTP connections open now").unwrap(),
+            http_connections_rejected: IntCounter::new(
+                "http_connections_rejected_total",
+                "Connections refused at http.max_connections because every open one was busy",
+            )
+            .unwrap(),
+            http_connections_closed: IntCounterVec::new(
+                Opts::new("http_connections_closed_total", "Connections closed by the server, by reason"),
+                &["reason"],
+            )
+            .unwrap(),
             commit_duration: Histogram::with_opts(
                 HistogramOpts::new("writer_commit_duration_seconds", "BEGIN to durable COMMIT of one group commit")
                     .buckets(LATENCY_BUCKETS.to_vec()),
@@ -106,7 +132,12 @@ impl Metrics {
             wal_bytes: IntGauge::new("duckdb_wal_bytes", "Size of the DuckDB WAL file").unwrap(),
             last_checkpoint: IntGauge::new(
                 "duckdb_last_checkpoint_timestamp_seconds",
-                "Unix time of the last explicit checkpoint",
+                "Unix time of the last checkpoint (explicit or DuckDB's own)",
+            )
+            .unwrap(),
+            auto_checkpoints: IntCounter::new(
+                "duckdb_auto_checkpoints_total",
+                "Checkpoints DuckDB ran by itself at checkpoint_threshold",
             )
             .unwrap(),
             checkpoints: IntCounter::new("duckdb_checkpoints_total", "Explicit checkpoints run").unwrap(),
@@ -135,6 +166,10 @@ impl Metrics {
         let r = &m.registry;
         r.register(Box::new(m.http_requests.clone())).unwrap();
         r.register(Box::new(m.http_duration.clone())).unwrap();
+        r.register(Box::new(m.http_client_errors.clone())).unwrap();
+        r.register(Box::new(m.http_open_connections.clone())).unwrap();
+        r.register(Box::new(m.http_connections_rejected.clone())).unwrap();
+        r.register(Box::new(m.http_connections_closed.clone())).unwrap();
         r.register(Box::new(m.commit_duration.clone())).unwrap();
         r.register(Box::new(m.batch_requests.clone())).unwrap();
         r.register(Box::new(m.commits.clone())).unwrap();
@@ -146,6 +181,7 @@ impl Metrics {
         r.register(Box::new(m.wal_bytes.clone())).unwrap();
         r.register(Box::new(m.last_checkpoint.clone())).unwrap();
         r.register(Box::new(m.checkpoints.clone())).unwrap();
+        r.register(Box::new(m.auto_checkpoints.clone())).unwrap();
         r.register(Box::new(m.journal_healthy.clone())).unwrap();
         r.register(Box::new(m.journal_watermark.clone())).unwrap();
         r.register(Box::new(m.journal_errors.clone())).unwrap();

@@ -175,26 +175,36 @@ impl std::fmt::Display for FieldError {
     }
 }
 
-fn check_token(field: &str, value: &str, max: usize, extra: &[char]) -> Result<(), FieldError> {
+/// The characters ids and symbols are made of: all unreserved in a URL path, so
+/// every stored id and symbol can be named in `/v1/trades/{id}` and `/v1/state/{symbol}`.
+const TOKEN_PUNCTUATION: [char; 4] = ['.', '_', ':', '-'];
+
+fn check_token(field: &str, value: &str, max: usize) -> Result<(), FieldError> {
     if value.is_empty() || value.len() > max {
         return Err(FieldError::new(field, format!("must be 1 to {max} characters")));
     }
-    if let Some(bad) = value.chars().find(|c| !(c.is_ascii_alphanumeric() || extra.contains(c))) {
+    if let Some(bad) = value.chars().find(|c| !(c.is_ascii_alphanumeric() || TOKEN_PUNCTUATION.contains(c))) {
         return Err(FieldError::new(
             field,
-            format!("character {bad:?} not allowed (letters, digits and {extra:?} only)"),
+            format!("character {bad:?} not allowed (letters, digits and {TOKEN_PUNCTUATION:?} only)"),
         ));
+    }
+    // A path segment of `.` or `..` is rewritten by URL normalisation in clients and
+    // proxies, so such a value could be written but not read back.
+    if value == "." || value == ".." {
+        return Err(FieldError::new(field, format!("{value:?} is not allowed")));
     }
     Ok(())
 }
 
-/// Checks a trade id: 1–64 of `A-Za-z0-9._:-`.
+/// Checks a trade id: 1–64 of `A-Za-z0-9._:-`, not `.` or `..`.
 pub fn validate_id(id: &str) -> Result<(), FieldError> {
-    check_token("id", id, MAX_ID_LEN, &['.', '_', ':', '-'])
+    check_token("id", id, MAX_ID_LEN)
 }
 
-fn validate_symbol(symbol: &str) -> Result<(), FieldError> {
-    check_token("symbol", symbol, MAX_SYMBOL_LEN, &['.', '_', ':', '-', '/'])
+/// Checks a symbol: 1–32 of `A-Za-z0-9._:-`, not `.` or `..`.
+pub fn validate_symbol(symbol: &str) -> Result<(), FieldError> {
+    check_token("symbol", symbol, MAX_SYMBOL_LEN)
 }
 
 /// The range and scale of a price are the type's ([`Amount`]); a quantity must also
@@ -339,6 +349,11 @@ mod tests {
             (r#"{"symbol":"A","side":"buy","quantity":0,"price":1}"#, "quantity"),
             (r#"{"symbol":"A","side":"buy","quantity":-3,"price":1}"#, "quantity"),
             (r#"{"id":"a/b","symbol":"A","side":"buy","quantity":1,"price":1}"#, "id"),
+            (r#"{"id":"..","symbol":"A","side":"buy","quantity":1,"price":1}"#, "id"),
+            (r#"{"id":"a%2Fb","symbol":"A","side":"buy","quantity":1,"price":1}"#, "id"),
+            (r#"{"symbol":"BTC/USD","side":"buy","quantity":1,"price":1}"#, "symbol"),
+            (r#"{"symbol":"BTC\u0000","side":"buy","quantity":1,"price":1}"#, "symbol"),
+            (r#"{"symbol":".","side":"buy","quantity":1,"price":1}"#, "symbol"),
             (r#"{"symbol":"A","side":"buy","quantity":1,"price":1,"status":"cancelled"}"#, "status"),
         ];
         for (json, field) in cases {

@@ -133,6 +133,10 @@ pub struct Writer {
     checkpoint_every_commits: u64,
     max_wal_bytes: u64,
     commits_since_checkpoint: u64,
+    /// WAL size seen after the last commit (or checkpoint), to notice DuckDB's own checkpoints.
+    wal_seen: u64,
+    /// A commit changed rows since `wal_seen` was taken.
+    wrote_since_wal_seen: bool,
     committed: tokio::sync::watch::Sender<i64>,
 }
 
@@ -171,6 +175,8 @@ impl Writer {
             checkpoint_every_commits: cfg.duckdb.checkpoint_every_commits,
             max_wal_bytes: cfg.duckdb.max_wal_bytes,
             commits_since_checkpoint: 0,
+            wal_seen: db::wal_size(&cfg.database_path()),
+            wrote_since_wal_seen: false,
             committed,
         };
         let join = std::thread::Builder::new().name("writer".into()).spawn(move || writer.run(rx))?;
@@ -400,6 +406,9 @@ impl Writer {
                     reason: format!("trade {id} is at version {}, not {}", cur.version, patch.expected_version),
                     current: Some(Box::new(cur.clone())),
                 }),
+                // Nothing would change: answer with the trade as it is (same version and
+                // seq) instead of minting a version that differs only in its number.
+                Some(cur) if changes_nothing(patch, cur) => Planned { result: Ok(vec![cur.clone()]), changes: vec![] },
                 Some(cur) => {
                     let after = patch.apply(cur, self.take_seq(), now);
                     Planned { result: Ok(vec![after.clone()]), changes: vec![(Some(cur.clone()), after)] }
@@ -456,6 +465,7 @@ impl Writer {
         self.commits_since_checkpoint += 1;
         let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
         let mut inserted = 0;
+        self.wrote_since_wal_seen |= planned.iter().any(|p| !p.changes.is_empty());
         for p in planned {
             for (before, after) in &p.changes {
                 if before.is_none() {
@@ -469,9 +479,25 @@ impl Writer {
         self.committed.send_replace(state.last_seq());
     }
 
+    /// Notices a checkpoint DuckDB ran by itself: at a commit that takes the WAL past
+    /// `checkpoint_threshold` it folds the WAL into the file and empties it, on this
+    /// connection, before COMMIT returns. Commits only ever grow the WAL, so a WAL
+    /// smaller than after the previous commit — or empty after one that changed rows —
+    /// means DuckDB checkpointed. DuckDB exposes no checkpoint time or counter itself.
+    fn note_duckdb_checkpoint(&mut self, wal: u64) {
+        let checkpointed = wal < self.wal_seen || (wal == 0 && self.wrote_since_wal_seen);
+        (self.wal_seen, self.wrote_since_wal_seen) = (wal, false);
+        if checkpointed {
+            self.metrics.auto_checkpoints.inc();
+            self.metrics.last_checkpoint.set(chrono::Utc::now().timestamp());
+            tracing::debug!(wal_bytes = wal, "DuckDB checkpointed by itself");
+        }
+    }
+
     fn maybe_checkpoint(&mut self) {
         let wal = db::wal_size(&self.db_path);
         self.metrics.wal_bytes.set(wal as i64);
+        self.note_duckdb_checkpoint(wal);
         let by_count =
             self.checkpoint_every_commits > 0 && self.commits_since_checkpoint >= self.checkpoint_every_commits;
         if !(by_count || wal > self.max_wal_bytes) {
@@ -483,7 +509,8 @@ impl Writer {
                 self.commits_since_checkpoint = 0;
                 self.metrics.checkpoints.inc();
                 self.metrics.last_checkpoint.set(chrono::Utc::now().timestamp());
-                self.metrics.wal_bytes.set(db::wal_size(&self.db_path) as i64);
+                self.wal_seen = db::wal_size(&self.db_path);
+                self.metrics.wal_bytes.set(self.wal_seen as i64);
                 tracing::debug!(elapsed_ms = start.elapsed().as_millis() as u64, wal_before = wal, "checkpoint");
             }
             Err(e) => match Error::from(e) {
@@ -493,4 +520,10 @@ impl Writer {
             },
         }
     }
+}
+
+/// True when applying `patch` to `current` leaves every field of the trade as it is.
+fn changes_nothing(patch: &TradePatch, current: &Trade) -> bool {
+    let patched = patch.apply(current, current.seq, current.updated_at);
+    Trade { version: current.version, ..patched } == *current
 }

@@ -162,14 +162,16 @@ async fn concurrent_updates_of_one_trade_never_both_succeed() {
     let c = client();
     assert_eq!(c.post(s.url("/v1/trades")).json(&trade_for("race")).send().await.unwrap().status(), 201);
     for round in 1..=20i64 {
-        let reqs =
-            (0..8).map(|i| {
-                let c = c.clone();
-                let url = s.url("/v1/trades/race");
-                async move {
-                    c.patch(url).json(&json!({"expected_version": round, "price": i})).send().await.unwrap().status()
-                }
-            });
+        let reqs = (0..8).map(|i| {
+            let c = c.clone();
+            let url = s.url("/v1/trades/race");
+            async move {
+                // A price no earlier round set: a patch that changes nothing succeeds
+                // without a new version, which would let a second request win.
+                let price = round * 100 + i;
+                c.patch(url).json(&json!({"expected_version": round, "price": price})).send().await.unwrap().status()
+            }
+        });
         let statuses = futures_join_all(reqs).await;
         let ok = statuses.iter().filter(|s| **s == 200).count();
         let conflict = statuses.iter().filter(|s| **s == 409).count();
@@ -348,4 +350,186 @@ async fn probes_status_and_metrics() {
     ] {
         assert!(m.contains(needle), "missing {needle} in:\n{m}");
     }
+}
+
+/// POSTs `body` as JSON text exactly as given (reqwest's `.json()` could not send garbage).
+async fn post_raw_json(s: &Sidecar, path: &str, body: &str) -> reqwest::Response {
+    client().post(s.url(path)).header("content-type", "application/json").body(body.to_string()).send().await.unwrap()
+}
+
+async fn error_field(r: reqwest::Response) -> Value {
+    r.json::<Value>().await.unwrap()["error"]["field"].clone()
+}
+
+#[tokio::test]
+async fn anything_after_the_json_value_is_refused_and_nothing_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Sidecar::start(dir.path(), &[]).await;
+    let one = trade_for("tail-1").to_string();
+    let two = trade_for("tail-2").to_string();
+    for body in [format!("{one} garbage"), format!("{one}{two}"), format!("{one}\n{two}")] {
+        let r = post_raw_json(&s, "/v1/trades", &body).await;
+        assert_eq!(r.status(), 400, "{body}");
+        assert_eq!(error_field(r).await, "body", "{body}");
+    }
+    let batch = json!({"trades": [trade_for("tail-3")]}).to_string();
+    assert_eq!(post_raw_json(&s, "/v1/trades/batch", &format!("{batch}[]")).await.status(), 400);
+    let c = client();
+    for id in ["tail-1", "tail-2", "tail-3"] {
+        assert_eq!(c.get(s.url(&format!("/v1/trades/{id}"))).send().await.unwrap().status(), 404, "{id} stored");
+    }
+    let patch = json!({"expected_version": 1, "price": 1}).to_string();
+    assert_eq!(post_raw_json(&s, "/v1/trades", &format!("{one} \r\n\t ")).await.status(), 201, "whitespace is fine");
+    let r = c
+        .patch(s.url("/v1/trades/tail-1"))
+        .header("content-type", "application/json")
+        .body(format!("{patch} {patch}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+}
+
+#[tokio::test]
+async fn ids_and_symbols_stay_addressable_and_path_parameters_are_percent_decoded() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Sidecar::start(dir.path(), &[]).await;
+    let c = client();
+    let trade = |id: &str, symbol: &str| json!({"id": id, "symbol": symbol, "side": "buy", "quantity": 1, "price": 2});
+    for (id, symbol, field) in [
+        ("ok-a", "BTC/USD", "symbol"),
+        ("ok-b", "BTC%2FUSD", "symbol"),
+        ("ok-c", "BTC\u{7}", "symbol"),
+        ("ok-d", "..", "symbol"),
+        ("a/b", "BTC", "id"),
+        ("..", "BTC", "id"),
+        ("a\nb", "BTC", "id"),
+        ("a%3Ab", "BTC", "id"),
+    ] {
+        let r = c.post(s.url("/v1/trades")).json(&trade(id, symbol)).send().await.unwrap();
+        assert_eq!(r.status(), 400, "{id} {symbol:?}");
+        assert_eq!(error_field(r).await, field, "{id} {symbol:?}");
+    }
+    let r = c.post(s.url("/v1/trades")).json(&trade("desk:1.a_b-c", "BTC-USD.x")).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    // Every route decodes its path parameter the same way.
+    let r = c.get(s.url("/v1/trades/desk%3A1%2Ea_b-c")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["id"], "desk:1.a_b-c");
+    let r = c.get(s.url("/v1/state/BTC%2DUSD.x")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = c.patch(s.url("/v1/trades/desk%3A1.a_b-c")).json(&json!({"expected_version": 1, "price": 3})).send();
+    assert_eq!(r.await.unwrap().status(), 200);
+    let r = c.delete(s.url("/v1/trades/desk%3a1.a_b-c?expected_version=2")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    // What decodes to a refused character is refused, naming the parameter.
+    for (path, field) in [
+        ("/v1/trades/a%2Fb", "id"),
+        ("/v1/trades/%FF", "id"),
+        ("/v1/trades/a%00", "id"),
+        ("/v1/state/BTC%2FUSD", "symbol"),
+    ] {
+        let r = c.get(s.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 400, "{path}");
+        assert_eq!(error_field(r).await, field, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn bodies_must_be_declared_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Sidecar::start(dir.path(), &[]).await;
+    let c = client();
+    let body = trade_for("ct-1").to_string();
+    let post = |ct: Option<&'static str>| {
+        let mut r = c.post(s.url("/v1/trades")).body(body.clone());
+        if let Some(ct) = ct {
+            r = r.header("content-type", ct);
+        }
+        r.send()
+    };
+    for ct in [None, Some("text/plain"), Some("application/json; charset=latin1"), Some("application/jsonx")] {
+        let r = post(ct).await.unwrap();
+        assert_eq!(r.status(), 415, "{ct:?}");
+        let e: Value = r.json().await.unwrap();
+        assert_eq!(e["error"]["code"], "unsupported_media_type", "{ct:?}: {e}");
+    }
+    assert_eq!(c.get(s.url("/v1/trades/ct-1")).send().await.unwrap().status(), 404);
+    assert_eq!(post(Some("Application/JSON; Charset=\"UTF-8\"")).await.unwrap().status(), 201);
+    let r = c.patch(s.url("/v1/trades/ct-1")).header("content-type", "text/json").body(r#"{"expected_version":1}"#);
+    assert_eq!(r.send().await.unwrap().status(), 415);
+}
+
+#[tokio::test]
+async fn the_bearer_scheme_is_case_insensitive_and_probes_answer_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Sidecar::start(dir.path(), &[]).await;
+    let anon = reqwest::Client::new();
+    for (n, scheme) in ["bearer", "BEARER", "bEaReR"].into_iter().enumerate() {
+        let r = anon
+            .post(s.url("/v1/trades"))
+            .header("authorization", format!("{scheme} {}", common::TOKEN))
+            .json(&trade_for(&format!("auth-{n}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "{scheme}");
+    }
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let r = anon.head(s.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "HEAD {path}");
+        assert!(r.bytes().await.unwrap().is_empty(), "HEAD {path} has no body");
+    }
+}
+
+#[tokio::test]
+async fn a_patch_that_changes_nothing_keeps_version_and_seq() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Sidecar::start(dir.path(), &[]).await;
+    let c = client();
+    let stored: Value =
+        c.post(s.url("/v1/trades")).json(&trade_for("same")).send().await.unwrap().json().await.unwrap();
+    let last_seq = |st: Value| st["last_seq"].clone();
+    let seq_before = last_seq(common::status(&s).await);
+    let same = json!({
+        "expected_version": 1,
+        "symbol": stored["symbol"], "side": stored["side"], "quantity": stored["quantity"],
+        "price": stored["price"], "status": stored["status"], "ts": stored["ts"],
+    });
+    for patch in [same, json!({"expected_version": 1}), json!({"expected_version": 1, "price": stored["price"]})] {
+        let r = c.patch(s.url("/v1/trades/same")).json(&patch).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{patch}");
+        assert_eq!(r.json::<Value>().await.unwrap(), stored, "unchanged, same version and seq: {patch}");
+    }
+    assert_eq!(last_seq(common::status(&s).await), seq_before, "no commit sequence was used");
+    let stale = c.patch(s.url("/v1/trades/same")).json(&json!({"expected_version": 2})).send().await.unwrap();
+    assert_eq!(stale.status(), 409, "the version check still applies");
+    let r = c.patch(s.url("/v1/trades/same")).json(&json!({"expected_version": 1, "price": 1})).send().await.unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["version"], 2, "a real change still makes a version");
+}
+#[tokio::test]
+async fn client_mistakes_are_counted_and_never_logged_as_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Sidecar::start(dir.path(), &[]).await;
+    let (c, anon) = (client(), reqwest::Client::new());
+    assert_eq!(post_raw_json(&s, "/v1/trades", "{").await.status(), 400);
+    assert_eq!(anon.post(s.url("/v1/trades")).json(&trade_for("x")).send().await.unwrap().status(), 401);
+    assert_eq!(c.get(s.url("/v1/trades/none")).send().await.unwrap().status(), 404);
+    assert_eq!(c.get(s.url("/no/such/route")).send().await.unwrap().status(), 404);
+    assert_eq!(c.post(s.url("/v1/trades")).json(&trade_for("x")).send().await.unwrap().status(), 201);
+    assert_eq!(c.post(s.url("/v1/trades")).json(&trade_for("x")).send().await.unwrap().status(), 409);
+    assert_eq!(c.post(s.url("/v1/trades")).body("{}").send().await.unwrap().status(), 415);
+    let big =
+        "POST /v1/trades HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 99999999\r\n\r\n";
+    assert!(raw_request(s.port, big).await.starts_with("HTTP/1.1 413"));
+    // Not even HTTP: hyper answers 400 itself.
+    assert!(raw_request(s.port, "NOT HTTP AT ALL\r\n\r\n").await.starts_with("HTTP/1.1 400"));
+    let m = c.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    for (code, n) in [("400", 1), ("401", 1), ("404", 2), ("409", 1), ("413", 1), ("415", 1)] {
+        let line = format!("tradestore_http_client_errors_total{{code=\"{code}\"}} {n}");
+        assert!(m.contains(&line), "missing {line} in:\n{m}");
+    }
+    let log = s.log();
+    assert!(!log.contains("ERROR"), "client mistakes logged as errors:\n{log}");
+    assert!(log.contains("WARN") && log.contains("status=401"), "a wrong token is worth a warning:\n{log}");
 }

@@ -116,3 +116,36 @@ fn invalid_config_is_a_clear_error() {
     let (ok, out) = run(dir.path(), &["--config", cfg.to_str().unwrap(), "serve"]);
     assert!(!ok && out.contains("queue_batchez"), "{out}");
 }
+
+/// Writes 1,000 trades in batches with only DuckDB's own checkpoints (at
+/// `threshold` bytes); returns `/v1/status` and `/metrics` afterwards.
+async fn write_with_checkpoint_threshold(threshold: &str) -> (serde_json::Value, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("TRADESTORE_DUCKDB__CHECKPOINT_THRESHOLD_BYTES", threshold),
+        ("TRADESTORE_DUCKDB__MAX_WAL_BYTES", "1073741824"),
+        ("TRADESTORE_DUCKDB__CHECKPOINT_EVERY_COMMITS", "0"),
+    ];
+    let s = Sidecar::start(dir.path(), &env).await;
+    let c = client();
+    for batch in 0..20 {
+        let trades: Vec<_> = (0..50).map(|i| trade_for(&format!("ck-{batch}-{i}"))).collect();
+        let r = c.post(s.url("/v1/trades/batch")).json(&serde_json::json!({ "trades": trades })).send().await.unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    let m = c.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    (common::status(&s).await, m)
+}
+
+#[tokio::test]
+async fn checkpoints_duckdb_runs_by_itself_show_in_status() {
+    let (st, m) = write_with_checkpoint_threshold("65536").await;
+    assert!(st["last_checkpoint_unix"].as_i64().unwrap() > 0, "{st}");
+    assert!(m.contains("tradestore_duckdb_checkpoints_total 0"), "the sidecar ran none itself:\n{m}");
+    assert!(!m.contains("tradestore_duckdb_auto_checkpoints_total 0"), "{m}");
+    // And none is reported when DuckDB had no reason to run one.
+    let (st, m) = write_with_checkpoint_threshold("1073741824").await;
+    assert_eq!(st["last_checkpoint_unix"], 0, "{st}");
+    assert!(st["wal_bytes"].as_u64().unwrap() > 65536, "the WAL kept growing: {st}");
+    assert!(m.contains("tradestore_duckdb_auto_checkpoints_total 0"), "{m}");
+}

@@ -16,6 +16,7 @@
 mod auth;
 mod ops;
 mod reply;
+pub mod server;
 mod snapshots;
 mod trades;
 
@@ -31,6 +32,7 @@ use warp::{Filter, Rejection};
 
 use crate::app::App;
 use crate::error::Error;
+use crate::metrics::Metrics;
 use crate::model::FieldError;
 
 /// All routes, with rejections turned into JSON errors.
@@ -38,7 +40,7 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Infal
     let limit = app.cfg.http.max_body_bytes;
     let with_app = warp::any().map(move || app.clone());
     let auth = warp::header::optional::<String>("authorization");
-    let body = warp::body::content_length_limit(limit).and(warp::body::bytes());
+    let body = json_body(limit);
     let query = warp::query::<std::collections::HashMap<String, String>>();
 
     let insert = warp::path!("v1" / "trades")
@@ -95,9 +97,9 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Infal
     let snap_list =
         warp::path!("v1" / "snapshots").and(warp::get()).and(with_app.clone()).and(auth).then(snapshots::list).boxed();
     let status = warp::path!("v1" / "status").and(warp::get()).and(with_app.clone()).then(ops::status).boxed();
-    let healthz = warp::path!("healthz").and(warp::get()).and(with_app.clone()).then(ops::healthz).boxed();
-    let readyz = warp::path!("readyz").and(warp::get()).and(with_app.clone()).then(ops::readyz).boxed();
-    let metrics = warp::path!("metrics").and(warp::get()).and(with_app).then(ops::metrics).boxed();
+    let healthz = warp::path!("healthz").and(get_or_head()).and(with_app.clone()).then(ops::healthz).boxed();
+    let readyz = warp::path!("readyz").and(get_or_head()).and(with_app.clone()).then(ops::readyz).boxed();
+    let metrics = warp::path!("metrics").and(get_or_head()).and(with_app).then(ops::metrics).boxed();
 
     batch
         .or(insert)
@@ -130,6 +132,41 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Infal
         .unify()
 }
 
+/// `GET`, or `HEAD` for probes that only look at the status (hyper sends no body).
+fn get_or_head() -> impl Filter<Extract = (), Error = Rejection> + Copy {
+    warp::get().or(warp::head()).unify()
+}
+
+/// A request body, with the `Content-Type` it claims to be.
+pub struct JsonBody {
+    content_type: Option<String>,
+    bytes: Bytes,
+}
+
+/// Reads a body of at most `limit` bytes (413 from its Content-Length, before reading).
+fn json_body(limit: u64) -> impl Filter<Extract = (JsonBody,), Error = Rejection> + Copy {
+    warp::header::optional::<String>("content-type")
+        .and(warp::body::content_length_limit(limit))
+        .and(warp::body::bytes())
+        .map(|content_type, bytes| JsonBody { content_type, bytes })
+}
+
+/// Counts and logs a 4xx answer (called by the server for every response). These are
+/// the client's mistakes, not the sidecar's: never logged at error level, so alerts on
+/// error logs stay meaningful.
+fn note_client_error(metrics: &Metrics, method: &warp::http::Method, path: &str, status: StatusCode) {
+    if !status.is_client_error() {
+        return;
+    }
+    metrics.http_client_errors.with_label_values(&[status.as_str()]).inc();
+    if status == StatusCode::UNAUTHORIZED {
+        // Worth seeing at the default level: usually a client with a stale or wrong token.
+        tracing::warn!(%method, path, status = status.as_u16(), "client error");
+    } else {
+        tracing::debug!(%method, path, status = status.as_u16(), "client error");
+    }
+}
+
 /// Runs `handler`, recording its status and latency under `route`.
 async fn observed(
     app: &App,
@@ -144,13 +181,64 @@ async fn observed(
     response
 }
 
-/// Parses a JSON body, naming the field at fault in the error.
-fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, Error> {
-    let de = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+/// Parses a JSON body, naming the field at fault in the error. The body must be
+/// declared `application/json` and hold exactly one JSON value (whitespace may follow):
+/// anything after it would otherwise be dropped without the client knowing.
+fn parse_json<T: serde::de::DeserializeOwned>(body: &JsonBody) -> Result<T, Error> {
+    require_json(body.content_type.as_deref())?;
+    let de = &mut serde_json::Deserializer::from_slice(&body.bytes);
+    let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
         let path = e.path().to_string();
         let field = if path == "." { "body".to_string() } else { path };
         Error::Invalid(FieldError { field, message: e.into_inner().to_string() })
+    })?;
+    de.end().map_err(|e| {
+        Error::Invalid(FieldError { field: "body".into(), message: format!("data after the JSON value ({e})") })
+    })?;
+    Ok(value)
+}
+
+/// Accepts `application/json` in any case, optionally with `charset=utf-8`
+/// (JSON is UTF-8 by definition, RFC 8259); anything else is 415.
+fn require_json(content_type: Option<&str>) -> Result<(), Error> {
+    let unsupported = || {
+        Error::UnsupportedMediaType(format!(
+            "the body must be sent as Content-Type: application/json (got {})",
+            content_type.map_or("none".to_string(), |c| format!("{c:?}"))
+        ))
+    };
+    let mut parts = content_type.ok_or_else(unsupported)?.split(';').map(str::trim);
+    if !parts.next().is_some_and(|mime| mime.eq_ignore_ascii_case("application/json")) {
+        return Err(unsupported());
+    }
+    let utf8_charset = |param: &str| {
+        param.split_once('=').is_some_and(|(k, v)| {
+            k.trim().eq_ignore_ascii_case("charset") && v.trim().trim_matches('"').eq_ignore_ascii_case("utf-8")
+        })
+    };
+    if parts.all(utf8_charset) { Ok(()) } else { Err(unsupported()) }
+}
+
+/// The `{id}` of a route, checked like an id at write time (see [`decode_path`]).
+fn path_id(raw: &str) -> Result<String, Error> {
+    let id = decode_path("id", raw)?;
+    crate::model::validate_id(&id).map_err(Error::Invalid)?;
+    Ok(id)
+}
+
+/// The `{symbol}` of a route, checked like a symbol at write time (see [`decode_path`]).
+fn path_symbol(raw: &str) -> Result<String, Error> {
+    let symbol = decode_path("symbol", raw)?;
+    crate::model::validate_symbol(&symbol).map_err(Error::Invalid)?;
+    Ok(symbol)
+}
+
+/// Percent-decodes a path parameter (warp hands it over raw), so `%3A` and `:` name
+/// the same trade on every route. `%2F` decodes to `/`, which the write-time rules
+/// refuse: it is never taken as a path separator.
+fn decode_path(field: &str, raw: &str) -> Result<String, Error> {
+    percent_encoding::percent_decode_str(raw).decode_utf8().map(|d| d.into_owned()).map_err(|_| {
+        Error::Invalid(FieldError { field: field.into(), message: "not valid UTF-8 once percent-decoded".into() })
     })
 }
 

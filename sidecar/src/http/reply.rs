@@ -29,6 +29,9 @@ pub fn from_error(e: &Error) -> Response {
             r.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
             r
         }
+        Error::UnsupportedMediaType(_) => {
+            error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", e.to_string())
+        }
         Error::NotFound(_) => error(StatusCode::NOT_FOUND, "not_found", e.to_string()),
         Error::Conflict { reason, current } => json(
             StatusCode::CONFLICT,

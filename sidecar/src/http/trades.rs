@@ -6,13 +6,12 @@ use std::sync::Arc;
 use serde::Deserialize;
 use serde_json::json;
 use warp::http::StatusCode;
-use warp::hyper::body::Bytes;
 use warp::reply::Response;
 
-use super::{auth, observed, parse_json, reply};
+use super::{JsonBody, auth, observed, parse_json, path_id, path_symbol, reply};
 use crate::app::App;
 use crate::error::Error;
-use crate::model::{FieldError, NewTrade, TradePatch, parse_micros, validate_id};
+use crate::model::{FieldError, NewTrade, TradePatch, parse_micros};
 use crate::reader::{ListQuery, decode_cursor};
 use crate::writer::WriteOp;
 
@@ -41,7 +40,7 @@ async fn write(app: &App, op: WriteOp) -> Result<Vec<crate::model::Trade>, Error
 }
 
 /// `POST /v1/trades`
-pub async fn insert(app: Arc<App>, authz: Option<String>, body: Bytes) -> Response {
+pub async fn insert(app: Arc<App>, authz: Option<String>, body: JsonBody) -> Response {
     observed(&app, "trades_insert", "POST", async {
         let result = async {
             authorize_write(&app, &authz)?;
@@ -56,7 +55,7 @@ pub async fn insert(app: Arc<App>, authz: Option<String>, body: Bytes) -> Respon
 }
 
 /// `POST /v1/trades/batch`
-pub async fn insert_batch(app: Arc<App>, authz: Option<String>, body: Bytes) -> Response {
+pub async fn insert_batch(app: Arc<App>, authz: Option<String>, body: JsonBody) -> Response {
     observed(&app, "trades_batch", "POST", async {
         let result = async {
             authorize_write(&app, &authz)?;
@@ -82,7 +81,7 @@ pub async fn get(id: String, app: Arc<App>, authz: Option<String>) -> Response {
     observed(&app, "trades_get", "GET", async {
         let result = async {
             authorize_read(&app, &authz)?;
-            validate_id(&id).map_err(Error::Invalid)?;
+            let id = path_id(&id)?;
             app.reader.trade(&id).await
         }
         .await;
@@ -132,11 +131,11 @@ fn list_query(q: &HashMap<String, String>, max_limit: usize) -> Result<ListQuery
 }
 
 /// `PATCH /v1/trades/{id}`
-pub async fn patch(id: String, app: Arc<App>, authz: Option<String>, body: Bytes) -> Response {
+pub async fn patch(id: String, app: Arc<App>, authz: Option<String>, body: JsonBody) -> Response {
     observed(&app, "trades_patch", "PATCH", async {
         let result = async {
             authorize_write(&app, &authz)?;
-            validate_id(&id).map_err(Error::Invalid)?;
+            let id = path_id(&id)?;
             let patch: TradePatch = parse_json(&body)?;
             patch.validate().map_err(Error::Invalid)?;
             Ok(write(&app, WriteOp::Update { id, patch }).await?.remove(0))
@@ -152,7 +151,7 @@ pub async fn cancel(id: String, app: Arc<App>, authz: Option<String>, q: HashMap
     observed(&app, "trades_cancel", "DELETE", async {
         let result = async {
             authorize_write(&app, &authz)?;
-            validate_id(&id).map_err(Error::Invalid)?;
+            let id = path_id(&id)?;
             if let Some(k) = q.keys().find(|k| *k != "expected_version") {
                 return Err(invalid(k, "unknown query parameter (known: expected_version)"));
             }
@@ -189,6 +188,7 @@ pub async fn state_all(app: Arc<App>, authz: Option<String>) -> Response {
 pub async fn state_one(symbol: String, app: Arc<App>, authz: Option<String>) -> Response {
     observed(&app, "state_one", "GET", async {
         let result = authorize_read(&app, &authz).and_then(|()| {
+            let symbol = path_symbol(&symbol)?;
             app.reader.symbol_state(&symbol).ok_or_else(|| Error::NotFound(format!("state of symbol {symbol}")))
         });
         reply::result(StatusCode::OK, result)

@@ -33,6 +33,11 @@ pub fn binary() -> &'static str {
 
 /// Spawns the binary without waiting for readiness.
 pub fn spawn(dir: &Path, port: u16, env: &[(&str, &str)]) -> Child {
+    command(dir, port, env).spawn().expect("spawn sidecar")
+}
+
+/// The sidecar command on `dir`, listening on `port`, logging to `dir/sidecar.log`.
+fn command(dir: &Path, port: u16, env: &[(&str, &str)]) -> Command {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("sidecar.log")).unwrap();
     let mut cmd = Command::new(binary());
     cmd.env_clear()
@@ -46,13 +51,35 @@ pub fn spawn(dir: &Path, port: u16, env: &[(&str, &str)]) -> Child {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd.spawn().expect("spawn sidecar")
+    cmd
 }
 
 impl Sidecar {
     /// Starts the sidecar on `dir` and waits until /readyz answers 200.
     pub async fn start(dir: &Path, env: &[(&str, &str)]) -> Sidecar {
         Self::start_on(dir, free_port(), env).await
+    }
+
+    /// Starts the sidecar with at most `nofile` open file descriptors (`ulimit -n`).
+    pub async fn start_with_fd_limit(dir: &Path, env: &[(&str, &str)], nofile: u64) -> Sidecar {
+        use std::os::unix::process::CommandExt;
+        let port = free_port();
+        let mut cmd = command(dir, port, env);
+        // SAFETY: setrlimit is async-signal-safe and touches only the child.
+        unsafe {
+            cmd.pre_exec(move || {
+                let lim = libc::rlimit { rlim_cur: nofile, rlim_max: nofile };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        let child = cmd.spawn().expect("spawn sidecar");
+        let mut s = Sidecar { child, base: format!("http://127.0.0.1:{port}"), dir: dir.to_path_buf(), port };
+        s.wait_ready().await;
+        s
     }
 
     pub async fn start_on(dir: &Path, port: u16, env: &[(&str, &str)]) -> Sidecar {
