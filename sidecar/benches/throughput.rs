@@ -11,8 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{Sidecar, client, trade_for};
-use duckdb::{Connection, params};
+use duckdb::Connection;
 use serde_json::json;
+use tradestore_sidecar::money::Amount;
 
 struct Row {
     what: String,
@@ -68,19 +69,79 @@ where
     (lat.len() * weight, elapsed, lat)
 }
 
-fn raw_db(dir: &std::path::Path) -> Connection {
-    let conn = Connection::open(dir.join("raw.duckdb")).unwrap();
-    tradestore_sidecar::migrations::up(&conn, tradestore_sidecar::migrations::embedded(), None).unwrap();
+/// Money columns as the sidecar stores them (`DECIMAL(18,8)`), or as schema v2 did.
+#[derive(Clone, Copy, PartialEq)]
+enum Money {
+    Decimal,
+    Double,
+}
+
+impl Money {
+    fn value(self, text: &str) -> duckdb::types::Value {
+        match self {
+            Money::Decimal => Amount::parse(text).unwrap().to_sql(),
+            Money::Double => duckdb::types::Value::Double(text.parse().unwrap()),
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Money::Decimal => "",
+            Money::Double => " (DOUBLE money, schema v2)",
+        }
+    }
+}
+
+fn raw_db(dir: &std::path::Path, name: &str, version: Option<i64>) -> Connection {
+    let conn = Connection::open(dir.join(format!("{name}.duckdb"))).unwrap();
+    tradestore_sidecar::migrations::up(&conn, tradestore_sidecar::migrations::embedded(), version).unwrap();
     conn
 }
 
-fn raw_insert(conn: &Connection, id: &str, seq: i64) {
+fn raw_row(id: &str, seq: i64, money: Money) -> [duckdb::types::Value; 11] {
     let t = trade_for(id);
-    conn.execute(
-        "INSERT INTO trades VALUES (?, ?, ?, ?, ?, 'filled', now()::TIMESTAMP, 1, ?, now()::TIMESTAMP, now()::TIMESTAMP)",
-        params![id, t["symbol"].as_str(), t["side"].as_str(), t["quantity"].as_str(), t["price"].as_str(), seq],
-    )
-    .unwrap();
+    let text = |k: &str| t[k].as_str().unwrap().to_string();
+    let ts = tradestore_sidecar::db::timestamp(0);
+    [
+        id.to_string().into(),
+        text("symbol").into(),
+        text("side").into(),
+        money.value(&text("quantity")),
+        money.value(&text("price")),
+        "filled".to_string().into(),
+        ts.clone(),
+        1i64.into(),
+        seq.into(),
+        ts.clone(),
+        ts,
+    ]
+}
+
+fn insert_phase(conn: &Connection, secs: f64, money: Money) -> Row {
+    let mut stmt = conn.prepare("INSERT INTO trades VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)").unwrap();
+    let (mut lat, start, mut n) = (Vec::new(), Instant::now(), 0);
+    while start.elapsed().as_secs_f64() < secs {
+        let t = Instant::now();
+        stmt.execute(duckdb::params_from_iter(raw_row(&format!("raw-{n}"), n as i64 + 1, money))).unwrap();
+        lat.push(t.elapsed().as_secs_f64() * 1e6);
+        n += 1;
+    }
+    summarize(format!("raw DuckDB: INSERT+COMMIT per trade, 1 thread{}", money.label()), n, start.elapsed(), lat)
+}
+
+fn appender_phase(conn: &Connection, secs: f64, money: Money, seq0: usize) -> Row {
+    let (start, mut appended) = (Instant::now(), 0);
+    while start.elapsed().as_secs_f64() < secs {
+        conn.execute_batch("BEGIN").unwrap();
+        let mut app = conn.appender("trades").unwrap();
+        for _ in 0..10_000 {
+            appended += 1;
+            app.append_row(raw_row(&format!("app-{appended}"), (seq0 + appended) as i64, money)).unwrap();
+        }
+        drop(app);
+        conn.execute_batch("COMMIT").unwrap();
+    }
+    summarize(format!("raw DuckDB: Appender, 10k rows per commit{}", money.label()), appended, start.elapsed(), vec![])
 }
 
 fn rss_mib(pid: u32) -> f64 {
@@ -103,51 +164,28 @@ async fn main() {
     let dir = tempfile::tempdir().unwrap();
     let mut table = Vec::new();
 
-    // Peer: raw DuckDB, one INSERT + COMMIT per transaction, one thread.
-    let conn = raw_db(dir.path());
-    let mut lat = Vec::new();
-    let start = Instant::now();
-    let mut n = 0;
-    while start.elapsed().as_secs_f64() < secs {
-        let t = Instant::now();
-        raw_insert(&conn, &format!("raw-{n}"), n as i64 + 1);
-        lat.push(t.elapsed().as_secs_f64() * 1e6);
-        n += 1;
-    }
-    let raw_single = summarize("raw DuckDB: INSERT+COMMIT per trade, 1 thread".into(), n, start.elapsed(), lat);
+    // Peers: raw DuckDB, one INSERT + COMMIT per transaction (one thread), and the
+    // Appender in 10k-row transactions (the ceiling of any batching), each on the
+    // exact-money schema the sidecar uses and on the previous DOUBLE one, so the cost
+    // of decimals shows in the same run.
+    let conn = raw_db(dir.path(), "raw", None);
+    let raw_single = insert_phase(&conn, secs, Money::Decimal);
     let raw_tps = raw_single.ops_per_sec;
+    let n = conn.query_row("SELECT count(*) FROM trades", [], |r| r.get::<_, i64>(0)).unwrap() as usize;
     table.push(raw_single);
-
-    // Peer: raw DuckDB Appender, 10k-row transactions (the ceiling of any batching).
-    let start = Instant::now();
-    let mut appended = 0;
-    while start.elapsed().as_secs_f64() < secs {
-        conn.execute_batch("BEGIN").unwrap();
-        {
-            let mut app = conn.appender("trades").unwrap();
-            for _ in 0..10_000 {
-                let id = format!("app-{appended}");
-                let t = trade_for(&id);
-                appended += 1;
-                app.append_row(params![
-                    id,
-                    t["symbol"].as_str(),
-                    t["side"].as_str(),
-                    t["quantity"].as_f64(),
-                    t["price"].as_f64(),
-                    "filled",
-                    tradestore_sidecar::db::timestamp(0),
-                    1,
-                    (n + appended) as i64,
-                    tradestore_sidecar::db::timestamp(0),
-                    tradestore_sidecar::db::timestamp(0)
-                ])
-                .unwrap();
-            }
-        }
-        conn.execute_batch("COMMIT").unwrap();
-    }
-    table.push(summarize("raw DuckDB: Appender, 10k rows per commit".into(), appended, start.elapsed(), vec![]));
+    table.push(appender_phase(&conn, secs, Money::Decimal, n));
+    let doubles = raw_db(dir.path(), "raw-double", Some(2));
+    let mut row = insert_phase(&doubles, secs, Money::Double);
+    row.vs = Some((raw_tps / row.ops_per_sec, "DOUBLE (decimal ÷ double)"));
+    table.push(row);
+    let ceiling = table[1].ops_per_sec;
+    let mut row = appender_phase(&doubles, secs, Money::Double, 0);
+    row.vs = Some((ceiling / row.ops_per_sec, "DOUBLE (decimal ÷ double)"));
+    table.push(row);
+    drop(doubles);
+    let appended: usize = conn
+        .query_row("SELECT count(*) FROM trades WHERE id LIKE 'app-%'", [], |r| r.get::<_, i64>(0))
+        .unwrap() as usize;
 
     // The sidecar over HTTP.
     let sdir = tempfile::tempdir().unwrap();

@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backup::Backups;
 use crate::config::{Config, OnIntegrityFailure};
+use crate::db::Failure;
 use crate::error::{Error, Result};
 use crate::journal::stream::{self, Keys, Meta, Replay};
 use crate::model::{Trade, now_micros};
@@ -213,7 +214,12 @@ fn why_recover(cfg: &Config, path: &Path) -> Result<Option<Cause>> {
         return Ok(Some(Cause { file_exists: false, ..cause(MISSING.into(), None) }));
     }
     let conn = match db::open(path, &cfg.duckdb) {
-        Err(e) => return Ok(Some(cause(e.to_string(), None))),
+        // Only evidence of damage sends the file aside; a lock another process holds,
+        // a full disk or too little memory is an error to fix, not a reason to rebuild.
+        Err(e) if db::classify_duckdb(&e.to_string()) == Failure::Damage => {
+            return Ok(Some(cause(e.to_string(), None)));
+        }
+        Err(e) => return Err(e),
         Ok(conn) => conn,
     };
     if cfg.integrity.on_failure != OnIntegrityFailure::Recover {
@@ -221,10 +227,14 @@ fn why_recover(cfg: &Config, path: &Path) -> Result<Option<Cause>> {
     }
     match integrity::scan_blocks(&conn) {
         Ok(_) => Ok(None),
-        Err(e) => Ok(Some(Cause {
+        Err(e) if db::classify(&e) == Failure::Damage => Ok(Some(Cause {
             keep_file_if_unproven: true,
             ..cause(format!("integrity check at start: {e}"), max_seq(&conn).ok())
         })),
+        Err(e) => {
+            tracing::warn!(error = %e, "the block scan at start was inconclusive; starting, the periodic check retries");
+            Ok(None)
+        }
     }
 }
 
