@@ -11,7 +11,9 @@ use tokio::net::TcpStream;
 
 /// A connection that has sent `bytes` and then nothing more.
 async fn send_and_stall(port: u16, bytes: &str) -> TcpStream {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    // Bounded: a server that stops accepting fills its backlog, and connects then hang.
+    let connect = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(("127.0.0.1", port)));
+    let mut stream = connect.await.expect("connect timed out: the server stopped accepting").unwrap();
     stream.write_all(bytes.as_bytes()).await.unwrap();
     stream
 }
