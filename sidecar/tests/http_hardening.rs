@@ -11,7 +11,9 @@ use tokio::net::TcpStream;
 
 /// A connection that has sent `bytes` and then nothing more.
 async fn send_and_stall(port: u16, bytes: &str) -> TcpStream {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    // Bounded: a server that stops accepting fills its backlog, and connects then hang.
+    let connect = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(("127.0.0.1", port)));
+    let mut stream = connect.await.expect("connect timed out: the server stopped accepting").unwrap();
     stream.write_all(bytes.as_bytes()).await.unwrap();
     stream
 }
@@ -66,6 +68,12 @@ async fn stalled_heads_and_bodies_and_idle_connections_are_closed_on_their_own_d
     assert!(closed.is_none(), "idle keep-alive closed after {closed:?}, before http.idle_timeout");
     let (_, closed) = read_until_closed(&mut idle, Duration::from_secs(5)).await;
     assert!(closed.is_some(), "an idle keep-alive connection is closed after http.idle_timeout");
+
+    // HTTP/2 (prior knowledge): control frames between streams are not a request head.
+    let mut h2 = send_and_stall(s.port, "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
+    h2.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap(); // an empty SETTINGS frame
+    let (_, closed) = read_until_closed(&mut h2, Duration::from_millis(1800)).await;
+    assert!(closed.is_none(), "an HTTP/2 connection closed after {closed:?}, at the header timeout");
 
     let m = metrics(&s).await;
     for reason in ["header_timeout", "body_timeout", "idle_timeout"] {

@@ -1,4 +1,5 @@
-//! The HTTP API (warp): routes, request parsing, auth, limits and per-route metrics.
+//! The HTTP API (warp routes, served by [`server`]): routes, request parsing, auth,
+//! limits and per-route metrics.
 //!
 //! | route | what |
 //! |---|---|
@@ -11,7 +12,7 @@
 //! | `GET /v1/state`, `GET /v1/state/{symbol}` | position and average prices |
 //! | `POST /v1/snapshots`, `GET /v1/snapshots` | take / list backup snapshots |
 //! | `GET /v1/status` | store facts for operators |
-//! | `GET /healthz`, `/readyz`, `/metrics` | probes and Prometheus |
+//! | `GET`/`HEAD /healthz`, `/readyz`, `/metrics` | probes and Prometheus |
 
 mod auth;
 mod ops;
@@ -259,4 +260,54 @@ async fn recover(r: Rejection) -> Result<Response, Infallible> {
         (StatusCode::BAD_REQUEST, "invalid", format!("{r:?}"))
     };
     Ok(reply::error(status, code, msg))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_content_type_in_any_case_with_at_most_a_utf8_charset() {
+        for ok in [
+            "application/json",
+            "Application/JSON",
+            "application/json; charset=utf-8",
+            "application/json;charset=\"UTF-8\"",
+        ] {
+            assert!(require_json(Some(ok)).is_ok(), "{ok}");
+        }
+        for bad in [
+            None,
+            Some("text/plain"),
+            Some("application/json; charset=latin1"),
+            Some("application/json; v=2"),
+            Some(""),
+        ] {
+            assert!(matches!(require_json(bad), Err(Error::UnsupportedMediaType(_))), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn trailing_data_is_refused_but_trailing_whitespace_is_not() {
+        let body = |text: &str| JsonBody {
+            content_type: Some("application/json".into()),
+            bytes: Bytes::from(text.to_string()),
+        };
+        assert!(parse_json::<serde_json::Value>(&body("{\"a\":1} \n\t")).is_ok());
+        for bad in ["{\"a\":1} x", "{\"a\":1}{\"a\":2}", "1 2"] {
+            match parse_json::<serde_json::Value>(&body(bad)) {
+                Err(Error::Invalid(f)) => assert_eq!(f.field, "body", "{bad}"),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn path_parameters_are_decoded_then_checked() {
+        assert_eq!(path_id("desk%3A1").unwrap(), "desk:1");
+        for bad in ["a%2Fb", "%FF", "a%00", "%2E%2E"] {
+            assert!(matches!(path_id(bad), Err(Error::Invalid(f)) if f.field == "id"), "{bad}");
+        }
+        assert!(matches!(path_symbol("BTC%2FUSD"), Err(Error::Invalid(f)) if f.field == "symbol"));
+    }
 }

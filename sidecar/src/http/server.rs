@@ -4,8 +4,8 @@
 //! connection that stalls mid-request, so a few hundred idle sockets exhausted the file
 //! descriptors and a half-sent request held SIGTERM for the whole grace period. Here:
 //!
-//! - **header read**: a request whose head has started arriving must be complete within
-//!   `http.header_read_timeout`;
+//! - **header read**: an HTTP/1 request whose head has started arriving must be
+//!   complete within `http.header_read_timeout`;
 //! - **idle**: a connection with no request in progress is closed after
 //!   `http.idle_timeout` (hyper counts both with one timer, so they are kept here);
 //! - **body read**: a body must arrive within `http.body_read_timeout` of its head (408);
@@ -130,6 +130,9 @@ struct Activity {
     idle_since_ms: AtomicU64,
     /// When the first bytes of a request whose head is not complete arrived (0: none).
     partial_since_ms: AtomicU64,
+    /// An HTTP/2 connection: control frames flow between requests, so bytes arriving
+    /// do not start a request head; only the idle timeout applies between streams.
+    http2: AtomicBool,
     close: Notify,
     close_reason: AtomicU8,
 }
@@ -142,14 +145,19 @@ impl Activity {
             processing: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(clock.now_ms()),
             partial_since_ms: AtomicU64::new(0),
+            http2: AtomicBool::new(false),
             close: Notify::new(),
             close_reason: AtomicU8::new(0),
         }
     }
 
-    /// Bytes arrived from the client: between requests, they start a request head.
-    fn bytes_arrived(&self) {
-        if self.in_request.load(Ordering::SeqCst) == 0 {
+    /// Bytes arrived from the client: between HTTP/1 requests, they start a request head.
+    fn bytes_arrived(&self, bytes: &[u8], first: bool) {
+        // The HTTP/2 connection preface starts with `PRI ` (RFC 9113 section 3.4).
+        if first && bytes.starts_with(b"PRI ") {
+            self.http2.store(true, Ordering::SeqCst);
+        }
+        if !self.http2.load(Ordering::SeqCst) && self.in_request.load(Ordering::SeqCst) == 0 {
             let _ = self.partial_since_ms.compare_exchange(0, self.clock.now_ms(), Ordering::SeqCst, Ordering::SeqCst);
         }
     }
@@ -292,6 +300,7 @@ impl Body for TimedBody {
 struct WatchedStream {
     inner: TcpStream,
     activity: Arc<Activity>,
+    read_before: bool,
 }
 
 impl AsyncRead for WatchedStream {
@@ -299,7 +308,8 @@ impl AsyncRead for WatchedStream {
         let before = buf.filled().len();
         ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
         if buf.filled().len() > before {
-            self.activity.bytes_arrived();
+            let first = !std::mem::replace(&mut self.read_before, true);
+            self.activity.bytes_arrived(&buf.filled()[before..], first);
         }
         Poll::Ready(Ok(()))
     }
@@ -507,7 +517,7 @@ async fn serve_connection(
     activity: &Arc<Activity>,
 ) -> Option<CloseReason> {
     let _ = stream.set_nodelay(true);
-    let io = TokioIo::new(WatchedStream { inner: stream, activity: activity.clone() });
+    let io = TokioIo::new(WatchedStream { inner: stream, activity: activity.clone(), read_before: false });
     let (conn_activity, body_read, metrics) = (activity.clone(), shared.limits.body_read, shared.metrics.clone());
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
         answer(service.clone(), req, RequestState::begin(conn_activity.clone()), body_read, metrics.clone())
