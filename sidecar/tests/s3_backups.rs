@@ -10,36 +10,13 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::servers::Server;
-use common::{Sidecar, binary, client, trade_for};
+use common::{Sidecar, binary, client, status, wait_status, write_trades};
 use object_store::aws::AmazonS3Builder;
 use object_store::{ObjectStoreExt, PutPayload};
 use serde_json::Value;
 
 const BUCKET: &str = "tradestore-backups";
 const PREFIX: &str = "stores/desk-a";
-
-async fn status(s: &Sidecar) -> Value {
-    client().get(s.url("/v1/status")).send().await.unwrap().json().await.unwrap()
-}
-
-async fn wait_status(s: &Sidecar, what: &str, want: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let st = status(s).await;
-        if want(&st) {
-            return st;
-        }
-        assert!(Instant::now() < deadline, "never saw {what}: {st}\nlog:\n{}", s.log());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn write(s: &Sidecar, ids: impl Iterator<Item = String>) {
-    let c = client();
-    for id in ids {
-        assert_eq!(c.post(s.url("/v1/trades")).json(&trade_for(&id)).send().await.unwrap().status(), 201);
-    }
-}
 
 fn s3_env(s3: &Server, dir: &std::path::Path) -> Vec<(String, String)> {
     [
@@ -83,14 +60,14 @@ async fn snapshots_in_a_bucket_rebuild_a_lost_volume() {
         ("TRADESTORE_REDIS__URL".into(), redis_url.clone()),
     ]);
     let mut s = Sidecar::start(a.path(), &refs(&env)).await;
-    write(&s, (0..40).map(|i| format!("s{i}"))).await;
+    write_trades(&s, (0..40).map(|i| format!("s{i}"))).await;
     let st = wait_status(&s, "a scheduled snapshot covering 40 trades", |st| {
         st["last_snapshot"]["seq"].as_i64() >= Some(40)
     })
     .await;
     assert_eq!(st["backup"]["target"], format!("s3://{BUCKET}/{PREFIX}"), "{st}");
     assert!(st["backup"]["next_run"].is_string(), "{st}");
-    write(&s, (40..60).map(|i| format!("s{i}"))).await;
+    write_trades(&s, (40..60).map(|i| format!("s{i}"))).await;
     let first_id = st["last_snapshot"]["id"].as_str().unwrap().to_string();
     wait_status(&s, "a newer snapshot covering 60 trades", |st| st["last_snapshot"]["seq"].as_i64() >= Some(60)).await;
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -114,7 +91,7 @@ async fn snapshots_in_a_bucket_rebuild_a_lost_volume() {
     assert!(local.len() <= 2, "local staging keeps the newest only (plus one in flight): {local:?}");
 
     // The last writes are only in DuckDB and the journal, not in any snapshot yet.
-    write(&s, (60..75).map(|i| format!("s{i}"))).await;
+    write_trades(&s, (60..75).map(|i| format!("s{i}"))).await;
     wait_status(&s, "the journal caught up", |st| st["journal"]["watermark"] == 75).await;
     s.kill();
 
@@ -190,6 +167,6 @@ async fn snapshots_in_a_bucket_rebuild_a_lost_volume() {
     assert!(r.text().await.unwrap().contains("object store"));
     let st = status(&s).await;
     assert!(st["backup"]["last_error"].as_str().unwrap_or("").contains("object store"), "{st}");
-    write(&s, ["after-outage".to_string()].into_iter()).await;
+    write_trades(&s, ["after-outage".to_string()].into_iter()).await;
     assert!(s.terminate(Duration::from_secs(30)).success());
 }

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 
-use common::{Sidecar, binary, client, trade_for};
+use common::{Sidecar, binary, client, trade_for, wait_status};
 use serde_json::Value;
 
 fn ids_with_seq(db: &std::path::Path) -> Vec<(String, i64)> {
@@ -109,18 +109,6 @@ async fn snapshot_under_load_is_consistent_and_restores() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("corrupt"), "{err}");
     assert!(!target.path().join("data").join("trades.duckdb").exists());
-}
-
-async fn wait_status(s: &Sidecar, what: &str, want: impl Fn(&Value) -> bool) -> Value {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let st: Value = client().get(s.url("/v1/status")).send().await.unwrap().json().await.unwrap();
-        if want(&st) {
-            return st;
-        }
-        assert!(std::time::Instant::now() < deadline, "never {what}: {st}");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test]

@@ -178,9 +178,9 @@ pub async fn status(s: &Sidecar) -> Value {
     client().get(s.url("/v1/status")).send().await.unwrap().json().await.unwrap()
 }
 
-/// Polls `/v1/status` until `want` holds (30 s at most), and returns it.
+/// Polls `/v1/status` until `want` holds (60 s at most), and returns it.
 pub async fn wait_status(s: &Sidecar, what: &str, want: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let st = status(s).await;
         if want(&st) {
