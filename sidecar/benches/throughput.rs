@@ -135,8 +135,8 @@ fn appender_phase(conn: &Connection, secs: f64, money: Money, seq0: usize) -> Ro
         conn.execute_batch("BEGIN").unwrap();
         let mut app = conn.appender("trades").unwrap();
         for _ in 0..10_000 {
+            app.append_row(raw_row(&format!("app-{appended}"), (seq0 + appended + 1) as i64, money)).unwrap();
             appended += 1;
-            app.append_row(raw_row(&format!("app-{appended}"), (seq0 + appended) as i64, money)).unwrap();
         }
         drop(app);
         conn.execute_batch("COMMIT").unwrap();
