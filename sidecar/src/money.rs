@@ -26,7 +26,6 @@ pub const SCALE: u32 = 8;
 pub const WIDTH: u8 = 18;
 /// The SQL type of a quantity or price column.
 pub const SQL_TYPE: &str = "DECIMAL(18,8)";
-const ONE: i64 = 100_000_000;
 /// Exclusive bound of an amount's units (`10^10` whole units).
 const LIMIT: i64 = 1_000_000_000_000_000_000;
 
@@ -48,9 +47,10 @@ impl Amount {
         (units.unsigned_abs() < LIMIT as u64).then_some(Amount(units))
     }
 
-    /// Whole units (for tests and literals).
-    pub fn whole(n: i64) -> Amount {
-        Amount::from_units(n * ONE).expect("whole amount within limits")
+    /// Whole units, for tests.
+    #[cfg(test)]
+    pub(crate) fn whole(n: i64) -> Amount {
+        Amount::from_units(n * 10i64.pow(SCALE)).expect("whole amount within limits")
     }
 
     /// The scaled integer.
