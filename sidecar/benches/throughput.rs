@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use common::{Sidecar, client, trade_for};
 use duckdb::Connection;
 use serde_json::json;
-use tradestore_sidecar::money::Amount;
+use tradestore_sidecar::store::money::Amount;
 
 struct Row {
     what: String,
@@ -94,14 +94,15 @@ impl Money {
 
 fn raw_db(dir: &std::path::Path, name: &str, version: Option<i64>) -> Connection {
     let conn = Connection::open(dir.join(format!("{name}.duckdb"))).unwrap();
-    tradestore_sidecar::migrations::up(&conn, tradestore_sidecar::migrations::embedded(), version).unwrap();
+    tradestore_sidecar::store::migrations::up(&conn, tradestore_sidecar::store::migrations::embedded(), version)
+        .unwrap();
     conn
 }
 
 fn raw_row(id: &str, seq: i64, money: Money) -> [duckdb::types::Value; 11] {
     let t = trade_for(id);
     let text = |k: &str| t[k].as_str().unwrap().to_string();
-    let ts = tradestore_sidecar::db::timestamp(0);
+    let ts = tradestore_sidecar::store::db::timestamp(0);
     [
         id.to_string().into(),
         text("symbol").into(),
@@ -286,7 +287,7 @@ async fn main() {
     let mut scans = Vec::new();
     while start.elapsed().as_secs_f64() < secs.min(3.0) {
         let t = Instant::now();
-        tradestore_sidecar::integrity::scan_blocks(&conn).unwrap();
+        tradestore_sidecar::durability::integrity::scan_blocks(&conn).unwrap();
         scans.push(t.elapsed().as_secs_f64() * 1e6);
     }
     let what = format!("raw DuckDB: the integrity block scan alone, every value hashed ({raw_rows} rows)");

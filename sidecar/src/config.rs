@@ -572,7 +572,7 @@ impl Config {
             return bad("snapshots.keep_last must be >= 1".into());
         }
         if let Some(expr) = &snaps.schedule {
-            crate::backup::parse_schedule(expr)?;
+            crate::durability::backup::parse_schedule(expr)?;
         }
         if let Some(s3) = &snaps.s3 {
             if s3.bucket.is_empty() {

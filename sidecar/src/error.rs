@@ -1,6 +1,6 @@
 //! The sidecar's one error type.
 
-use crate::model::FieldError;
+use crate::store::model::FieldError;
 
 /// Everything that can go wrong in the sidecar.
 #[derive(Debug, thiserror::Error)]
@@ -42,7 +42,7 @@ pub enum Error {
         /// Why the change was refused.
         reason: String,
         /// The trade as currently stored.
-        current: Option<Box<crate::model::Trade>>,
+        current: Option<Box<crate::store::model::Trade>>,
     },
     /// The service cannot take the request now (queue full, shutting down, pool busy).
     #[error("unavailable: {0}")]

@@ -1,27 +1,16 @@
 //! TradeStore sidecar: owns one DuckDB trade database file and serves it over HTTP.
 //!
-//! Write path: `http` → [`writer`] (bounded queue, group commit, the one read-write
-//! connection) → DuckDB file (WAL fsync) → acknowledgement. Read path: [`reader`]
-//! (connection pool) and the writer's in-memory [`state`].
+//! Write path: `http` → [`store::writer`] (bounded queue, group commit, the one read-write
+//! connection) → DuckDB file (WAL fsync) → acknowledgement. Read path: [`store::reader`]
+//! (connection pool) and the writer's in-memory [`store::state`].
 
 pub mod app;
-pub mod backup;
+pub mod cli;
 pub mod config;
-pub mod db;
+pub mod durability;
 pub mod error;
-pub mod health;
+pub mod followers;
 pub mod http;
-pub mod integrity;
-pub mod journal;
-pub mod metrics;
-pub mod migrations;
-pub mod model;
-pub mod money;
-pub mod reader;
-pub mod recovery;
-pub mod remote;
-pub mod shutdown;
-pub mod snapshot;
-pub mod state;
-pub mod sync;
-pub mod writer;
+pub mod serve;
+pub mod store;
+pub mod telemetry;

@@ -102,7 +102,7 @@ async fn insert_get_list_patch_cancel() {
     drop(s);
     {
         let conn = open_db(dir.path());
-        let db = tradestore_sidecar::reader::load_symbol_states(&conn).unwrap();
+        let db = tradestore_sidecar::store::reader::load_symbol_states(&conn).unwrap();
         let mem = before["symbols"].as_array().unwrap();
         assert_eq!(db.len(), mem.len());
         for (d, m) in db.iter().zip(mem) {
@@ -332,7 +332,7 @@ async fn probes_status_and_metrics() {
         c.post(s.url("/v1/trades")).json(&trade_for(&format!("m{i}"))).send().await.unwrap();
     }
     let st: Value = c.get(s.url("/v1/status")).send().await.unwrap().json().await.unwrap();
-    let latest = tradestore_sidecar::migrations::embedded().last().unwrap().version;
+    let latest = tradestore_sidecar::store::migrations::embedded().last().unwrap().version;
     assert_eq!(st["schema_version"], latest);
     assert_eq!(st["trade_rows"], 5);
     assert_eq!(st["last_seq"], 5);

@@ -16,7 +16,7 @@ use common::{Sidecar, client, free_port, open_db, trade_for};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
-use tradestore_sidecar::money::Amount;
+use tradestore_sidecar::store::money::Amount;
 
 #[derive(Default)]
 struct Ledger {

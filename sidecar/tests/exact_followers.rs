@@ -13,7 +13,7 @@ use common::{Sidecar, client, free_port, wait_status};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
-use tradestore_sidecar::money::{Amount, Sum8, Sum16};
+use tradestore_sidecar::store::money::{Amount, Sum8, Sum16};
 
 /// A random amount of up to `max_whole` with 0 to 8 decimals, as a decimal string.
 fn amount(rng: &mut StdRng, max_whole: i64, signed: bool) -> String {

@@ -5,11 +5,11 @@
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;
-use tradestore_sidecar::db;
-use tradestore_sidecar::model::{Side, Status, Trade};
-use tradestore_sidecar::money::Amount;
-use tradestore_sidecar::reader::load_symbol_states;
-use tradestore_sidecar::state::HotState;
+use tradestore_sidecar::store::db;
+use tradestore_sidecar::store::model::{Side, Status, Trade};
+use tradestore_sidecar::store::money::Amount;
+use tradestore_sidecar::store::reader::load_symbol_states;
+use tradestore_sidecar::store::state::HotState;
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -112,7 +112,7 @@ proptest! {
         let mut hot = HotState::new(vec![], 0, 0);
         let rows = run(&ops, &mut hot);
         let conn = duckdb::Connection::open_in_memory().unwrap();
-        tradestore_sidecar::migrations::up(&conn, tradestore_sidecar::migrations::embedded(), None).unwrap();
+        tradestore_sidecar::store::migrations::up(&conn, tradestore_sidecar::store::migrations::embedded(), None).unwrap();
         let mut app = conn.appender("trades").unwrap();
         for t in rows.values() {
             app.append_row(db::row_values(t)).unwrap();

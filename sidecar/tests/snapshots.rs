@@ -220,7 +220,7 @@ fn snapshot_is_final(dir: &std::path::Path, m: &Value) -> Result<(), String> {
     }
     let target = tempfile::tempdir().unwrap();
     let db = target.path().join("trades.duckdb");
-    tradestore_sidecar::snapshot::restore(dir, &db).map_err(|e| format!("{id}: restore: {e}"))?;
+    tradestore_sidecar::durability::snapshot::restore(dir, &db).map_err(|e| format!("{id}: restore: {e}"))?;
     let got = duckdb::Connection::open(&db)
         .and_then(|c| {
             c.query_row("SELECT count(*), coalesce(max(seq), 0) FROM trades", [], |r| Ok((r.get(0)?, r.get(1)?)))

@@ -33,8 +33,8 @@ use warp::{Filter, Rejection};
 
 use crate::app::App;
 use crate::error::Error;
-use crate::metrics::Metrics;
-use crate::model::FieldError;
+use crate::store::model::FieldError;
+use crate::telemetry::metrics::Metrics;
 
 /// All routes, with rejections turned into JSON errors.
 pub fn routes(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
@@ -223,14 +223,14 @@ fn require_json(content_type: Option<&str>) -> Result<(), Error> {
 /// The `{id}` of a route, checked like an id at write time (see [`decode_path`]).
 fn path_id(raw: &str) -> Result<String, Error> {
     let id = decode_path("id", raw)?;
-    crate::model::validate_id(&id).map_err(Error::Invalid)?;
+    crate::store::model::validate_id(&id).map_err(Error::Invalid)?;
     Ok(id)
 }
 
 /// The `{symbol}` of a route, checked like a symbol at write time (see [`decode_path`]).
 fn path_symbol(raw: &str) -> Result<String, Error> {
     let symbol = decode_path("symbol", raw)?;
-    crate::model::validate_symbol(&symbol).map_err(Error::Invalid)?;
+    crate::store::model::validate_symbol(&symbol).map_err(Error::Invalid)?;
     Ok(symbol)
 }
 

@@ -27,7 +27,7 @@ pub async fn readyz(app: Arc<App>) -> Response {
 
 /// Prometheus text exposition.
 pub async fn metrics(app: Arc<App>) -> Response {
-    app.metrics.wal_bytes.set(crate::db::wal_size(&app.cfg.database_path()) as i64);
+    app.metrics.wal_bytes.set(crate::store::db::wal_size(&app.cfg.database_path()) as i64);
     warp::reply::with_header(app.metrics.render(), "content-type", "text/plain; version=0.0.4").into_response()
 }
 

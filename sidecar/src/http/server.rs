@@ -38,7 +38,7 @@ use warp::reply::Response;
 
 use super::reply;
 use crate::config::HttpConfig;
-use crate::metrics::Metrics;
+use crate::telemetry::metrics::Metrics;
 
 /// Descriptors kept free for DuckDB, Redis, ClickHouse, S3 and the runtime itself.
 const FD_RESERVE: u64 = 64;

@@ -11,9 +11,9 @@ use warp::reply::Response;
 use super::{JsonBody, auth, observed, parse_json, path_id, path_symbol, reply};
 use crate::app::App;
 use crate::error::Error;
-use crate::model::{FieldError, NewTrade, TradePatch, parse_micros};
-use crate::reader::{ListQuery, decode_cursor};
-use crate::writer::WriteOp;
+use crate::store::model::{FieldError, NewTrade, TradePatch, parse_micros};
+use crate::store::reader::{ListQuery, decode_cursor};
+use crate::store::writer::WriteOp;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -35,7 +35,7 @@ fn authorize_read(app: &App, header: &Option<String>) -> Result<(), Error> {
     if app.cfg.auth.protect_reads { authorize_write(app, header) } else { Ok(()) }
 }
 
-async fn write(app: &App, op: WriteOp) -> Result<Vec<crate::model::Trade>, Error> {
+async fn write(app: &App, op: WriteOp) -> Result<Vec<crate::store::model::Trade>, Error> {
     app.writer.submit(op, app.cfg.http.write_timeout).await
 }
 

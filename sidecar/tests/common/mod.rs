@@ -8,7 +8,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tradestore_sidecar::money::Amount;
+use tradestore_sidecar::store::money::Amount;
 
 pub mod clickhouse;
 pub mod servers;

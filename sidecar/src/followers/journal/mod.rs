@@ -35,12 +35,12 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::config::RedisConfig;
-use crate::db;
+use crate::durability::snapshot::Manifest;
 use crate::error::{Error, Result};
-use crate::metrics::Metrics;
-use crate::model::{Trade, now_micros};
-use crate::reader::Reader;
-use crate::snapshot::Manifest;
+use crate::store::db;
+use crate::store::model::{Trade, now_micros};
+use crate::store::reader::Reader;
+use crate::telemetry::metrics::Metrics;
 use stream::{Append, Appended, Keys};
 
 /// The journal's condition.

@@ -7,19 +7,19 @@ use std::thread::JoinHandle;
 
 use serde::Serialize;
 
-use crate::backup::{self, BackupStatus, Backups};
 use crate::config::Config;
+use crate::durability::backup::{self, BackupStatus, Backups};
+use crate::durability::snapshot::Manifest;
+use crate::durability::{integrity, recovery};
 use crate::error::Result;
-use crate::health::Health;
-use crate::journal::{self, Journal, JournalStatus};
-use crate::metrics::Metrics;
-use crate::reader::{Reader, load_symbol_states};
-use crate::snapshot::Manifest;
-use crate::state::HotState;
-use crate::sync::{self, Sync, SyncStatus};
-use crate::writer::{Writer, WriterHandle};
-use crate::{db, migrations};
-use crate::{integrity, recovery};
+use crate::followers::clickhouse::{self as sync, Sync, SyncStatus};
+use crate::followers::journal::{self, Journal, JournalStatus};
+use crate::store::reader::{Reader, load_symbol_states};
+use crate::store::state::HotState;
+use crate::store::writer::{Writer, WriterHandle};
+use crate::store::{db, migrations};
+use crate::telemetry::health::Health;
+use crate::telemetry::metrics::Metrics;
 
 /// Shared context of a running sidecar.
 pub struct App {

@@ -3,7 +3,7 @@
 //! Layout: `<prefix>/<id>/trades.duckdb` then `<prefix>/<id>/manifest.json`. The
 //! manifest is uploaded last and deleted first, so a snapshot whose manifest is listed
 //! is complete. Downloads are checked against the manifest's size and SHA-256 by
-//! [`crate::snapshot::restore`] before anything uses them.
+//! [`crate::durability::snapshot::restore`] before anything uses them.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,8 +16,8 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use tokio::io::AsyncWriteExt;
 
 use crate::config::S3Config;
+use crate::durability::snapshot::{DB_FILE, MANIFEST, Manifest};
 use crate::error::{Error, Result};
-use crate::snapshot::{DB_FILE, MANIFEST, Manifest};
 
 /// A bucket (and prefix) holding snapshots.
 pub struct Remote {

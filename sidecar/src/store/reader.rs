@@ -9,11 +9,11 @@ use std::time::Duration;
 use duckdb::{Connection, params_from_iter};
 use serde::Serialize;
 
-use crate::db;
 use crate::error::{Error, Result};
-use crate::model::Trade;
-use crate::money::{Sum8, Sum16};
-use crate::state::{HotState, SymbolState};
+use crate::store::db;
+use crate::store::model::Trade;
+use crate::store::money::{Sum8, Sum16};
+use crate::store::state::{HotState, SymbolState};
 
 /// Hands out clones of one base connection (same database instance).
 struct CloneManager {
@@ -232,7 +232,7 @@ pub fn encode_cursor(ts: i64, id: &str) -> String {
 /// Decodes a cursor made by [`encode_cursor`].
 pub fn decode_cursor(s: &str) -> Option<(i64, String)> {
     let (ts, id) = s.split_once('~')?;
-    crate::model::validate_id(id).ok()?;
+    crate::store::model::validate_id(id).ok()?;
     Some((ts.parse().ok()?, id.to_string()))
 }
 

@@ -11,7 +11,7 @@
 //! the journal before the writer hands out any sequence number, so a `seq` is never
 //! given to two different changes.
 //!
-//! Both replay only what the journal proves complete (see [`crate::journal::stream`]):
+//! Both replay only what the journal proves complete (see [`crate::followers::journal::stream`]):
 //! the journal must be complete above the starting point (`journal:from <= seq`) and
 //! reach the last sequence known to exist (the quarantine marker's, the damaged file's,
 //! the journal's own). When that cannot be shown — Redis unreachable, restarted empty,
@@ -24,13 +24,14 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::backup::Backups;
 use crate::config::{Config, OnIntegrityFailure};
-use crate::db::Failure;
+use crate::durability::backup::Backups;
+use crate::durability::integrity;
 use crate::error::{Error, Result};
-use crate::journal::stream::{self, Keys, Meta, Replay};
-use crate::model::{Trade, now_micros};
-use crate::{db, integrity, migrations};
+use crate::followers::journal::stream::{self, Keys, Meta, Replay};
+use crate::store::db::Failure;
+use crate::store::model::{Trade, now_micros};
+use crate::store::{db, migrations};
 
 /// What recovery did, reported in `/v1/status`.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -138,7 +139,7 @@ pub async fn run(cfg: &Config, backups: &Backups, redis: Option<&redis::Client>)
 /// its journal is ahead.
 pub fn catch_up(conn: &duckdb::Connection, cfg: &Config, redis: Option<&redis::Client>) -> Result<Option<Report>> {
     let Some(client) = redis else { return Ok(None) };
-    let marker = crate::journal::diverged_marker(&cfg.database_path());
+    let marker = crate::followers::journal::diverged_marker(&cfg.database_path());
     if marker.exists() {
         tracing::error!(marker = %marker.display(), "the store diverged from the journal earlier: not replaying it; \
              reconcile the two, then remove the marker");

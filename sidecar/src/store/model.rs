@@ -6,7 +6,7 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::money::Amount;
+use crate::store::money::Amount;
 
 /// Longest accepted trade id.
 pub const MAX_ID_LEN: usize = 64;
@@ -85,7 +85,7 @@ pub struct Trade {
     pub symbol: String,
     /// Buy or sell.
     pub side: Side,
-    /// Positive quantity (exact decimal, see [`crate::money`]).
+    /// Positive quantity (exact decimal, see [`crate::store::money`]).
     pub quantity: Amount,
     /// Price (exact decimal; may be negative, as some futures were).
     pub price: Amount,
@@ -116,7 +116,7 @@ pub struct NewTrade {
     pub symbol: String,
     /// Buy or sell.
     pub side: Side,
-    /// Positive quantity (exact decimal, see [`crate::money`]).
+    /// Positive quantity (exact decimal, see [`crate::store::money`]).
     pub quantity: Amount,
     /// Price (exact decimal; may be negative, as some futures were).
     pub price: Amount,

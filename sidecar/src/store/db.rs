@@ -7,8 +7,8 @@ use duckdb::{Connection, Row};
 
 use crate::config::DuckdbConfig;
 use crate::error::{Error, Result};
-use crate::model::{Side, Status, Trade};
-use crate::money::Amount;
+use crate::store::model::{Side, Status, Trade};
+use crate::store::money::Amount;
 
 /// Columns selected by [`trade_from_row`], in order.
 pub const TRADE_COLUMNS: &str = "id, symbol, side, quantity, price, status, epoch_us(ts), version, seq, \

@@ -21,10 +21,10 @@ use tokio::sync::watch;
 
 use crate::config::ClickhouseConfig;
 use crate::error::{Error, Result};
-use crate::metrics::Metrics;
-use crate::model::Trade;
-use crate::reader::Reader;
-use crate::writer::{WriteOp, WriterHandle};
+use crate::store::model::Trade;
+use crate::store::reader::Reader;
+use crate::store::writer::{WriteOp, WriterHandle};
+use crate::telemetry::metrics::Metrics;
 
 /// Sink name in `sync_state`.
 pub const SINK: &str = "clickhouse";

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::model::{format_micros, now_micros};
+use crate::store::model::{format_micros, now_micros};
 
 /// File name of the database copy inside a snapshot directory.
 pub const DB_FILE: &str = "trades.duckdb";
@@ -83,7 +83,7 @@ impl Retention {
             .take(excess)
             .filter(|m| {
                 self.max_age.is_zero()
-                    || crate::model::parse_micros(&m.created_at)
+                    || crate::store::model::parse_micros(&m.created_at)
                         .map(|t| now_us - t > self.max_age.as_micros() as i64)
                         .unwrap_or(true)
             })
@@ -247,7 +247,7 @@ fn copy_database(conn: &Connection, target: &Path) -> Result<(i64, i64)> {
 /// returning, so the checksum is taken of a file no one has open.
 fn prove_final(file: &Path, (seq, rows): (i64, i64)) -> Result<()> {
     let refuse = |why: String| Err(Error::Snapshot(format!("{}: {why}; not publishing it", file.display())));
-    if crate::db::wal_path(file).exists() {
+    if crate::store::db::wal_path(file).exists() {
         return refuse("the copy still has a WAL after CHECKPOINT and DETACH".into());
     }
     let read_only = duckdb::Config::default()
@@ -345,7 +345,7 @@ mod tests {
 
     fn live_db(dir: &Path) -> Connection {
         let conn = Connection::open(dir.join("live.duckdb")).unwrap();
-        crate::migrations::up(&conn, crate::migrations::embedded(), None).unwrap();
+        crate::store::migrations::up(&conn, crate::store::migrations::embedded(), None).unwrap();
         conn.execute_batch(
             "INSERT INTO trades SELECT 't' || i, 'X', 'buy', 1, 1, 'filled', now()::TIMESTAMP, 1, i, \
              now()::TIMESTAMP, now()::TIMESTAMP FROM range(1, 101) r(i)",
@@ -369,7 +369,11 @@ mod tests {
         let n: i64 = restored.query_row("SELECT count(*) FROM trades", [], |r| r.get(0)).unwrap();
         assert_eq!(n, 100);
         let v: i64 = restored.query_row("SELECT max(version) FROM schema_migrations", [], |r| r.get(0)).unwrap();
-        assert_eq!(v, crate::migrations::embedded().last().unwrap().version, "schema_migrations travels with the copy");
+        assert_eq!(
+            v,
+            crate::store::migrations::embedded().last().unwrap().version,
+            "schema_migrations travels with the copy"
+        );
         assert!(restore(&snaps.path_of(&first.id), &target).unwrap_err().to_string().contains("already exists"));
 
         for _ in 0..3 {

@@ -16,11 +16,11 @@ use serde::Serialize;
 
 use crate::app::App;
 use crate::config::SnapshotConfig;
+use crate::durability::remote::Remote;
+use crate::durability::snapshot::{self, Manifest, Retention, Snapshots};
 use crate::error::{Error, Result};
-use crate::model::{format_micros, now_micros};
-use crate::reader::Reader;
-use crate::remote::Remote;
-use crate::snapshot::{self, Manifest, Retention, Snapshots};
+use crate::store::model::{format_micros, now_micros};
+use crate::store::reader::Reader;
 
 /// What `/v1/status` says about backups.
 #[derive(Debug, Clone, Default, Serialize)]

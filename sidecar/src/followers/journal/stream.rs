@@ -20,7 +20,7 @@
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::model::Trade;
+use crate::store::model::Trade;
 
 /// The key names of one journal.
 #[derive(Debug, Clone)]

@@ -8,10 +8,10 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use serde::Serialize;
 
-use crate::model::{Side, Status, Trade};
-use crate::money::{Sum8, Sum16};
+use crate::store::model::{Side, Status, Trade};
+use crate::store::money::{Sum8, Sum16};
 
-/// Aggregate over the filled trades of one symbol, exact (see [`crate::money`]).
+/// Aggregate over the filled trades of one symbol, exact (see [`crate::store::money`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct SymbolState {
     /// Instrument symbol.
@@ -148,7 +148,7 @@ impl HotState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::money::Amount;
+    use crate::store::money::Amount;
 
     fn trade(id: &str, symbol: &str, side: Side, q: &str, p: &str, status: Status, seq: i64) -> Trade {
         Trade {

@@ -18,12 +18,12 @@ use duckdb::{Connection, params_from_iter};
 use tokio::sync::oneshot;
 
 use crate::config::Config;
-use crate::db;
 use crate::error::{Error, Result};
-use crate::health::Health;
-use crate::metrics::Metrics;
-use crate::model::{NewTrade, Status, Trade, TradePatch, now_micros};
-use crate::state::HotState;
+use crate::store::db;
+use crate::store::model::{NewTrade, Status, Trade, TradePatch, now_micros};
+use crate::store::state::HotState;
+use crate::telemetry::health::Health;
+use crate::telemetry::metrics::Metrics;
 
 /// A validated change request.
 #[derive(Debug, Clone)]
@@ -386,7 +386,7 @@ impl Writer {
                     }
                     if !ids.insert(id.clone()) {
                         self.next_seq = seq0;
-                        return refuse(Error::Invalid(crate::model::FieldError {
+                        return refuse(Error::Invalid(crate::store::model::FieldError {
                             field: format!("trades[{i}].id"),
                             message: format!("id {id} appears twice in this batch"),
                         }));

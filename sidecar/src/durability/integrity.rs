@@ -16,7 +16,7 @@
 //!   check clears it. With `integrity.on_failure: recover`, damage found by the database
 //!   checks (1 and 2) — and only that — also stops the process cleanly; once the journal
 //!   holds every committed change the file is quarantined and the restart recovers it
-//!   (see [`crate::recovery`]).
+//!   (see [`crate::durability::recovery`]).
 //! - **transient** errors (out of memory, no free read connection, interrupted I/O) say
 //!   nothing about the data: the database checks are retried, and if they still cannot
 //!   finish the check is `inconclusive` (status, `tradestore_integrity_inconclusive_total`,
@@ -31,11 +31,11 @@ use serde::Serialize;
 
 use crate::app::{App, StopReason};
 use crate::config::OnIntegrityFailure;
-use crate::db::{self, Failure};
+use crate::durability::snapshot;
 use crate::error::{Error, Result};
-use crate::model::format_micros;
-use crate::reader::{Reader, load_symbol_states};
-use crate::snapshot;
+use crate::store::db::{self, Failure};
+use crate::store::model::format_micros;
+use crate::store::reader::{Reader, load_symbol_states};
 
 /// How often the database checks are tried when they fail for a transient reason.
 const ATTEMPTS: u32 = 3;
@@ -93,7 +93,7 @@ pub async fn check(app: &Arc<App>) -> CheckStatus {
     let state = react(app, &outcome, database_failed);
     let status = CheckStatus {
         state,
-        last_run: Some(format_micros(crate::model::now_micros())),
+        last_run: Some(format_micros(crate::store::model::now_micros())),
         ok: match state {
             CheckState::Passed => Some(true),
             CheckState::Failed => Some(false),
@@ -249,7 +249,7 @@ fn compare_hot_state(conn: &duckdb::Connection, reader: &Reader) -> Result<()> {
         let db_state = load_symbol_states(conn);
         conn.execute_batch("COMMIT")?;
         let db_state = db_state?;
-        let same = db_state == expected; // exact: no epsilon (see crate::money)
+        let same = db_state == expected; // exact: no epsilon (see crate::store::money)
         if !same {
             return Err(Error::Integrity(format!(
                 "in-memory trade state differs from the trade_state view at seq {db_seq}"

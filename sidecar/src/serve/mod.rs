@@ -1,0 +1,3 @@
+//! Serving: signal handling and the orderly stop.
+
+pub mod shutdown;

@@ -1,0 +1,4 @@
+//! Metrics and the probes' health state.
+
+pub mod health;
+pub mod metrics;
