@@ -10,20 +10,21 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use croner::Cron;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
 /// Prefix of environment overrides.
-pub const ENV_PREFIX: &str = "TRADESTORE";
+pub(crate) const ENV_PREFIX: &str = "TRADESTORE";
 /// Environment variable holding the API token (takes precedence over `auth.token_file`).
-pub const TOKEN_ENV: &str = "TRADESTORE_API_TOKEN";
+pub(crate) const TOKEN_ENV: &str = "TRADESTORE_API_TOKEN";
 /// Environment variable holding the Redis password (takes precedence over `redis.password_file`).
-pub const REDIS_PASSWORD_ENV: &str = "TRADESTORE_REDIS_PASSWORD";
+pub(crate) const REDIS_PASSWORD_ENV: &str = "TRADESTORE_REDIS_PASSWORD";
 /// Environment variable holding the ClickHouse password (over `clickhouse.password_file`).
-pub const CLICKHOUSE_PASSWORD_ENV: &str = "TRADESTORE_CLICKHOUSE_PASSWORD";
+pub(crate) const CLICKHOUSE_PASSWORD_ENV: &str = "TRADESTORE_CLICKHOUSE_PASSWORD";
 /// Environment variable naming the config file.
-pub const CONFIG_ENV: &str = "TRADESTORE_CONFIG";
+pub(crate) const CONFIG_ENV: &str = "TRADESTORE_CONFIG";
 
 /// The whole sidecar configuration.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -159,7 +160,7 @@ impl Default for ClickhouseConfig {
 
 impl ClickhouseConfig {
     /// The retry schedule.
-    pub fn backoff(&self) -> Vec<Duration> {
+    pub(crate) fn backoff(&self) -> Vec<Duration> {
         self.backoff_ms.iter().map(|ms| Duration::from_millis(*ms)).collect()
     }
 }
@@ -504,86 +505,17 @@ impl Config {
         Ok(cfg)
     }
 
-    /// Checks ranges and cross-field rules.
-    pub fn validate(&self) -> Result<()> {
-        fn bad(msg: String) -> Result<()> {
-            Err(Error::Config(msg))
-        }
-        let d = &self.duckdb;
-        if !(1..=256).contains(&d.threads) {
-            return bad(format!("duckdb.threads must be 1..=256, got {}", d.threads));
-        }
-        if d.checkpoint_threshold_bytes < 64 * 1024 {
-            return bad("duckdb.checkpoint_threshold_bytes must be at least 65536".into());
-        }
-        if d.max_wal_bytes < d.checkpoint_threshold_bytes {
-            return bad("duckdb.max_wal_bytes must be >= duckdb.checkpoint_threshold_bytes".into());
-        }
-        if let Some(m) = &d.memory_limit {
-            let bytes = parse_size(m).map_err(|e| Error::Config(format!("duckdb.memory_limit: {e}")))?;
-            if bytes < MIN_MEMORY_LIMIT {
-                return bad(format!(
-                    "duckdb.memory_limit {m:?} is below the minimum of {} MiB: DuckDB cannot run the store's \
-                     queries in less (it runs out of memory and may invalidate the database)",
-                    MIN_MEMORY_LIMIT >> 20
-                ));
-            }
-        }
-        if self.writer.queue_batches == 0 || self.writer.max_batch_requests == 0 {
-            return bad("writer.queue_batches and writer.max_batch_requests must be >= 1".into());
-        }
-        if self.reader.pool_size == 0 || self.reader.pool_size > 256 {
-            return bad("reader.pool_size must be 1..=256".into());
-        }
-        if self.reader.max_list_limit == 0 || self.http.max_batch_trades == 0 {
-            return bad("reader.max_list_limit and http.max_batch_trades must be >= 1".into());
-        }
-        if self.http.max_body_bytes < 1024 {
-            return bad("http.max_body_bytes must be at least 1024".into());
-        }
+    /// Checks ranges and cross-field rules, section by section.
+    pub(crate) fn validate(&self) -> Result<()> {
+        self.duckdb.validate()?;
+        self.validate_queues()?;
         self.http.validate()?;
         if self.database_file.is_empty() || self.database_file.contains('/') {
             return bad("database_file must be a plain file name".into());
         }
-        if self.redis.timeout < Duration::from_millis(10) {
-            return bad("redis.timeout must be at least 10ms".into());
-        }
-        if self.redis.batch_size == 0 || self.redis.key_prefix.is_empty() {
-            return bad("redis.batch_size must be >= 1 and redis.key_prefix non-empty".into());
-        }
-        if let Some(url) = &self.redis.url
-            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
-        {
-            return bad(format!("redis.url {url:?} must start with redis:// or rediss://"));
-        }
-        let ch = &self.clickhouse;
-        if ch.batch_size == 0 || ch.backoff_ms.is_empty() || ch.degraded_after == 0 {
-            return bad(
-                "clickhouse.batch_size, clickhouse.backoff_ms and clickhouse.degraded_after must be non-empty/>= 1"
-                    .into(),
-            );
-        }
-        let ident = |v: &str| !v.is_empty() && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !ident(&ch.table) || !ident(&ch.database) {
-            return bad("clickhouse.table and clickhouse.database must be plain identifiers".into());
-        }
-        let snaps = &self.snapshots;
-        if snaps.keep_last == 0 {
-            return bad("snapshots.keep_last must be >= 1".into());
-        }
-        if let Some(expr) = &snaps.schedule {
-            crate::durability::backup::parse_schedule(expr)?;
-        }
-        if let Some(s3) = &snaps.s3 {
-            if s3.bucket.is_empty() {
-                return bad("snapshots.s3.bucket must not be empty".into());
-            }
-            if let Some(e) = &s3.endpoint
-                && !(e.starts_with("http://") || e.starts_with("https://"))
-            {
-                return bad(format!("snapshots.s3.endpoint {e:?} must start with http:// or https://"));
-            }
-        }
+        self.redis.validate()?;
+        self.clickhouse.validate()?;
+        self.snapshots.validate()?;
         if self.integrity.on_failure == OnIntegrityFailure::Recover && self.redis.url.is_none() {
             return bad(
                 "integrity.on_failure: recover needs the Redis journal (redis.url): without it recovery would \
@@ -597,18 +529,35 @@ impl Config {
         Ok(())
     }
 
+    /// The writer queue, the read pool and the batch limits.
+    fn validate_queues(&self) -> Result<()> {
+        if self.writer.queue_batches == 0 || self.writer.max_batch_requests == 0 {
+            return bad("writer.queue_batches and writer.max_batch_requests must be >= 1".into());
+        }
+        if self.reader.pool_size == 0 || self.reader.pool_size > 256 {
+            return bad("reader.pool_size must be 1..=256".into());
+        }
+        if self.reader.max_list_limit == 0 || self.http.max_batch_trades == 0 {
+            return bad("reader.max_list_limit and http.max_batch_trades must be >= 1".into());
+        }
+        if self.http.max_body_bytes < 1024 {
+            return bad("http.max_body_bytes must be at least 1024".into());
+        }
+        Ok(())
+    }
+
     /// Full path of the database file.
-    pub fn database_path(&self) -> PathBuf {
+    pub(crate) fn database_path(&self) -> PathBuf {
         self.data_dir.join(&self.database_file)
     }
 
     /// Capacity of the writer queue in requests.
-    pub fn queue_capacity(&self) -> usize {
+    pub(crate) fn queue_capacity(&self) -> usize {
         self.writer.queue_batches * self.writer.max_batch_requests
     }
 
     /// Reads the API token: the environment first, then `auth.token_file`.
-    pub fn api_token(&self, env: &HashMap<String, String>) -> Result<Option<String>> {
+    pub(crate) fn api_token(&self, env: &HashMap<String, String>) -> Result<Option<String>> {
         if let Some(t) = env.get(TOKEN_ENV) {
             return non_empty(t.trim(), TOKEN_ENV).map(Some);
         }
@@ -623,14 +572,112 @@ impl Config {
     }
 
     /// Reads the Redis password: the environment first, then `redis.password_file`.
-    pub fn redis_password(&self, env: &HashMap<String, String>) -> Result<Option<String>> {
+    pub(crate) fn redis_password(&self, env: &HashMap<String, String>) -> Result<Option<String>> {
         secret(env, REDIS_PASSWORD_ENV, self.redis.password_file.as_deref(), "redis.password_file")
     }
 
     /// Reads the ClickHouse password: the environment first, then `clickhouse.password_file`.
-    pub fn clickhouse_password(&self, env: &HashMap<String, String>) -> Result<Option<String>> {
+    pub(crate) fn clickhouse_password(&self, env: &HashMap<String, String>) -> Result<Option<String>> {
         secret(env, CLICKHOUSE_PASSWORD_ENV, self.clickhouse.password_file.as_deref(), "clickhouse.password_file")
     }
+}
+
+/// A configuration error with `msg`.
+fn bad(msg: String) -> Result<()> {
+    Err(Error::Config(msg))
+}
+
+impl DuckdbConfig {
+    fn validate(&self) -> Result<()> {
+        if !(1..=256).contains(&self.threads) {
+            return bad(format!("duckdb.threads must be 1..=256, got {}", self.threads));
+        }
+        if self.checkpoint_threshold_bytes < 64 * 1024 {
+            return bad("duckdb.checkpoint_threshold_bytes must be at least 65536".into());
+        }
+        if self.max_wal_bytes < self.checkpoint_threshold_bytes {
+            return bad("duckdb.max_wal_bytes must be >= duckdb.checkpoint_threshold_bytes".into());
+        }
+        if let Some(m) = &self.memory_limit {
+            let bytes = parse_size(m).map_err(|e| Error::Config(format!("duckdb.memory_limit: {e}")))?;
+            if bytes < MIN_MEMORY_LIMIT {
+                return bad(format!(
+                    "duckdb.memory_limit {m:?} is below the minimum of {} MiB: DuckDB cannot run the store's \
+                     queries in less (it runs out of memory and may invalidate the database)",
+                    MIN_MEMORY_LIMIT >> 20
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl RedisConfig {
+    fn validate(&self) -> Result<()> {
+        if self.timeout < Duration::from_millis(10) {
+            return bad("redis.timeout must be at least 10ms".into());
+        }
+        if self.batch_size == 0 || self.key_prefix.is_empty() {
+            return bad("redis.batch_size must be >= 1 and redis.key_prefix non-empty".into());
+        }
+        if let Some(url) = &self.url
+            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+        {
+            return bad(format!("redis.url {url:?} must start with redis:// or rediss://"));
+        }
+        Ok(())
+    }
+}
+
+impl ClickhouseConfig {
+    fn validate(&self) -> Result<()> {
+        if self.batch_size == 0 || self.backoff_ms.is_empty() || self.degraded_after == 0 {
+            return bad(
+                "clickhouse.batch_size, clickhouse.backoff_ms and clickhouse.degraded_after must be non-empty/>= 1"
+                    .into(),
+            );
+        }
+        let ident = |v: &str| !v.is_empty() && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !ident(&self.table) || !ident(&self.database) {
+            return bad("clickhouse.table and clickhouse.database must be plain identifiers".into());
+        }
+        Ok(())
+    }
+}
+
+impl SnapshotConfig {
+    fn validate(&self) -> Result<()> {
+        if self.keep_last == 0 {
+            return bad("snapshots.keep_last must be >= 1".into());
+        }
+        if let Some(expr) = &self.schedule {
+            parse_schedule(expr)?;
+        }
+        if let Some(s3) = &self.s3 {
+            if s3.bucket.is_empty() {
+                return bad("snapshots.s3.bucket must not be empty".into());
+            }
+            if let Some(e) = &s3.endpoint
+                && !(e.starts_with("http://") || e.starts_with("https://"))
+            {
+                return bad(format!("snapshots.s3.endpoint {e:?} must start with http:// or https://"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Parses a cron expression, UTC: 5 fields (minute hour day-of-month month
+/// day-of-week), or 6 with a leading seconds field.
+pub(crate) fn parse_schedule(expr: &str) -> Result<Cron> {
+    let fields = expr.split_whitespace().count();
+    if !(5..=6).contains(&fields) {
+        return Err(Error::Config(format!(
+            "snapshots.schedule {expr:?}: expected 5 cron fields (minute hour day month weekday) or 6 with \
+             leading seconds, got {fields}"
+        )));
+    }
+    expr.parse::<Cron>().map_err(|e| Error::Config(format!("snapshots.schedule {expr:?}: {e}")))
 }
 
 /// Smallest accepted `duckdb.memory_limit`. Measured with DuckDB 1.5.6, 4 threads and
@@ -638,13 +685,13 @@ impl Config {
 /// with 8 MiB writes fail after 16,000 trades and 12 MiB after 50,000, each time with
 /// `Out of Memory Error`. 16 MiB is the least that runs a small store; the primary-key
 /// index grows with the store, so real stores need more (200,000 trades: 32 MiB).
-pub const MIN_MEMORY_LIMIT: u64 = 16 << 20;
+pub(crate) const MIN_MEMORY_LIMIT: u64 = 16 << 20;
 
 /// Parses a size the way DuckDB's `memory_limit` reads it: a number (decimals allowed)
 /// and a unit: `B`, `KB`/`MB`/`GB`/`TB` (powers of 1000, also `K`, `M`, `G`, `T`) or
 /// `KiB`/`MiB`/`GiB`/`TiB` (powers of 1024), case-insensitive, spaces allowed between.
 /// Percentages are refused: DuckDB 1.5's configuration API rejects them.
-pub fn parse_size(text: &str) -> Result<u64, String> {
+pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
     let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (number, unit) = (&t[..split], t[split..].trim());
@@ -763,6 +810,21 @@ mod tests {
         assert!(limit("ten").unwrap_err().to_string().contains("not a size"));
         assert_eq!(limit("16MiB").unwrap().duckdb.memory_limit.as_deref(), Some("16MiB"));
         assert!(limit("2GB").is_ok());
+    }
+
+    #[test]
+    fn schedules_are_five_field_cron() {
+        use chrono::Utc;
+        let every_hour = parse_schedule("0 * * * *").unwrap();
+        let from = chrono::DateTime::parse_from_rfc3339("2026-01-01T10:20:00Z").unwrap().with_timezone(&Utc);
+        let next = every_hour.find_next_occurrence(&from, false).unwrap();
+        assert_eq!(next.to_rfc3339(), "2026-01-01T11:00:00+00:00");
+        let every_two_seconds = parse_schedule("*/2 * * * * *").unwrap();
+        let next = every_two_seconds.find_next_occurrence(&from, false).unwrap();
+        assert_eq!(next.to_rfc3339(), "2026-01-01T10:20:02+00:00");
+        for bad in ["* * * *", "0 0 * * * * 2026", "61 * * * *", "nonsense"] {
+            assert!(parse_schedule(bad).unwrap_err().to_string().contains("snapshots.schedule"), "{bad}");
+        }
     }
 
     #[test]

@@ -1,6 +1,11 @@
 //! The sidecar's one error type.
 
+use std::path::PathBuf;
+
 use crate::store::model::FieldError;
+
+/// The error of a service the sidecar depends on, kept whole as the source.
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
 
 /// Everything that can go wrong in the sidecar.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +52,27 @@ pub enum Error {
     /// The service cannot take the request now (queue full, shutting down, pool busy).
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// A service the sidecar depends on (Redis, ClickHouse, the object store, the read
+    /// pool) failed or did not answer; like [`Error::Unavailable`], it may pass when
+    /// tried again.
+    #[error("unavailable: {what}: {source}")]
+    Dependency {
+        /// Which service, as the message names it (`redis`, `clickhouse`, …).
+        what: &'static str,
+        /// Its error.
+        #[source]
+        source: Cause,
+    },
+    /// The database file cannot be opened (locked by another process, damaged, no
+    /// space); the recovery decision reads DuckDB's message from the source.
+    #[error("internal error: cannot open database {}: {source}", path.display())]
+    Open {
+        /// The database file.
+        path: PathBuf,
+        /// DuckDB's error.
+        #[source]
+        source: duckdb::Error,
+    },
     /// An invariant broke; a bug or a damaged file.
     #[error("internal error: {0}")]
     Internal(String),
@@ -55,6 +81,13 @@ pub enum Error {
     /// evidence of damage, unlike [`Error::Internal`].
     #[error("integrity violation: {0}")]
     Integrity(String),
+}
+
+impl Error {
+    /// A failure of the dependency `what` (see [`Error::Dependency`]).
+    pub(crate) fn dependency(what: &'static str, source: impl Into<Cause>) -> Self {
+        Error::Dependency { what, source: source.into() }
+    }
 }
 
 /// Result with the sidecar's error.

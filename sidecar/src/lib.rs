@@ -1,16 +1,39 @@
 //! TradeStore sidecar: owns one DuckDB trade database file and serves it over HTTP.
 //!
-//! Write path: `http` → [`store::writer`] (bounded queue, group commit, the one read-write
-//! connection) → DuckDB file (WAL fsync) → acknowledgement. Read path: [`store::reader`]
-//! (connection pool) and the writer's in-memory [`store::state`].
+//! A tour in reading order, from the bottom layer up; a module only uses the ones
+//! listed before it and its own layer's. ([`store::money`] and [`store::model`] are
+//! plain values that import nothing else of the crate, so the error type below may
+//! carry a trade.)
+//!
+//! - [`error`] and [`config`]: the one error type, and the YAML + environment
+//!   configuration, validated at start (cron schedules included).
+//! - [`telemetry`]: what the process tells the outside about itself — Prometheus
+//!   metrics, the liveness/readiness state the probes read (and the reasons the process
+//!   stops by itself), log set-up.
+//! - [`store`]: the DuckDB file and the only code that touches it. Write path: `http` →
+//!   [`store::writer`] (bounded queue, group commit, the one read-write connection) →
+//!   DuckDB file (WAL fsync) → acknowledgement. Read path: [`store::reader`]
+//!   (connection pool) and the writer's in-memory [`store::state`].
+//! - [`followers`]: background tasks that follow the commit sequence out of the file:
+//!   the Redis journal and the ClickHouse sync.
+//! - [`durability`]: what keeps the data when the file does not survive — snapshots
+//!   (directory or S3), integrity checks, quarantine and start-up recovery (from a
+//!   snapshot plus the journal).
+//! - [`app`]: the wiring — start-up in order, the shared [`app::App`] context the
+//!   handlers receive, the `/v1/status` document, and the background tasks under one
+//!   cancellation token and task tracker.
+//! - [`http`]: the API routes over [`app::App`], and the hardened hyper server.
+//! - [`serve`]: `sidecar serve` — bind, start the app, serve HTTP, and stop in order
+//!   (drain HTTP, final checkpoint, quarantine if asked, cancel and await the tasks).
+//! - [`cli`]: the `sidecar` command (`serve`, `migrate`, `restore`, `config`).
 
-pub mod app;
+pub(crate) mod app;
 pub mod cli;
 pub mod config;
 pub mod durability;
 pub mod error;
-pub mod followers;
-pub mod http;
-pub mod serve;
+pub(crate) mod followers;
+pub(crate) mod http;
+pub(crate) mod serve;
 pub mod store;
-pub mod telemetry;
+pub(crate) mod telemetry;

@@ -7,20 +7,23 @@
 //! automatically; `POST /v1/snapshots` takes one on demand.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
 use croner::Cron;
+use parking_lot::Mutex;
 use serde::Serialize;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
-use crate::app::App;
 use crate::config::SnapshotConfig;
 use crate::durability::remote::Remote;
 use crate::durability::snapshot::{self, Manifest, Retention, Snapshots};
 use crate::error::{Error, Result};
 use crate::store::model::{format_micros, now_micros};
 use crate::store::reader::Reader;
+use crate::telemetry::metrics::Metrics;
 
 /// What `/v1/status` says about backups.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -41,26 +44,17 @@ pub struct Backups {
     remote: Option<Remote>,
     retention: Retention,
     status: Mutex<BackupStatus>,
-    /// The newest snapshot; followers watch it to keep what it does not cover.
-    last: tokio::sync::watch::Sender<Option<Manifest>>,
-}
-
-/// Parses a cron expression, UTC: 5 fields (minute hour day-of-month month
-/// day-of-week), or 6 with a leading seconds field.
-pub fn parse_schedule(expr: &str) -> Result<Cron> {
-    let fields = expr.split_whitespace().count();
-    if !(5..=6).contains(&fields) {
-        return Err(Error::Config(format!(
-            "snapshots.schedule {expr:?}: expected 5 cron fields (minute hour day month weekday) or 6 with \
-             leading seconds, got {fields}"
-        )));
-    }
-    expr.parse::<Cron>().map_err(|e| Error::Config(format!("snapshots.schedule {expr:?}: {e}")))
+    /// The newest snapshot, for `/v1/status`.
+    last: Mutex<Option<Manifest>>,
+    /// The sequence the newest snapshot covers; the journal watches it to keep every
+    /// change above it (only the number: followers need no more of the manifest).
+    covered: watch::Sender<Option<i64>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Backups {
-    /// The targets in `cfg`.
-    pub fn new(cfg: &SnapshotConfig) -> Result<Self> {
+    /// The targets in `cfg`; snapshots taken are counted in `metrics`.
+    pub fn new(cfg: &SnapshotConfig, metrics: Arc<Metrics>) -> Result<Self> {
         let retention = Retention { keep_last: cfg.keep_last, max_age: cfg.max_age };
         let remote = cfg.s3.as_ref().map(Remote::new).transpose()?;
         // With a bucket the directory is a staging area holding only the newest snapshot.
@@ -78,7 +72,9 @@ impl Backups {
             remote,
             retention,
             status: Mutex::new(status),
-            last: tokio::sync::watch::channel(None).0,
+            last: Mutex::new(None),
+            covered: watch::channel(None).0,
+            metrics,
         })
     }
 
@@ -92,22 +88,32 @@ impl Backups {
     }
 
     fn set_last(&self, m: Option<Manifest>) {
-        self.last.send_replace(m);
+        self.covered.send_replace(m.as_ref().map(|m| m.seq));
+        *self.last.lock() = m;
     }
 
-    /// The newest snapshot as it changes.
-    pub fn watch_last(&self) -> tokio::sync::watch::Receiver<Option<Manifest>> {
-        self.last.subscribe()
+    /// The sequence the newest snapshot covers, as it changes.
+    pub fn watch_covered(&self) -> watch::Receiver<Option<i64>> {
+        self.covered.subscribe()
     }
 
     /// The newest snapshot known (taken by this process or listed at start).
     pub fn last(&self) -> Option<Manifest> {
-        self.last.borrow().clone()
+        self.last.lock().clone()
     }
 
     /// Takes a consistent snapshot on a read connection of the live database while
     /// writes continue, uploads it when a bucket is configured, and applies retention.
     pub async fn take(&self, reader: &Reader, schema_version: i64) -> Result<Manifest> {
+        let taken = self.take_uncounted(reader, schema_version).await;
+        match &taken {
+            Ok(_) => self.metrics.snapshots.inc(),
+            Err(_) => self.metrics.snapshot_failures.inc(),
+        }
+        taken
+    }
+
+    async fn take_uncounted(&self, reader: &Reader, schema_version: i64) -> Result<Manifest> {
         let result: Result<Manifest> = async {
             let local = self.local.clone();
             let m = reader.with_conn(move |conn| local.take(conn, schema_version)).await?;
@@ -122,7 +128,7 @@ impl Backups {
             Ok(m)
         }
         .await;
-        self.status.lock().unwrap_or_else(|e| e.into_inner()).last_error = result.as_ref().err().map(|e: &Error| {
+        self.status.lock().last_error = result.as_ref().err().map(|e: &Error| {
             tracing::error!(error = %e, "snapshot failed");
             e.to_string()
         });
@@ -137,14 +143,10 @@ impl Backups {
         }
     }
 
-    /// The local snapshot directory (the integrity check takes its attach lock).
+    /// The local snapshot directory (the integrity check takes its attach lock and
+    /// verifies the newest snapshot in it).
     pub fn local(&self) -> Arc<Snapshots> {
         self.local.clone()
-    }
-
-    /// The newest snapshot in the local directory (the integrity check verifies it).
-    pub fn latest_local(&self) -> Result<Option<(Manifest, PathBuf)>> {
-        self.local.latest()
     }
 
     /// A local directory holding snapshot `from`: `from` is a snapshot directory path,
@@ -198,51 +200,42 @@ impl Backups {
 
     /// The backup status, for `/v1/status`.
     pub fn status(&self) -> BackupStatus {
-        self.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.status.lock().clone()
     }
 
     fn set_next_run(&self, next: Option<String>) {
-        self.status.lock().unwrap_or_else(|e| e.into_inner()).next_run = next;
+        self.status.lock().next_run = next;
     }
 }
 
-/// Takes a snapshot at every time `schedule` names, until the process ends. A failed
-/// snapshot is logged, counted and shown in `/v1/status`; the schedule goes on.
-pub async fn run_schedule(app: Arc<App>, schedule: Cron) {
+/// Takes a snapshot at every time `schedule` names, until `stop` is cancelled (a
+/// snapshot in progress finishes first: it holds a read connection and leaves a
+/// partial directory behind if dropped). A failed snapshot is logged, counted and
+/// shown in `/v1/status`; the schedule goes on.
+pub async fn run_schedule(
+    backups: Arc<Backups>,
+    reader: Reader,
+    schema_version: i64,
+    schedule: Cron,
+    stop: CancellationToken,
+) {
     loop {
         let now = Utc::now();
         let next = match schedule.find_next_occurrence(&now, false) {
             Ok(t) => t,
             Err(e) => {
                 tracing::error!(error = %e, "snapshot schedule has no next run; scheduled snapshots stop");
-                app.backups.set_next_run(None);
+                backups.set_next_run(None);
                 return;
             }
         };
-        app.backups.set_next_run(Some(format_micros(next.timestamp_micros())));
+        backups.set_next_run(Some(format_micros(next.timestamp_micros())));
         let wait = (next - now).to_std().unwrap_or_default();
-        tokio::time::sleep(wait).await;
-        if let Ok(m) = app.take_snapshot().await {
-            tracing::info!(id = m.id, seq = m.seq, "scheduled snapshot taken");
+        if stop.run_until_cancelled(tokio::time::sleep(wait)).await.is_none() {
+            return;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn schedules_are_five_field_cron() {
-        let every_hour = parse_schedule("0 * * * *").unwrap();
-        let from = chrono::DateTime::parse_from_rfc3339("2026-01-01T10:20:00Z").unwrap().with_timezone(&Utc);
-        let next = every_hour.find_next_occurrence(&from, false).unwrap();
-        assert_eq!(next.to_rfc3339(), "2026-01-01T11:00:00+00:00");
-        let every_two_seconds = parse_schedule("*/2 * * * * *").unwrap();
-        let next = every_two_seconds.find_next_occurrence(&from, false).unwrap();
-        assert_eq!(next.to_rfc3339(), "2026-01-01T10:20:02+00:00");
-        for bad in ["* * * *", "0 0 * * * * 2026", "61 * * * *", "nonsense"] {
-            assert!(parse_schedule(bad).unwrap_err().to_string().contains("snapshots.schedule"), "{bad}");
+        if let Ok(m) = backups.take(&reader, schema_version).await {
+            tracing::info!(id = m.id, seq = m.seq, "scheduled snapshot taken");
         }
     }
 }

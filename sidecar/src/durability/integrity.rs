@@ -16,7 +16,7 @@
 //!   check clears it. With `integrity.on_failure: recover`, damage found by the database
 //!   checks (1 and 2) — and only that — also stops the process cleanly; once the journal
 //!   holds every committed change the file is quarantined and the restart recovers it
-//!   (see [`crate::durability::recovery`]).
+//!   (see [`crate::durability::quarantine`]).
 //! - **transient** errors (out of memory, no free read connection, interrupted I/O) say
 //!   nothing about the data: the database checks are retried, and if they still cannot
 //!   finish the check is `inconclusive` (status, `tradestore_integrity_inconclusive_total`,
@@ -24,28 +24,32 @@
 //! - **fatal**: DuckDB invalidated the instance; the process stops (non-zero) so the
 //!   restart reopens the file, like a fatal error on the write path.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use backon::{ConstantBuilder, Retryable};
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 
-use crate::app::{App, StopReason};
 use crate::config::OnIntegrityFailure;
-use crate::durability::snapshot;
+use crate::durability::snapshot::{self, Snapshots};
 use crate::error::{Error, Result};
 use crate::store::db::{self, Failure};
-use crate::store::model::format_micros;
+use crate::store::model::{format_micros, now_micros};
 use crate::store::reader::{Reader, load_symbol_states};
+use crate::telemetry::Shared;
+use crate::telemetry::health::Health;
+use crate::telemetry::metrics::Metrics;
 
-/// How often the database checks are tried when they fail for a transient reason.
-const ATTEMPTS: u32 = 3;
+/// How often the database checks are tried again when they fail for a transient reason.
+const RETRIES: usize = 2;
 /// Pause between those attempts.
 const RETRY_PAUSE: Duration = Duration::from_millis(200);
 
 /// Where the checks stand.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum CheckState {
+pub(crate) enum CheckState {
     /// No check has finished since start (or checks are disabled): not a failure.
     #[default]
     NotRun,
@@ -60,7 +64,7 @@ pub enum CheckState {
 
 /// The last check's outcome, for `/v1/status`.
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct CheckStatus {
+pub(crate) struct CheckStatus {
     /// Where the checks stand.
     pub state: CheckState,
     /// When the last check finished (RFC 3339).
@@ -76,98 +80,118 @@ pub struct CheckStatus {
     pub rows_scanned: i64,
 }
 
-/// Shared check status.
-pub type SharedStatus = Arc<Mutex<CheckStatus>>;
-
-/// Runs one full check, records it and reacts to a failure.
-pub async fn check(app: &Arc<App>) -> CheckStatus {
-    let started = Instant::now();
-    let outcome = database_checks_retried(app).await;
-    let database_failed = outcome.is_err();
-    let outcome = outcome.and_then(|rows| {
-        if let Some((_, dir)) = app.backups.latest_local()? {
-            snapshot::verify(&dir)?;
-        }
-        Ok(rows)
-    });
-    let state = react(app, &outcome, database_failed);
-    let status = CheckStatus {
-        state,
-        last_run: Some(format_micros(crate::store::model::now_micros())),
-        ok: match state {
-            CheckState::Passed => Some(true),
-            CheckState::Failed => Some(false),
-            CheckState::NotRun | CheckState::Inconclusive => None,
-        },
-        error: outcome.as_ref().err().map(|e| e.to_string()),
-        duration_ms: started.elapsed().as_millis() as u64,
-        rows_scanned: *outcome.as_ref().unwrap_or(&0),
-    };
-    app.metrics.integrity_duration.observe(started.elapsed().as_secs_f64());
-    *app.integrity.lock().unwrap_or_else(|e| e.into_inner()) = status.clone();
-    status
+/// What a check reads and whom it tells: the periodic task owns one.
+pub(crate) struct Checker {
+    /// Read connections and the hot state to compare.
+    pub reader: Reader,
+    /// The local snapshot directory: its attach lock, and the newest snapshot to verify.
+    pub snapshots: Arc<Snapshots>,
+    /// Readiness follows the verdict; a fatal error or damage can stop the process.
+    pub health: Arc<Health>,
+    /// Verdict, duration and inconclusive checks.
+    pub metrics: Arc<Metrics>,
+    /// Whether damage the database checks find restarts into recovery.
+    pub on_failure: OnIntegrityFailure,
+    /// The last check, for `/v1/status`.
+    pub status: Shared<CheckStatus>,
 }
 
-/// The database checks (blocks and invariants), tried again while they fail for a
-/// transient reason.
-async fn database_checks_retried(app: &Arc<App>) -> Result<i64> {
-    let mut attempt = 1;
-    loop {
-        let outcome = database_checks(app).await;
-        match &outcome {
-            Err(e) if attempt < ATTEMPTS && db::classify(e) == Failure::Transient => {
-                tracing::warn!(error = %e, attempt, "integrity check hit a transient error; retrying");
-                tokio::time::sleep(RETRY_PAUSE).await;
-                attempt += 1;
+impl Checker {
+    /// Checks now and then every `interval`, until `stop` is cancelled. A check in
+    /// progress finishes first: its scan runs on a read connection off the runtime,
+    /// which dropping the task would not stop.
+    pub(crate) async fn run(self, interval: Duration, stop: CancellationToken) {
+        loop {
+            self.check().await;
+            if stop.run_until_cancelled(tokio::time::sleep(interval)).await.is_none() {
+                return;
             }
-            _ => return outcome,
         }
     }
-}
 
-async fn database_checks(app: &Arc<App>) -> Result<i64> {
-    let reader = app.reader.clone();
-    let snapshots = app.backups.local();
-    app.reader
-        .with_conn(move |conn| {
-            let tables = snapshots.with_attach_lock(|| own_tables(conn))?;
-            let rows = scan_tables(conn, &tables)?;
-            check_invariants(conn)?;
-            compare_hot_state(conn, &reader)?;
+    /// Runs one full check, records it and reacts to a failure.
+    pub(crate) async fn check(&self) -> CheckStatus {
+        let started = Instant::now();
+        let outcome = self.database_checks_retried().await;
+        let database_failed = outcome.is_err();
+        let outcome = outcome.and_then(|rows| {
+            if let Some((_, dir)) = self.snapshots.latest()? {
+                snapshot::verify(&dir)?;
+            }
             Ok(rows)
-        })
-        .await
-}
+        });
+        let state = self.react(&outcome, database_failed);
+        let status = CheckStatus {
+            state,
+            last_run: Some(format_micros(now_micros())),
+            ok: match state {
+                CheckState::Passed => Some(true),
+                CheckState::Failed => Some(false),
+                CheckState::NotRun | CheckState::Inconclusive => None,
+            },
+            error: outcome.as_ref().err().map(|e| e.to_string()),
+            duration_ms: started.elapsed().as_millis() as u64,
+            rows_scanned: *outcome.as_ref().unwrap_or(&0),
+        };
+        self.metrics.integrity_duration.observe(started.elapsed().as_secs_f64());
+        *self.status.lock() = status.clone();
+        status
+    }
 
-/// Updates readiness, metrics and logs for `outcome`, stops the process when the
-/// failure calls for it, and returns the resulting state.
-fn react(app: &App, outcome: &Result<i64>, database_failed: bool) -> CheckState {
-    let e = match outcome {
-        Ok(rows) => {
-            app.health.set_integrity(None);
-            app.metrics.integrity_ok.set(1);
-            tracing::debug!(rows, "integrity check passed");
-            return CheckState::Passed;
-        }
-        Err(e) => e,
-    };
-    let failure = db::classify(e);
-    if failure == Failure::Transient {
-        app.metrics.integrity_inconclusive.inc();
-        tracing::warn!(error = %e, "integrity check inconclusive (a transient error, not evidence of damage)");
-        return CheckState::Inconclusive;
+    /// The database checks (blocks and invariants), tried again while they fail for a
+    /// transient reason.
+    async fn database_checks_retried(&self) -> Result<i64> {
+        (|| self.database_checks())
+            .retry(ConstantBuilder::new().with_delay(RETRY_PAUSE).with_max_times(RETRIES))
+            .sleep(tokio::time::sleep)
+            .when(|e| db::classify(e) == Failure::Transient)
+            .notify(|e, _| tracing::warn!(error = %e, "integrity check hit a transient error; retrying"))
+            .await
     }
-    app.health.set_integrity(Some(e.to_string()));
-    app.metrics.integrity_ok.set(0);
-    tracing::error!(error = %e, ?failure, "INTEGRITY CHECK FAILED");
-    match failure {
-        Failure::Fatal => app.health.set_fatal(e.to_string()),
-        Failure::Damage if database_failed && app.cfg.integrity.on_failure == OnIntegrityFailure::Recover => {
-            app.request_stop(StopReason::Recover(e.to_string()))
-        }
-        _ => {}
+
+    async fn database_checks(&self) -> Result<i64> {
+        let (reader, snapshots) = (self.reader.clone(), self.snapshots.clone());
+        self.reader
+            .with_conn(move |conn| {
+                let tables = snapshots.with_attach_lock(|| own_tables(conn))?;
+                let rows = scan_tables(conn, &tables)?;
+                check_invariants(conn)?;
+                compare_hot_state(conn, &reader)?;
+                Ok(rows)
+            })
+            .await
     }
-    CheckState::Failed
+
+    /// Updates readiness, metrics and logs for `outcome`, stops the process when the
+    /// failure calls for it, and returns the resulting state.
+    fn react(&self, outcome: &Result<i64>, database_failed: bool) -> CheckState {
+        let e = match outcome {
+            Ok(rows) => {
+                self.health.set_integrity(None);
+                self.metrics.integrity_ok.set(1);
+                tracing::debug!(rows, "integrity check passed");
+                return CheckState::Passed;
+            }
+            Err(e) => e,
+        };
+        let failure = db::classify(e);
+        if failure == Failure::Transient {
+            self.metrics.integrity_inconclusive.inc();
+            tracing::warn!(error = %e, "integrity check inconclusive (a transient error, not evidence of damage)");
+            return CheckState::Inconclusive;
+        }
+        self.health.set_integrity(Some(e.to_string()));
+        self.metrics.integrity_ok.set(0);
+        tracing::error!(error = %e, ?failure, "INTEGRITY CHECK FAILED");
+        match failure {
+            Failure::Fatal => self.health.set_fatal(e.to_string()),
+            Failure::Damage if database_failed && self.on_failure == OnIntegrityFailure::Recover => {
+                self.health.request_recovery(e.to_string())
+            }
+            _ => {}
+        }
+        CheckState::Failed
+    }
 }
 
 /// Invariants of the stored data alone: unique commit sequences, no sync watermark
@@ -259,12 +283,4 @@ fn compare_hot_state(conn: &duckdb::Connection, reader: &Reader) -> Result<()> {
     }
     tracing::warn!("integrity: store too busy to compare the hot state this round");
     Ok(())
-}
-
-/// Checks now and then every `interval`, until the process ends.
-pub async fn run(app: Arc<App>, interval: Duration) {
-    loop {
-        check(&app).await;
-        tokio::time::sleep(interval).await;
-    }
 }

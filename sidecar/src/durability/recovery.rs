@@ -20,18 +20,21 @@
 //! (`complete: false`, `warning`) says what may be missing.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::config::{Config, OnIntegrityFailure};
 use crate::durability::backup::Backups;
-use crate::durability::integrity;
+use crate::durability::{integrity, quarantine};
 use crate::error::{Error, Result};
-use crate::followers::journal::stream::{self, Keys, Meta, Replay};
-use crate::store::db::Failure;
+use crate::followers::journal::{
+    self,
+    stream::{self, Keys, Meta, Replay},
+};
+use crate::store::db::{self, Failure};
+use crate::store::migrations;
 use crate::store::model::{Trade, now_micros};
-use crate::store::{db, migrations};
 
 /// What recovery did, reported in `/v1/status`.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -65,13 +68,6 @@ struct Cause {
     /// An unproven rebuild is refused by starting on the file as it is (a failed
     /// block scan at start: nothing is lost by serving it and reporting the damage).
     keep_file_if_unproven: bool,
-}
-
-/// The marker a failed integrity check leaves (`integrity.on_failure: recover`).
-#[derive(Serialize, Deserialize)]
-struct Quarantine {
-    reason: String,
-    last_seq: i64,
 }
 
 const MISSING: &str = "missing";
@@ -139,7 +135,7 @@ pub async fn run(cfg: &Config, backups: &Backups, redis: Option<&redis::Client>)
 /// its journal is ahead.
 pub fn catch_up(conn: &duckdb::Connection, cfg: &Config, redis: Option<&redis::Client>) -> Result<Option<Report>> {
     let Some(client) = redis else { return Ok(None) };
-    let marker = crate::followers::journal::diverged_marker(&cfg.database_path());
+    let marker = journal::diverged_marker(&cfg.database_path());
     if marker.exists() {
         tracing::error!(marker = %marker.display(), "the store diverged from the journal earlier: not replaying it; \
              reconcile the two, then remove the marker");
@@ -181,34 +177,11 @@ pub fn catch_up(conn: &duckdb::Connection, cfg: &Config, redis: Option<&redis::C
     Ok(Some(report))
 }
 
-/// Marks the database file for recovery at the next start (after an integrity
-/// failure, once the journal holds every change up to `last_seq`).
-pub fn quarantine(database: &Path, reason: &str, last_seq: i64) -> Result<()> {
-    let marker = quarantine_marker(database);
-    let body = Quarantine { reason: reason.to_string(), last_seq };
-    std::fs::write(&marker, serde_json::to_vec(&body).expect("marker serializes"))?;
-    std::fs::File::open(&marker)?.sync_all()?;
-    tracing::error!(marker = %marker.display(), reason, "database quarantined; the next start recovers it");
-    Ok(())
-}
-
-/// The file whose presence sends the next start into recovery.
-fn quarantine_marker(database: &Path) -> PathBuf {
-    database.with_extension("quarantine")
-}
-
 /// Decides whether start-up must rebuild the file; touches nothing.
 fn why_recover(cfg: &Config, path: &Path) -> Result<Option<Cause>> {
-    let marker = quarantine_marker(path);
     let cause =
         |reason: String, known_seq| Cause { reason, known_seq, file_exists: true, keep_file_if_unproven: false };
-    if marker.exists() {
-        let raw = std::fs::read_to_string(&marker)?;
-        // Markers of older sidecars hold the reason as plain text, without a sequence.
-        let (reason, seq) = match serde_json::from_str::<Quarantine>(&raw) {
-            Ok(q) => (q.reason, Some(q.last_seq)),
-            Err(_) => (raw.trim().to_string(), None),
-        };
+    if let Some((reason, seq)) = quarantine::read(path)? {
         return Ok(Some(Cause { file_exists: path.exists(), ..cause(format!("quarantined: {reason}"), seq) }));
     }
     if !path.exists() {
@@ -285,10 +258,7 @@ fn install(scratch: &Path, path: &Path, file_exists: bool) -> Result<()> {
         }
     }
     std::fs::rename(scratch, path)?;
-    let marker = quarantine_marker(path);
-    if marker.exists() {
-        std::fs::remove_file(&marker)?;
-    }
+    quarantine::clear(path)?;
     if let Some(dir) = path.parent() {
         std::fs::File::open(dir)?.sync_all()?;
     }

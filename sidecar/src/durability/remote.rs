@@ -17,7 +17,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::config::S3Config;
 use crate::durability::snapshot::{DB_FILE, MANIFEST, Manifest};
-use crate::error::{Error, Result};
+use crate::error::{Cause, Error, Result};
 
 /// A bucket (and prefix) holding snapshots.
 pub struct Remote {
@@ -134,6 +134,6 @@ impl Remote {
     }
 }
 
-fn unavailable(e: impl std::fmt::Display) -> Error {
-    Error::Unavailable(format!("object store: {e}"))
+fn unavailable(e: impl Into<Cause>) -> Error {
+    Error::dependency("object store", e)
 }

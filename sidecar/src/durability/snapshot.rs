@@ -20,10 +20,10 @@
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use duckdb::Connection;
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -31,9 +31,9 @@ use crate::error::{Error, Result};
 use crate::store::model::{format_micros, now_micros};
 
 /// File name of the database copy inside a snapshot directory.
-pub const DB_FILE: &str = "trades.duckdb";
+pub(crate) const DB_FILE: &str = "trades.duckdb";
 /// File name of the manifest inside a snapshot directory.
-pub const MANIFEST: &str = "manifest.json";
+pub(crate) const MANIFEST: &str = "manifest.json";
 
 /// What a snapshot holds, stored next to it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -57,7 +57,7 @@ pub struct Manifest {
 }
 
 /// A snapshot directory with its retention policy.
-pub struct Snapshots {
+pub(crate) struct Snapshots {
     dir: PathBuf,
     retention: Retention,
     busy: Mutex<()>,
@@ -68,7 +68,7 @@ pub struct Snapshots {
 /// Which snapshots to keep: always the newest `keep_last`; older ones only while
 /// younger than `max_age` (zero: everything beyond `keep_last` goes).
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Retention {
+pub(crate) struct Retention {
     /// Newest snapshots always kept.
     pub keep_last: usize,
     /// Age beyond which older snapshots are pruned; zero keeps none beyond `keep_last`.
@@ -77,7 +77,7 @@ pub struct Retention {
 
 impl Retention {
     /// Ids of the snapshots in `all` (oldest first) that retention removes at `now_us`.
-    pub fn expired(&self, all: &[Manifest], now_us: i64) -> Vec<String> {
+    pub(crate) fn expired(&self, all: &[Manifest], now_us: i64) -> Vec<String> {
         let excess = all.len().saturating_sub(self.keep_last);
         all.iter()
             .take(excess)
@@ -94,7 +94,7 @@ impl Retention {
 
 impl Snapshots {
     /// Snapshots under `dir`, pruned by `retention` after each one taken.
-    pub fn new(dir: PathBuf, retention: Retention) -> Self {
+    pub(crate) fn new(dir: PathBuf, retention: Retention) -> Self {
         Snapshots { dir, retention, busy: Mutex::new(()), attached: Mutex::new(()) }
     }
 
@@ -102,15 +102,15 @@ impl Snapshots {
     /// live instance. Queries that enumerate every attached database
     /// (`duckdb_tables()`, `duckdb_columns()`) run under it, so they never see a copy
     /// (and never keep one open past its `DETACH`).
-    pub fn with_attach_lock<T>(&self, f: impl FnOnce() -> T) -> T {
-        let _none = self.attached.lock().unwrap_or_else(|e| e.into_inner());
+    pub(crate) fn with_attach_lock<T>(&self, f: impl FnOnce() -> T) -> T {
+        let _none = self.attached.lock();
         f()
     }
 
     /// Takes a consistent snapshot through `conn` (a read connection of the live
     /// database), then applies retention. One snapshot at a time.
-    pub fn take(&self, conn: &Connection, schema_version: i64) -> Result<Manifest> {
-        let _one_at_a_time = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+    pub(crate) fn take(&self, conn: &Connection, schema_version: i64) -> Result<Manifest> {
+        let _one_at_a_time = self.busy.lock();
         let started = std::time::Instant::now();
         std::fs::create_dir_all(&self.dir)?;
         let created = now_micros();
@@ -153,7 +153,7 @@ impl Snapshots {
     }
 
     /// Manifests of complete snapshots, oldest first.
-    pub fn list(&self) -> Result<Vec<Manifest>> {
+    pub(crate) fn list(&self) -> Result<Vec<Manifest>> {
         let mut out = Vec::new();
         let entries = match std::fs::read_dir(&self.dir) {
             Ok(e) => e,
@@ -173,7 +173,7 @@ impl Snapshots {
 
     /// Applies retention, and removes leftovers of interrupted snapshots. Returns the
     /// ids removed.
-    pub fn prune(&self) -> Result<Vec<String>> {
+    pub(crate) fn prune(&self) -> Result<Vec<String>> {
         for entry in std::fs::read_dir(&self.dir)? {
             let path = entry?.path();
             if path.extension().is_some_and(|e| e == "partial") {
@@ -188,7 +188,7 @@ impl Snapshots {
     }
 
     /// The newest complete snapshot and its directory.
-    pub fn latest(&self) -> Result<Option<(Manifest, PathBuf)>> {
+    pub(crate) fn latest(&self) -> Result<Option<(Manifest, PathBuf)>> {
         Ok(self.list()?.pop().map(|m| {
             let dir = self.path_of(&m.id);
             (m, dir)
@@ -196,12 +196,12 @@ impl Snapshots {
     }
 
     /// The directory holding the snapshots.
-    pub fn dir(&self) -> &Path {
+    pub(crate) fn dir(&self) -> &Path {
         &self.dir
     }
 
     /// Directory of snapshot `id`.
-    pub fn path_of(&self, id: &str) -> PathBuf {
+    pub(crate) fn path_of(&self, id: &str) -> PathBuf {
         self.dir.join(id)
     }
 }
@@ -281,7 +281,7 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// SHA-256 of a file, hex.
-pub fn sha256_file(path: &Path) -> Result<String> {
+pub(crate) fn sha256_file(path: &Path) -> Result<String> {
     let mut f = File::open(path)?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -296,7 +296,7 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 }
 
 /// Checks a snapshot directory: manifest readable, size and checksum match.
-pub fn verify(dir: &Path) -> Result<Manifest> {
+pub(crate) fn verify(dir: &Path) -> Result<Manifest> {
     let m = read_manifest(dir)?;
     let file = dir.join(DB_FILE);
     let size = std::fs::metadata(&file).map_err(|e| Error::Snapshot(format!("{}: {e}", file.display())))?.len();

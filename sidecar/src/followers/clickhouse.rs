@@ -13,17 +13,19 @@
 //! after `degraded_after` consecutive failures the sync reports itself degraded
 //! (status, metric, log) and keeps retrying at the slowest pace.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::ClickhouseConfig;
 use crate::error::{Error, Result};
 use crate::store::model::Trade;
 use crate::store::reader::Reader;
 use crate::store::writer::{WriteOp, WriterHandle};
+use crate::telemetry::Shared;
 use crate::telemetry::metrics::Metrics;
 
 /// Sink name in `sync_state`.
@@ -45,9 +47,6 @@ pub struct SyncStatus {
     /// The last error, while failing.
     pub last_error: Option<String>,
 }
-
-/// Shared sync status.
-pub type SharedStatus = Arc<Mutex<SyncStatus>>;
 
 /// One row of the ClickHouse table (times as epoch microseconds: ClickHouse 18.16
 /// has no DateTime64).
@@ -106,17 +105,17 @@ pub fn create_table_sql(table: &str) -> String {
 }
 
 /// The sync task's state.
-pub struct Sync {
+pub struct ClickhouseSync {
     cfg: ClickhouseConfig,
     client: clickhouse::Client,
     reader: Reader,
     writer: WriterHandle,
     metrics: Arc<Metrics>,
-    status: SharedStatus,
+    status: Shared<SyncStatus>,
     synced: watch::Sender<i64>,
 }
 
-impl Sync {
+impl ClickhouseSync {
     /// Prepares the sync (connections are made by the task), resuming from `watermark`,
     /// the durable one ([`durable_watermark`]).
     pub fn new(
@@ -136,10 +135,10 @@ impl Sync {
         if let Some(p) = password {
             client = client.with_password(p);
         }
-        let status = Arc::new(Mutex::new(SyncStatus { enabled: true, watermark, ..Default::default() }));
+        let status = Arc::new(parking_lot::Mutex::new(SyncStatus { enabled: true, watermark, ..Default::default() }));
         metrics.sync_watermark.set(watermark);
         let synced = watch::channel(watermark).0;
-        Ok(Sync { cfg, client, reader, writer, metrics, status, synced })
+        Ok(ClickhouseSync { cfg, client, reader, writer, metrics, status, synced })
     }
 
     /// The durable watermark as it advances (the journal mirrors it to Redis).
@@ -148,12 +147,18 @@ impl Sync {
     }
 
     /// The status handle, for `/v1/status`.
-    pub fn status(&self) -> SharedStatus {
+    pub fn status(&self) -> Shared<SyncStatus> {
         self.status.clone()
     }
 
-    /// Runs until `committed` closes.
-    pub async fn run(self, mut committed: watch::Receiver<i64>) {
+    /// Runs until `committed` closes (the writer stopped), or until `stop` is
+    /// cancelled, at any point: delivery is at-least-once, so a batch cut short is
+    /// sent again by the next start.
+    pub async fn run(self, committed: watch::Receiver<i64>, stop: CancellationToken) {
+        stop.run_until_cancelled(self.follow(committed)).await;
+    }
+
+    async fn follow(self, mut committed: watch::Receiver<i64>) {
         let mut watermark = *self.synced.borrow();
         let mut table_ready = false;
         let mut failures: u32 = 0;
@@ -201,7 +206,7 @@ impl Sync {
         self.metrics.sync_watermark.set(watermark);
         self.metrics.sync_lag.set((last - watermark).max(0));
         self.metrics.sync_degraded.set(i64::from(degraded));
-        let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = self.status.lock();
         s.degraded = degraded;
         s.watermark = watermark;
         s.lag = (last - watermark).max(0);
@@ -271,7 +276,7 @@ pub fn backoff(schedule: &[Duration], failures: u32) -> Duration {
 }
 
 fn ch<T>(r: clickhouse::error::Result<T>) -> Result<T> {
-    r.map_err(|e| Error::Unavailable(format!("clickhouse: {e}")))
+    r.map_err(|e| Error::dependency("clickhouse", e))
 }
 
 #[cfg(test)]

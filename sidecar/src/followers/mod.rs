@@ -1,4 +1,9 @@
-//! Followers of the commit sequence: the Redis journal and the ClickHouse sync.
+//! Followers of the commit sequence: background tasks that read the changes after
+//! their watermark from the store and deliver them elsewhere, never on the write
+//! path (a commit never waits for them).
+//!
+//! [`journal`] appends every change to Redis (which start-up recovery can replay);
+//! [`clickhouse`] syncs the trades into a ClickHouse table for analytics.
 
-pub mod clickhouse;
-pub mod journal;
+pub(crate) mod clickhouse;
+pub(crate) mod journal;

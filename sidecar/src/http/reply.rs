@@ -38,16 +38,20 @@ pub fn from_error(e: &Error) -> Response {
             &json!({ "error": { "code": "conflict", "message": reason, "current": current } }),
         ),
         Error::Snapshot(_) => error(StatusCode::CONFLICT, "snapshot", e.to_string()),
-        Error::Unavailable(msg) => {
-            let mut r = error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", msg.clone());
-            r.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-            r
-        }
+        Error::Unavailable(msg) => unavailable(msg.clone()),
+        Error::Dependency { what, source } => unavailable(format!("{what}: {source}")),
         other => {
             tracing::error!(error = %other, "request failed");
             error(StatusCode::INTERNAL_SERVER_ERROR, "internal", other.to_string())
         }
     }
+}
+
+/// 503 with `Retry-After`: the client may try again in a second.
+fn unavailable(message: String) -> Response {
+    let mut r = error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message);
+    r.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    r
 }
 
 /// Turns a handler result into a response.

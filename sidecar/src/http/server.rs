@@ -22,16 +22,18 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use hyper::body::{Body, Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use parking_lot::{Mutex, MutexGuard};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
 use tower_service::Service;
 use warp::http::{Request, StatusCode, header};
 use warp::reply::Response;
@@ -373,8 +375,8 @@ struct Shared {
 }
 
 impl Shared {
-    fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
-        self.registry.lock().unwrap_or_else(|e| e.into_inner())
+    fn registry(&self) -> MutexGuard<'_, Registry> {
+        self.registry.lock()
     }
 
     /// Registers a new connection, first making room if the cap is reached; `None`
@@ -427,15 +429,10 @@ impl Shared {
     }
 }
 
-/// Serves `routes` on `listener` until `stop` turns true, then drains (see the module
+/// Serves `routes` on `listener` until `stop` is cancelled, then drains (see the module
 /// documentation) and returns once every connection is closed.
-pub async fn serve<F>(
-    listener: TcpListener,
-    routes: F,
-    limits: Limits,
-    metrics: Arc<Metrics>,
-    mut stop: watch::Receiver<bool>,
-) where
+pub async fn serve<F>(listener: TcpListener, routes: F, limits: Limits, metrics: Arc<Metrics>, stop: CancellationToken)
+where
     F: warp::Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static,
 {
     let shared = Arc::new(Shared {
@@ -446,7 +443,7 @@ pub async fn serve<F>(
         closing: watch::Sender::new(false),
     });
     let service = warp::service(routes);
-    accept_until(&listener, &shared, &service, stop.wait_for(|s| *s)).await;
+    accept_until(&listener, &shared, &service, stop.cancelled()).await;
     tracing::info!(drain = ?limits.drain, "shutdown: still accepting while the drain lasts; writes get 503");
     accept_until(&listener, &shared, &service, tokio::time::sleep(limits.drain)).await;
     drop(listener);

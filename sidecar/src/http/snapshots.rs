@@ -14,7 +14,7 @@ pub async fn take(app: Arc<App>, authz: Option<String>) -> Response {
     observed(&app, "snapshots_take", "POST", async {
         let result = async {
             auth::check(app.token.as_deref(), authz.as_deref())?;
-            app.take_snapshot().await
+            app.backups.take(&app.reader, app.schema_version).await
         }
         .await;
         reply::result(StatusCode::CREATED, result)

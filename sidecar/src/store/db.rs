@@ -11,11 +11,11 @@ use crate::store::model::{Side, Status, Trade};
 use crate::store::money::Amount;
 
 /// Columns selected by [`trade_from_row`], in order.
-pub const TRADE_COLUMNS: &str = "id, symbol, side, quantity, price, status, epoch_us(ts), version, seq, \
+pub(crate) const TRADE_COLUMNS: &str = "id, symbol, side, quantity, price, status, epoch_us(ts), version, seq, \
      epoch_us(created_at), epoch_us(updated_at)";
 
 /// Opens (or creates) the database file with the configured engine settings.
-pub fn open(path: &Path, cfg: &DuckdbConfig) -> Result<Connection> {
+pub(crate) fn open(path: &Path, cfg: &DuckdbConfig) -> Result<Connection> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -23,8 +23,8 @@ pub fn open(path: &Path, cfg: &DuckdbConfig) -> Result<Connection> {
     if let Some(limit) = &cfg.memory_limit {
         flags = flags.max_memory(limit)?;
     }
-    let conn = Connection::open_with_flags(path, flags)
-        .map_err(|e| Error::Internal(format!("cannot open database {}: {e}", path.display())))?;
+    let conn =
+        Connection::open_with_flags(path, flags).map_err(|source| Error::Open { path: path.to_path_buf(), source })?;
     conn.execute_batch(&format!("SET checkpoint_threshold = '{}B';", cfg.checkpoint_threshold_bytes))?;
     Ok(conn)
 }
@@ -33,7 +33,7 @@ pub fn open(path: &Path, cfg: &DuckdbConfig) -> Result<Connection> {
 /// that the writer, the integrity check and the snapshot code agree on what may be
 /// retried, what needs a restart, and what is evidence of damage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Failure {
+pub(crate) enum Failure {
     /// The stored data is damaged: a block checksum mismatch, a corrupt or unreadable
     /// file, an invariant the integrity check found broken, a snapshot that does not
     /// match its manifest. Only this may quarantine the database file.
@@ -52,11 +52,11 @@ pub enum Failure {
 /// Classifies an error. DuckDB errors are read from their text, because the C API
 /// hands duckdb-rs no usable error type (every failure has state 1); the text starts
 /// with DuckDB's exception type (`Out of Memory Error: …`, `FATAL Error: …`).
-pub fn classify(e: &Error) -> Failure {
+pub(crate) fn classify(e: &Error) -> Failure {
     match e {
         Error::Db(db) => classify_duckdb(&db.to_string()),
         Error::Integrity(_) | Error::Snapshot(_) => Failure::Damage,
-        Error::Unavailable(_) => Failure::Transient,
+        Error::Unavailable(_) | Error::Dependency { .. } => Failure::Transient,
         Error::Io(io) => match io.kind() {
             std::io::ErrorKind::Interrupted
             | std::io::ErrorKind::TimedOut
@@ -69,7 +69,7 @@ pub fn classify(e: &Error) -> Failure {
 }
 
 /// Classifies a DuckDB error message (see [`classify`]).
-pub fn classify_duckdb(message: &str) -> Failure {
+pub(crate) fn classify_duckdb(message: &str) -> Failure {
     let lower = message.to_ascii_lowercase();
     // An invalidated database quotes the original error, which may itself look
     // transient or like damage; the instance is unusable either way.
@@ -96,19 +96,19 @@ pub fn classify_duckdb(message: &str) -> Failure {
 }
 
 /// Path of the write-ahead log DuckDB keeps next to the database file.
-pub fn wal_path(db: &Path) -> PathBuf {
+pub(crate) fn wal_path(db: &Path) -> PathBuf {
     let mut p = db.as_os_str().to_owned();
     p.push(".wal");
     PathBuf::from(p)
 }
 
 /// Current WAL size in bytes (0 when there is none).
-pub fn wal_size(db: &Path) -> u64 {
+pub(crate) fn wal_size(db: &Path) -> u64 {
     std::fs::metadata(wal_path(db)).map(|m| m.len()).unwrap_or(0)
 }
 
 /// Maps a row selected with [`TRADE_COLUMNS`].
-pub fn trade_from_row(row: &Row<'_>) -> duckdb::Result<Trade> {
+pub(crate) fn trade_from_row(row: &Row<'_>) -> duckdb::Result<Trade> {
     let side: String = row.get(2)?;
     let status: String = row.get(5)?;
     let bad = |what: &str, v: &str| {

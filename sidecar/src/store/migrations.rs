@@ -31,14 +31,14 @@ pub struct Migration {
 
 impl Migration {
     /// SHA-256 of the forward script, hex.
-    pub fn checksum(&self) -> String {
+    pub(crate) fn checksum(&self) -> String {
         hex::encode(Sha256::digest(self.up.as_bytes()))
     }
 }
 
 /// A row of `schema_migrations`.
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Applied {
+pub(crate) struct Applied {
     /// Version.
     pub version: i64,
     /// Name.
@@ -51,7 +51,7 @@ pub struct Applied {
 
 /// What `migrate status` reports.
 #[derive(Debug, Clone, Serialize)]
-pub struct Status {
+pub(crate) struct Status {
     /// Highest applied version (0 for an empty file).
     pub current: i64,
     /// Highest version this binary knows.
@@ -73,7 +73,7 @@ pub fn embedded() -> &'static [Migration] {
 
 /// Builds the ordered migration list from `(file name, contents)` pairs, checking
 /// that every version has both scripts and versions run 1, 2, 3, … without gaps.
-pub fn parse<'a>(files: impl Iterator<Item = (String, &'a [u8])>) -> Result<Vec<Migration>> {
+pub(crate) fn parse<'a>(files: impl Iterator<Item = (String, &'a [u8])>) -> Result<Vec<Migration>> {
     let mut map: std::collections::BTreeMap<i64, (String, Option<String>, Option<String>)> = Default::default();
     for (path, contents) in files {
         let bad = || Error::Migration(format!("unexpected file {path:?} (want NNNN_name.up.sql / .down.sql)"));
@@ -130,7 +130,7 @@ fn applied(conn: &Connection) -> Result<Vec<Applied>> {
 }
 
 /// Reports applied and pending migrations.
-pub fn status(conn: &Connection, known: &[Migration]) -> Result<Status> {
+pub(crate) fn status(conn: &Connection, known: &[Migration]) -> Result<Status> {
     let applied = applied(conn)?;
     let current = applied.last().map_or(0, |a| a.version);
     let pending = known.iter().map(|m| m.version).filter(|v| *v > current).collect();
@@ -139,7 +139,7 @@ pub fn status(conn: &Connection, known: &[Migration]) -> Result<Status> {
 
 /// Refuses a file this binary must not touch: a schema newer than it knows, a gap,
 /// or an applied migration whose script changed.
-pub fn check(conn: &Connection, known: &[Migration]) -> Result<Status> {
+pub(crate) fn check(conn: &Connection, known: &[Migration]) -> Result<Status> {
     let st = status(conn, known)?;
     if st.current > st.latest {
         return Err(Error::Migration(format!(
@@ -193,7 +193,7 @@ pub fn up(conn: &Connection, known: &[Migration], target: Option<i64>) -> Result
 
 /// Rolls back applied migrations above version `to`, newest first, in one transaction.
 /// Returns the versions rolled back.
-pub fn down(conn: &Connection, known: &[Migration], to: i64) -> Result<Vec<i64>> {
+pub(crate) fn down(conn: &Connection, known: &[Migration], to: i64) -> Result<Vec<i64>> {
     let st = check(conn, known)?;
     if to < 0 {
         return Err(Error::Migration("--to must be >= 0".into()));

@@ -9,9 +9,9 @@ use serde::{Deserialize, Serialize};
 use crate::store::money::Amount;
 
 /// Longest accepted trade id.
-pub const MAX_ID_LEN: usize = 64;
+pub(crate) const MAX_ID_LEN: usize = 64;
 /// Longest accepted symbol (also enforced by the schema).
-pub const MAX_SYMBOL_LEN: usize = 32;
+pub(crate) const MAX_SYMBOL_LEN: usize = 32;
 
 /// Buy or sell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,7 +38,7 @@ pub enum Status {
 
 impl Side {
     /// The name stored in the database and used on the wire.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Side::Buy => "buy",
             Side::Sell => "sell",
@@ -46,7 +46,7 @@ impl Side {
     }
 
     /// Parses the stored name.
-    pub fn parse(s: &str) -> Option<Self> {
+    pub(crate) fn parse(s: &str) -> Option<Self> {
         match s {
             "buy" => Some(Side::Buy),
             "sell" => Some(Side::Sell),
@@ -57,7 +57,7 @@ impl Side {
 
 impl Status {
     /// The name stored in the database and used on the wire.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Status::Pending => "pending",
             Status::Filled => "filled",
@@ -66,7 +66,7 @@ impl Status {
     }
 
     /// Parses the stored name.
-    pub fn parse(s: &str) -> Option<Self> {
+    pub(crate) fn parse(s: &str) -> Option<Self> {
         match s {
             "pending" => Some(Status::Pending),
             "filled" => Some(Status::Filled),
@@ -109,7 +109,7 @@ pub struct Trade {
 /// A trade as submitted for insertion.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct NewTrade {
+pub(crate) struct NewTrade {
     /// Optional id; a time-ordered UUID is generated when absent.
     pub id: Option<String>,
     /// Instrument symbol.
@@ -130,7 +130,7 @@ pub struct NewTrade {
 /// A change to an existing trade, guarded by the version the client last saw.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct TradePatch {
+pub(crate) struct TradePatch {
     /// The version the client expects the trade to have; a mismatch is a conflict.
     pub expected_version: i64,
     /// New symbol.
@@ -163,7 +163,7 @@ impl FieldError {
     }
 
     /// Prefixes the field path, e.g. for an element of a batch.
-    pub fn within(mut self, prefix: &str) -> Self {
+    pub(crate) fn within(mut self, prefix: &str) -> Self {
         self.field = format!("{prefix}.{}", self.field);
         self
     }
@@ -198,12 +198,12 @@ fn check_token(field: &str, value: &str, max: usize) -> Result<(), FieldError> {
 }
 
 /// Checks a trade id: 1–64 of `A-Za-z0-9._:-`, not `.` or `..`.
-pub fn validate_id(id: &str) -> Result<(), FieldError> {
+pub(crate) fn validate_id(id: &str) -> Result<(), FieldError> {
     check_token("id", id, MAX_ID_LEN)
 }
 
 /// Checks a symbol: 1–32 of `A-Za-z0-9._:-`, not `.` or `..`.
-pub fn validate_symbol(symbol: &str) -> Result<(), FieldError> {
+pub(crate) fn validate_symbol(symbol: &str) -> Result<(), FieldError> {
     check_token("symbol", symbol, MAX_SYMBOL_LEN)
 }
 
@@ -218,7 +218,7 @@ fn validate_quantity(q: Amount) -> Result<(), FieldError> {
 
 impl NewTrade {
     /// Validates every field; the first problem found is reported.
-    pub fn validate(&self) -> Result<(), FieldError> {
+    pub(crate) fn validate(&self) -> Result<(), FieldError> {
         if let Some(id) = &self.id {
             validate_id(id)?;
         }
@@ -231,7 +231,7 @@ impl NewTrade {
     }
 
     /// Turns a validated submission into a stored trade.
-    pub fn into_trade(self, id: String, seq: i64, now: i64) -> Trade {
+    pub(crate) fn into_trade(self, id: String, seq: i64, now: i64) -> Trade {
         Trade {
             id,
             symbol: self.symbol,
@@ -250,7 +250,7 @@ impl NewTrade {
 
 impl TradePatch {
     /// Validates every present field.
-    pub fn validate(&self) -> Result<(), FieldError> {
+    pub(crate) fn validate(&self) -> Result<(), FieldError> {
         if self.expected_version < 1 {
             return Err(FieldError::new("expected_version", "must be >= 1"));
         }
@@ -264,7 +264,7 @@ impl TradePatch {
     }
 
     /// The trade after this patch, as the next version with sequence `seq`.
-    pub fn apply(&self, current: &Trade, seq: i64, now: i64) -> Trade {
+    pub(crate) fn apply(&self, current: &Trade, seq: i64, now: i64) -> Trade {
         Trade {
             id: current.id.clone(),
             symbol: self.symbol.clone().unwrap_or_else(|| current.symbol.clone()),
@@ -282,19 +282,19 @@ impl TradePatch {
 }
 
 /// Current time in microseconds since the epoch.
-pub fn now_micros() -> i64 {
+pub(crate) fn now_micros() -> i64 {
     Utc::now().timestamp_micros()
 }
 
 /// Formats epoch microseconds as RFC 3339 (UTC, microsecond precision).
-pub fn format_micros(micros: i64) -> String {
+pub(crate) fn format_micros(micros: i64) -> String {
     DateTime::<Utc>::from_timestamp_micros(micros)
         .map(|t| t.to_rfc3339_opts(SecondsFormat::Micros, true))
         .unwrap_or_else(|| micros.to_string())
 }
 
 /// Parses an RFC 3339 time into epoch microseconds.
-pub fn parse_micros(s: &str) -> Result<i64, String> {
+pub(crate) fn parse_micros(s: &str) -> Result<i64, String> {
     DateTime::parse_from_rfc3339(s)
         .map(|t| t.with_timezone(&Utc).timestamp_micros())
         .map_err(|e| format!("not an RFC 3339 time ({e})"))

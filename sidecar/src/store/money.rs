@@ -21,11 +21,9 @@ use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Fractional digits of a quantity or price.
-pub const SCALE: u32 = 8;
+pub(crate) const SCALE: u32 = 8;
 /// Total digits of a quantity or price (DuckDB `DECIMAL(18,8)`).
-pub const WIDTH: u8 = 18;
-/// The SQL type of a quantity or price column.
-pub const SQL_TYPE: &str = "DECIMAL(18,8)";
+pub(crate) const WIDTH: u8 = 18;
 /// Exclusive bound of an amount's units (`10^10` whole units).
 const LIMIT: i64 = 1_000_000_000_000_000_000;
 
@@ -54,12 +52,12 @@ impl Amount {
     }
 
     /// The scaled integer.
-    pub fn units(self) -> i64 {
+    pub(crate) fn units(self) -> i64 {
         self.0
     }
 
     /// True when above zero.
-    pub fn is_positive(self) -> bool {
+    pub(crate) fn is_positive(self) -> bool {
         self.0 > 0
     }
 
@@ -111,26 +109,26 @@ impl Amount {
     }
 
     /// From a DuckDB `DECIMAL` value of any scale up to 8.
-    pub fn from_sql(d: duckdb::types::Decimal) -> Option<Amount> {
+    pub(crate) fn from_sql(d: duckdb::types::Decimal) -> Option<Amount> {
         let shift = SCALE.checked_sub(u32::from(d.scale()))?;
         let units = d.value().checked_mul(10i128.pow(shift))?;
         Amount::from_units(i64::try_from(units).ok()?)
     }
 
     /// `self × other` with 16 fractional digits: exact in 128 bits.
-    pub fn times(self, other: Amount) -> Sum16 {
+    pub(crate) fn times(self, other: Amount) -> Sum16 {
         Sum16(i128::from(self.0) * i128::from(other.0))
     }
 }
 
 impl Sum8 {
     /// Adds `sign × a`.
-    pub fn add(&mut self, a: Amount, sign: i64) {
+    pub(crate) fn add(&mut self, a: Amount, sign: i64) {
         self.0 += i128::from(sign) * i128::from(a.0);
     }
 
     /// `notional / self` at 8 decimals, rounded half to even; none when not positive.
-    pub fn average(self, notional: Sum16) -> Option<Sum8> {
+    pub(crate) fn average(self, notional: Sum16) -> Option<Sum8> {
         (self.0 > 0).then(|| Sum8(divide_half_even(notional.0, self.0)))
     }
 
@@ -142,7 +140,7 @@ impl Sum8 {
 
 impl Sum16 {
     /// Adds `sign × n`.
-    pub fn add(&mut self, n: Sum16, sign: i64) {
+    pub(crate) fn add(&mut self, n: Sum16, sign: i64) {
         self.0 += i128::from(sign) * n.0;
     }
 

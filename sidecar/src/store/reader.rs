@@ -3,10 +3,11 @@
 //! writes. Hot reads (trade state, recently changed trades) are answered from the
 //! writer's in-memory state and never touch DuckDB.
 
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use duckdb::{Connection, params_from_iter};
+use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
@@ -25,7 +26,7 @@ impl r2d2::ManageConnection for CloneManager {
     type Error = duckdb::Error;
 
     fn connect(&self) -> Result<Connection, duckdb::Error> {
-        self.base.lock().unwrap_or_else(|e| e.into_inner()).try_clone()
+        self.base.lock().try_clone()
     }
 
     fn is_valid(&self, conn: &mut Connection) -> Result<(), duckdb::Error> {
@@ -39,7 +40,7 @@ impl r2d2::ManageConnection for CloneManager {
 
 /// A list query: trades of one symbol in a time range, oldest first.
 #[derive(Debug, Clone, Default)]
-pub struct ListQuery {
+pub(crate) struct ListQuery {
     /// Symbol to list.
     pub symbol: String,
     /// Inclusive lower bound of `ts` (epoch µs).
@@ -56,7 +57,7 @@ pub struct ListQuery {
 
 /// One page of trades.
 #[derive(Debug, Clone, Serialize)]
-pub struct Page {
+pub(crate) struct Page {
     /// The trades.
     pub trades: Vec<Trade>,
     /// Cursor for the next page, when there may be one.
@@ -65,14 +66,19 @@ pub struct Page {
 
 /// The read side.
 #[derive(Clone)]
-pub struct Reader {
+pub(crate) struct Reader {
     pool: r2d2::Pool<CloneManager>,
     state: Arc<RwLock<HotState>>,
 }
 
 impl Reader {
     /// Builds a pool of `size` connections cloned from `base`.
-    pub fn new(base: Connection, size: u32, acquire_timeout: Duration, state: Arc<RwLock<HotState>>) -> Result<Self> {
+    pub(crate) fn new(
+        base: Connection,
+        size: u32,
+        acquire_timeout: Duration,
+        state: Arc<RwLock<HotState>>,
+    ) -> Result<Self> {
         let pool = r2d2::Pool::builder()
             .max_size(size)
             .min_idle(Some(1))
@@ -84,13 +90,13 @@ impl Reader {
     }
 
     /// Runs `f` on a pooled read connection off the async runtime.
-    pub async fn with_conn<T: Send + 'static>(
+    pub(crate) async fn with_conn<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let pool = self.pool.clone();
         tokio::task::spawn_blocking(move || {
-            let conn = pool.get().map_err(|e| Error::Unavailable(format!("no free read connection: {e}")))?;
+            let conn = pool.get().map_err(|e| Error::dependency("no free read connection", e))?;
             f(&conn)
         })
         .await
@@ -98,8 +104,8 @@ impl Reader {
     }
 
     /// One trade by id: from the hot window when recently changed, else from DuckDB.
-    pub async fn trade(&self, id: &str) -> Result<Trade> {
-        if let Some(t) = self.state.read().unwrap_or_else(|e| e.into_inner()).recent_trade(id) {
+    pub(crate) async fn trade(&self, id: &str) -> Result<Trade> {
+        if let Some(t) = self.state.read().recent_trade(id) {
             return Ok(t);
         }
         let id = id.to_string();
@@ -117,7 +123,7 @@ impl Reader {
 
     /// The current state of every trade changed after sequence `seq`, oldest change
     /// first, at most `limit` (what the journal and the sync follow).
-    pub async fn changes_after(&self, seq: i64, limit: usize) -> Result<Vec<Trade>> {
+    pub(crate) async fn changes_after(&self, seq: i64, limit: usize) -> Result<Vec<Trade>> {
         self.with_conn(move |conn| {
             let sql = format!("SELECT {} FROM trades WHERE seq > ? ORDER BY seq LIMIT {limit}", db::TRADE_COLUMNS);
             let mut stmt = conn.prepare_cached(&sql)?;
@@ -128,7 +134,7 @@ impl Reader {
     }
 
     /// A page of trades for one symbol, ordered by (ts, id).
-    pub async fn list(&self, q: ListQuery) -> Result<Page> {
+    pub(crate) async fn list(&self, q: ListQuery) -> Result<Page> {
         self.with_conn(move |conn| {
             let mut sql = format!("SELECT {} FROM trades WHERE symbol = ?", db::TRADE_COLUMNS);
             let mut args: Vec<duckdb::types::Value> = vec![q.symbol.clone().into()];
@@ -164,27 +170,43 @@ impl Reader {
     }
 
     /// Trade state of one symbol (hot, from memory).
-    pub fn symbol_state(&self, symbol: &str) -> Option<SymbolState> {
-        self.state.read().unwrap_or_else(|e| e.into_inner()).symbol(symbol)
+    pub(crate) fn symbol_state(&self, symbol: &str) -> Option<SymbolState> {
+        self.state.read().symbol(symbol)
     }
 
     /// Trade state of the given symbols that have filled trades (hot, from memory).
-    pub fn symbol_states<'a>(&self, symbols: impl Iterator<Item = &'a str>) -> Vec<SymbolState> {
-        let s = self.state.read().unwrap_or_else(|e| e.into_inner());
+    pub(crate) fn symbol_states<'a>(&self, symbols: impl Iterator<Item = &'a str>) -> Vec<SymbolState> {
+        let s = self.state.read();
         let wanted: std::collections::BTreeSet<&str> = symbols.collect();
         wanted.into_iter().filter_map(|sym| s.symbol(sym)).collect()
     }
 
     /// Runs `f` with the hot state read-locked (the writer cannot apply a commit meanwhile).
-    pub fn with_state<T>(&self, f: impl FnOnce(&HotState) -> T) -> T {
-        f(&self.state.read().unwrap_or_else(|e| e.into_inner()))
+    pub(crate) fn with_state<T>(&self, f: impl FnOnce(&HotState) -> T) -> T {
+        f(&self.state.read())
     }
 
     /// Trade state of all symbols and the last committed sequence (hot, from memory).
-    pub fn all_state(&self) -> (Vec<SymbolState>, i64) {
-        let s = self.state.read().unwrap_or_else(|e| e.into_inner());
+    pub(crate) fn all_state(&self) -> (Vec<SymbolState>, i64) {
+        let s = self.state.read();
         (s.all_symbols(), s.last_seq())
     }
+}
+
+/// Builds the hot state from the `trade_state` view and the latest changes.
+pub(crate) fn load_hot_state(conn: &Connection, recent: usize) -> Result<HotState> {
+    let symbols = load_symbol_states(conn)?;
+    let last_seq: i64 = conn.query_row("SELECT coalesce(max(seq), 0) FROM trades", [], |r| r.get(0))?;
+    let mut state = HotState::new(symbols, last_seq, recent);
+    let sql = format!(
+        "SELECT {} FROM (SELECT * FROM trades ORDER BY seq DESC LIMIT {recent}) ORDER BY seq",
+        db::TRADE_COLUMNS
+    );
+    let mut stmt = conn.prepare(&sql)?;
+    for t in stmt.query_map([], db::trade_from_row)? {
+        state.remember(t?);
+    }
+    Ok(state)
 }
 
 /// Reads the `trade_state` view. The sums travel as text: DuckDB's `DECIMAL(38,…)`
@@ -225,12 +247,12 @@ fn not_a_sum(i: usize, text: &str) -> duckdb::Error {
 }
 
 /// Encodes a list position as an opaque cursor.
-pub fn encode_cursor(ts: i64, id: &str) -> String {
+pub(crate) fn encode_cursor(ts: i64, id: &str) -> String {
     format!("{ts}~{id}")
 }
 
 /// Decodes a cursor made by [`encode_cursor`].
-pub fn decode_cursor(s: &str) -> Option<(i64, String)> {
+pub(crate) fn decode_cursor(s: &str) -> Option<(i64, String)> {
     let (ts, id) = s.split_once('~')?;
     crate::store::model::validate_id(id).ok()?;
     Some((ts.parse().ok()?, id.to_string()))

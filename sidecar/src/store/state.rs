@@ -54,7 +54,7 @@ impl SymbolState {
     }
 
     /// Recomputes the derived fields from the exact sums.
-    pub fn refresh(&mut self) {
+    pub(crate) fn refresh(&mut self) {
         let volume = Sum8(self.buy_quantity.0 + self.sell_quantity.0);
         self.position = Sum8(self.buy_quantity.0 - self.sell_quantity.0);
         self.avg_buy_price = self.buy_quantity.average(self.buy_notional);
@@ -107,7 +107,7 @@ impl HotState {
 
     /// Adds a trade to the recent window without touching the aggregates
     /// (used when loading the window at start).
-    pub fn remember(&mut self, t: Trade) {
+    pub(crate) fn remember(&mut self, t: Trade) {
         if self.recent_capacity == 0 {
             return;
         }
@@ -122,7 +122,7 @@ impl HotState {
     }
 
     /// The state of one symbol, if it has filled trades.
-    pub fn symbol(&self, symbol: &str) -> Option<SymbolState> {
+    pub(crate) fn symbol(&self, symbol: &str) -> Option<SymbolState> {
         self.symbols.get(symbol).cloned()
     }
 
@@ -132,7 +132,7 @@ impl HotState {
     }
 
     /// The latest version of a recently changed trade, if still in the window.
-    pub fn recent_trade(&self, id: &str) -> Option<Trade> {
+    pub(crate) fn recent_trade(&self, id: &str) -> Option<Trade> {
         let seq = *self.recent_index.get(id)?;
         // `recent` is ordered by seq, so a binary search finds the entry.
         let i = self.recent.binary_search_by_key(&seq, |t| t.seq).ok()?;
@@ -140,7 +140,7 @@ impl HotState {
     }
 
     /// Sequence of the last committed change.
-    pub fn last_seq(&self) -> i64 {
+    pub(crate) fn last_seq(&self) -> i64 {
         self.last_seq
     }
 }

@@ -9,12 +9,13 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
-use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use duckdb::{Connection, params_from_iter};
+use parking_lot::RwLock;
 use tokio::sync::oneshot;
 
 use crate::config::Config;
@@ -463,7 +464,7 @@ impl Writer {
     fn after_commit(&mut self, planned: &[Planned]) {
         self.metrics.commits.inc();
         self.commits_since_checkpoint += 1;
-        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.state.write();
         let mut inserted = 0;
         self.wrote_since_wal_seen |= planned.iter().any(|p| !p.changes.is_empty());
         for p in planned {

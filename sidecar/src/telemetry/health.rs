@@ -1,16 +1,31 @@
-//! Liveness and readiness, as plain state the probes read.
+//! Liveness and readiness, as plain state the probes read, and the two reasons the
+//! process stops by itself ([`StopReason`]), which the serve loop waits for.
 //!
 //! Liveness: the process answers and the writer made progress within the deadline
 //! (the writer beats while idle and around every commit, so a wedged commit or a
 //! dead writer thread fails it), and no fatal storage error was seen. A fatal error
-//! also makes the process stop by itself ([`Health::fatal`], watched by
-//! [`crate::app::App::stop_requested`]): DuckDB refuses every later statement, so
-//! waiting for a liveness restart would only prolong the outage.
+//! also makes the process stop by itself ([`Health::stop_requested`]): DuckDB refuses
+//! every later statement, so waiting for a liveness restart would only prolong the
+//! outage.
 //! Readiness: live, migrations applied and recovery done, and not shutting down.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use tokio::sync::watch;
+
+/// Why the sidecar stops without a signal.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum StopReason {
+    /// An integrity check failed and `integrity.on_failure` is `recover`: stop cleanly,
+    /// quarantine the file once the journal holds everything, restart into recovery.
+    Recover(String),
+    /// DuckDB invalidated the database (e.g. a checkpoint failed on a full disk): every
+    /// later statement fails, so stop (non-zero) and let the restart reopen the file
+    /// and replay the WAL, which holds every acknowledged commit.
+    Fatal(String),
+}
 
 /// Shared health flags.
 #[derive(Debug)]
@@ -20,7 +35,8 @@ pub struct Health {
     deadline: Duration,
     ready: AtomicBool,
     shutting_down: AtomicBool,
-    fatal: tokio::sync::watch::Sender<Option<String>>,
+    fatal: watch::Sender<Option<String>>,
+    recover: watch::Sender<Option<String>>,
     integrity: Mutex<Option<String>>,
 }
 
@@ -33,7 +49,8 @@ impl Health {
             deadline,
             ready: AtomicBool::new(false),
             shutting_down: AtomicBool::new(false),
-            fatal: tokio::sync::watch::channel(None).0,
+            fatal: watch::channel(None).0,
+            recover: watch::channel(None).0,
             integrity: Mutex::new(None),
         }
     }
@@ -68,26 +85,32 @@ impl Health {
     /// fails and [`Health::fatal`] resolves, so the process stops and its restart
     /// reopens the file and replays the WAL. The first error is kept.
     pub fn set_fatal(&self, why: String) {
-        self.fatal.send_if_modified(|f| {
-            let first = f.is_none();
-            if first {
-                *f = Some(why);
-            }
-            first
-        });
+        keep_first(&self.fatal, why);
     }
 
     /// Resolves with the first fatal error, once there is one.
     pub async fn fatal(&self) -> String {
-        let mut rx = self.fatal.subscribe();
-        let why = rx.wait_for(Option::is_some).await.expect("the sender lives in Health");
-        why.clone().expect("waited for Some")
+        first(&self.fatal).await
+    }
+
+    /// Asks the process to stop cleanly and restart into recovery (an integrity check
+    /// found damage, see [`StopReason::Recover`]). The first request is kept.
+    pub fn request_recovery(&self, why: String) {
+        keep_first(&self.recover, why);
+    }
+
+    /// Resolves once the process should stop by itself, with the reason.
+    pub async fn stop_requested(&self) -> StopReason {
+        tokio::select! {
+            why = first(&self.recover) => StopReason::Recover(why),
+            why = self.fatal() => StopReason::Fatal(why),
+        }
     }
 
     /// Records the last integrity check's failure (None when it passed); a failure
     /// makes readiness fail.
     pub fn set_integrity(&self, failure: Option<String>) {
-        *self.integrity.lock().unwrap_or_else(|e| e.into_inner()) = failure;
+        *self.integrity.lock() = failure;
     }
 
     /// Ok when the process should be left running.
@@ -111,11 +134,29 @@ impl Health {
         if !self.ready.load(Ordering::SeqCst) {
             return Err("starting: migrations or recovery not finished".into());
         }
-        if let Some(why) = self.integrity.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+        if let Some(why) = self.integrity.lock().clone() {
             return Err(format!("integrity check failed: {why}"));
         }
         Ok(())
     }
+}
+
+/// Stores `why` unless a reason is already there (the first one is what happened).
+fn keep_first(reason: &watch::Sender<Option<String>>, why: String) {
+    reason.send_if_modified(|r| {
+        let first = r.is_none();
+        if first {
+            *r = Some(why);
+        }
+        first
+    });
+}
+
+/// The reason in `reason`, once there is one.
+async fn first(reason: &watch::Sender<Option<String>>) -> String {
+    let mut rx = reason.subscribe();
+    let why = rx.wait_for(Option::is_some).await.expect("the sender lives in Health");
+    why.clone().expect("waited for Some")
 }
 
 #[cfg(test)]
@@ -166,5 +207,15 @@ mod tests {
         h.beat();
         assert!(h.liveness().unwrap_err().contains("invalidated"));
         assert_eq!(h.fatal().await, "database invalidated", "the first error is the one reported");
+    }
+
+    #[tokio::test]
+    async fn a_recovery_request_stops_the_process_without_failing_liveness() {
+        let h = Health::new(Duration::from_secs(10));
+        h.beat();
+        h.request_recovery("duplicate sequences".into());
+        h.request_recovery("a later one".into());
+        assert!(h.liveness().is_ok(), "the process stops cleanly; it is not dead");
+        assert_eq!(h.stop_requested().await, StopReason::Recover("duplicate sequences".into()));
     }
 }

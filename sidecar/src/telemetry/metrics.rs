@@ -1,5 +1,6 @@
 //! Prometheus metrics of the sidecar, registered in one place.
 
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
@@ -70,6 +71,38 @@ pub struct Metrics {
     pub snapshot_failures: IntCounter,
 }
 
+/// Builds metrics and registers each in the registry as it is made, so that none can be
+/// declared and then forgotten in the registry.
+struct Registrar<'a>(&'a Registry);
+
+impl Registrar<'_> {
+    fn add<M: Collector + Clone + 'static>(&self, metric: prometheus::Result<M>) -> M {
+        let metric = metric.expect("valid metric options");
+        self.0.register(Box::new(metric.clone())).expect("metric names are unique");
+        metric
+    }
+
+    fn counter(&self, name: &str, help: &str) -> IntCounter {
+        self.add(IntCounter::new(name, help))
+    }
+
+    fn gauge(&self, name: &str, help: &str) -> IntGauge {
+        self.add(IntGauge::new(name, help))
+    }
+
+    fn counter_vec(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        self.add(IntCounterVec::new(Opts::new(name, help), labels))
+    }
+
+    fn histogram(&self, name: &str, help: &str, buckets: &[f64]) -> Histogram {
+        self.add(Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec())))
+    }
+
+    fn histogram_vec(&self, name: &str, help: &str, buckets: &[f64], labels: &[&str]) -> HistogramVec {
+        self.add(HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.to_vec()), labels))
+    }
+}
+
 const LATENCY_BUCKETS: &[f64] =
     &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
@@ -77,124 +110,84 @@ impl Metrics {
     /// Creates and registers all metrics.
     pub fn new() -> Self {
         let registry = Registry::new_custom(Some("tradestore".into()), None).expect("valid prefix");
-        let m = Metrics {
-            http_requests: IntCounterVec::new(
-                Opts::new("http_requests_total", "HTTP requests by route, method and status"),
+        let r = Registrar(&registry);
+        Metrics {
+            http_requests: r.counter_vec(
+                "http_requests_total",
+                "HTTP requests by route, method and status",
                 &["route", "method", "status"],
-            )
-            .unwrap(),
-            http_duration: HistogramVec::new(
-                HistogramOpts::new("http_request_duration_seconds", "HTTP request latency by route")
-                    .buckets(LATENCY_BUCKETS.to_vec()),
+            ),
+            http_duration: r.histogram_vec(
+                "http_request_duration_seconds",
+                "HTTP request latency by route",
+                LATENCY_BUCKETS,
                 &["route"],
-            )
-            .unwrap(),
-            http_client_errors: IntCounterVec::new(
-                Opts::new("http_client_errors_total", "Answers in the 4xx range (client mistakes) by status code"),
+            ),
+            http_client_errors: r.counter_vec(
+                "http_client_errors_total",
+                "Answers in the 4xx range (client mistakes) by status code",
                 &["code"],
-            )
-            .unwrap(),
-            http_open_connections: IntGauge::new("http_open_connections", "HTTP connections open now").unwrap(),
-            http_connections_rejected: IntCounter::new(
+            ),
+            http_open_connections: r.gauge("http_open_connections", "HTTP connections open now"),
+            http_connections_rejected: r.counter(
                 "http_connections_rejected_total",
                 "Connections refused at http.max_connections because every open one was busy",
-            )
-            .unwrap(),
-            http_connections_closed: IntCounterVec::new(
-                Opts::new("http_connections_closed_total", "Connections closed by the server, by reason"),
+            ),
+            http_connections_closed: r.counter_vec(
+                "http_connections_closed_total",
+                "Connections closed by the server, by reason",
                 &["reason"],
-            )
-            .unwrap(),
-            commit_duration: Histogram::with_opts(
-                HistogramOpts::new("writer_commit_duration_seconds", "BEGIN to durable COMMIT of one group commit")
-                    .buckets(LATENCY_BUCKETS.to_vec()),
-            )
-            .unwrap(),
-            batch_requests: Histogram::with_opts(
-                HistogramOpts::new("writer_batch_requests", "Requests folded into one commit")
-                    .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0]),
-            )
-            .unwrap(),
-            commits: IntCounter::new("writer_commits_total", "Committed transactions").unwrap(),
-            batch_fallbacks: IntCounter::new(
-                "writer_batch_fallbacks_total",
-                "Group commits retried request by request after an error",
-            )
-            .unwrap(),
-            writes_rejected: IntCounterVec::new(
-                Opts::new("writer_rejected_total", "Writes refused before reaching the writer"),
+            ),
+            commit_duration: r.histogram(
+                "writer_commit_duration_seconds",
+                "BEGIN to durable COMMIT of one group commit",
+                LATENCY_BUCKETS,
+            ),
+            batch_requests: r.histogram(
+                "writer_batch_requests",
+                "Requests folded into one commit",
+                &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0],
+            ),
+            commits: r.counter("writer_commits_total", "Committed transactions"),
+            batch_fallbacks: r
+                .counter("writer_batch_fallbacks_total", "Group commits retried request by request after an error"),
+            writes_rejected: r.counter_vec(
+                "writer_rejected_total",
+                "Writes refused before reaching the writer",
                 &["reason"],
-            )
-            .unwrap(),
-            queue_depth: IntGauge::new("writer_queue_depth", "Requests waiting for the writer").unwrap(),
-            trade_rows: IntGauge::new("trades_rows", "Rows in the trades table").unwrap(),
-            last_seq: IntGauge::new("last_commit_seq", "Sequence of the last committed change").unwrap(),
-            wal_bytes: IntGauge::new("duckdb_wal_bytes", "Size of the DuckDB WAL file").unwrap(),
-            last_checkpoint: IntGauge::new(
+            ),
+            queue_depth: r.gauge("writer_queue_depth", "Requests waiting for the writer"),
+            trade_rows: r.gauge("trades_rows", "Rows in the trades table"),
+            last_seq: r.gauge("last_commit_seq", "Sequence of the last committed change"),
+            wal_bytes: r.gauge("duckdb_wal_bytes", "Size of the DuckDB WAL file"),
+            last_checkpoint: r.gauge(
                 "duckdb_last_checkpoint_timestamp_seconds",
                 "Unix time of the last checkpoint (explicit or DuckDB's own)",
-            )
-            .unwrap(),
-            auto_checkpoints: IntCounter::new(
-                "duckdb_auto_checkpoints_total",
-                "Checkpoints DuckDB ran by itself at checkpoint_threshold",
-            )
-            .unwrap(),
-            checkpoints: IntCounter::new("duckdb_checkpoints_total", "Explicit checkpoints run").unwrap(),
-            journal_healthy: IntGauge::new("journal_healthy", "1 while the Redis journal is healthy").unwrap(),
-            journal_watermark: IntGauge::new("journal_watermark", "Highest sequence journaled to Redis").unwrap(),
-            journal_errors: IntCounter::new("journal_errors_total", "Failed Redis journal attempts").unwrap(),
-            sync_watermark: IntGauge::new("sync_watermark", "Highest sequence synced to ClickHouse").unwrap(),
-            sync_lag: IntGauge::new("sync_lag", "Committed changes not synced to ClickHouse yet").unwrap(),
-            sync_degraded: IntGauge::new("sync_degraded", "1 while the ClickHouse sync is degraded").unwrap(),
-            sync_errors: IntCounter::new("sync_errors_total", "Failed ClickHouse sync attempts").unwrap(),
-            integrity_ok: IntGauge::new("integrity_ok", "1 when the last integrity check passed").unwrap(),
-            integrity_inconclusive: IntCounter::new(
+            ),
+            auto_checkpoints: r
+                .counter("duckdb_auto_checkpoints_total", "Checkpoints DuckDB ran by itself at checkpoint_threshold"),
+            checkpoints: r.counter("duckdb_checkpoints_total", "Explicit checkpoints run"),
+            journal_healthy: r.gauge("journal_healthy", "1 while the Redis journal is healthy"),
+            journal_watermark: r.gauge("journal_watermark", "Highest sequence journaled to Redis"),
+            journal_errors: r.counter("journal_errors_total", "Failed Redis journal attempts"),
+            sync_watermark: r.gauge("sync_watermark", "Highest sequence synced to ClickHouse"),
+            sync_lag: r.gauge("sync_lag", "Committed changes not synced to ClickHouse yet"),
+            sync_degraded: r.gauge("sync_degraded", "1 while the ClickHouse sync is degraded"),
+            sync_errors: r.counter("sync_errors_total", "Failed ClickHouse sync attempts"),
+            integrity_ok: r.gauge("integrity_ok", "1 when the last integrity check passed"),
+            integrity_inconclusive: r.counter(
                 "integrity_inconclusive_total",
                 "Integrity checks that could not finish for a transient reason, even when retried",
-            )
-            .unwrap(),
-            integrity_duration: Histogram::with_opts(
-                HistogramOpts::new("integrity_check_duration_seconds", "Duration of integrity checks")
-                    .buckets(LATENCY_BUCKETS.to_vec()),
-            )
-            .unwrap(),
-            snapshots: IntCounter::new("snapshots_total", "Snapshots taken and shipped").unwrap(),
-            snapshot_failures: IntCounter::new("snapshot_failures_total", "Failed snapshot attempts").unwrap(),
+            ),
+            integrity_duration: r.histogram(
+                "integrity_check_duration_seconds",
+                "Duration of integrity checks",
+                LATENCY_BUCKETS,
+            ),
+            snapshots: r.counter("snapshots_total", "Snapshots taken and shipped"),
+            snapshot_failures: r.counter("snapshot_failures_total", "Failed snapshot attempts"),
             registry,
-        };
-        let r = &m.registry;
-        r.register(Box::new(m.http_requests.clone())).unwrap();
-        r.register(Box::new(m.http_duration.clone())).unwrap();
-        r.register(Box::new(m.http_client_errors.clone())).unwrap();
-        r.register(Box::new(m.http_open_connections.clone())).unwrap();
-        r.register(Box::new(m.http_connections_rejected.clone())).unwrap();
-        r.register(Box::new(m.http_connections_closed.clone())).unwrap();
-        r.register(Box::new(m.commit_duration.clone())).unwrap();
-        r.register(Box::new(m.batch_requests.clone())).unwrap();
-        r.register(Box::new(m.commits.clone())).unwrap();
-        r.register(Box::new(m.batch_fallbacks.clone())).unwrap();
-        r.register(Box::new(m.writes_rejected.clone())).unwrap();
-        r.register(Box::new(m.queue_depth.clone())).unwrap();
-        r.register(Box::new(m.trade_rows.clone())).unwrap();
-        r.register(Box::new(m.last_seq.clone())).unwrap();
-        r.register(Box::new(m.wal_bytes.clone())).unwrap();
-        r.register(Box::new(m.last_checkpoint.clone())).unwrap();
-        r.register(Box::new(m.checkpoints.clone())).unwrap();
-        r.register(Box::new(m.auto_checkpoints.clone())).unwrap();
-        r.register(Box::new(m.journal_healthy.clone())).unwrap();
-        r.register(Box::new(m.journal_watermark.clone())).unwrap();
-        r.register(Box::new(m.journal_errors.clone())).unwrap();
-        r.register(Box::new(m.sync_watermark.clone())).unwrap();
-        r.register(Box::new(m.sync_lag.clone())).unwrap();
-        r.register(Box::new(m.sync_degraded.clone())).unwrap();
-        r.register(Box::new(m.sync_errors.clone())).unwrap();
-        r.register(Box::new(m.integrity_ok.clone())).unwrap();
-        r.register(Box::new(m.integrity_inconclusive.clone())).unwrap();
-        r.register(Box::new(m.integrity_duration.clone())).unwrap();
-        r.register(Box::new(m.snapshots.clone())).unwrap();
-        r.register(Box::new(m.snapshot_failures.clone())).unwrap();
-        m
+        }
     }
 
     /// The Prometheus text exposition of every metric.

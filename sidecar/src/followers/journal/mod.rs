@@ -27,19 +27,20 @@ pub mod stream;
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::Serialize;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::RedisConfig;
-use crate::durability::snapshot::Manifest;
 use crate::error::{Error, Result};
 use crate::store::db;
 use crate::store::model::{Trade, now_micros};
 use crate::store::reader::Reader;
+use crate::telemetry::Shared;
 use crate::telemetry::metrics::Metrics;
 use stream::{Append, Appended, Keys};
 
@@ -77,9 +78,6 @@ pub struct JournalStatus {
     pub last_error: Option<String>,
 }
 
-/// Shared journal status.
-pub type SharedStatus = Arc<Mutex<JournalStatus>>;
-
 /// Where the next append goes.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Position {
@@ -96,14 +94,14 @@ pub struct Journal {
     keys: Keys,
     reader: Reader,
     metrics: Arc<Metrics>,
-    status: SharedStatus,
+    status: Shared<JournalStatus>,
     /// The store's last sequence when this process started: a journal above it at
     /// first contact means the store lost changes.
     store_seq_at_start: i64,
     /// Written on divergence; while it exists, nothing is appended.
     marker: PathBuf,
-    /// The newest snapshot: the journal keeps everything above its sequence.
-    snapshot: watch::Receiver<Option<Manifest>>,
+    /// The sequence the newest snapshot covers: the journal keeps everything above it.
+    snapshot: watch::Receiver<Option<i64>>,
 }
 
 /// Journal rounds and their timing, per connection.
@@ -126,22 +124,33 @@ impl Journal {
         metrics: Arc<Metrics>,
         store_seq_at_start: i64,
         marker: PathBuf,
-        snapshot: watch::Receiver<Option<Manifest>>,
+        snapshot: watch::Receiver<Option<i64>>,
     ) -> Self {
-        let status = Arc::new(Mutex::new(JournalStatus { enabled: true, ..Default::default() }));
+        let status = Arc::new(parking_lot::Mutex::new(JournalStatus { enabled: true, ..Default::default() }));
         let keys = Keys::new(&cfg.key_prefix);
         Journal { cfg, client, keys, reader, metrics, status, store_seq_at_start, marker, snapshot }
     }
 
     /// The status handle, for `/v1/status`.
-    pub fn status(&self) -> SharedStatus {
+    pub fn status(&self) -> Shared<JournalStatus> {
         self.status.clone()
     }
 
-    /// Runs until `committed` closes: follows the commit sequence and journals it, and
+    /// Runs until `committed` closes (the writer stopped) and everything is journaled,
+    /// or until `stop` is cancelled: follows the commit sequence and journals it, and
     /// mirrors the ClickHouse sync watermark (when `synced` is given) to
-    /// `<prefix>:sync:clickhouse:watermark`.
-    pub async fn run(self, mut committed: watch::Receiver<i64>, mut synced: Option<watch::Receiver<i64>>) {
+    /// `<prefix>:sync:clickhouse:watermark`. Cancelled at any point: an append is one
+    /// atomic script, so Redis holds it whole or not at all.
+    pub async fn run(
+        self,
+        committed: watch::Receiver<i64>,
+        synced: Option<watch::Receiver<i64>>,
+        stop: CancellationToken,
+    ) {
+        stop.run_until_cancelled(self.follow(committed, synced)).await;
+    }
+
+    async fn follow(self, mut committed: watch::Receiver<i64>, mut synced: Option<watch::Receiver<i64>>) {
         let mut backoff = Duration::from_millis(100);
         let mut round = Round { conn: None, position: None, contacted: false, appended: VecDeque::new(), expired: 0 };
         let mut mirrored: Option<i64> = None;
@@ -204,12 +213,12 @@ impl Journal {
     fn record(&self, round: &Round, state: JournalState, error: Option<String>) {
         let watermark = match round.position {
             Some(Position::After(w)) => w,
-            _ => self.status.lock().unwrap_or_else(|e| e.into_inner()).watermark,
+            _ => self.status.lock().watermark,
         };
         let healthy = state == JournalState::Healthy;
         self.metrics.journal_healthy.set(i64::from(healthy));
         self.metrics.journal_watermark.set(watermark);
-        let mut s = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = self.status.lock();
         s.state = state;
         s.healthy = healthy;
         s.watermark = watermark;
@@ -269,7 +278,7 @@ impl Journal {
                 round.position = Some(Position::After(top));
                 round.appended.push_back((now_micros(), top));
                 if let Some(from) = restart_from {
-                    self.status.lock().unwrap_or_else(|e| e.into_inner()).from = from;
+                    self.status.lock().from = from;
                 }
                 Ok(top >= last)
             }
@@ -315,7 +324,7 @@ impl Journal {
                 current: None,
             }),
             Some(m) if m.from.is_some() => {
-                self.status.lock().unwrap_or_else(|e| e.into_inner()).from = m.from.unwrap_or(0);
+                self.status.lock().from = m.from.unwrap_or(0);
                 Ok(Position::After(m.seq))
             }
             // A journal without `journal:from` (written by an older sidecar) cannot
@@ -359,7 +368,7 @@ impl Journal {
     }
 
     fn snapshot_seq(&self) -> Option<i64> {
-        self.snapshot.borrow().as_ref().map(|m| m.seq)
+        *self.snapshot.borrow()
     }
 
     /// The symbol states and the last trade, set alongside the entries.

@@ -19,6 +19,8 @@
 
 use std::time::Duration;
 
+use backon::{BlockingRetryable, ConstantBuilder};
+
 use crate::error::{Error, Result};
 use crate::store::model::Trade;
 
@@ -173,20 +175,19 @@ impl Replay {
     pub fn connect(client: &redis::Client, keys: Keys, wait: Duration) -> Result<Self> {
         let deadline = std::time::Instant::now() + wait;
         let timeout = wait.max(Duration::from_millis(100));
-        loop {
-            let attempt = client.get_connection_with_timeout(timeout).and_then(|c| {
-                c.set_read_timeout(Some(timeout))?;
-                c.set_write_timeout(Some(timeout))?;
-                Ok(c)
-            });
-            match attempt {
-                Ok(conn) => return Ok(Replay { conn, keys }),
-                Err(e) if std::time::Instant::now() >= deadline => {
-                    return Err(Error::Unavailable(format!("redis (journal): {e}")));
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(200)),
-            }
-        }
+        let attempt = || -> redis::RedisResult<redis::Connection> {
+            let c = client.get_connection_with_timeout(timeout)?;
+            c.set_read_timeout(Some(timeout))?;
+            c.set_write_timeout(Some(timeout))?;
+            Ok(c)
+        };
+        let conn = attempt
+            .retry(ConstantBuilder::new().with_delay(Duration::from_millis(200)).without_max_times())
+            .sleep(std::thread::sleep)
+            .when(|_| std::time::Instant::now() < deadline)
+            .call()
+            .map_err(|e| Error::dependency("redis (journal)", e))?;
+        Ok(Replay { conn, keys })
     }
 
     /// `journal:seq` and `journal:from`.
@@ -232,7 +233,7 @@ pub fn client(url: &str, password: Option<String>) -> Result<redis::Client> {
     redis::Client::open(info).map_err(|e| Error::Config(format!("redis.url: {e}")))
 }
 
-/// Maps a Redis failure to [`Error::Unavailable`].
+/// Maps a Redis failure to [`Error::Dependency`].
 pub fn redis_err<T>(r: redis::RedisResult<T>) -> Result<T> {
-    r.map_err(|e| Error::Unavailable(format!("redis: {e}")))
+    r.map_err(|e| Error::dependency("redis", e))
 }
