@@ -6,7 +6,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{CONFIG_ENV, Config};
+use tradestore_api::wire::CONFIG_ENV;
+
+use crate::config::Config;
 use crate::durability::backup::Backups;
 use crate::error::Result;
 use crate::serve;

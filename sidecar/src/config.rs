@@ -12,19 +12,9 @@ use std::time::Duration;
 
 use croner::Cron;
 use serde::{Deserialize, Serialize};
+use tradestore_api::wire::{CLICKHOUSE_PASSWORD_ENV, CONFIG_ENV, ENV_PREFIX, PORT, REDIS_PASSWORD_ENV, TOKEN_ENV};
 
 use crate::error::{Error, Result};
-
-/// Prefix of environment overrides.
-pub(crate) const ENV_PREFIX: &str = "TRADESTORE";
-/// Environment variable holding the API token (takes precedence over `auth.token_file`).
-pub(crate) const TOKEN_ENV: &str = "TRADESTORE_API_TOKEN";
-/// Environment variable holding the Redis password (takes precedence over `redis.password_file`).
-pub(crate) const REDIS_PASSWORD_ENV: &str = "TRADESTORE_REDIS_PASSWORD";
-/// Environment variable holding the ClickHouse password (over `clickhouse.password_file`).
-pub(crate) const CLICKHOUSE_PASSWORD_ENV: &str = "TRADESTORE_CLICKHOUSE_PASSWORD";
-/// Environment variable naming the config file.
-pub(crate) const CONFIG_ENV: &str = "TRADESTORE_CONFIG";
 
 /// The whole sidecar configuration.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -389,7 +379,7 @@ impl Default for Config {
         Config {
             data_dir: PathBuf::from("./data"),
             database_file: "trades.duckdb".into(),
-            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            listen: SocketAddr::from(([127, 0, 0, 1], PORT)),
             log: LogConfig::default(),
             duckdb: DuckdbConfig::default(),
             writer: WriterConfig::default(),

@@ -5,6 +5,9 @@
 //! plain values that import nothing else of the crate, so the error type below may
 //! carry a trade.)
 //!
+//! - `tradestore_api` (the `api/` crate, below them all): what the sidecar says on the
+//!   wire — the `/v1/status` document, the snapshot manifest, the port, the HTTP paths
+//!   and the environment variable names — defined once for the sidecar and the operator.
 //! - [`error`] and [`config`]: the one error type, and the YAML + environment
 //!   configuration, validated at start (cron schedules included).
 //! - [`telemetry`]: what the process tells the outside about itself — Prometheus

@@ -12,14 +12,15 @@ use std::thread::JoinHandle;
 use croner::Cron;
 use parking_lot::RwLock;
 use tokio::sync::watch;
+use tradestore_api::status::{CheckStatus, JournalStatus, RecoveryReport, SyncStatus};
 
 use crate::config::{self, Config};
 use crate::durability::backup::{self, Backups};
-use crate::durability::integrity::{self, CheckStatus};
+use crate::durability::integrity;
 use crate::durability::recovery;
 use crate::error::Result;
-use crate::followers::clickhouse::{self, ClickhouseSync, SyncStatus};
-use crate::followers::journal::{self, Journal, JournalStatus};
+use crate::followers::clickhouse::{self, ClickhouseSync};
+use crate::followers::journal::{self, Journal};
 use crate::store::reader::{Reader, load_hot_state};
 use crate::store::writer::{Writer, WriterHandle};
 use crate::store::{db, migrations};
@@ -51,7 +52,7 @@ pub(crate) struct App {
     /// ClickHouse sync status, when the sync is configured.
     pub sync: Option<Shared<SyncStatus>>,
     /// What start-up recovery did, if it ran.
-    pub recovery: Option<recovery::Report>,
+    pub recovery: Option<RecoveryReport>,
     /// The last integrity check.
     pub integrity: Shared<CheckStatus>,
 }
@@ -61,7 +62,7 @@ pub(crate) struct App {
 struct Opened {
     conn: duckdb::Connection,
     schema_version: i64,
-    recovery: Option<recovery::Report>,
+    recovery: Option<RecoveryReport>,
 }
 
 /// The followers, built but not started (they start once the [`App`] exists).

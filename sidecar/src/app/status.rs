@@ -1,55 +1,16 @@
-//! The `/v1/status` document: what the store, its followers and its durability
-//! machinery report, gathered from the handles each keeps.
+//! The `/v1/status` document ([`tradestore_api::status::Status`]), gathered from the
+//! handles the store, its followers and its durability machinery keep.
 
-use serde::Serialize;
+use tradestore_api::status::{JournalStatus, Status};
 
 use super::App;
-use crate::durability::backup::BackupStatus;
-use crate::durability::integrity::CheckStatus;
-use crate::durability::recovery;
-use crate::durability::snapshot::Manifest;
-use crate::followers::clickhouse::SyncStatus;
-use crate::followers::journal::JournalStatus;
 use crate::store::db;
-
-/// The `/v1/status` document.
-#[derive(Debug, Serialize)]
-pub(crate) struct StatusDoc {
-    /// Schema version.
-    pub schema_version: i64,
-    /// Sequence of the last committed change.
-    pub last_seq: i64,
-    /// Rows in the trades table.
-    pub trade_rows: i64,
-    /// WAL size in bytes.
-    pub wal_bytes: u64,
-    /// Unix time of the last checkpoint, the sidecar's or DuckDB's own (0 = none since start).
-    pub last_checkpoint_unix: i64,
-    /// Writes waiting for the writer.
-    pub queue_depth: i64,
-    /// Readiness, with the reason when not ready.
-    pub ready: bool,
-    /// Why not ready, if so.
-    pub not_ready_reason: Option<String>,
-    /// The Redis journal (`enabled: false` when not configured).
-    pub journal: JournalStatus,
-    /// The ClickHouse sync (`enabled: false` when not configured).
-    pub sync: SyncStatus,
-    /// The newest complete snapshot (in the bucket when one is configured).
-    pub last_snapshot: Option<Manifest>,
-    /// Backup target, schedule and last failure.
-    pub backup: BackupStatus,
-    /// What start-up recovery did, if it ran.
-    pub recovery: Option<recovery::Report>,
-    /// The last integrity check.
-    pub integrity: CheckStatus,
-}
 
 impl App {
     /// The current status document.
-    pub fn status(&self) -> StatusDoc {
+    pub fn status(&self) -> Status {
         let readiness = self.health.readiness();
-        StatusDoc {
+        Status {
             schema_version: self.schema_version,
             last_seq: self.metrics.last_seq.get(),
             trade_rows: self.metrics.trade_rows.get(),

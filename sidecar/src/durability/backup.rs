@@ -13,30 +13,18 @@ use std::time::Duration;
 use chrono::Utc;
 use croner::Cron;
 use parking_lot::Mutex;
-use serde::Serialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tradestore_api::snapshot::{MANIFEST, Manifest};
+use tradestore_api::status::BackupStatus;
 
 use crate::config::SnapshotConfig;
 use crate::durability::remote::Remote;
-use crate::durability::snapshot::{self, Manifest, Retention, Snapshots};
+use crate::durability::snapshot::{self, Retention, Snapshots};
 use crate::error::{Error, Result};
 use crate::store::model::{format_micros, now_micros};
 use crate::store::reader::Reader;
 use crate::telemetry::metrics::Metrics;
-
-/// What `/v1/status` says about backups.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct BackupStatus {
-    /// Where snapshots are kept: a directory, or `s3://bucket/prefix`.
-    pub target: String,
-    /// The cron schedule, if any.
-    pub schedule: Option<String>,
-    /// When the next scheduled snapshot is due (RFC 3339).
-    pub next_run: Option<String>,
-    /// The last snapshot attempt failed with this error (cleared by a success).
-    pub last_error: Option<String>,
-}
 
 /// The backup target(s) and their retention.
 pub struct Backups {
@@ -155,7 +143,7 @@ impl Backups {
     async fn fetch(&self, from: &str) -> Result<PathBuf> {
         if from.contains('/') {
             Ok(PathBuf::from(from))
-        } else if self.local.path_of(from).join(snapshot::MANIFEST).is_file() {
+        } else if self.local.path_of(from).join(MANIFEST).is_file() {
             Ok(self.local.path_of(from))
         } else if let Some(remote) = &self.remote {
             remote.download(from, self.local.dir()).await

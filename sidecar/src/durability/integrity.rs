@@ -28,8 +28,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backon::{ConstantBuilder, Retryable};
-use serde::Serialize;
 use tokio_util::sync::CancellationToken;
+use tradestore_api::status::{CheckState, CheckStatus};
 
 use crate::config::OnIntegrityFailure;
 use crate::durability::snapshot::{self, Snapshots};
@@ -45,40 +45,6 @@ use crate::telemetry::metrics::Metrics;
 const RETRIES: usize = 2;
 /// Pause between those attempts.
 const RETRY_PAUSE: Duration = Duration::from_millis(200);
-
-/// Where the checks stand.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub(crate) enum CheckState {
-    /// No check has finished since start (or checks are disabled): not a failure.
-    #[default]
-    NotRun,
-    /// The last check passed.
-    Passed,
-    /// The last check failed.
-    Failed,
-    /// The last check could not finish for a transient reason, even when retried: no
-    /// verdict (readiness keeps the previous one).
-    Inconclusive,
-}
-
-/// The last check's outcome, for `/v1/status`.
-#[derive(Debug, Clone, Default, Serialize)]
-pub(crate) struct CheckStatus {
-    /// Where the checks stand.
-    pub state: CheckState,
-    /// When the last check finished (RFC 3339).
-    pub last_run: Option<String>,
-    /// The verdict: true when it passed, false when it failed, null when no check has
-    /// reached one (not run yet, or inconclusive).
-    pub ok: Option<bool>,
-    /// What failed (or why the check was inconclusive).
-    pub error: Option<String>,
-    /// How long it took.
-    pub duration_ms: u64,
-    /// Rows scanned.
-    pub rows_scanned: i64,
-}
 
 /// What a check reads and whom it tells: the periodic task owns one.
 pub(crate) struct Checker {

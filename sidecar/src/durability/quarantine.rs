@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
-use crate::followers::journal::JournalStatus;
 use crate::telemetry::Shared;
+use tradestore_api::status::JournalStatus;
 
 /// What the marker holds.
 #[derive(Serialize, Deserialize)]

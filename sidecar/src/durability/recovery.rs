@@ -22,7 +22,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use serde::Serialize;
+use tradestore_api::status::RecoveryReport;
 
 use crate::config::{Config, OnIntegrityFailure};
 use crate::durability::backup::Backups;
@@ -35,28 +35,6 @@ use crate::followers::journal::{
 use crate::store::db::{self, Failure};
 use crate::store::migrations;
 use crate::store::model::{Trade, now_micros};
-
-/// What recovery did, reported in `/v1/status`.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Report {
-    /// Why recovery ran (`missing`, the open error, `quarantined: …`, `behind the journal`).
-    pub reason: String,
-    /// The snapshot restored, if any.
-    pub snapshot: Option<String>,
-    /// Highest sequence the starting point covered (the snapshot's, or the file's on catch-up).
-    pub snapshot_seq: i64,
-    /// Journal entries replayed on top.
-    pub replayed: usize,
-    /// Highest sequence after replay.
-    pub seq: i64,
-    /// The highest sequence known to have existed, which recovery had to reach
-    /// (unknown when neither the evidence nor the journal says).
-    pub target_seq: Option<i64>,
-    /// Recovery proved it holds every change up to `target_seq`.
-    pub complete: bool,
-    /// What could not be proven (only with `recovery.accept_data_loss`).
-    pub warning: Option<String>,
-}
 
 /// Why start-up rebuilds the file.
 struct Cause {
@@ -78,7 +56,7 @@ type Witness<T> = std::result::Result<T, String>;
 /// Rebuilds `cfg.database_path()` when it is missing (and something to recover from
 /// exists), cannot be opened, was quarantined, or — with `integrity.on_failure:
 /// recover` — fails the block scan at start; otherwise does nothing.
-pub async fn run(cfg: &Config, backups: &Backups, redis: Option<&redis::Client>) -> Result<Option<Report>> {
+pub async fn run(cfg: &Config, backups: &Backups, redis: Option<&redis::Client>) -> Result<Option<RecoveryReport>> {
     let path = cfg.database_path();
     let scratch = path.with_extension("duckdb.recovering");
     remove_file_and_wal(&scratch)?; // left by an interrupted rebuild: derived data
@@ -93,7 +71,7 @@ pub async fn run(cfg: &Config, backups: &Backups, redis: Option<&redis::Client>)
     }
     let base = restored.as_ref().map_or(0, |m| m.seq);
     let target = cause.known_seq.into_iter().chain(meta.clone().ok().flatten().map(|m| m.seq)).max();
-    let mut report = Report {
+    let mut report = RecoveryReport {
         reason: cause.reason.clone(),
         snapshot: restored.as_ref().map(|m| m.id.clone()),
         snapshot_seq: base,
@@ -133,7 +111,11 @@ pub async fn run(cfg: &Config, backups: &Backups, redis: Option<&redis::Client>)
 /// Replays the journal's changes above the store's last sequence into `conn` (the
 /// open, migrated database), when Redis answers within `recovery.journal_wait` and
 /// its journal is ahead.
-pub fn catch_up(conn: &duckdb::Connection, cfg: &Config, redis: Option<&redis::Client>) -> Result<Option<Report>> {
+pub fn catch_up(
+    conn: &duckdb::Connection,
+    cfg: &Config,
+    redis: Option<&redis::Client>,
+) -> Result<Option<RecoveryReport>> {
     let Some(client) = redis else { return Ok(None) };
     let marker = journal::diverged_marker(&cfg.database_path());
     if marker.exists() {
@@ -152,7 +134,7 @@ pub fn catch_up(conn: &duckdb::Connection, cfg: &Config, redis: Option<&redis::C
     };
     let meta = journal.meta()?;
     let Some(Meta { seq: ahead, .. }) = meta.filter(|m| m.seq > store) else { return Ok(None) };
-    let mut report = Report {
+    let mut report = RecoveryReport {
         reason: format!("behind the journal: the file ends at seq {store}, the journal at {ahead}"),
         snapshot_seq: store,
         target_seq: Some(ahead),

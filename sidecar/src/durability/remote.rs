@@ -16,8 +16,8 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use tokio::io::AsyncWriteExt;
 
 use crate::config::S3Config;
-use crate::durability::snapshot::{DB_FILE, MANIFEST, Manifest};
 use crate::error::{Cause, Error, Result};
+use tradestore_api::snapshot::{DB_FILE, MANIFEST, Manifest};
 
 /// A bucket (and prefix) holding snapshots.
 pub struct Remote {

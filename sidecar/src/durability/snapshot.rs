@@ -24,37 +24,11 @@ use std::time::Duration;
 
 use duckdb::Connection;
 use parking_lot::Mutex;
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use tradestore_api::snapshot::{DB_FILE, MANIFEST, Manifest};
 
 use crate::error::{Error, Result};
 use crate::store::model::{format_micros, now_micros};
-
-/// File name of the database copy inside a snapshot directory.
-pub(crate) const DB_FILE: &str = "trades.duckdb";
-/// File name of the manifest inside a snapshot directory.
-pub(crate) const MANIFEST: &str = "manifest.json";
-
-/// What a snapshot holds, stored next to it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Manifest {
-    /// Snapshot id (also its directory name).
-    pub id: String,
-    /// When it was taken (RFC 3339).
-    pub created_at: String,
-    /// Highest commit sequence it contains: every change up to here, nothing after.
-    pub seq: i64,
-    /// Schema version of the copied database.
-    pub schema_version: i64,
-    /// Rows in `trades`.
-    pub trade_rows: i64,
-    /// Size of the database copy in bytes.
-    pub size_bytes: u64,
-    /// SHA-256 of the database copy, hex.
-    pub sha256: String,
-    /// How long taking it took.
-    pub duration_ms: u64,
-}
 
 /// A snapshot directory with its retention policy.
 pub(crate) struct Snapshots {

@@ -19,6 +19,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tradestore_api::status::SyncStatus;
 
 use crate::config::ClickhouseConfig;
 use crate::error::{Error, Result};
@@ -30,23 +31,6 @@ use crate::telemetry::metrics::Metrics;
 
 /// Sink name in `sync_state`.
 pub const SINK: &str = "clickhouse";
-
-/// What `/v1/status` reports about the sync.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct SyncStatus {
-    /// A ClickHouse URL is configured.
-    pub enabled: bool,
-    /// Consecutive failures reached `degraded_after`.
-    pub degraded: bool,
-    /// Highest sequence delivered (and recorded).
-    pub watermark: i64,
-    /// Committed changes not delivered yet.
-    pub lag: i64,
-    /// Failures since the last success.
-    pub consecutive_failures: u32,
-    /// The last error, while failing.
-    pub last_error: Option<String>,
-}
 
 /// One row of the ClickHouse table (times as epoch microseconds: ClickHouse 18.16
 /// has no DateTime64).

@@ -26,6 +26,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
+use tradestore_api::wire;
+use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
 use warp::hyper::body::Bytes;
 use warp::reply::Response;
@@ -94,13 +96,13 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Infal
         .then(trades::state_one)
         .boxed();
     let snap_take =
-        warp::path!("v1" / "snapshots").and(warp::post()).and(with_app.clone()).and(auth).then(snapshots::take).boxed();
+        at(wire::SNAPSHOTS_PATH).and(warp::post()).and(with_app.clone()).and(auth).then(snapshots::take).boxed();
     let snap_list =
-        warp::path!("v1" / "snapshots").and(warp::get()).and(with_app.clone()).and(auth).then(snapshots::list).boxed();
-    let status = warp::path!("v1" / "status").and(warp::get()).and(with_app.clone()).then(ops::status).boxed();
-    let healthz = warp::path!("healthz").and(get_or_head()).and(with_app.clone()).then(ops::healthz).boxed();
-    let readyz = warp::path!("readyz").and(get_or_head()).and(with_app.clone()).then(ops::readyz).boxed();
-    let metrics = warp::path!("metrics").and(get_or_head()).and(with_app).then(ops::metrics).boxed();
+        at(wire::SNAPSHOTS_PATH).and(warp::get()).and(with_app.clone()).and(auth).then(snapshots::list).boxed();
+    let status = at(wire::STATUS_PATH).and(warp::get()).and(with_app.clone()).then(ops::status).boxed();
+    let healthz = at(wire::HEALTHZ_PATH).and(get_or_head()).and(with_app.clone()).then(ops::healthz).boxed();
+    let readyz = at(wire::READYZ_PATH).and(get_or_head()).and(with_app.clone()).then(ops::readyz).boxed();
+    let metrics = at(wire::METRICS_PATH).and(get_or_head()).and(with_app).then(ops::metrics).boxed();
 
     batch
         .or(insert)
@@ -131,6 +133,14 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Infal
         .unify()
         .recover(recover)
         .unify()
+}
+
+/// The route at `path`, a path the operator calls too (so it is defined once, in
+/// [`tradestore_api::wire`]), matched segment by segment as `warp::path!` matches.
+fn at(path: &'static str) -> BoxedFilter<()> {
+    let segments = path.trim_start_matches('/').split('/');
+    let route = segments.fold(warp::any().boxed(), |route, segment| route.and(warp::path(segment)).boxed());
+    route.and(warp::path::end()).boxed()
 }
 
 /// `GET`, or `HEAD` for probes that only look at the status (hyper sends no body).

@@ -31,9 +31,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use serde::Serialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tradestore_api::status::{JournalState, JournalStatus};
 
 use crate::config::RedisConfig;
 use crate::error::{Error, Result};
@@ -43,40 +43,6 @@ use crate::store::reader::Reader;
 use crate::telemetry::Shared;
 use crate::telemetry::metrics::Metrics;
 use stream::{Append, Appended, Keys};
-
-/// The journal's condition.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum JournalState {
-    /// No round has finished yet.
-    #[default]
-    Connecting,
-    /// The last round succeeded.
-    Healthy,
-    /// The last round failed; retrying.
-    Degraded,
-    /// Redis holds changes the store does not: appending stopped (see module docs).
-    Diverged,
-}
-
-/// What `/v1/status` reports about the journal.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct JournalStatus {
-    /// A Redis URL is configured.
-    pub enabled: bool,
-    /// Connecting, healthy, degraded or diverged.
-    pub state: JournalState,
-    /// The last round succeeded (`state == healthy`).
-    pub healthy: bool,
-    /// Highest sequence journaled.
-    pub watermark: i64,
-    /// The journal is complete above this sequence (`journal:from`).
-    pub from: i64,
-    /// Committed changes not journaled yet.
-    pub lag: i64,
-    /// The last error, while degraded or diverged.
-    pub last_error: Option<String>,
-}
 
 /// Where the next append goes.
 #[derive(Debug, Clone, Copy, PartialEq)]
