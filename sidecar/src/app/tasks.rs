@@ -42,3 +42,31 @@ impl Tasks {
         self.tracker.wait().await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn stop_cancels_every_task_and_waits_until_each_has_ended() {
+        let tasks = Tasks::default();
+        let ended = Arc::new(AtomicUsize::new(0));
+        for pause_ms in [10, 50] {
+            let (stop, ended) = (tasks.token(), ended.clone());
+            tasks.spawn(async move {
+                stop.cancelled().await;
+                // A task that still has work to finish once cancelled, like a check in progress.
+                tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+                ended.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+        let http = tasks.child_token();
+        tasks.stop().await;
+        assert_eq!(ended.load(Ordering::SeqCst), 2, "stop returned before every task ended");
+        assert!(http.is_cancelled(), "a child token is cancelled with the rest");
+    }
+}
