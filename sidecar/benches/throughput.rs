@@ -6,68 +6,15 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod measure;
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{Sidecar, client, trade_for};
 use duckdb::Connection;
+use measure::{Row, load, print_table, summarize};
 use serde_json::json;
 use tradestore_sidecar::money::Amount;
-
-struct Row {
-    what: String,
-    ops_per_sec: f64,
-    p50_us: Option<f64>,
-    p99_us: Option<f64>,
-    vs: Option<(f64, &'static str)>,
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn summarize(what: String, ops: usize, elapsed: Duration, mut lat: Vec<f64>) -> Row {
-    lat.sort_by(f64::total_cmp);
-    let (p50, p99) =
-        if lat.is_empty() { (None, None) } else { (Some(percentile(&lat, 0.5)), Some(percentile(&lat, 0.99))) };
-    Row { what, ops_per_sec: ops as f64 / elapsed.as_secs_f64(), p50_us: p50, p99_us: p99, vs: None }
-}
-
-/// Runs `clients` concurrent loops of `op` for `secs`, counting `weight` operations per call.
-async fn load<F, Fut>(clients: usize, secs: f64, weight: usize, op: F) -> (usize, Duration, Vec<f64>)
-where
-    F: Fn(usize, usize) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = reqwest::Response> + Send,
-{
-    let op = Arc::new(op);
-    let lat = Arc::new(Mutex::new(Vec::new()));
-    let start = Instant::now();
-    let end = start + Duration::from_secs_f64(secs);
-    let tasks: Vec<_> = (0..clients)
-        .map(|c| {
-            let (op, lat) = (op.clone(), lat.clone());
-            tokio::spawn(async move {
-                let mut mine = Vec::new();
-                let mut n = 0;
-                while Instant::now() < end {
-                    let t = Instant::now();
-                    let r = op(c, n).await;
-                    assert!(r.status().is_success(), "{} {}", r.status(), r.text().await.unwrap_or_default());
-                    mine.push(t.elapsed().as_secs_f64() * 1e6);
-                    n += 1;
-                }
-                lat.lock().unwrap().extend(mine);
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let elapsed = start.elapsed();
-    let lat = Arc::try_unwrap(lat).unwrap().into_inner().unwrap();
-    (lat.len() * weight, elapsed, lat)
-}
 
 /// Money columns as the sidecar stores them (`DECIMAL(18,8)`), or as schema v2 did.
 #[derive(Clone, Copy, PartialEq)]
@@ -306,13 +253,7 @@ async fn main() {
     let check_ms = st["integrity"]["duration_ms"].as_f64().unwrap_or(f64::NAN);
     assert_eq!(st["integrity"]["ok"], true, "{st}");
 
-    println!("\n| scenario | ops/s | p50 µs | p99 µs | ratio |");
-    println!("|---|---:|---:|---:|---|");
-    for r in &table {
-        let f = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.0}"));
-        let vs = r.vs.map_or(String::new(), |(x, what)| format!("{x:.1}× {what}"));
-        println!("| {} | {:.0} | {} | {} | {} |", r.what, r.ops_per_sec, f(r.p50_us), f(r.p99_us), vs);
-    }
+    print_table(&table);
     println!("\nsidecar RSS after {rows} rows: {rss:.0} MiB");
     println!(
         "integrity check on {rows} rows: {check_ms:.0} ms (raw DuckDB block scan of {raw_rows} rows: {raw_scan_ms:.0} ms, \
