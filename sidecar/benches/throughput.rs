@@ -11,95 +11,9 @@ mod measure;
 use std::time::{Duration, Instant};
 
 use common::{Sidecar, client, trade_for};
-use duckdb::Connection;
-use measure::{Row, load, print_table, summarize};
+use measure::raw::{Money, appender_phase, insert_phase, raw_db};
+use measure::{load, print_table, rss_mib, summarize};
 use serde_json::json;
-use tradestore_sidecar::money::Amount;
-
-/// Money columns as the sidecar stores them (`DECIMAL(18,8)`), or as schema v2 did.
-#[derive(Clone, Copy, PartialEq)]
-enum Money {
-    Decimal,
-    Double,
-}
-
-impl Money {
-    fn value(self, text: &str) -> duckdb::types::Value {
-        match self {
-            Money::Decimal => Amount::parse(text).unwrap().to_sql(),
-            Money::Double => duckdb::types::Value::Double(text.parse().unwrap()),
-        }
-    }
-
-    fn label(self) -> &'static str {
-        match self {
-            Money::Decimal => "",
-            Money::Double => " (DOUBLE money, schema v2)",
-        }
-    }
-}
-
-fn raw_db(dir: &std::path::Path, name: &str, version: Option<i64>) -> Connection {
-    let conn = Connection::open(dir.join(format!("{name}.duckdb"))).unwrap();
-    tradestore_sidecar::migrations::up(&conn, tradestore_sidecar::migrations::embedded(), version).unwrap();
-    conn
-}
-
-fn raw_row(id: &str, seq: i64, money: Money) -> [duckdb::types::Value; 11] {
-    let t = trade_for(id);
-    let text = |k: &str| t[k].as_str().unwrap().to_string();
-    let ts = tradestore_sidecar::db::timestamp(0);
-    [
-        id.to_string().into(),
-        text("symbol").into(),
-        text("side").into(),
-        money.value(&text("quantity")),
-        money.value(&text("price")),
-        "filled".to_string().into(),
-        ts.clone(),
-        1i64.into(),
-        seq.into(),
-        ts.clone(),
-        ts,
-    ]
-}
-
-fn insert_phase(conn: &Connection, secs: f64, money: Money) -> Row {
-    let mut stmt = conn.prepare("INSERT INTO trades VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)").unwrap();
-    let (mut lat, start, mut n) = (Vec::new(), Instant::now(), 0);
-    while start.elapsed().as_secs_f64() < secs {
-        let t = Instant::now();
-        stmt.execute(duckdb::params_from_iter(raw_row(&format!("raw-{n}"), n as i64 + 1, money))).unwrap();
-        lat.push(t.elapsed().as_secs_f64() * 1e6);
-        n += 1;
-    }
-    summarize(format!("raw DuckDB: INSERT+COMMIT per trade, 1 thread{}", money.label()), n, start.elapsed(), lat)
-}
-
-fn appender_phase(conn: &Connection, secs: f64, money: Money, seq0: usize) -> Row {
-    let (start, mut appended) = (Instant::now(), 0);
-    while start.elapsed().as_secs_f64() < secs {
-        conn.execute_batch("BEGIN").unwrap();
-        let mut app = conn.appender("trades").unwrap();
-        for _ in 0..10_000 {
-            app.append_row(raw_row(&format!("app-{appended}"), (seq0 + appended + 1) as i64, money)).unwrap();
-            appended += 1;
-        }
-        drop(app);
-        conn.execute_batch("COMMIT").unwrap();
-    }
-    summarize(format!("raw DuckDB: Appender, 10k rows per commit{}", money.label()), appended, start.elapsed(), vec![])
-}
-
-fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {

@@ -1,5 +1,8 @@
 //! What every bench measures with: concurrent load loops, latency percentiles, and
 //! a printed markdown table (shared so the benches cannot drift apart in how they count).
+#![allow(dead_code)] // each bench uses a different part
+
+pub mod raw;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -68,4 +71,15 @@ pub fn print_table(table: &[Row]) {
         let vs = r.vs.map_or(String::new(), |(x, what)| format!("{x:.2}× {what}"));
         println!("| {} | {:.0} | {} | {} | {} |", r.what, r.ops_per_sec, f(r.p50_us), f(r.p99_us), vs);
     }
+}
+
+/// The resident memory of process `pid`, in MiB.
+pub fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
 }
