@@ -54,6 +54,9 @@ fi
 # Same package selection as the run above, so nothing is rebuilt with other features.
 cargo test --release --locked --workspace -- --ignored --exact a_full_disk_refuses_writes_and_loses_nothing_acknowledged
 
+step "benchmark smoke (PostgreSQL and wrk from Debian; correctness only, no timing)"
+BENCH_SMOKE=1 scripts/bench.sh
+
 step "Helm chart checks"
 e2e/chart-check.sh
 

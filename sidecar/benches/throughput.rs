@@ -6,154 +6,14 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod measure;
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{Sidecar, client, trade_for};
-use duckdb::Connection;
+use measure::raw::{Money, appender_phase, insert_phase, raw_db};
+use measure::{load, print_table, rss_mib, summarize};
 use serde_json::json;
-use tradestore_sidecar::store::money::Amount;
-
-struct Row {
-    what: String,
-    ops_per_sec: f64,
-    p50_us: Option<f64>,
-    p99_us: Option<f64>,
-    vs: Option<(f64, &'static str)>,
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn summarize(what: String, ops: usize, elapsed: Duration, mut lat: Vec<f64>) -> Row {
-    lat.sort_by(f64::total_cmp);
-    let (p50, p99) =
-        if lat.is_empty() { (None, None) } else { (Some(percentile(&lat, 0.5)), Some(percentile(&lat, 0.99))) };
-    Row { what, ops_per_sec: ops as f64 / elapsed.as_secs_f64(), p50_us: p50, p99_us: p99, vs: None }
-}
-
-/// Runs `clients` concurrent loops of `op` for `secs`, counting `weight` operations per call.
-async fn load<F, Fut>(clients: usize, secs: f64, weight: usize, op: F) -> (usize, Duration, Vec<f64>)
-where
-    F: Fn(usize, usize) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = reqwest::Response> + Send,
-{
-    let op = Arc::new(op);
-    let lat = Arc::new(Mutex::new(Vec::new()));
-    let start = Instant::now();
-    let end = start + Duration::from_secs_f64(secs);
-    let tasks: Vec<_> = (0..clients)
-        .map(|c| {
-            let (op, lat) = (op.clone(), lat.clone());
-            tokio::spawn(async move {
-                let mut mine = Vec::new();
-                let mut n = 0;
-                while Instant::now() < end {
-                    let t = Instant::now();
-                    let r = op(c, n).await;
-                    assert!(r.status().is_success(), "{} {}", r.status(), r.text().await.unwrap_or_default());
-                    mine.push(t.elapsed().as_secs_f64() * 1e6);
-                    n += 1;
-                }
-                lat.lock().unwrap().extend(mine);
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let elapsed = start.elapsed();
-    let lat = Arc::try_unwrap(lat).unwrap().into_inner().unwrap();
-    (lat.len() * weight, elapsed, lat)
-}
-
-/// Money columns as the sidecar stores them (`DECIMAL(18,8)`), or as schema v2 did.
-#[derive(Clone, Copy, PartialEq)]
-enum Money {
-    Decimal,
-    Double,
-}
-
-impl Money {
-    fn value(self, text: &str) -> duckdb::types::Value {
-        match self {
-            Money::Decimal => Amount::parse(text).unwrap().to_sql(),
-            Money::Double => duckdb::types::Value::Double(text.parse().unwrap()),
-        }
-    }
-
-    fn label(self) -> &'static str {
-        match self {
-            Money::Decimal => "",
-            Money::Double => " (DOUBLE money, schema v2)",
-        }
-    }
-}
-
-fn raw_db(dir: &std::path::Path, name: &str, version: Option<i64>) -> Connection {
-    let conn = Connection::open(dir.join(format!("{name}.duckdb"))).unwrap();
-    tradestore_sidecar::store::migrations::up(&conn, tradestore_sidecar::store::migrations::embedded(), version)
-        .unwrap();
-    conn
-}
-
-fn raw_row(id: &str, seq: i64, money: Money) -> [duckdb::types::Value; 11] {
-    let t = trade_for(id);
-    let text = |k: &str| t[k].as_str().unwrap().to_string();
-    let ts = tradestore_sidecar::store::db::timestamp(0);
-    [
-        id.to_string().into(),
-        text("symbol").into(),
-        text("side").into(),
-        money.value(&text("quantity")),
-        money.value(&text("price")),
-        "filled".to_string().into(),
-        ts.clone(),
-        1i64.into(),
-        seq.into(),
-        ts.clone(),
-        ts,
-    ]
-}
-
-fn insert_phase(conn: &Connection, secs: f64, money: Money) -> Row {
-    let mut stmt = conn.prepare("INSERT INTO trades VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)").unwrap();
-    let (mut lat, start, mut n) = (Vec::new(), Instant::now(), 0);
-    while start.elapsed().as_secs_f64() < secs {
-        let t = Instant::now();
-        stmt.execute(duckdb::params_from_iter(raw_row(&format!("raw-{n}"), n as i64 + 1, money))).unwrap();
-        lat.push(t.elapsed().as_secs_f64() * 1e6);
-        n += 1;
-    }
-    summarize(format!("raw DuckDB: INSERT+COMMIT per trade, 1 thread{}", money.label()), n, start.elapsed(), lat)
-}
-
-fn appender_phase(conn: &Connection, secs: f64, money: Money, seq0: usize) -> Row {
-    let (start, mut appended) = (Instant::now(), 0);
-    while start.elapsed().as_secs_f64() < secs {
-        conn.execute_batch("BEGIN").unwrap();
-        let mut app = conn.appender("trades").unwrap();
-        for _ in 0..10_000 {
-            app.append_row(raw_row(&format!("app-{appended}"), (seq0 + appended + 1) as i64, money)).unwrap();
-            appended += 1;
-        }
-        drop(app);
-        conn.execute_batch("COMMIT").unwrap();
-    }
-    summarize(format!("raw DuckDB: Appender, 10k rows per commit{}", money.label()), appended, start.elapsed(), vec![])
-}
-
-fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
@@ -307,13 +167,7 @@ async fn main() {
     let check_ms = st["integrity"]["duration_ms"].as_f64().unwrap_or(f64::NAN);
     assert_eq!(st["integrity"]["ok"], true, "{st}");
 
-    println!("\n| scenario | ops/s | p50 µs | p99 µs | ratio |");
-    println!("|---|---:|---:|---:|---|");
-    for r in &table {
-        let f = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.0}"));
-        let vs = r.vs.map_or(String::new(), |(x, what)| format!("{x:.1}× {what}"));
-        println!("| {} | {:.0} | {} | {} | {} |", r.what, r.ops_per_sec, f(r.p50_us), f(r.p99_us), vs);
-    }
+    print_table(&table);
     println!("\nsidecar RSS after {rows} rows: {rss:.0} MiB");
     println!(
         "integrity check on {rows} rows: {check_ms:.0} ms (raw DuckDB block scan of {raw_rows} rows: {raw_scan_ms:.0} ms, \

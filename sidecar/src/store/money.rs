@@ -171,46 +171,93 @@ fn parse_scaled(text: &str, scale: usize) -> Option<i128> {
     Some(if negative { -units } else { units })
 }
 
-/// Writes `units × 10^-scale` without trailing zeros.
-fn write_scaled(f: &mut fmt::Formatter<'_>, units: i128, scale: u32) -> fmt::Result {
-    let one = 10u128.pow(scale);
-    let (int, frac) = (units.unsigned_abs() / one, units.unsigned_abs() % one);
-    let sign = if units < 0 { "-" } else { "" };
-    if frac == 0 {
-        return write!(f, "{sign}{int}");
-    }
-    let frac = format!("{frac:0width$}", width = scale as usize);
-    write!(f, "{sign}{int}.{}", frac.trim_end_matches('0'))
+/// `units × 10^-scale` as decimal text without trailing zeros, built on the stack: a
+/// hot-state response renders nine of these, and `u128` division per digit is what
+/// formatting costs, so digits are taken in `u64` whenever the value fits.
+struct Scaled {
+    buf: [u8; 42], // sign, 39 digits of an i128, the point, one leading zero
+    start: usize,
 }
 
-impl fmt::Display for Amount {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write_scaled(f, i128::from(self.0), SCALE)
+impl Scaled {
+    fn new(units: i128, scale: u32) -> Scaled {
+        let mut digits = [b'0'; 40];
+        let mut at = digits.len();
+        let mut push = |d: u8| {
+            at -= 1;
+            digits[at] = b'0' + d;
+        };
+        match u64::try_from(units.unsigned_abs()) {
+            Ok(mut n) => {
+                while n > 0 {
+                    push((n % 10) as u8);
+                    n /= 10;
+                }
+            }
+            Err(_) => {
+                let mut n = units.unsigned_abs();
+                while n > 0 {
+                    push((n % 10) as u8);
+                    n /= 10;
+                }
+            }
+        }
+        let scale = scale as usize;
+        let first = at.min(digits.len() - scale - 1); // at least one integer digit
+        let (int, frac) = digits[first..].split_at(digits.len() - first - scale);
+        let frac = &frac[..frac.iter().rposition(|&d| d != b'0').map_or(0, |i| i + 1)];
+        let mut out = Scaled { buf: [0; 42], start: 42 };
+        let len = usize::from(units < 0) + int.len() + if frac.is_empty() { 0 } else { frac.len() + 1 };
+        out.start -= len;
+        let mut w = out.start;
+        let mut put = |bytes: &[u8]| {
+            out.buf[w..w + bytes.len()].copy_from_slice(bytes);
+            w += bytes.len();
+        };
+        if units < 0 {
+            put(b"-");
+        }
+        put(int);
+        if !frac.is_empty() {
+            put(b".");
+            put(frac);
+        }
+        out
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[self.start..]).expect("ASCII digits")
     }
 }
 
-impl fmt::Display for Sum8 {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write_scaled(f, self.0, SCALE)
-    }
-}
+/// Display and serialization of each amount type, as its decimal text at its scale.
+macro_rules! decimal_text {
+    ($($t:ty => |$v:ident| $units:expr, $scale:expr;)*) => {$(
+        impl $t {
+            fn text(&self) -> Scaled {
+                let $v = self;
+                Scaled::new($units, $scale)
+            }
+        }
 
-impl fmt::Display for Sum16 {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write_scaled(f, self.0, 2 * SCALE)
-    }
-}
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.text().as_str())
+            }
+        }
 
-macro_rules! serialize_as_string {
-    ($($t:ty),*) => {$(
         impl Serialize for $t {
             fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.collect_str(self)
+                s.serialize_str(self.text().as_str())
             }
         }
     )*};
 }
-serialize_as_string!(Amount, Sum8, Sum16);
+decimal_text! {
+    Amount => |a| i128::from(a.0), SCALE;
+    Sum8 => |s| s.0, SCALE;
+    Sum16 => |s| s.0, 2 * SCALE;
+}
 
 impl<'de> Deserialize<'de> for Amount {
     /// A decimal string or a JSON number, taken from its exact text.
@@ -229,6 +276,44 @@ impl<'de> Deserialize<'de> for Amount {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// The obvious formatting, to hold the stack-built one to.
+    fn reference(units: i128, scale: u32) -> String {
+        let one = 10u128.pow(scale);
+        let (int, frac) = (units.unsigned_abs() / one, units.unsigned_abs() % one);
+        let sign = if units < 0 { "-" } else { "" };
+        let frac = format!("{frac:0width$}", width = scale as usize);
+        match frac.trim_end_matches('0') {
+            "" => format!("{sign}{int}"),
+            frac => format!("{sign}{int}.{frac}"),
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn decimal_text_is_the_reference_text(units in any::<i128>(), small in any::<i64>(), scale in prop::sample::select(vec![8u32, 16])) {
+            for units in [units, i128::from(small)] {
+                let text = Scaled::new(units, scale);
+                prop_assert_eq!(text.as_str(), reference(units, scale));
+            }
+        }
+    }
+
+    #[test]
+    fn decimal_text_at_the_edges() {
+        for (units, scale, text) in [
+            (0, 8, "0"),
+            (1, 8, "0.00000001"),
+            (-1, 16, "-0.0000000000000001"),
+            (100_000_000, 8, "1"),
+            (-150_000_000, 8, "-1.5"),
+            (i128::MIN, 16, "-17014118346046923173168.7303715884105728"),
+            (i128::MAX, 8, "1701411834604692317316873037158.84105727"),
+        ] {
+            assert_eq!(Scaled::new(units, scale).as_str(), text);
+        }
+    }
 
     fn units(text: &str) -> Result<i64, String> {
         Amount::parse(text).map(Amount::units)

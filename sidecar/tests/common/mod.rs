@@ -38,8 +38,13 @@ pub fn spawn(dir: &Path, port: u16, env: &[(&str, &str)]) -> Child {
 
 /// The sidecar command on `dir`, listening on `port`, logging to `dir/sidecar.log`.
 fn command(dir: &Path, port: u16, env: &[(&str, &str)]) -> Command {
+    command_of(Path::new(binary()), dir, port, env)
+}
+
+/// `command` for another build of the sidecar (A/B benchmarks).
+fn command_of(bin: &Path, dir: &Path, port: u16, env: &[(&str, &str)]) -> Command {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("sidecar.log")).unwrap();
-    let mut cmd = Command::new(binary());
+    let mut cmd = Command::new(bin);
     cmd.env_clear()
         .env("HOME", dir)
         .env("TRADESTORE_DATA_DIR", dir.join("data"))
@@ -83,7 +88,12 @@ impl Sidecar {
     }
 
     pub async fn start_on(dir: &Path, port: u16, env: &[(&str, &str)]) -> Sidecar {
-        let child = spawn(dir, port, env);
+        Self::start_of(Path::new(binary()), dir, port, env).await
+    }
+
+    /// Starts the build at `bin` instead of this one (A/B benchmarks).
+    pub async fn start_of(bin: &Path, dir: &Path, port: u16, env: &[(&str, &str)]) -> Sidecar {
+        let child = command_of(bin, dir, port, env).spawn().expect("spawn sidecar");
         let mut s = Sidecar { child, base: format!("http://127.0.0.1:{port}"), dir: dir.to_path_buf(), port };
         s.wait_ready().await;
         s

@@ -1,0 +1,89 @@
+//! Running a load generator (pgbench, wrk) as a child process and measuring what it
+//! cost: throughput, latency percentiles, and CPU per operation on the server side —
+//! the whole machine's busy time during the run minus the load generator's own.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Default)]
+pub struct Measured {
+    pub ops: u64,
+    pub elapsed: Duration,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+    /// Server CPU (machine busy time minus the load generator's) per operation, µs.
+    pub cpu_us_per_op: f64,
+    /// Machine busy time minus the load generator's, µs.
+    server_cpu_us: f64,
+}
+
+impl Measured {
+    pub fn ops_per_sec(&self) -> f64 {
+        self.ops as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// Takes the operation count and percentiles from every operation's latency.
+    pub fn set_latencies(&mut self, mut lat: Vec<f64>) {
+        lat.sort_by(f64::total_cmp);
+        let at = |p: f64| lat.get(((lat.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(f64::NAN);
+        (self.p50_us, self.p99_us, self.p999_us) = (at(0.5), at(0.99), at(0.999));
+        self.set_ops(lat.len() as u64);
+    }
+
+    pub fn set_ops(&mut self, ops: u64) {
+        self.ops = ops;
+        self.cpu_us_per_op = self.server_cpu_us / ops.max(1) as f64;
+    }
+}
+
+/// Busy CPU time of the whole machine so far, µs (from /proc/stat).
+fn machine_busy_us() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap();
+    let cpu: Vec<f64> = stat.lines().next().unwrap().split_whitespace().skip(1).map(|v| v.parse().unwrap()).collect();
+    // user nice system idle iowait irq softirq steal
+    let busy = cpu[0] + cpu[1] + cpu[2] + cpu[5] + cpu[6] + cpu.get(7).copied().unwrap_or(0.0);
+    busy * 1e6 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// Runs `cmd` to its end; returns its output (stdout then stderr) and what it cost.
+pub fn run_measured(mut cmd: Command) -> (String, Measured) {
+    let busy = machine_busy_us();
+    let start = Instant::now();
+    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let pid = child.id() as libc::pid_t;
+    let out = std::thread::spawn(move || child.wait_with_output_no_reap());
+    let (mut status, mut usage) = (0, unsafe { std::mem::zeroed::<libc::rusage>() });
+    // wait4 reaps the child and gives its own CPU time, which the server's excludes.
+    let reaped = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(reaped, pid, "wait4");
+    let elapsed = start.elapsed();
+    let server_cpu = machine_busy_us() - busy - cpu_us(&usage);
+    let text = out.join().unwrap();
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "{cmd:?} failed: {text}");
+    (text, Measured { elapsed, server_cpu_us: server_cpu.max(0.0), ..Default::default() })
+}
+
+fn cpu_us(u: &libc::rusage) -> f64 {
+    let t = |tv: libc::timeval| tv.tv_sec as f64 * 1e6 + tv.tv_usec as f64;
+    t(u.ru_utime) + t(u.ru_stime)
+}
+
+/// Reading a child's output without `wait`, which would race `wait4` for the exit.
+trait OutputNoReap {
+    fn wait_with_output_no_reap(self) -> String;
+}
+
+impl OutputNoReap for std::process::Child {
+    fn wait_with_output_no_reap(mut self) -> String {
+        use std::io::Read;
+        let (mut out, mut err) = (String::new(), String::new());
+        let mut stderr = self.stderr.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            let _ = stderr.read_to_string(&mut err);
+            err
+        });
+        let _ = self.stdout.take().unwrap().read_to_string(&mut out);
+        out + &reader.join().unwrap()
+    }
+}

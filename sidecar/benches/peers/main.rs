@@ -1,0 +1,123 @@
+//! The sidecar against what users would pick instead, in one run on one machine:
+//! PostgreSQL (pgbench, one prepared single-row INSERT per transaction, `fsync=on`,
+//! `synchronous_commit=on`) and raw DuckDB, the sidecar driven by wrk with one trade
+//! per request — at the same client counts, client and server sharing the machine.
+//!
+//! `scripts/bench.sh` installs PostgreSQL and wrk from Debian and runs this.
+//! `BENCH_SECONDS` (default 10) per phase; `BENCH_SMOKE=1` runs 1 s phases at 1 and 16
+//! clients and checks correctness only: no request failed, and the store holds every
+//! acknowledged trade and at most the requests in flight when a phase ended besides
+//! (CI runs this; figures from it mean nothing).
+
+#[path = "../../tests/common/mod.rs"]
+mod common;
+mod load;
+#[path = "../measure/mod.rs"]
+mod measure;
+mod postgres;
+mod wrk;
+
+use std::fmt::Write;
+
+use common::{Sidecar, TOKEN, client};
+use load::Measured;
+use measure::raw::{Money, appender_phase, insert_phase, raw_db};
+use measure::rss_mib;
+
+struct Step {
+    clients: usize,
+    sidecar: Measured,
+    postgres: Measured,
+}
+
+fn ms(us: f64) -> String {
+    format!("{:.2}", us / 1000.0)
+}
+
+fn table(steps: &[Step]) -> String {
+    let mut t = String::from(
+        "| clients | sidecar trades/s | p50 ms | p99 ms | p99.9 ms | CPU µs/trade | PostgreSQL tx/s | p50 ms | p99 ms | \
+         p99.9 ms | CPU µs/tx | sidecar ÷ PostgreSQL |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for s in steps {
+        let (a, b) = (&s.sidecar, &s.postgres);
+        writeln!(
+            t,
+            "| {} | {:.0} | {} | {} | {} | {:.0} | {:.0} | {} | {} | {} | {:.0} | {:.2}× |",
+            s.clients,
+            a.ops_per_sec(),
+            ms(a.p50_us),
+            ms(a.p99_us),
+            ms(a.p999_us),
+            a.cpu_us_per_op,
+            b.ops_per_sec(),
+            ms(b.p50_us),
+            ms(b.p99_us),
+            ms(b.p999_us),
+            b.cpu_us_per_op,
+            a.ops_per_sec() / b.ops_per_sec()
+        )
+        .unwrap();
+    }
+    t
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return; // `cargo test --benches` probes benches with --list
+    }
+    let smoke = std::env::var("BENCH_SMOKE").is_ok_and(|v| v == "1");
+    let secs: f64 =
+        if smoke { 1.0 } else { std::env::var("BENCH_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(10.0) };
+    let counts: &[usize] = if smoke { &[1, 16] } else { &[1, 16, 64, 256] };
+
+    let pg = postgres::Postgres::start();
+    let pg_runs: Vec<Measured> = counts.iter().map(|&c| pg.pgbench(c, secs)).collect();
+    let pg_rows: u64 = pg.sql("SELECT count(*) FROM trades").trim().parse().unwrap();
+    drop(pg);
+
+    let dir = tempfile::tempdir().unwrap();
+    let s = Sidecar::start(dir.path(), &[]).await;
+    let (mut acknowledged, mut failed) = (0, 0);
+    let mut steps = Vec::new();
+    for (&clients, postgres) in counts.iter().zip(pg_runs) {
+        let run = wrk::run(&s.url("/v1/trades"), TOKEN, clients, secs, true, &format!("c{clients}"));
+        (acknowledged, failed) = (acknowledged + run.acknowledged, failed + run.failed);
+        steps.push(Step { clients, sidecar: run.measured, postgres });
+    }
+    let busiest = *counts.last().unwrap();
+    let ceiling = wrk::run(&s.url("/healthz"), TOKEN, busiest, secs.min(3.0), false, "probe").measured;
+    let status: serde_json::Value = client().get(s.url("/v1/status")).send().await.unwrap().json().await.unwrap();
+    let rows = status["trade_rows"].as_u64().unwrap();
+    let rss = rss_mib(s.child.id());
+    drop(s);
+
+    let raw = raw_db(dir.path(), "raw", None);
+    let raw_single = insert_phase(&raw, secs.min(3.0), Money::Decimal);
+    let n: i64 = raw.query_row("SELECT count(*) FROM trades", [], |r| r.get(0)).unwrap();
+    let appender = appender_phase(&raw, secs.min(3.0), Money::Decimal, n as usize);
+
+    println!("\n{}", table(&steps));
+    println!(
+        "wrk's own ceiling (GET /healthz, {busiest} connections): {:.0} req/s, p50 {} ms",
+        ceiling.ops_per_sec(),
+        ms(ceiling.p50_us)
+    );
+    println!(
+        "raw DuckDB, same machine: INSERT+COMMIT per trade {:.0}/s (p50 {} ms), Appender in 10k-row commits {:.0}/s",
+        raw_single.ops_per_sec,
+        ms(raw_single.p50_us.unwrap_or(f64::NAN)),
+        appender.ops_per_sec
+    );
+    println!("sidecar RSS at the end: {rss:.0} MiB with {rows} trades; PostgreSQL table: {pg_rows} rows");
+    println!("{secs} s per phase; CPU = the machine's busy time during a phase minus the load generator's");
+    assert_eq!(failed, 0, "requests failed: the figures are not valid");
+    // A request in flight when wrk stops is stored but never acknowledged: at most one
+    // per connection per phase.
+    let in_flight: u64 = counts.iter().map(|&c| c as u64).sum();
+    assert!(
+        (acknowledged..=acknowledged + in_flight).contains(&rows),
+        "{rows} trades stored, {acknowledged} acknowledged (+ at most {in_flight} in flight at the phase ends)"
+    );
+}
