@@ -15,11 +15,11 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::core::error_boundary::DeserializeGuard;
 use kube::runtime::controller::Action;
 use serde_json::{Value, json};
-use tradestore_operator::controller::{self, Context, Error, Settings};
 use tradestore_operator::crd::{SidecarReport, TradeStore};
 use tradestore_operator::metrics::Metrics;
-use tradestore_operator::sidecar_api::{
-    BackupReport, HttpSidecarClient, IntegrityReport, SidecarClient, SidecarStatus, Snapshot, SyncReport,
+use tradestore_operator::reconcile::{self, Context, Settings};
+use tradestore_operator::sidecar::client::{
+    BackupReport, HttpSidecarClient, IntegrityReport, SidecarClient, SidecarError, SidecarStatus, Snapshot, SyncReport,
 };
 
 const NS: &str = "trading";
@@ -57,7 +57,11 @@ fn manifest(id: &str, created_at: &str, seq: i64) -> Snapshot {
 }
 
 impl SidecarClient for FakeSidecar {
-    fn status<'a>(&'a self, _base: &'a str, token: Option<&'a str>) -> BoxFuture<'a, Result<SidecarStatus, Error>> {
+    fn status<'a>(
+        &'a self,
+        _base: &'a str,
+        token: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<SidecarStatus, SidecarError>> {
         *self.last_token.lock().unwrap() = token.map(str::to_string);
         Box::pin(async {
             Ok(SidecarStatus {
@@ -76,11 +80,15 @@ impl SidecarClient for FakeSidecar {
         })
     }
 
-    fn snapshot<'a>(&'a self, base: &'a str, token: &'a str) -> BoxFuture<'a, Result<Snapshot, Error>> {
+    fn snapshot<'a>(&'a self, base: &'a str, token: &'a str) -> BoxFuture<'a, Result<Snapshot, SidecarError>> {
         self.snapshot_calls.lock().unwrap().push((base.to_string(), token.to_string()));
         Box::pin(async move {
             if *self.failing.lock().unwrap() {
-                return Err(Error::Sidecar("POST /v1/snapshots: HTTP 500 disk full".into()));
+                return Err(SidecarError::Status {
+                    what: "POST /v1/snapshots",
+                    status: reqwest::StatusCode::INTERNAL_SERVER_ERROR,
+                    body: "disk full".into(),
+                });
             }
             let n = self.snapshots_taken() as i64;
             let snap = manifest(&format!("snap-{n}"), "2026-11-01T12:00:00Z", 40 + n);
@@ -122,7 +130,7 @@ impl Harness {
 
     async fn reconcile(&self) -> Action {
         let obj = Arc::new(DeserializeGuard(Ok(self.store())));
-        controller::reconcile(obj, self.ctx.clone()).await.expect("reconcile succeeds")
+        reconcile::reconcile(obj, self.ctx.clone()).await.expect("reconcile succeeds")
     }
 
     fn advance(&self, secs: i64) {
@@ -164,7 +172,7 @@ impl Harness {
     /// Finalizer, then the first full reconcile.
     async fn create(&self) {
         assert_eq!(self.reconcile().await, Action::await_change());
-        assert_eq!(self.fake.get(TS).unwrap()["metadata"]["finalizers"], json!([controller::FINALIZER]));
+        assert_eq!(self.fake.get(TS).unwrap()["metadata"]["finalizers"], json!([reconcile::FINALIZER]));
         self.reconcile().await;
     }
 }
@@ -331,7 +339,7 @@ async fn a_stale_cached_object_cannot_undo_a_fence() {
     h.pod_ready(3);
     h.reconcile().await;
     assert!(h.fake.get(POD).is_none(), "fenced");
-    controller::reconcile(Arc::new(DeserializeGuard(Ok(stale))), h.ctx.clone()).await.unwrap();
+    reconcile::reconcile(Arc::new(DeserializeGuard(Ok(stale))), h.ctx.clone()).await.unwrap();
     assert!(h.fake.get(POD).is_none(), "the stale object must not bring the pod back");
     assert_eq!(h.status()["phase"], "Fenced");
     assert_eq!(h.status()["restarts"]["inWindow"], 3);
@@ -343,7 +351,7 @@ async fn errors_are_reported_as_events() {
     spec["auth"] = json!({"tokenSecretName": "missing"});
     let h = Harness::new(spec);
     h.reconcile().await;
-    let res = controller::reconcile(Arc::new(DeserializeGuard(Ok(h.store()))), h.ctx.clone()).await;
+    let res = reconcile::reconcile(Arc::new(DeserializeGuard(Ok(h.store()))), h.ctx.clone()).await;
     assert!(res.is_err());
     let events = h.fake.events();
     assert!(events.contains(&("Warning".into(), "TokenSecretMissing".into())), "{events:?}");
@@ -356,7 +364,7 @@ async fn errors_are_reported_as_events() {
 fn merge_patch_removes_what_went_away() {
     let old = json!({"a": 1, "b": {"c": 2, "d": 3}, "e": [1], "f": "x"});
     let new = json!({"a": 1, "b": {"c": 5}, "e": [2]});
-    let patch = controller::merge_patch(&old, &new);
+    let patch = reconcile::merge_patch(&old, &new);
     assert_eq!(patch, json!({"b": {"c": 5, "d": null}, "e": [2], "f": null}));
     let mut applied = old.clone();
     fake_api::merge(&mut applied, &patch);
@@ -508,7 +516,7 @@ async fn object_that_does_not_deserialize_does_not_break_anything() {
         "metadata": {"name": "broken", "namespace": NS, "uid": "u2"}, "spec": {"image": 5}});
     let guard: DeserializeGuard<TradeStore> = serde_json::from_value(raw).unwrap();
     assert!(guard.0.is_err());
-    let action = controller::reconcile(Arc::new(guard), h.ctx.clone()).await.unwrap();
+    let action = reconcile::reconcile(Arc::new(guard), h.ctx.clone()).await.unwrap();
     assert_eq!(action, Action::await_change());
     assert!(h.fake.events().contains(&("Warning".into(), "InvalidObject".into())));
     assert!(h.ctx.metrics.render().contains("reason=\"InvalidObject\""));
@@ -519,7 +527,7 @@ async fn foreign_pod_with_the_same_name_is_left_alone() {
     let h = Harness::new(minimal_spec());
     h.fake.put(POD, json!({"metadata": {"name": "minimal", "namespace": NS}, "spec": {"containers": []}}));
     h.reconcile().await;
-    let res = controller::reconcile(Arc::new(DeserializeGuard(Ok(h.store()))), h.ctx.clone()).await;
+    let res = reconcile::reconcile(Arc::new(DeserializeGuard(Ok(h.store()))), h.ctx.clone()).await;
     assert!(res.is_err());
     assert!(h.fake.get(POD).unwrap()["metadata"]["ownerReferences"].is_null(), "not adopted or changed");
     assert_eq!(h.condition("Degraded").1, "PodNameConflict");
@@ -527,10 +535,10 @@ async fn foreign_pod_with_the_same_name_is_left_alone() {
 
 #[test]
 fn backoff_grows_and_caps() {
-    assert_eq!(controller::backoff_delay(1), Duration::from_secs(1));
-    assert_eq!(controller::backoff_delay(2), Duration::from_secs(2));
-    assert_eq!(controller::backoff_delay(5), Duration::from_secs(16));
-    assert_eq!(controller::backoff_delay(30), Duration::from_secs(300));
+    assert_eq!(reconcile::backoff_delay(1), Duration::from_secs(1));
+    assert_eq!(reconcile::backoff_delay(2), Duration::from_secs(2));
+    assert_eq!(reconcile::backoff_delay(5), Duration::from_secs(16));
+    assert_eq!(reconcile::backoff_delay(30), Duration::from_secs(300));
 }
 
 #[tokio::test]
