@@ -723,6 +723,36 @@ async fn backup_request_takes_one_snapshot_per_token() {
 }
 
 #[tokio::test]
+async fn each_event_says_what_happened_that_time() {
+    let h = Harness::new(backup_spec(false));
+    h.create().await;
+    h.pod_ready(0);
+    h.reconcile().await;
+    request_backup(&h, "b1");
+    h.reconcile().await;
+    request_backup(&h, "b2");
+    h.reconcile().await;
+    // kube's Recorder alone would fold the second into the first, keeping "snap-1".
+    let notes = h.fake.event_notes("BackupTaken");
+    assert_eq!(notes.len(), 2, "{notes:?}");
+    assert!(notes[0].contains("snap-1") && notes[0].contains("\"b1\""), "{notes:?}");
+    assert!(notes[1].contains("snap-2") && notes[1].contains("\"b2\""), "{notes:?}");
+    let phases = h.fake.event_notes("PhaseChanged");
+    assert_eq!(phases.len(), 2, "{phases:?}");
+    assert_eq!(phases[0], "the store is now Pending: waiting for the pod to become ready");
+    assert_eq!(phases[1], "the store went from Pending to Running: the sidecar is ready");
+
+    // The same note again is folded into a count, not a new event.
+    let before = h.fake.event_notes("ReconcileFailed").len();
+    h.fake.edit(TS, |o| o["spec"]["auth"] = json!({"tokenSecretName": "missing"}));
+    for _ in 0..2 {
+        let _ = reconcile::reconcile(Arc::new(DeserializeGuard(Ok(h.store()))), h.ctx.clone()).await;
+    }
+    assert_eq!(h.fake.event_notes("ReconcileFailed").len(), before + 1);
+    assert!(h.fake.folded_events() >= 1);
+}
+
+#[tokio::test]
 async fn backup_request_waits_for_a_ready_sidecar() {
     let h = Harness::new(minimal_spec());
     h.create().await;

@@ -74,6 +74,7 @@ pub(crate) async fn cleanup(ts: &TradeStore, api: &Api<TradeStore>, ctx: &Contex
     }
     apply_retention(&ts, ctx).await?;
     remove_finalizer(&ts, api).await?;
+    ctx.events.forget(&ts);
     info!(store = key_of(&ts.metadata), "finalized");
     Ok(Action::await_change())
 }

@@ -114,12 +114,7 @@ pub(crate) async fn publish(
     old: &TradeStoreStatus,
     st: &TradeStoreStatus,
 ) -> Result<()> {
-    if old.phase != st.phase {
-        let from = old.phase.map(|p| format!("{p:?}")).unwrap_or_else(|| "-".into());
-        let to = st.phase.map(|p| format!("{p:?}")).unwrap_or_else(|| "-".into());
-        let note = format!("phase {from} → {to}");
-        ctx.events.publish(ts, EventType::Normal, "PhaseChanged", "Reconcile", note).await;
-    }
+    phase_changed(ts, ctx, old, st).await;
     if st != old {
         patch_status(api, ts, st).await?;
     }
@@ -181,4 +176,15 @@ pub(crate) fn sync_condition(sync: &SyncReport) -> (bool, &'static str, String) 
         return (false, "SyncDegraded", msg);
     }
     (true, "SyncRunning", format!("{} changes behind (watermark {})", sync.lag, sync.watermark))
+}
+
+/// `PhaseChanged` when the phase moved, saying from what, to what, and why (the status message).
+async fn phase_changed(ts: &TradeStore, ctx: &Context, old: &TradeStoreStatus, st: &TradeStoreStatus) {
+    let Some(to) = st.phase.filter(|to| old.phase != Some(*to)) else { return };
+    let why = st.message.as_deref().unwrap_or_default();
+    let note = match old.phase {
+        None => format!("the store is now {to:?}: {why}"),
+        Some(from) => format!("the store went from {from:?} to {to:?}: {why}"),
+    };
+    ctx.events.publish(ts, EventType::Normal, "PhaseChanged", "Reconcile", note).await;
 }
