@@ -424,6 +424,15 @@ async fn invalid_spec_creates_nothing() {
     assert_eq!(h.condition("Degraded"), ("True".into(), "InvalidSpec".into()));
     assert!(h.fake.get(POD).is_none() && h.fake.get(PVC).is_none());
     assert!(h.fake.events().contains(&("Warning".into(), "InvalidSpec".into())));
+    let phases = h.fake.event_notes("PhaseChanged");
+    assert_eq!(phases.len(), 1, "one PhaseChanged per change, also into Invalid: {phases:?}");
+    assert!(phases[0].starts_with("the store is now Invalid: ") && phases[0].contains("maxWalBytes"), "{phases:?}");
+
+    // Fixed: Invalid → Pending is a change too.
+    h.edit_spec(|s| s["duckdb"]["maxWalBytes"] = json!(1048576));
+    h.reconcile().await;
+    let phases = h.fake.event_notes("PhaseChanged");
+    assert!(phases[1].starts_with("the store went from Invalid to Pending"), "{phases:?}");
 }
 
 #[tokio::test]

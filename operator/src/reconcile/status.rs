@@ -41,6 +41,7 @@ pub(crate) async fn report_invalid(
     set_condition(&mut st.conditions, DEGRADED, true, "InvalidSpec", &msg, generation, now);
     if st != *old {
         ctx.events.publish(ts, EventType::Warning, "InvalidSpec", "Validate", msg).await;
+        phase_changed(ts, ctx, old, &st).await;
         patch_status(api, ts, &st).await?;
     }
     Ok(Action::await_change())
