@@ -187,13 +187,16 @@ async fn t03_crash_loop_is_fenced() -> Result<()> {
         let ready = condition(&ts, "Ready").context("no Ready condition")?;
         ensure!(ready["status"] == "False", "Ready: {ready}");
         ensure!(ts.data.pointer("/status/fence/reason").is_some(), "no status.fence: {}", ts.data["status"]);
+        // Why it died outlives the pod (the operator deletes it): a start error, exit code 128.
+        let code = ts.data.pointer("/status/fence/lastTermination/exitCode").and_then(Value::as_i64);
+        ensure!(code.is_some_and(|c| c != 0), "no status.fence.lastTermination: {}", ts.data["status"]);
         wait_for("pod removed", SHORT, Duration::from_millis(500), || async {
             Ok(env.pod("desk").await?.is_none().then_some(()))
         })
         .await?;
         wait_for("TooManyRestarts event", SHORT, Duration::from_secs(1), || async {
             let evs = env.events("desk").await?;
-            Ok(evs.iter().any(|(t, r, _)| t == "Warning" && r == "TooManyRestarts").then_some(()))
+            Ok(evs.iter().any(|(t, r, n)| t == "Warning" && r == "TooManyRestarts" && n.contains("last exit:")).then_some(()))
         })
         .await?;
         // It stays fenced: no new pod appears.

@@ -169,6 +169,17 @@ impl Harness {
         });
     }
 
+    /// Marks the pod running with the sidecar restarted `restarts` times, the last time killed
+    /// out of memory.
+    fn pod_oom_killed(&self, restarts: i32) {
+        self.pod_ready(restarts);
+        self.fake.edit(POD, |p| {
+            p["status"]["containerStatuses"][0]["lastState"] = json!({"terminated": {
+                "reason": "OOMKilled", "exitCode": 137, "finishedAt": "2026-11-01T12:00:30Z",
+                "message": "writer: allocation failed\n"}});
+        });
+    }
+
     /// Finalizer, then the first full reconcile.
     async fn create(&self) {
         assert_eq!(self.reconcile().await, Action::await_change());
@@ -327,6 +338,30 @@ async fn too_many_restarts_fence_the_store_until_cleared() {
     h.reconcile().await;
     assert!(h.fake.get(POD).is_some());
     assert_eq!(h.condition("Degraded").0, "False");
+}
+
+#[tokio::test]
+async fn the_fence_keeps_why_the_sidecar_died() {
+    let h = Harness::new(minimal_spec());
+    h.create().await;
+    h.pod_oom_killed(1);
+    h.reconcile().await;
+    let last = h.status()["restarts"]["lastTermination"].clone();
+    assert_eq!(last["reason"], "OOMKilled");
+    assert_eq!(last["exitCode"], 137);
+    assert_eq!(last["message"], "writer: allocation failed");
+
+    h.pod_oom_killed(3);
+    h.reconcile().await;
+    assert!(h.fake.get(POD).is_none(), "fenced: pod deleted");
+    let fence = h.status()["fence"].clone();
+    assert_eq!(fence["lastTermination"]["reason"], "OOMKilled", "{fence}");
+    assert!(fence["message"].as_str().unwrap().contains("last exit: OOMKilled, exit code 137"), "{fence}");
+    let notes = h.fake.event_notes("TooManyRestarts");
+    assert!(notes[0].contains("OOMKilled, exit code 137"), "{notes:?}");
+    // It outlives the pod.
+    h.reconcile().await;
+    assert_eq!(h.status()["restarts"]["lastTermination"]["exitCode"], 137);
 }
 
 #[tokio::test]

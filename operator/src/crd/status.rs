@@ -108,6 +108,39 @@ pub struct RestartStatus {
     /// The sidecar container's restartCount last read from that pod.
     #[serde(default)]
     pub last_count: i32,
+    /// How the sidecar container last ended (from the pod's `lastState`), kept so the cause
+    /// survives the pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_termination: Option<Termination>,
+}
+
+/// How a container ended, as the kubelet reported it.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Termination {
+    /// The kubelet's reason, e.g. `OOMKilled` or `Error`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Exit code of the process (137: killed by SIGKILL, e.g. by the out-of-memory killer).
+    #[serde(default)]
+    pub exit_code: i32,
+    /// The container's termination message (its last log lines, with `FallbackToLogsOnError`),
+    /// shortened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// When it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Time>,
+}
+
+impl std::fmt::Display for Termination {
+    /// `OOMKilled, exit code 137`: what events and messages quote.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.reason {
+            Some(reason) => write!(f, "{reason}, exit code {}", self.exit_code),
+            None => write!(f, "exit code {}", self.exit_code),
+        }
+    }
 }
 
 /// Why the operator fenced the store.
@@ -120,6 +153,10 @@ pub struct FenceStatus {
     pub message: String,
     /// When the fence was set.
     pub since: Time,
+    /// How the sidecar ended before the fence (the pod, and with it `kubectl logs --previous`, is
+    /// gone afterwards).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_termination: Option<Termination>,
 }
 
 /// The data volume's state.

@@ -1,8 +1,10 @@
 //! What a pod says about the sidecar in it: its phase, whether the sidecar container is ready,
 //! how often it restarted, and where its API is. Pure reads of the pod object.
 
-use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
+use k8s_openapi::api::core::v1::{ContainerStateTerminated, ContainerStatus, Pod};
 
+use super::events::truncate;
+use crate::crd::Termination;
 use crate::names::SIDECAR_CONTAINER;
 use crate::sidecar::config::PORT;
 
@@ -36,4 +38,25 @@ pub(crate) fn sidecar_base(pod: &Pod) -> Option<String> {
     let ip = pod.status.as_ref()?.pod_ip.clone()?;
     let host = if ip.contains(':') { format!("[{ip}]") } else { ip };
     Some(format!("http://{host}:{PORT}"))
+}
+
+/// How the sidecar container last ended: its current state while it is down, else its last one.
+pub(crate) fn sidecar_last_termination(pod: &Pod) -> Option<Termination> {
+    sidecar_statuses(pod).find_map(|c| {
+        let now = c.state.as_ref().and_then(|s| s.terminated.as_ref());
+        let last = c.last_state.as_ref().and_then(|s| s.terminated.as_ref());
+        now.or(last).map(termination)
+    })
+}
+
+/// Longest termination message kept (the kubelet keeps up to 4 kB of log lines).
+const TERMINATION_MESSAGE_LIMIT: usize = 512;
+
+fn termination(t: &ContainerStateTerminated) -> Termination {
+    Termination {
+        reason: t.reason.clone(),
+        exit_code: t.exit_code,
+        message: t.message.as_deref().map(|m| truncate(m.trim(), TERMINATION_MESSAGE_LIMIT)),
+        finished_at: t.finished_at.clone(),
+    }
 }

@@ -10,7 +10,7 @@ use kube::ResourceExt;
 use kube::runtime::events::EventType;
 
 use super::Context;
-use super::pod_facts::sidecar_restart_count;
+use super::pod_facts::{sidecar_last_termination, sidecar_restart_count};
 use crate::crd::{FenceStatus, RestartStatus, TradeStoreStatus};
 use crate::names::CLEAR_FENCE_ANNOTATION;
 use crate::validate::Validated;
@@ -27,6 +27,11 @@ pub(crate) async fn account(
 ) {
     let window = store.spec.restart_policy.window_seconds;
     st.restarts = account_restarts(&old.restarts, pod, window, now);
+    // Read before anything deletes the pod: afterwards `kubectl describe pod` and `logs --previous`
+    // are gone, and this is all that says why the sidecar died.
+    if let Some(t) = pod.and_then(sidecar_last_termination) {
+        st.restarts.last_termination = Some(t);
+    }
     clear_fence_on_request(store, ctx, old, st).await;
     fence_after_too_many(store, ctx, st, now).await;
 }
@@ -56,11 +61,18 @@ async fn fence_after_too_many(store: &Validated<'_>, ctx: &Context, st: &mut Tra
     if st.fence.is_some() || st.restarts.in_window < policy.max_restarts {
         return;
     }
+    let last = st.restarts.last_termination.clone();
+    let why = last.as_ref().map(|t| format!("; last exit: {t}")).unwrap_or_default();
     let msg = format!(
-        "the sidecar restarted {} times within {}s (maximum {}); the pod was stopped. Investigate, then set the annotation {CLEAR_FENCE_ANNOTATION} to a new value",
+        "the sidecar restarted {} times within {}s (maximum {}{why}); the pod was stopped. Investigate, then set the annotation {CLEAR_FENCE_ANNOTATION} to a new value",
         st.restarts.in_window, policy.window_seconds, policy.max_restarts
     );
-    st.fence = Some(FenceStatus { reason: "TooManyRestarts".into(), message: msg.clone(), since: Time(now) });
+    st.fence = Some(FenceStatus {
+        reason: "TooManyRestarts".into(),
+        message: msg.clone(),
+        since: Time(now),
+        last_termination: last,
+    });
     ctx.events.publish(store, EventType::Warning, "TooManyRestarts", "Fence", msg).await;
 }
 
