@@ -199,6 +199,11 @@ async fn t03_crash_loop_is_fenced() -> Result<()> {
             Ok(evs.iter().any(|(t, r, n)| t == "Warning" && r == "TooManyRestarts" && n.contains("last exit:")).then_some(()))
         })
         .await?;
+        let evs = env.events("desk").await?;
+        ensure!(
+            evs.iter().any(|(t, r, n)| t == "Warning" && r == "SidecarRestarted" && n.contains("exit code")),
+            "no SidecarRestarted event: {evs:?}"
+        );
         // It stays fenced: no new pod appears.
         tokio::time::sleep(Duration::from_secs(5)).await;
         ensure!(env.pod("desk").await?.is_none(), "a pod came back while fenced");

@@ -346,6 +346,12 @@ async fn the_fence_keeps_why_the_sidecar_died() {
     h.create().await;
     h.pod_oom_killed(1);
     h.reconcile().await;
+    let restarted = h.fake.event_notes("SidecarRestarted");
+    assert_eq!(restarted.len(), 1, "{restarted:?}");
+    assert!(
+        restarted[0].contains("restart count 1") && restarted[0].contains("OOMKilled, exit code 137"),
+        "{restarted:?}"
+    );
     let last = h.status()["restarts"]["lastTermination"].clone();
     assert_eq!(last["reason"], "OOMKilled");
     assert_eq!(last["exitCode"], 137);

@@ -32,8 +32,22 @@ pub(crate) async fn account(
     if let Some(t) = pod.and_then(sidecar_last_termination) {
         st.restarts.last_termination = Some(t);
     }
+    if st.restarts.total > old.restarts.total {
+        restarted(store, ctx, st).await;
+    }
     clear_fence_on_request(store, ctx, old, st).await;
     fence_after_too_many(store, ctx, st, now).await;
+}
+
+/// A Warning for each restart the kubelet made (a pod that ended has its own `PodFailed`).
+async fn restarted(store: &Validated<'_>, ctx: &Context, st: &TradeStoreStatus) {
+    let r = &st.restarts;
+    let why = r.last_termination.as_ref().map(|t| format!("; last exit: {t}")).unwrap_or_default();
+    let note = format!(
+        "the sidecar container restarted (restart count {}, {} within the last {}s){why}",
+        r.last_count, r.in_window, store.spec.restart_policy.window_seconds
+    );
+    ctx.events.publish(store, EventType::Warning, "SidecarRestarted", "Restart", note).await;
 }
 
 /// A human clears an automatic fence by setting a new clear-fence token.
