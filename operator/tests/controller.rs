@@ -113,6 +113,12 @@ impl Harness {
         let mut ctx = Context::new(client, Metrics::new(), Settings::default(), probe.clone());
         let n = now.clone();
         ctx.clock = Arc::new(move || *n.lock().unwrap());
+        if let Some(claim) = spec["backup"]["target"]["volume"]["claimName"].as_str() {
+            fake.put(
+                &format!("/api/v1/namespaces/{NS}/persistentvolumeclaims/{claim}"),
+                json!({"metadata": {"name": claim, "namespace": NS}, "spec": {"accessModes": ["ReadWriteOnce"]}}),
+            );
+        }
         fake.put(
             TS,
             json!({
@@ -800,6 +806,26 @@ async fn each_event_says_what_happened_that_time() {
     }
     assert_eq!(h.fake.event_notes("ReconcileFailed").len(), before + 1);
     assert!(h.fake.folded_events() >= 1);
+}
+
+#[tokio::test]
+async fn a_missing_backup_claim_is_reported() {
+    let h = Harness::new(backup_spec(false));
+    const BACKUPS: &str = "/api/v1/namespaces/trading/persistentvolumeclaims/backups";
+    h.fake.remove(BACKUPS);
+    h.create().await;
+    assert!(h.fake.get(POD).is_some(), "the pod is created (it starts once the claim exists)");
+    assert_eq!(h.condition("Degraded"), ("True".into(), "BackupClaimMissing".into()));
+    assert_eq!(h.condition("BackupReady"), ("False".into(), "BackupClaimMissing".into()));
+    assert!(h.status()["message"].as_str().unwrap().contains("backup volume claim backups"), "{}", h.status());
+    h.reconcile().await;
+    assert_eq!(h.fake.event_notes("BackupClaimMissing").len(), 1, "one Warning when it starts");
+
+    h.fake.put(BACKUPS, json!({"metadata": {"name": "backups", "namespace": NS}}));
+    h.pod_ready(0);
+    h.reconcile().await;
+    assert_eq!(h.condition("Degraded"), ("False".into(), "AsExpected".into()));
+    assert_eq!(h.condition("BackupReady"), ("False".into(), "NoSnapshotYet".into()));
 }
 
 #[tokio::test]

@@ -134,6 +134,7 @@ async fn reconcile_live(ts: &TradeStore, api: &Api<TradeStore>, ctx: &Context) -
     let token = apply::token::ensure(&store, ctx).await?;
     apply::config_and_service(&store, ctx, &desired).await?;
     st.storage = Some(apply::volume::ensure(&store, ctx, &desired.pvc, &old).await?);
+    let missing_claim = apply::volume::missing_backup_claim(&store, ctx).await?;
     let current = match apply::pod::current(&store, ctx).await {
         Err(Error::ForeignPod(pod)) => return status::report_foreign_pod(ts, api, ctx, &old, st, pod, now).await,
         other => other?,
@@ -143,6 +144,9 @@ async fn reconcile_live(ts: &TradeStore, api: &Api<TradeStore>, ctx: &Context) -
     let requeue = sidecar::exchange(&store, ctx, current.as_ref(), &outcome, token.as_deref(), &mut st, now).await;
 
     status::conclude(&store, &outcome, &mut st, now);
+    if let Some(claim) = missing_claim {
+        status::backup_claim_missing(ts, ctx, &old, &mut st, &claim, now).await;
+    }
     status::publish(ts, api, ctx, &old, &st).await?;
     Ok(Action::requeue(requeue))
 }

@@ -95,6 +95,34 @@ pub(crate) fn conclude(store: &Validated<'_>, outcome: &PodOutcome, st: &mut Tra
     }
 }
 
+/// The backup claim does not exist: `Degraded=True` and `BackupReady=False` with reason
+/// `BackupClaimMissing` (a fence, which needs a human anyway, keeps its own `Degraded`), the status
+/// message, and a Warning when it starts.
+pub(crate) async fn backup_claim_missing(
+    ts: &TradeStore,
+    ctx: &Context,
+    old: &TradeStoreStatus,
+    st: &mut TradeStoreStatus,
+    claim: &str,
+    now: Timestamp,
+) {
+    const REASON: &str = "BackupClaimMissing";
+    let generation = ts.metadata.generation;
+    let ns = ts.metadata.namespace.as_deref().unwrap_or_default();
+    let msg = format!(
+        "the backup volume claim {claim} (spec.backup.target.volume.claimName) does not exist in namespace {ns}: the pod cannot start until it does"
+    );
+    if st.fence.is_none() {
+        set_condition(&mut st.conditions, DEGRADED, true, REASON, &msg, generation, now);
+    }
+    set_condition(&mut st.conditions, BACKUP_READY, false, REASON, &msg, generation, now);
+    st.message = Some(msg.clone());
+    let was_missing = old.conditions.iter().any(|c| c.type_ == BACKUP_READY && c.reason == REASON);
+    if !was_missing {
+        ctx.events.publish(ts, EventType::Warning, REASON, "Reconcile", msg).await;
+    }
+}
+
 /// Reason and message of `Ready` (the message is also the status message).
 fn ready_reason(store: &Validated<'_>, outcome: &PodOutcome, st: &TradeStoreStatus) -> (&'static str, String) {
     match outcome.phase {

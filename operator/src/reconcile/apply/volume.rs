@@ -12,7 +12,7 @@ use serde_json::json;
 
 use super::{apply_params, has_foreign_controller, namespace, other_owners, owned_by};
 use crate::crd::{StorageStatus, TradeStore, TradeStoreStatus};
-use crate::names::pvc_name;
+use crate::names::{backup_claim, pvc_name};
 use crate::reconcile::{Context, Error, Result};
 use crate::validate::{Validated, parse_quantity};
 
@@ -148,4 +148,12 @@ fn storage_status(pvc: &PersistentVolumeClaim) -> StorageStatus {
         requested: pvc.spec.as_ref().and_then(requested_size),
         capacity: pvc.status.as_ref().and_then(|s| s.capacity.as_ref()).and_then(|c| c.get("storage")).cloned(),
     }
+}
+
+/// The backup claim (`spec.backup.target.volume.claimName`) when it does not exist: the pod
+/// cannot start without it, and the scheduler says so only in an event on the pod.
+pub(crate) async fn missing_backup_claim(store: &Validated<'_>, ctx: &Context) -> Result<Option<String>> {
+    let Some(claim) = backup_claim(&store.spec) else { return Ok(None) };
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &namespace(store));
+    Ok(pvcs.get_opt(claim).await?.is_none().then(|| claim.to_string()))
 }
