@@ -286,6 +286,8 @@ async fn t05_invalid_spec_rejected_by_api_server() -> Result<()> {
                     "s3": {"bucket": "bkt", "credentialsSecretName": "s3"}}}}),
             ),
             ("snapshot id with a slash", json!({"bootstrap": {"snapshotId": "../other-store/x"}})),
+            ("negative storage size", json!({"storage": {"size": "-1Gi"}})),
+            ("storage size that is no quantity", json!({"storage": {"size": "abc"}})),
         ];
         for (what, extra) in cases {
             let mut m = env.store_manifest("bad", extra);

@@ -32,10 +32,12 @@ use super::status::TradeStoreStatus;
         .message("metadata.name must be a DNS-1035 label of at most 63 characters: it names the pod and the Service"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
     printcolumn(name = "Restarts", type_ = "integer", json_path = ".status.restarts.inWindow", priority = 1),
     printcolumn(name = "Last Backup", type_ = "date", json_path = ".status.backup.lastSuccessfulTime"),
     printcolumn(name = "Sync Lag", type_ = "integer", json_path = ".status.sync.lag"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    printcolumn(name = "Message", type_ = "string", json_path = ".status.message")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct TradeStoreSpec {
@@ -188,6 +190,7 @@ impl PullPolicy {
 pub struct StorageSpec {
     /// Requested size, e.g. `10Gi`. Growing it expands the volume when the storage class allows it;
     /// shrinking is refused.
+    #[schemars(schema_with = "storage_size_schema")]
     pub size: Quantity,
 
     /// Storage class; the cluster default when unset. Fixed once the volume exists.
@@ -577,3 +580,17 @@ fn containers_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Sch
     schema.insert("x-kubernetes-list-map-keys".into(), serde_json::json!(["name"]));
     schema
 }
+
+/// A size the API server checks itself: a Kubernetes quantity without a sign (the pattern
+/// controller-gen writes for `resource.Quantity`, minus the sign), so `-1Gi` and `abc` are refused
+/// at apply time instead of only by the operator. Integers stay allowed (`x-kubernetes-int-or-string`;
+/// the pattern applies to strings only).
+fn storage_size_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let mut schema = generator.subschema_for::<Quantity>();
+    schema.insert("pattern".into(), STORAGE_SIZE_PATTERN.into());
+    schema
+}
+
+/// Digits with an optional fraction, then an optional binary (`Ki`…`Ei`), decimal (`k`…`E`) or
+/// exponent suffix. No `m` (milli): a fraction of a byte is no size.
+pub const STORAGE_SIZE_PATTERN: &str = r"^(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[kMGTPE]|([eE]\+?[0-9]+))?$";
