@@ -100,6 +100,20 @@ fn minimal_store_runs_the_sidecar_as_the_only_container() {
 }
 
 #[test]
+fn the_sidecar_requests_resources_unless_the_spec_sets_them() {
+    // Unset: default requests, no limits (Burstable, not BestEffort).
+    let c = sidecar(&build::pod(&fixture("minimal")));
+    let r = c.resources.expect("resources");
+    let requests = r.requests.expect("requests");
+    assert_eq!(requests["cpu"].0, build::DEFAULT_CPU_REQUEST);
+    assert_eq!(requests["memory"].0, build::DEFAULT_MEMORY_REQUEST);
+    assert!(r.limits.is_none());
+    // Set: exactly the spec's.
+    let ts = fixture("with-app");
+    assert_eq!(sidecar(&build::pod(&ts)).resources, ts.spec.resources);
+}
+
+#[test]
 fn user_containers_make_the_sidecar_a_native_sidecar() {
     let ts = fixture("with-app");
     let pod = build::pod(&ts);

@@ -18,7 +18,7 @@ mod token;
 mod volume;
 
 pub use config_map::config_map;
-pub use pod::pod;
+pub use pod::{DEFAULT_CPU_REQUEST, DEFAULT_MEMORY_REQUEST, pod};
 pub use pod_hash::pod_spec_hash;
 pub use service::service;
 pub use token::{generate_token, token_secret};

@@ -4,8 +4,10 @@
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
     HTTPGetAction, KeyToPath, LocalObjectReference, PersistentVolumeClaimVolumeSource, Pod, PodSecurityContext,
-    PodSpec, Probe, SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    PodSpec, Probe, ResourceRequirements, SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext,
+    Volume, VolumeMount,
 };
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
@@ -23,6 +25,22 @@ use crate::sidecar::config::{BACKUP_DIR, CONFIG_DIR, CONFIG_KEY, CONFIG_PATH, DA
 const SIDECAR_BINARY: &str = "/usr/local/bin/sidecar";
 /// Extra seconds of termination grace on top of the sidecar's own shutdown grace.
 const GRACE_MARGIN_SECONDS: i64 = 10;
+/// CPU request of the sidecar when `spec.resources` is unset: enough for the writer and a few
+/// readers at rest.
+pub const DEFAULT_CPU_REQUEST: &str = "100m";
+/// Memory request when `spec.resources` is unset: DuckDB's buffer pool and the hot-read cache of
+/// a small store.
+pub const DEFAULT_MEMORY_REQUEST: &str = "256Mi";
+
+/// Requests without limits: the pod is Burstable, not BestEffort (the first to be evicted under
+/// node pressure), and the sidecar may still use what the node has spare.
+fn default_resources() -> ResourceRequirements {
+    let requests = [("cpu", DEFAULT_CPU_REQUEST), ("memory", DEFAULT_MEMORY_REQUEST)];
+    ResourceRequirements {
+        requests: Some(requests.into_iter().map(|(k, v)| (k.to_string(), Quantity(v.to_string()))).collect()),
+        ..ResourceRequirements::default()
+    }
+}
 
 fn http_probe(path: &str, period: i32, timeout: i32, failures: i32) -> Probe {
     Probe {
@@ -134,7 +152,7 @@ fn sidecar_container(ts: &TradeStore) -> Container {
             protocol: Some("TCP".into()),
             ..ContainerPort::default()
         }]),
-        resources: s.resources.clone(),
+        resources: Some(s.resources.clone().unwrap_or_else(default_resources)),
         // Unresponsive for `unresponsiveSeconds` → restart.
         liveness_probe: Some(http_probe(
             "/healthz",
