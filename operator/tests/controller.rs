@@ -393,6 +393,16 @@ async fn a_stale_cached_object_cannot_undo_a_fence() {
 }
 
 #[tokio::test]
+async fn every_error_series_exists_from_the_start() {
+    let h = Harness::new(minimal_spec());
+    let text = h.ctx.metrics.render();
+    for reason in ["Conflict", "NotFound", "Dependency", "Sidecar", "ClientError", "InvalidObject"] {
+        let series = format!("tradestore_operator_reconcile_errors_total{{reason=\"{reason}\"}} 0");
+        assert!(text.contains(&series), "{series} in\n{text}");
+    }
+}
+
+#[tokio::test]
 async fn errors_are_reported_as_events() {
     let mut spec = minimal_spec();
     spec["auth"] = json!({"tokenSecretName": "missing"});

@@ -9,6 +9,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 
+use super::Error;
 use super::events::Events;
 use crate::metrics::Metrics;
 use crate::sidecar::client::SidecarClient;
@@ -66,6 +67,11 @@ pub struct Context {
 impl Context {
     /// A context with the real clock.
     pub fn new(client: Client, metrics: Metrics, settings: Settings, sidecar: Arc<dyn SidecarClient>) -> Self {
+        // A series that appears only with the first error cannot be alerted on (`rate()` of a
+        // series that did not exist is empty, not 0): create every one at 0.
+        for label in Error::metric_labels() {
+            metrics.failures.with_label_values(&[label]);
+        }
         Context {
             events: Events::new(client.clone()),
             client,

@@ -41,6 +41,9 @@ pub(crate) const MIN_TOKEN_LEN: usize = 16;
 /// Result of a reconcile step.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Label of an object that does not even deserialize (no [`Error`]: it is not retried).
+pub(crate) const INVALID_OBJECT: &str = "InvalidObject";
+
 /// Kubernetes API reasons reported as themselves; any other becomes `ApiError`.
 const API_REASONS: [&str; 14] = [
     "Conflict",
@@ -60,6 +63,12 @@ const API_REASONS: [&str; 14] = [
 ];
 
 impl Error {
+    /// Every label [`Error::metric_label`] can return, and `InvalidObject` (counted by the
+    /// driver for objects that do not deserialize), so each series exists, at 0, from the start.
+    pub fn metric_labels() -> impl Iterator<Item = &'static str> {
+        API_REASONS.into_iter().chain(["ApiError", "ClientError", "Dependency", "Sidecar", INVALID_OBJECT])
+    }
+
     /// Short, bounded label for the errors metric: the Kubernetes API reason when it is a known
     /// one, else the kind of failure.
     pub fn metric_label(&self) -> &'static str {

@@ -82,7 +82,7 @@ async fn reconcile_measured(ts: &TradeStore, ctx: &Context) -> Result<Action> {
 }
 
 async fn report_undeserializable(invalid: &InvalidObject, ctx: &Context) {
-    ctx.metrics.failures.with_label_values(&["InvalidObject"]).inc();
+    ctx.metrics.failures.with_label_values(&[error::INVALID_OBJECT]).inc();
     warn!(object = key_of(&invalid.metadata), error = %invalid.error, "TradeStore does not deserialize");
     let m = &invalid.metadata;
     let reference = ObjectReference {
