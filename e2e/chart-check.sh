@@ -82,6 +82,12 @@ check "namespaced: TRADESTORE_NAMESPACES=team-a,team-b" grep -A1 -q 'name: TRADE
 check "namespaced: value team-a,team-b" grep -q 'value: "team-a,team-b"' "$n"
 check "ServiceMonitor when enabled" grep -q 'kind: ServiceMonitor' "$work/monitoring.yaml"
 
+# The NOTES name the sidecar image of the operator image's build (helm template skips NOTES).
+notes="$(helm install ts "$CHART" --dry-run=client --namespace tradestore-system \
+  --set image.repository=registry.local/tradestore/operator --set image.tag=0.1.0-g0123456789 2>&1)"
+check "NOTES: the sidecar image of the same build" \
+  grep -q 'image: registry.local/tradestore/sidecar:0.1.0-g0123456789$' <<<"$notes"
+
 # 4. Values that must be rejected.
 reject() {
   local what=$1; shift

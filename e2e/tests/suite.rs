@@ -187,15 +187,23 @@ async fn t03_crash_loop_is_fenced() -> Result<()> {
         let ready = condition(&ts, "Ready").context("no Ready condition")?;
         ensure!(ready["status"] == "False", "Ready: {ready}");
         ensure!(ts.data.pointer("/status/fence/reason").is_some(), "no status.fence: {}", ts.data["status"]);
+        // Why it died outlives the pod (the operator deletes it): a start error, exit code 128.
+        let code = ts.data.pointer("/status/fence/lastTermination/exitCode").and_then(Value::as_i64);
+        ensure!(code.is_some_and(|c| c != 0), "no status.fence.lastTermination: {}", ts.data["status"]);
         wait_for("pod removed", SHORT, Duration::from_millis(500), || async {
             Ok(env.pod("desk").await?.is_none().then_some(()))
         })
         .await?;
         wait_for("TooManyRestarts event", SHORT, Duration::from_secs(1), || async {
             let evs = env.events("desk").await?;
-            Ok(evs.iter().any(|(t, r, _)| t == "Warning" && r == "TooManyRestarts").then_some(()))
+            Ok(evs.iter().any(|(t, r, n)| t == "Warning" && r == "TooManyRestarts" && n.contains("last exit:")).then_some(()))
         })
         .await?;
+        let evs = env.events("desk").await?;
+        ensure!(
+            evs.iter().any(|(t, r, n)| t == "Warning" && r == "SidecarRestarted" && n.contains("exit code")),
+            "no SidecarRestarted event: {evs:?}"
+        );
         // It stays fenced: no new pod appears.
         tokio::time::sleep(Duration::from_secs(5)).await;
         ensure!(env.pod("desk").await?.is_none(), "a pod came back while fenced");
@@ -278,6 +286,8 @@ async fn t05_invalid_spec_rejected_by_api_server() -> Result<()> {
                     "s3": {"bucket": "bkt", "credentialsSecretName": "s3"}}}}),
             ),
             ("snapshot id with a slash", json!({"bootstrap": {"snapshotId": "../other-store/x"}})),
+            ("negative storage size", json!({"storage": {"size": "-1Gi"}})),
+            ("storage size that is no quantity", json!({"storage": {"size": "abc"}})),
         ];
         for (what, extra) in cases {
             let mut m = env.store_manifest("bad", extra);

@@ -18,12 +18,12 @@ use kube::runtime::{Controller, watcher};
 use kube::{Api, Client};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
-use tradestore_operator::controller::{self, Context, Settings};
 use tradestore_operator::crd::TradeStore;
 use tradestore_operator::leader::{Outcome, run_while_leader};
 use tradestore_operator::metrics::Metrics;
+use tradestore_operator::reconcile::{self, Context, Settings};
 use tradestore_operator::server::{self, Health};
-use tradestore_operator::sidecar_api::HttpSidecarClient;
+use tradestore_operator::sidecar::client::HttpSidecarClient;
 
 /// The TradeStore operator.
 #[derive(Parser, Debug)]
@@ -86,7 +86,7 @@ struct RunArgs {
     lease_grace: u64,
 
     /// Field manager of server-side apply.
-    #[arg(long, env = "TRADESTORE_FIELD_MANAGER", default_value = controller::FIELD_MANAGER)]
+    #[arg(long, env = "TRADESTORE_FIELD_MANAGER", default_value = reconcile::FIELD_MANAGER)]
     field_manager: String,
 
     /// Call each ready sidecar's API: /v1/status, on-demand and final snapshots (needs network
@@ -143,14 +143,7 @@ async fn signalled() -> &'static str {
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let metrics = Metrics::new();
     let health = Health::default();
-
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    tokio::spawn(async move {
-        let sig = signalled().await;
-        info!(signal = sig, "shutting down");
-        let _ = shutdown_tx.send(true);
-    });
-
+    let shutdown_rx = shutdown_on_signal();
     let mut srv_shutdown = shutdown_rx.clone();
     let server = tokio::spawn(server::serve(args.metrics_addr, metrics.clone(), health.clone(), async move {
         let _ = srv_shutdown.wait_for(|s| *s).await;
@@ -160,68 +153,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     // Several rustls providers are compiled into the workspace; pick kube's (ring).
     let _ = rustls::crypto::ring::default_provider().install_default();
     let client = Client::try_default().await.context("connecting to the Kubernetes API")?;
-    let namespaces: Vec<String> =
-        args.namespaces.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
-    let all = namespaces.is_empty() || namespaces.iter().any(|n| n == "*");
-    let scopes: Vec<Option<String>> = if all { vec![None] } else { namespaces.into_iter().map(Some).collect() };
+    let scopes = scopes(&args.namespaces);
     info!(namespaces = ?scopes, "watching");
-
-    let settings = Settings {
-        field_manager: args.field_manager.clone(),
-        probe_sidecar: args.probe_sidecar,
-        resync: Duration::from_secs(args.resync_seconds.max(5)),
-        final_snapshot_timeout: Duration::from_secs(args.final_snapshot_timeout_seconds),
-        ..Settings::default()
-    };
-    let ctx = Arc::new(Context::new(client.clone(), metrics.clone(), settings, Arc::new(HttpSidecarClient::new())));
-
+    let ctx =
+        Arc::new(Context::new(client.clone(), metrics.clone(), settings(&args), Arc::new(HttpSidecarClient::new())));
     let work = {
         let client = client.clone();
-        let ctx = ctx.clone();
         move |stop: watch::Receiver<bool>| run_controllers(client, ctx, scopes, stop)
     };
 
     let outcome = if args.leader_election {
-        let lease_ns = args
-            .lease_namespace
-            .clone()
-            .or_else(|| std::env::var("POD_NAMESPACE").ok())
-            .unwrap_or_else(|| "default".into());
-        let identity = std::env::var("POD_NAME")
-            .unwrap_or_else(|_| format!("tradestore-operator-{}", tradestore_operator::resources::generate_token()));
-        let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &args.lease_name)
-            .with_namespace(&lease_ns)
-            .with_identity(&identity)
-            .with_duration(args.lease_duration)
-            .with_grace(args.lease_grace)
-            .build()
-            .await
-            .context("creating the lease manager")?;
-        let (leader_rx, lease_task) = manager.watch().await;
-        health.set_ready(true);
-        info!(lease = %args.lease_name, namespace = %lease_ns, %identity, "waiting for leadership");
-        let mut gauge_rx = leader_rx.clone();
-        let gauge = metrics.leader.clone();
-        let gauge_task = tokio::spawn(async move {
-            loop {
-                gauge.set(i64::from(*gauge_rx.borrow_and_update()));
-                if gauge_rx.changed().await.is_err() {
-                    break;
-                }
-            }
-        });
-        let outcome = run_while_leader(leader_rx, shutdown_rx.clone(), work).await;
-        // All receivers dropped → the lease manager releases the Lease and ends.
-        gauge_task.abort();
-        let _ = gauge_task.await;
-        metrics.leader.set(0);
-        match tokio::time::timeout(Duration::from_secs(5), lease_task).await {
-            Ok(Ok(Ok(_))) => info!("lease released"),
-            Ok(Ok(Err(e))) => warn!(error = %e, "releasing the lease"),
-            Ok(Err(e)) => warn!(error = %e, "lease task"),
-            Err(_) => warn!("timed out releasing the lease"),
-        }
-        outcome
+        lead_when_elected(&args, client, &metrics, &health, shutdown_rx.clone(), work).await?
     } else {
         health.set_ready(true);
         metrics.leader.set(1);
@@ -245,6 +187,90 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A flag set once SIGTERM or SIGINT arrives.
+fn shutdown_on_signal() -> watch::Receiver<bool> {
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let sig = signalled().await;
+        info!(signal = sig, "shutting down");
+        let _ = shutdown_tx.send(true);
+    });
+    shutdown_rx
+}
+
+/// The watched scopes: one namespace each, or `None` for the whole cluster (empty or `*`).
+fn scopes(namespaces: &[String]) -> Vec<Option<String>> {
+    let namespaces: Vec<String> = namespaces.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+    let all = namespaces.is_empty() || namespaces.iter().any(|n| n == "*");
+    if all { vec![None] } else { namespaces.into_iter().map(Some).collect() }
+}
+
+fn settings(args: &RunArgs) -> Settings {
+    Settings {
+        field_manager: args.field_manager.clone(),
+        probe_sidecar: args.probe_sidecar,
+        resync: Duration::from_secs(args.resync_seconds.max(5)),
+        final_snapshot_timeout: Duration::from_secs(args.final_snapshot_timeout_seconds),
+        ..Settings::default()
+    }
+}
+
+/// Runs `work` while this replica holds the Lease; releases it at the end.
+async fn lead_when_elected<W, Fut>(
+    args: &RunArgs,
+    client: Client,
+    metrics: &Metrics,
+    health: &Health,
+    shutdown_rx: watch::Receiver<bool>,
+    work: W,
+) -> anyhow::Result<Outcome>
+where
+    W: FnOnce(watch::Receiver<bool>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let lease_ns = args
+        .lease_namespace
+        .clone()
+        .or_else(|| std::env::var("POD_NAMESPACE").ok())
+        .unwrap_or_else(|| "default".into());
+    let identity = std::env::var("POD_NAME")
+        .unwrap_or_else(|_| format!("tradestore-operator-{}", tradestore_operator::build::generate_token()));
+    let manager = kube_lease_manager::LeaseManagerBuilder::new(client, &args.lease_name)
+        .with_namespace(&lease_ns)
+        .with_identity(&identity)
+        .with_duration(args.lease_duration)
+        .with_grace(args.lease_grace)
+        .build()
+        .await
+        .context("creating the lease manager")?;
+    let (leader_rx, lease_task) = manager.watch().await;
+    health.set_ready(true);
+    info!(lease = %args.lease_name, namespace = %lease_ns, %identity, "waiting for leadership");
+    let gauge_task = tokio::spawn(follow_leadership(leader_rx.clone(), metrics.leader.clone()));
+    let outcome = run_while_leader(leader_rx, shutdown_rx, work).await;
+    // All receivers dropped → the lease manager releases the Lease and ends.
+    gauge_task.abort();
+    let _ = gauge_task.await;
+    metrics.leader.set(0);
+    match tokio::time::timeout(Duration::from_secs(5), lease_task).await {
+        Ok(Ok(Ok(_))) => info!("lease released"),
+        Ok(Ok(Err(e))) => warn!(error = %e, "releasing the lease"),
+        Ok(Err(e)) => warn!(error = %e, "lease task"),
+        Err(_) => warn!("timed out releasing the lease"),
+    }
+    Ok(outcome)
+}
+
+/// Keeps the `leader` gauge equal to the Lease state.
+async fn follow_leadership(mut leader_rx: watch::Receiver<bool>, gauge: prometheus::IntGauge) {
+    loop {
+        gauge.set(i64::from(*leader_rx.borrow_and_update()));
+        if leader_rx.changed().await.is_err() {
+            break;
+        }
+    }
+}
+
 /// One controller per watched scope (a namespace, or the whole cluster), until `stop` is set.
 async fn run_controllers(client: Client, ctx: Arc<Context>, scopes: Vec<Option<String>>, stop: watch::Receiver<bool>) {
     info!("leading: starting the controller");
@@ -262,7 +288,7 @@ async fn run_controllers(client: Client, ctx: Arc<Context>, scopes: Vec<Option<S
                 .graceful_shutdown_on(async move {
                     let _ = stop.wait_for(|s| *s).await;
                 })
-                .run(controller::reconcile, controller::error_policy, ctx)
+                .run(reconcile::reconcile, reconcile::error_policy, ctx)
                 .for_each(|res| async move {
                     match res {
                         Ok((obj, _)) => tracing::debug!(object = %obj, "reconciled"),

@@ -1,194 +1,346 @@
-//! Validation of a `TradeStore` beyond what the schema checks. The CEL rules in the CRD catch most
-//! of this at admission; the operator checks again so an object created against an older CRD (or
-//! with validation off) is reported as Invalid instead of producing a broken pod.
+//! The validate stage: a `TradeStore` becomes a [`Validated`] store, or a list of [`Problem`]s.
+//! The CEL rules in the CRD catch most of these at admission; the operator checks again so an
+//! object created against an older CRD (or with validation off) is reported as Invalid instead of
+//! producing a broken pod. Later stages take a [`Validated`], so they cannot be handed a spec
+//! that was not checked.
 
 use std::collections::HashSet;
+use std::fmt;
 
 use kube::ResourceExt;
 
-use crate::crd::{IntegrityFailurePolicy, TradeStore};
-use crate::resources::SIDECAR_CONTAINER;
-use crate::sidecar_config::PORT;
+use crate::crd::{IntegrityFailurePolicy, S3Target, TradeStore, TradeStoreSpec};
+use crate::names::{SIDECAR_CONTAINER, pvc_name};
+use crate::sidecar::config::PORT;
 
-/// Every problem found, one message each (empty: valid).
-pub fn validate(ts: &TradeStore) -> Vec<String> {
-    let mut errs = Vec::new();
+/// A store whose spec passed [`validate`], with what validation parsed on the way.
+#[derive(Debug)]
+pub struct Validated<'a> {
+    store: &'a TradeStore,
+    storage_bytes: f64,
+    schedule: Option<croner::Cron>,
+}
+
+impl<'a> Validated<'a> {
+    /// The store itself.
+    pub fn store(&self) -> &'a TradeStore {
+        self.store
+    }
+    /// `spec.storage.size` in bytes (positive).
+    pub fn storage_bytes(&self) -> f64 {
+        self.storage_bytes
+    }
+    /// `spec.backup.schedule`, parsed (with `spec.backup`).
+    pub fn schedule(&self) -> Option<&croner::Cron> {
+        self.schedule.as_ref()
+    }
+}
+
+impl std::ops::Deref for Validated<'_> {
+    type Target = TradeStore;
+    fn deref(&self) -> &TradeStore {
+        self.store
+    }
+}
+
+/// Everything wrong with a spec, in the order it was found. Its text is the problems joined by
+/// `; ` (the status message and the `InvalidSpec` event).
+#[derive(Debug)]
+pub struct Invalid(pub Vec<Problem>);
+
+impl fmt::Display for Invalid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let texts: Vec<String> = self.0.iter().map(Problem::to_string).collect();
+        f.write_str(&texts.join("; "))
+    }
+}
+
+impl std::error::Error for Invalid {}
+
+/// One thing wrong with a spec.
+#[derive(Debug, thiserror::Error)]
+pub enum Problem {
+    /// The name is used for the pod and the Service.
+    #[error(
+        "metadata.name {0:?} must be a DNS-1035 label (lower-case letters, digits and '-', starting with a letter, at most 63 characters): it names the pod and the Service"
+    )]
+    Name(String),
+    /// A field that must not be empty (or blank) is.
+    #[error("{0} must not be empty")]
+    Empty(&'static str),
+    /// A field that may be left out is set, but blank.
+    #[error("{0} must not be empty when set")]
+    BlankWhenSet(&'static str),
+    /// A number outside its range, or two fields that contradict each other; the text says which.
+    #[error("{0}")]
+    Range(&'static str),
+    /// A range rule whose message names the value found.
+    #[error("spec.duckdb.threads must be 1..=256, got {0}")]
+    Threads(i32),
+    /// `spec.storage.size` is no positive quantity.
+    #[error("spec.storage.size {0:?} is not a positive quantity like 10Gi")]
+    StorageSize(String),
+    /// `spec.duckdb.memoryLimit` is no size.
+    #[error("spec.duckdb.memoryLimit {0:?} is not a size like 512MiB or 2GB")]
+    MemoryLimit(String),
+    /// A user container takes the sidecar's name.
+    #[error("spec.containers[{0}].name {SIDECAR_CONTAINER:?} is reserved for the sidecar")]
+    ReservedContainerName(usize),
+    /// Two user containers share a name.
+    #[error("spec.containers[{0}].name {1:?} is used twice")]
+    DuplicateContainerName(usize, String),
+    /// A user container without an image.
+    #[error("spec.containers[{0}].image must be set")]
+    ContainerImage(usize),
+    /// A user container listens on the sidecar's port.
+    #[error("spec.containers[{0}] uses port {PORT}, which the sidecar listens on")]
+    ContainerPort(usize),
+    /// Zero or two backup targets.
+    #[error("spec.backup.target must set exactly one of volume and s3")]
+    BackupTargets,
+    /// The backup schedule does not parse.
+    #[error("spec.backup.schedule {schedule:?}: {source}")]
+    Schedule {
+        /// The schedule as written.
+        schedule: String,
+        /// Why it does not parse.
+        #[source]
+        source: ScheduleError,
+    },
+    /// The backup claim is the data claim.
+    #[error("spec.backup.target.volume.claimName {0:?} is the data volume")]
+    BackupClaimIsData(String),
+    /// No valid S3 bucket name.
+    #[error("spec.backup.target.s3.bucket {0:?} is not a valid bucket name")]
+    Bucket(String),
+    /// No relative key prefix.
+    #[error(
+        "spec.backup.target.s3.prefix {0:?} must be a relative key prefix like stores/ns/name (no leading '/', no empty, '.' or '..' segments, no spaces)"
+    )]
+    Prefix(String),
+    /// No http(s) URL.
+    #[error("spec.backup.target.s3.endpoint {0:?} is not an http(s) URL")]
+    Endpoint(String),
+    /// No snapshot id.
+    #[error("spec.bootstrap.snapshotId {0:?} must be a snapshot id (letters, digits, '.', '_', '-'; no '/')")]
+    SnapshotId(String),
+    /// Recovery without the journal would lose every change since the snapshot.
+    #[error(
+        "spec.integrityCheck.onFailure Recover needs spec.redis: recovery replays the Redis journal on top of the newest snapshot, and without it would lose every change since that snapshot"
+    )]
+    RecoverNeedsRedis,
+}
+
+/// Why a cron schedule does not parse.
+#[derive(Debug, thiserror::Error)]
+pub enum ScheduleError {
+    /// The sidecar reads exactly five fields.
+    #[error("a cron schedule has 5 fields (minute hour day month weekday), not {0}")]
+    FieldCount(usize),
+    /// croner refused it.
+    #[error("{0}")]
+    Cron(#[source] croner::errors::CronError),
+}
+
+/// The store as a [`Validated`] one, or every problem found.
+pub fn validate(ts: &TradeStore) -> Result<Validated<'_>, Invalid> {
     let s = &ts.spec;
+    let mut problems = Vec::new();
+    check_name(ts, &mut problems);
+    if s.image.trim().is_empty() {
+        problems.push(Problem::Empty("spec.image"));
+    }
+    let storage_bytes = match parse_quantity(&s.storage.size.0) {
+        Some(b) if b > 0.0 => b,
+        _ => {
+            problems.push(Problem::StorageSize(s.storage.size.0.clone()));
+            0.0
+        }
+    };
+    check_duckdb(s, &mut problems);
+    check_limits(s, &mut problems);
+    check_probes_and_lifecycle(s, &mut problems);
+    check_containers(s, &mut problems);
+    let schedule = check_backup(ts, &mut problems);
+    check_followers_and_restore(s, &mut problems);
+    if problems.is_empty() { Ok(Validated { store: ts, storage_bytes, schedule }) } else { Err(Invalid(problems)) }
+}
+
+fn check_name(ts: &TradeStore, problems: &mut Vec<Problem>) {
     let name = ts.name_any();
     if !is_dns1035_label(&name) {
-        errs.push(format!(
-            "metadata.name {name:?} must be a DNS-1035 label (lower-case letters, digits and '-', starting with a letter, at most 63 characters): it names the pod and the Service"
-        ));
+        problems.push(Problem::Name(name));
     }
-    if s.image.trim().is_empty() {
-        errs.push("spec.image must not be empty".into());
-    }
-    match parse_quantity(&s.storage.size.0) {
-        Some(b) if b > 0.0 => {}
-        _ => errs.push(format!("spec.storage.size {:?} is not a positive quantity like 10Gi", s.storage.size.0)),
-    }
+}
+
+fn check_duckdb(s: &TradeStoreSpec, problems: &mut Vec<Problem>) {
     let d = &s.duckdb;
     if !(1..=256).contains(&d.threads) {
-        errs.push(format!("spec.duckdb.threads must be 1..=256, got {}", d.threads));
+        problems.push(Problem::Threads(d.threads));
     }
     if d.checkpoint_threshold_bytes < 65536 {
-        errs.push("spec.duckdb.checkpointThresholdBytes must be at least 65536".into());
+        problems.push(Problem::Range("spec.duckdb.checkpointThresholdBytes must be at least 65536"));
     }
     if d.max_wal_bytes < d.checkpoint_threshold_bytes {
-        errs.push("spec.duckdb.maxWalBytes must be >= spec.duckdb.checkpointThresholdBytes".into());
+        problems.push(Problem::Range("spec.duckdb.maxWalBytes must be >= spec.duckdb.checkpointThresholdBytes"));
     }
     if let Some(m) = &d.memory_limit
         && (m.is_empty() || !m.chars().all(|c| c.is_ascii_alphanumeric() || c == '.'))
     {
-        errs.push(format!("spec.duckdb.memoryLimit {m:?} is not a size like 512MiB or 2GB"));
+        problems.push(Problem::MemoryLimit(m.clone()));
     }
+}
+
+fn check_limits(s: &TradeStoreSpec, problems: &mut Vec<Problem>) {
     let l = &s.limits;
-    if l.queue_batches < 1 || l.max_batch_requests < 1 {
-        errs.push("spec.limits.queueBatches and spec.limits.maxBatchRequests must be >= 1".into());
-    }
-    if !(1..=256).contains(&l.pool_size) {
-        errs.push("spec.limits.poolSize must be 1..=256".into());
-    }
-    if l.max_body_bytes < 1024 {
-        errs.push("spec.limits.maxBodyBytes must be at least 1024".into());
-    }
-    if l.max_list_limit < 1 || l.max_batch_trades < 1 || l.recent_trades < 0 {
-        errs.push("spec.limits.maxListLimit and maxBatchTrades must be >= 1, recentTrades >= 0".into());
-    }
-    if l.acquire_timeout_millis < 1 || l.write_timeout_seconds < 1 {
-        errs.push("spec.limits.acquireTimeoutMillis and writeTimeoutSeconds must be >= 1".into());
-    }
+    let rules = [
+        (
+            l.queue_batches < 1 || l.max_batch_requests < 1,
+            "spec.limits.queueBatches and spec.limits.maxBatchRequests must be >= 1",
+        ),
+        (!(1..=256).contains(&l.pool_size), "spec.limits.poolSize must be 1..=256"),
+        (l.max_body_bytes < 1024, "spec.limits.maxBodyBytes must be at least 1024"),
+        (
+            l.max_list_limit < 1 || l.max_batch_trades < 1 || l.recent_trades < 0,
+            "spec.limits.maxListLimit and maxBatchTrades must be >= 1, recentTrades >= 0",
+        ),
+        (
+            l.acquire_timeout_millis < 1 || l.write_timeout_seconds < 1,
+            "spec.limits.acquireTimeoutMillis and writeTimeoutSeconds must be >= 1",
+        ),
+    ];
+    problems.extend(rules.into_iter().filter(|(broken, _)| *broken).map(|(_, rule)| Problem::Range(rule)));
+}
+
+fn check_probes_and_lifecycle(s: &TradeStoreSpec, problems: &mut Vec<Problem>) {
     let p = &s.probes;
-    if p.period_seconds < 1 || p.timeout_seconds < 1 || p.readiness_failure_threshold < 1 || p.startup_seconds < 1 {
-        errs.push("spec.probes values must be >= 1".into());
-    }
-    if p.unresponsive_seconds < p.period_seconds {
-        errs.push("spec.probes.unresponsiveSeconds must be >= spec.probes.periodSeconds".into());
-    }
-    if p.timeout_seconds > p.period_seconds {
-        errs.push("spec.probes.timeoutSeconds must be <= spec.probes.periodSeconds".into());
-    }
-    if s.restart_policy.max_restarts < 1 || s.restart_policy.window_seconds < 10 {
-        errs.push("spec.restartPolicy.maxRestarts must be >= 1 and windowSeconds >= 10".into());
-    }
-    if !(1..=3600).contains(&s.shutdown_grace_seconds) {
-        errs.push("spec.shutdownGraceSeconds must be 1..=3600".into());
-    }
+    let rules = [
+        (
+            p.period_seconds < 1 || p.timeout_seconds < 1 || p.readiness_failure_threshold < 1 || p.startup_seconds < 1,
+            "spec.probes values must be >= 1",
+        ),
+        (
+            p.unresponsive_seconds < p.period_seconds,
+            "spec.probes.unresponsiveSeconds must be >= spec.probes.periodSeconds",
+        ),
+        (p.timeout_seconds > p.period_seconds, "spec.probes.timeoutSeconds must be <= spec.probes.periodSeconds"),
+        (
+            s.restart_policy.max_restarts < 1 || s.restart_policy.window_seconds < 10,
+            "spec.restartPolicy.maxRestarts must be >= 1 and windowSeconds >= 10",
+        ),
+        (!(1..=3600).contains(&s.shutdown_grace_seconds), "spec.shutdownGraceSeconds must be 1..=3600"),
+    ];
+    problems.extend(rules.into_iter().filter(|(broken, _)| *broken).map(|(_, rule)| Problem::Range(rule)));
     if s.log.level.trim().is_empty() {
-        errs.push("spec.log.level must not be empty".into());
+        problems.push(Problem::Empty("spec.log.level"));
     }
     if s.run_as_user < 1 {
-        errs.push("spec.runAsUser must be a non-root uid (>= 1)".into());
+        problems.push(Problem::Range("spec.runAsUser must be a non-root uid (>= 1)"));
     }
+}
+
+fn check_containers(s: &TradeStoreSpec, problems: &mut Vec<Problem>) {
     let mut names = HashSet::new();
     for (i, c) in s.containers.iter().enumerate() {
         if c.name == SIDECAR_CONTAINER {
-            errs.push(format!("spec.containers[{i}].name {SIDECAR_CONTAINER:?} is reserved for the sidecar"));
+            problems.push(Problem::ReservedContainerName(i));
         }
         if !names.insert(c.name.as_str()) {
-            errs.push(format!("spec.containers[{i}].name {:?} is used twice", c.name));
+            problems.push(Problem::DuplicateContainerName(i, c.name.clone()));
         }
         if c.image.as_deref().unwrap_or("").is_empty() {
-            errs.push(format!("spec.containers[{i}].image must be set"));
+            problems.push(Problem::ContainerImage(i));
         }
-        for port in c.ports.iter().flatten() {
-            if port.container_port == PORT {
-                errs.push(format!("spec.containers[{i}] uses port {PORT}, which the sidecar listens on"));
-            }
-        }
+        let taken = c.ports.iter().flatten().filter(|port| port.container_port == PORT);
+        problems.extend(taken.map(|_| Problem::ContainerPort(i)));
     }
-    if let Some(b) = &s.backup {
-        if b.target.volume.is_some() == b.target.s3.is_some() {
-            errs.push("spec.backup.target must set exactly one of volume and s3".into());
-        }
-        if let Err(e) = parse_schedule(&b.schedule) {
-            errs.push(format!("spec.backup.schedule {:?}: {e}", b.schedule));
-        }
-        if let Some(v) = &b.target.volume
-            && v.claim_name == crate::resources::pvc_name(ts)
-        {
-            errs.push(format!("spec.backup.target.volume.claimName {:?} is the data volume", v.claim_name));
-        }
-        if let Some(t) = &b.target.s3 {
-            errs.extend(validate_s3(t));
-        }
+}
+
+/// Checks `spec.backup`; returns its parsed schedule.
+fn check_backup(ts: &TradeStore, problems: &mut Vec<Problem>) -> Option<croner::Cron> {
+    let b = ts.spec.backup.as_ref()?;
+    if b.target.volume.is_some() == b.target.s3.is_some() {
+        problems.push(Problem::BackupTargets);
     }
+    let schedule = match parse_schedule(&b.schedule) {
+        Ok(cron) => Some(cron),
+        Err(source) => {
+            problems.push(Problem::Schedule { schedule: b.schedule.clone(), source });
+            None
+        }
+    };
+    if let Some(v) = &b.target.volume
+        && v.claim_name == pvc_name(ts)
+    {
+        problems.push(Problem::BackupClaimIsData(v.claim_name.clone()));
+    }
+    if let Some(t) = &b.target.s3 {
+        check_s3(t, problems);
+    }
+    schedule
+}
+
+fn check_followers_and_restore(s: &TradeStoreSpec, problems: &mut Vec<Problem>) {
     if let Some(b) = &s.bootstrap
         && !is_snapshot_id(&b.snapshot_id)
     {
-        errs.push(format!(
-            "spec.bootstrap.snapshotId {:?} must be a snapshot id (letters, digits, '.', '_', '-'; no '/')",
-            b.snapshot_id
-        ));
+        problems.push(Problem::SnapshotId(b.snapshot_id.clone()));
     }
-    if let Some(r) = &s.redis
-        && r.key_prefix.as_deref().is_some_and(|p| p.trim().is_empty())
-    {
-        errs.push("spec.redis.keyPrefix must not be empty when set".into());
+    if s.redis.as_ref().and_then(|r| r.key_prefix.as_deref()).is_some_and(|p| p.trim().is_empty()) {
+        problems.push(Problem::BlankWhenSet("spec.redis.keyPrefix"));
     }
-    if let Some(c) = &s.clickhouse
-        && c.database.as_deref().is_some_and(|d| d.trim().is_empty())
-    {
-        errs.push("spec.clickhouse.database must not be empty when set".into());
+    if s.clickhouse.as_ref().and_then(|c| c.database.as_deref()).is_some_and(|d| d.trim().is_empty()) {
+        problems.push(Problem::BlankWhenSet("spec.clickhouse.database"));
     }
     if s.integrity_check.as_ref().is_some_and(|i| i.on_failure == IntegrityFailurePolicy::Recover) && s.redis.is_none()
     {
-        errs.push(
-            "spec.integrityCheck.onFailure Recover needs spec.redis: recovery replays the Redis journal on top of \
-             the newest snapshot, and without it would lose every change since that snapshot"
-                .into(),
-        );
+        problems.push(Problem::RecoverNeedsRedis);
     }
-    errs
 }
 
 /// A 5-field cron expression (minute hour day-of-month month day-of-week, UTC), parsed the way the
 /// sidecar parses `snapshots.schedule` (croner, no seconds, no year field).
-pub fn parse_schedule(schedule: &str) -> Result<croner::Cron, String> {
+pub fn parse_schedule(schedule: &str) -> Result<croner::Cron, ScheduleError> {
     let fields = schedule.split_whitespace().count();
     if fields != 5 {
-        return Err(format!("a cron schedule has 5 fields (minute hour day month weekday), not {fields}"));
+        return Err(ScheduleError::FieldCount(fields));
     }
     croner::parser::CronParser::builder()
         .seconds(croner::parser::Seconds::Disallowed)
         .year(croner::parser::Year::Disallowed)
         .build()
         .parse(schedule)
-        .map_err(|e| e.to_string())
+        .map_err(ScheduleError::Cron)
 }
 
-fn validate_s3(t: &crate::crd::S3Target) -> Vec<String> {
-    let mut errs = Vec::new();
+fn check_s3(t: &S3Target, problems: &mut Vec<Problem>) {
     let b = t.bucket.as_bytes();
     let bucket_ok = (3..=63).contains(&b.len())
         && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'.' || *c == b'-')
         && b[0].is_ascii_alphanumeric()
         && b[b.len() - 1].is_ascii_alphanumeric();
     if !bucket_ok {
-        errs.push(format!("spec.backup.target.s3.bucket {:?} is not a valid bucket name", t.bucket));
+        problems.push(Problem::Bucket(t.bucket.clone()));
     }
     if let Some(p) = &t.prefix
         && !is_sane_prefix(p)
     {
-        errs.push(format!(
-            "spec.backup.target.s3.prefix {p:?} must be a relative key prefix like stores/ns/name (no leading '/', no empty, '.' or '..' segments, no spaces)"
-        ));
+        problems.push(Problem::Prefix(p.clone()));
     }
     if let Some(e) = &t.endpoint {
         match reqwest::Url::parse(e) {
             Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some_and(|h| !h.is_empty()) => {}
-            _ => errs.push(format!("spec.backup.target.s3.endpoint {e:?} is not an http(s) URL")),
+            _ => problems.push(Problem::Endpoint(e.clone())),
         }
     }
     if t.region.trim().is_empty() {
-        errs.push("spec.backup.target.s3.region must not be empty".into());
+        problems.push(Problem::Empty("spec.backup.target.s3.region"));
     }
-    errs
 }
 
 /// An S3 key prefix: slash-separated segments, no leading slash, no empty / `.` / `..` segments
 /// (a single trailing slash is allowed), printable without whitespace.
-pub fn is_sane_prefix(p: &str) -> bool {
+fn is_sane_prefix(p: &str) -> bool {
     let body = p.strip_suffix('/').unwrap_or(p);
     !body.is_empty()
         && p.len() <= 512
@@ -197,7 +349,7 @@ pub fn is_sane_prefix(p: &str) -> bool {
 }
 
 /// A snapshot id as the sidecar names them: one path segment of letters, digits, `.`, `_`, `-`.
-pub fn is_snapshot_id(id: &str) -> bool {
+fn is_snapshot_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 253
         && id != "."
@@ -206,7 +358,7 @@ pub fn is_snapshot_id(id: &str) -> bool {
 }
 
 /// RFC 1035 label: what a Service name must be.
-pub fn is_dns1035_label(s: &str) -> bool {
+fn is_dns1035_label(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && b.len() <= 63

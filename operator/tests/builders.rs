@@ -5,10 +5,19 @@ use std::path::PathBuf;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
+use tradestore_operator::build;
 use tradestore_operator::crd::TradeStore;
-use tradestore_operator::resources::{self, RESTART_ANNOTATION, SPEC_HASH_ANNOTATION};
-use tradestore_operator::sidecar_config::SidecarConfig;
+use tradestore_operator::names::{RESTART_ANNOTATION, SPEC_HASH_ANNOTATION};
+use tradestore_operator::sidecar::config::SidecarConfig;
 use tradestore_operator::validate::{parse_quantity, validate};
+
+/// What validation finds wrong, one text per problem (none: valid).
+fn problems(ts: &TradeStore) -> Vec<String> {
+    match validate(ts) {
+        Ok(_) => Vec::new(),
+        Err(invalid) => invalid.0.iter().map(ToString::to_string).collect(),
+    }
+}
 
 fn dir(sub: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests").join(sub)
@@ -53,11 +62,11 @@ fn golden_objects_for_every_fixture() {
     for name in ["minimal", "with-app", "classic-sidecar", "backup-volume"] {
         let ts = fixture(name);
         let mut out = String::new();
-        out += &format!("# pod\n{}", yaml(&resources::pod(&ts)));
-        out += &format!("---\n# pvc\n{}", yaml(&resources::pvc(&ts)));
-        out += &format!("---\n# service\n{}", yaml(&resources::service(&ts)));
-        out += &format!("---\n# configmap\n{}", yaml(&resources::config_map(&ts)));
-        out += &format!("---\n# secret\n{}", yaml(&resources::token_secret(&ts, "fixed-test-token-0123456789")));
+        out += &format!("# pod\n{}", yaml(&build::pod(&ts)));
+        out += &format!("---\n# pvc\n{}", yaml(&build::pvc(&ts)));
+        out += &format!("---\n# service\n{}", yaml(&build::service(&ts)));
+        out += &format!("---\n# configmap\n{}", yaml(&build::config_map(&ts)));
+        out += &format!("---\n# secret\n{}", yaml(&build::token_secret(&ts, "fixed-test-token-0123456789")));
         check_golden(&format!("{name}.yaml"), &out);
     }
 }
@@ -65,14 +74,14 @@ fn golden_objects_for_every_fixture() {
 #[test]
 fn fixtures_are_valid() {
     for name in ["minimal", "with-app", "classic-sidecar", "backup-volume"] {
-        assert_eq!(validate(&fixture(name)), Vec::<String>::new(), "{name}");
+        assert_eq!(problems(&fixture(name)), Vec::<String>::new(), "{name}");
     }
 }
 
 #[test]
 fn minimal_store_runs_the_sidecar_as_the_only_container() {
     let ts = fixture("minimal");
-    let pod = resources::pod(&ts);
+    let pod = build::pod(&ts);
     let spec = pod.spec.as_ref().unwrap();
     assert!(spec.init_containers.is_none());
     assert_eq!(spec.containers.len(), 1);
@@ -91,9 +100,23 @@ fn minimal_store_runs_the_sidecar_as_the_only_container() {
 }
 
 #[test]
+fn the_sidecar_requests_resources_unless_the_spec_sets_them() {
+    // Unset: default requests, no limits (Burstable, not BestEffort).
+    let c = sidecar(&build::pod(&fixture("minimal")));
+    let r = c.resources.expect("resources");
+    let requests = r.requests.expect("requests");
+    assert_eq!(requests["cpu"].0, build::DEFAULT_CPU_REQUEST);
+    assert_eq!(requests["memory"].0, build::DEFAULT_MEMORY_REQUEST);
+    assert!(r.limits.is_none());
+    // Set: exactly the spec's.
+    let ts = fixture("with-app");
+    assert_eq!(sidecar(&build::pod(&ts)).resources, ts.spec.resources);
+}
+
+#[test]
 fn user_containers_make_the_sidecar_a_native_sidecar() {
     let ts = fixture("with-app");
-    let pod = resources::pod(&ts);
+    let pod = build::pod(&ts);
     let spec = pod.spec.as_ref().unwrap();
     let init = spec.init_containers.as_ref().expect("init containers");
     assert_eq!(init.len(), 1);
@@ -117,7 +140,7 @@ fn user_containers_make_the_sidecar_a_native_sidecar() {
 #[test]
 fn classic_mode_keeps_user_env_and_uses_the_given_token_secret() {
     let ts = fixture("classic-sidecar");
-    let pod = resources::pod(&ts);
+    let pod = build::pod(&ts);
     let spec = pod.spec.as_ref().unwrap();
     assert!(spec.init_containers.is_none());
     assert_eq!(spec.containers.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["sidecar", "app"]);
@@ -127,12 +150,12 @@ fn classic_mode_keeps_user_env_and_uses_the_given_token_secret() {
     assert_eq!(urls[0].value.as_deref(), Some("http://localhost:8080"));
     let token_vol = spec.volumes.as_ref().unwrap().iter().find(|v| v.name == "token").unwrap();
     assert_eq!(token_vol.secret.as_ref().unwrap().secret_name.as_deref(), Some("my-token"));
-    assert_eq!(resources::pvc(&ts).spec.unwrap().access_modes.unwrap(), ["ReadWriteOnce"]);
+    assert_eq!(build::pvc(&ts).spec.unwrap().access_modes.unwrap(), ["ReadWriteOnce"]);
 }
 
 #[test]
 fn sidecar_is_locked_down() {
-    let pod = resources::pod(&fixture("minimal"));
+    let pod = build::pod(&fixture("minimal"));
     let psc = pod.spec.as_ref().unwrap().security_context.clone().unwrap();
     assert_eq!(psc.run_as_non_root, Some(true));
     assert_eq!(psc.fs_group, Some(65532));
@@ -154,7 +177,7 @@ fn sidecar_is_locked_down() {
 
 #[test]
 fn default_probes_restart_after_ten_unresponsive_seconds() {
-    let c = sidecar(&resources::pod(&fixture("minimal")));
+    let c = sidecar(&build::pod(&fixture("minimal")));
     let live = c.liveness_probe.unwrap();
     assert_eq!(live.http_get.unwrap().path.as_deref(), Some("/healthz"));
     assert_eq!(live.period_seconds, Some(5));
@@ -165,7 +188,7 @@ fn default_probes_restart_after_ten_unresponsive_seconds() {
     let startup = c.startup_probe.unwrap();
     assert_eq!(startup.failure_threshold, Some(60)); // 300 s of start-up budget
     // custom: period 3, unresponsive 10 → ceil(10/3) = 4
-    let c = sidecar(&resources::pod(&fixture("with-app")));
+    let c = sidecar(&build::pod(&fixture("with-app")));
     assert_eq!(c.liveness_probe.unwrap().failure_threshold, Some(4));
 }
 
@@ -173,11 +196,11 @@ fn default_probes_restart_after_ten_unresponsive_seconds() {
 fn every_object_is_owned_by_the_store() {
     let ts = fixture("minimal");
     let metas = [
-        resources::pod(&ts).metadata,
-        resources::pvc(&ts).metadata,
-        resources::service(&ts).metadata,
-        resources::config_map(&ts).metadata,
-        resources::token_secret(&ts, "x").metadata,
+        build::pod(&ts).metadata,
+        build::pvc(&ts).metadata,
+        build::service(&ts).metadata,
+        build::config_map(&ts).metadata,
+        build::token_secret(&ts, "x").metadata,
     ];
     for m in metas {
         let owners = m.owner_references.unwrap();
@@ -193,24 +216,24 @@ fn every_object_is_owned_by_the_store() {
 #[test]
 fn pod_hash_follows_what_shapes_the_pod() {
     let ts = fixture("minimal");
-    let h = resources::pod_spec_hash(&ts);
+    let h = build::pod_spec_hash(&ts);
     // Pinned: an operator upgrade must not change the hash of an unchanged spec (that would
     // restart every store). Change this only together with a documented migration.
     assert_eq!(h, "c5aff79368e4eb59");
-    let pod = resources::pod(&ts);
+    let pod = build::pod(&ts);
     assert_eq!(pod.annotations().get(SPEC_HASH_ANNOTATION), Some(&h));
 
     let mut changed = ts.clone();
     changed.spec.image = "ghcr.io/example/tradestore-sidecar:0.1.1".into();
-    assert_ne!(resources::pod_spec_hash(&changed), h);
+    assert_ne!(build::pod_spec_hash(&changed), h);
 
     let mut changed = ts.clone();
     changed.spec.duckdb.threads = 2;
-    assert_ne!(resources::pod_spec_hash(&changed), h);
+    assert_ne!(build::pod_spec_hash(&changed), h);
 
     let mut restarted = ts.clone();
     restarted.annotations_mut().insert(RESTART_ANNOTATION.into(), "now".into());
-    assert_ne!(resources::pod_spec_hash(&restarted), h);
+    assert_ne!(build::pod_spec_hash(&restarted), h);
 
     // Not shaping the pod: stop/fence switches, volume size, restart policy, other annotations.
     let mut same = ts.clone();
@@ -220,13 +243,13 @@ fn pod_hash_follows_what_shapes_the_pod() {
     same.spec.restart_policy.max_restarts = 9;
     same.annotations_mut().insert("unrelated".into(), "x".into());
     same.annotations_mut().insert("tradestore.io/backup-request".into(), "x".into());
-    assert_eq!(resources::pod_spec_hash(&same), h);
+    assert_eq!(build::pod_spec_hash(&same), h);
 }
 
 #[test]
 fn pod_hash_follows_backup_sync_integrity_and_restore_settings() {
     let ts = fixture("backup-volume");
-    let h = resources::pod_spec_hash(&ts);
+    let h = build::pod_spec_hash(&ts);
     let changes: Vec<(&str, Edit<TradeStore>)> = vec![
         ("schedule", Box::new(|t| t.spec.backup.as_mut().unwrap().schedule = "0 0 * * *".into())),
         ("retention", Box::new(|t| t.spec.backup.as_mut().unwrap().retention.keep_last = 6)),
@@ -244,18 +267,18 @@ fn pod_hash_follows_backup_sync_integrity_and_restore_settings() {
     for (what, change) in changes {
         let mut changed = ts.clone();
         change(&mut changed);
-        assert_ne!(resources::pod_spec_hash(&changed), h, "{what} must roll the pod out");
+        assert_ne!(build::pod_spec_hash(&changed), h, "{what} must roll the pod out");
     }
     // Only the operator acts on finalSnapshotOnDelete: no restart.
     let mut same = ts.clone();
     same.spec.backup.as_mut().unwrap().final_snapshot_on_delete = false;
-    assert_eq!(resources::pod_spec_hash(&same), h);
+    assert_eq!(build::pod_spec_hash(&same), h);
 }
 
 #[test]
 fn secrets_reach_the_sidecar_as_secret_key_refs_only() {
     let ts = fixture("backup-volume");
-    let env = sidecar(&resources::pod(&ts)).env.expect("sidecar env");
+    let env = sidecar(&build::pod(&ts)).env.expect("sidecar env");
     let refs: Vec<(String, String, String)> = env
         .iter()
         .map(|e| {
@@ -272,7 +295,7 @@ fn secrets_reach_the_sidecar_as_secret_key_refs_only() {
     ];
     let want: Vec<_> = want.iter().map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string())).collect();
     assert_eq!(refs, want);
-    let s3 = sidecar(&resources::pod(&fixture("with-app"))).env.expect("sidecar env");
+    let s3 = sidecar(&build::pod(&fixture("with-app"))).env.expect("sidecar env");
     let s3: Vec<_> = s3
         .iter()
         .map(|e| {
@@ -289,9 +312,9 @@ fn secrets_reach_the_sidecar_as_secret_key_refs_only() {
             ("AWS_SECRET_ACCESS_KEY", "s3-creds", "AWS_SECRET_ACCESS_KEY"),
         ]
     );
-    assert!(sidecar(&resources::pod(&fixture("minimal"))).env.is_none());
+    assert!(sidecar(&build::pod(&fixture("minimal"))).env.is_none());
     // Nothing secret in the ConfigMap.
-    let cm = resources::config_map(&ts).data.unwrap()["sidecar.yaml"].clone();
+    let cm = build::config_map(&ts).data.unwrap()["sidecar.yaml"].clone();
     for secret_name in ["url", "password", "user:", "AWS"] {
         assert!(!cm.contains(secret_name), "{secret_name} in {cm}");
     }
@@ -300,7 +323,7 @@ fn secrets_reach_the_sidecar_as_secret_key_refs_only() {
 #[test]
 fn backup_volume_is_mounted_as_the_snapshot_directory() {
     let ts = fixture("backup-volume");
-    let pod = resources::pod(&ts);
+    let pod = build::pod(&ts);
     let vol = pod.spec.as_ref().unwrap().volumes.as_ref().unwrap().iter().find(|v| v.name == "backup").cloned();
     let claim = vol.expect("backup volume").persistent_volume_claim.expect("a PVC volume");
     assert_eq!(claim.claim_name, "tradestore-backups");
@@ -312,7 +335,7 @@ fn backup_volume_is_mounted_as_the_snapshot_directory() {
     let app = &pod.spec.as_ref().unwrap().containers[0];
     assert!(app.volume_mounts.is_none());
     // No backup volume without a volume target.
-    let pod = resources::pod(&fixture("with-app"));
+    let pod = build::pod(&fixture("with-app"));
     assert!(pod.spec.unwrap().volumes.unwrap().iter().all(|v| v.name != "backup"));
 }
 
@@ -365,7 +388,7 @@ fn s3_endpoint_prefix_and_region_are_rendered() {
         serde_json::json!({"bucket": "tradestore-backups", "prefix": "stores/trading/desk-a",
             "endpoint": "http://minio.storage:9000", "region": "eu-central-1"})
     );
-    assert!(validate(&ts).is_empty(), "{:?}", validate(&ts));
+    assert!(problems(&ts).is_empty(), "{:?}", problems(&ts));
 }
 
 #[test]
@@ -386,11 +409,11 @@ fn backup_and_restore_validation() {
         ("database", Box::new(|t| t.spec.clickhouse.as_mut().unwrap().database = Some(String::new()))),
         ("onFailure Recover needs spec.redis", Box::new(|t| t.spec.redis = None)),
     ];
-    assert!(validate(&fixture("backup-volume")).is_empty());
+    assert!(problems(&fixture("backup-volume")).is_empty());
     for (needle, change) in cases {
         let mut ts = fixture("backup-volume");
         change(&mut ts);
-        let errs = validate(&ts).join("\n");
+        let errs = problems(&ts).join("\n");
         assert!(errs.contains(needle), "missing {needle:?} in {errs:?}");
     }
     let s3_cases: Vec<(&str, Edit<tradestore_operator::crd::S3Target>)> = vec![
@@ -406,7 +429,7 @@ fn backup_and_restore_validation() {
     for (needle, change) in s3_cases {
         let mut ts = fixture("with-app");
         change(ts.spec.backup.as_mut().unwrap().target.s3.as_mut().unwrap());
-        let errs = validate(&ts).join("\n");
+        let errs = problems(&ts).join("\n");
         assert!(errs.contains(&format!("s3.{needle}")), "missing {needle:?} in {errs:?}");
     }
     // Accepted: trailing slash on the prefix, https endpoints, ranges and steps in the schedule.
@@ -416,7 +439,7 @@ fn backup_and_restore_validation() {
     let s3 = b.target.s3.as_mut().unwrap();
     s3.prefix = Some("stores/".into());
     s3.endpoint = Some("https://s3.example.com".into());
-    assert!(validate(&ts).is_empty(), "{:?}", validate(&ts));
+    assert!(problems(&ts).is_empty(), "{:?}", problems(&ts));
 }
 
 #[test]
@@ -477,8 +500,8 @@ fn sidecar_config_has_exactly_the_sidecar_keys() {
 
 #[test]
 fn generated_tokens_are_long_and_random() {
-    let a = resources::generate_token();
-    let b = resources::generate_token();
+    let a = build::generate_token();
+    let b = build::generate_token();
     assert!(a.len() >= 32 && a.chars().all(|c| c.is_ascii_alphanumeric()));
     assert_ne!(a, b);
 }
@@ -498,13 +521,13 @@ fn validation_reports_each_problem() {
         },
     ];
     ts.spec.storage.size = k8s_openapi::apimachinery::pkg::api::resource::Quantity("lots".into());
-    let errs = validate(&ts).join("\n");
+    let errs = problems(&ts).join("\n");
     for needle in ["maxWalBytes", "unresponsiveSeconds", "reserved", "image must be set", "port 8080", "storage.size"] {
         assert!(errs.contains(needle), "missing {needle:?} in:\n{errs}");
     }
     let mut bad_name = fixture("minimal");
     bad_name.metadata.name = Some("Bad_Name".into());
-    assert!(validate(&bad_name)[0].contains("DNS-1035"));
+    assert!(problems(&bad_name)[0].contains("DNS-1035"));
 }
 
 #[test]

@@ -15,11 +15,11 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::core::error_boundary::DeserializeGuard;
 use kube::runtime::controller::Action;
 use serde_json::{Value, json};
-use tradestore_operator::controller::{self, Context, Error, Settings};
 use tradestore_operator::crd::{SidecarReport, TradeStore};
 use tradestore_operator::metrics::Metrics;
-use tradestore_operator::sidecar_api::{
-    BackupReport, HttpSidecarClient, IntegrityReport, SidecarClient, SidecarStatus, Snapshot, SyncReport,
+use tradestore_operator::reconcile::{self, Context, Settings};
+use tradestore_operator::sidecar::client::{
+    BackupReport, HttpSidecarClient, IntegrityReport, SidecarClient, SidecarError, SidecarStatus, Snapshot, SyncReport,
 };
 
 const NS: &str = "trading";
@@ -57,7 +57,11 @@ fn manifest(id: &str, created_at: &str, seq: i64) -> Snapshot {
 }
 
 impl SidecarClient for FakeSidecar {
-    fn status<'a>(&'a self, _base: &'a str, token: Option<&'a str>) -> BoxFuture<'a, Result<SidecarStatus, Error>> {
+    fn status<'a>(
+        &'a self,
+        _base: &'a str,
+        token: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<SidecarStatus, SidecarError>> {
         *self.last_token.lock().unwrap() = token.map(str::to_string);
         Box::pin(async {
             Ok(SidecarStatus {
@@ -76,11 +80,15 @@ impl SidecarClient for FakeSidecar {
         })
     }
 
-    fn snapshot<'a>(&'a self, base: &'a str, token: &'a str) -> BoxFuture<'a, Result<Snapshot, Error>> {
+    fn snapshot<'a>(&'a self, base: &'a str, token: &'a str) -> BoxFuture<'a, Result<Snapshot, SidecarError>> {
         self.snapshot_calls.lock().unwrap().push((base.to_string(), token.to_string()));
         Box::pin(async move {
             if *self.failing.lock().unwrap() {
-                return Err(Error::Sidecar("POST /v1/snapshots: HTTP 500 disk full".into()));
+                return Err(SidecarError::Status {
+                    what: "POST /v1/snapshots",
+                    status: reqwest::StatusCode::INTERNAL_SERVER_ERROR,
+                    body: "disk full".into(),
+                });
             }
             let n = self.snapshots_taken() as i64;
             let snap = manifest(&format!("snap-{n}"), "2026-11-01T12:00:00Z", 40 + n);
@@ -105,6 +113,12 @@ impl Harness {
         let mut ctx = Context::new(client, Metrics::new(), Settings::default(), probe.clone());
         let n = now.clone();
         ctx.clock = Arc::new(move || *n.lock().unwrap());
+        if let Some(claim) = spec["backup"]["target"]["volume"]["claimName"].as_str() {
+            fake.put(
+                &format!("/api/v1/namespaces/{NS}/persistentvolumeclaims/{claim}"),
+                json!({"metadata": {"name": claim, "namespace": NS}, "spec": {"accessModes": ["ReadWriteOnce"]}}),
+            );
+        }
         fake.put(
             TS,
             json!({
@@ -122,7 +136,7 @@ impl Harness {
 
     async fn reconcile(&self) -> Action {
         let obj = Arc::new(DeserializeGuard(Ok(self.store())));
-        controller::reconcile(obj, self.ctx.clone()).await.expect("reconcile succeeds")
+        reconcile::reconcile(obj, self.ctx.clone()).await.expect("reconcile succeeds")
     }
 
     fn advance(&self, secs: i64) {
@@ -161,10 +175,21 @@ impl Harness {
         });
     }
 
+    /// Marks the pod running with the sidecar restarted `restarts` times, the last time killed
+    /// out of memory.
+    fn pod_oom_killed(&self, restarts: i32) {
+        self.pod_ready(restarts);
+        self.fake.edit(POD, |p| {
+            p["status"]["containerStatuses"][0]["lastState"] = json!({"terminated": {
+                "reason": "OOMKilled", "exitCode": 137, "finishedAt": "2026-11-01T12:00:30Z",
+                "message": "writer: allocation failed\n"}});
+        });
+    }
+
     /// Finalizer, then the first full reconcile.
     async fn create(&self) {
         assert_eq!(self.reconcile().await, Action::await_change());
-        assert_eq!(self.fake.get(TS).unwrap()["metadata"]["finalizers"], json!([controller::FINALIZER]));
+        assert_eq!(self.fake.get(TS).unwrap()["metadata"]["finalizers"], json!([reconcile::FINALIZER]));
         self.reconcile().await;
     }
 }
@@ -322,6 +347,36 @@ async fn too_many_restarts_fence_the_store_until_cleared() {
 }
 
 #[tokio::test]
+async fn the_fence_keeps_why_the_sidecar_died() {
+    let h = Harness::new(minimal_spec());
+    h.create().await;
+    h.pod_oom_killed(1);
+    h.reconcile().await;
+    let restarted = h.fake.event_notes("SidecarRestarted");
+    assert_eq!(restarted.len(), 1, "{restarted:?}");
+    assert!(
+        restarted[0].contains("restart count 1") && restarted[0].contains("OOMKilled, exit code 137"),
+        "{restarted:?}"
+    );
+    let last = h.status()["restarts"]["lastTermination"].clone();
+    assert_eq!(last["reason"], "OOMKilled");
+    assert_eq!(last["exitCode"], 137);
+    assert_eq!(last["message"], "writer: allocation failed");
+
+    h.pod_oom_killed(3);
+    h.reconcile().await;
+    assert!(h.fake.get(POD).is_none(), "fenced: pod deleted");
+    let fence = h.status()["fence"].clone();
+    assert_eq!(fence["lastTermination"]["reason"], "OOMKilled", "{fence}");
+    assert!(fence["message"].as_str().unwrap().contains("last exit: OOMKilled, exit code 137"), "{fence}");
+    let notes = h.fake.event_notes("TooManyRestarts");
+    assert!(notes[0].contains("OOMKilled, exit code 137"), "{notes:?}");
+    // It outlives the pod.
+    h.reconcile().await;
+    assert_eq!(h.status()["restarts"]["lastTermination"]["exitCode"], 137);
+}
+
+#[tokio::test]
 async fn a_stale_cached_object_cannot_undo_a_fence() {
     let h = Harness::new(minimal_spec());
     h.create().await;
@@ -331,10 +386,20 @@ async fn a_stale_cached_object_cannot_undo_a_fence() {
     h.pod_ready(3);
     h.reconcile().await;
     assert!(h.fake.get(POD).is_none(), "fenced");
-    controller::reconcile(Arc::new(DeserializeGuard(Ok(stale))), h.ctx.clone()).await.unwrap();
+    reconcile::reconcile(Arc::new(DeserializeGuard(Ok(stale))), h.ctx.clone()).await.unwrap();
     assert!(h.fake.get(POD).is_none(), "the stale object must not bring the pod back");
     assert_eq!(h.status()["phase"], "Fenced");
     assert_eq!(h.status()["restarts"]["inWindow"], 3);
+}
+
+#[tokio::test]
+async fn every_error_series_exists_from_the_start() {
+    let h = Harness::new(minimal_spec());
+    let text = h.ctx.metrics.render();
+    for reason in ["Conflict", "NotFound", "Dependency", "Sidecar", "ClientError", "InvalidObject"] {
+        let series = format!("tradestore_operator_reconcile_errors_total{{reason=\"{reason}\"}} 0");
+        assert!(text.contains(&series), "{series} in\n{text}");
+    }
 }
 
 #[tokio::test]
@@ -343,7 +408,7 @@ async fn errors_are_reported_as_events() {
     spec["auth"] = json!({"tokenSecretName": "missing"});
     let h = Harness::new(spec);
     h.reconcile().await;
-    let res = controller::reconcile(Arc::new(DeserializeGuard(Ok(h.store()))), h.ctx.clone()).await;
+    let res = reconcile::reconcile(Arc::new(DeserializeGuard(Ok(h.store()))), h.ctx.clone()).await;
     assert!(res.is_err());
     let events = h.fake.events();
     assert!(events.contains(&("Warning".into(), "TokenSecretMissing".into())), "{events:?}");
@@ -356,7 +421,7 @@ async fn errors_are_reported_as_events() {
 fn merge_patch_removes_what_went_away() {
     let old = json!({"a": 1, "b": {"c": 2, "d": 3}, "e": [1], "f": "x"});
     let new = json!({"a": 1, "b": {"c": 5}, "e": [2]});
-    let patch = controller::merge_patch(&old, &new);
+    let patch = reconcile::merge_patch(&old, &new);
     assert_eq!(patch, json!({"b": {"c": 5, "d": null}, "e": [2], "f": null}));
     let mut applied = old.clone();
     fake_api::merge(&mut applied, &patch);
@@ -416,6 +481,15 @@ async fn invalid_spec_creates_nothing() {
     assert_eq!(h.condition("Degraded"), ("True".into(), "InvalidSpec".into()));
     assert!(h.fake.get(POD).is_none() && h.fake.get(PVC).is_none());
     assert!(h.fake.events().contains(&("Warning".into(), "InvalidSpec".into())));
+    let phases = h.fake.event_notes("PhaseChanged");
+    assert_eq!(phases.len(), 1, "one PhaseChanged per change, also into Invalid: {phases:?}");
+    assert!(phases[0].starts_with("the store is now Invalid: ") && phases[0].contains("maxWalBytes"), "{phases:?}");
+
+    // Fixed: Invalid → Pending is a change too.
+    h.edit_spec(|s| s["duckdb"]["maxWalBytes"] = json!(1048576));
+    h.reconcile().await;
+    let phases = h.fake.event_notes("PhaseChanged");
+    assert!(phases[1].starts_with("the store went from Invalid to Pending"), "{phases:?}");
 }
 
 #[tokio::test]
@@ -508,7 +582,7 @@ async fn object_that_does_not_deserialize_does_not_break_anything() {
         "metadata": {"name": "broken", "namespace": NS, "uid": "u2"}, "spec": {"image": 5}});
     let guard: DeserializeGuard<TradeStore> = serde_json::from_value(raw).unwrap();
     assert!(guard.0.is_err());
-    let action = controller::reconcile(Arc::new(guard), h.ctx.clone()).await.unwrap();
+    let action = reconcile::reconcile(Arc::new(guard), h.ctx.clone()).await.unwrap();
     assert_eq!(action, Action::await_change());
     assert!(h.fake.events().contains(&("Warning".into(), "InvalidObject".into())));
     assert!(h.ctx.metrics.render().contains("reason=\"InvalidObject\""));
@@ -519,7 +593,7 @@ async fn foreign_pod_with_the_same_name_is_left_alone() {
     let h = Harness::new(minimal_spec());
     h.fake.put(POD, json!({"metadata": {"name": "minimal", "namespace": NS}, "spec": {"containers": []}}));
     h.reconcile().await;
-    let res = controller::reconcile(Arc::new(DeserializeGuard(Ok(h.store()))), h.ctx.clone()).await;
+    let res = reconcile::reconcile(Arc::new(DeserializeGuard(Ok(h.store()))), h.ctx.clone()).await;
     assert!(res.is_err());
     assert!(h.fake.get(POD).unwrap()["metadata"]["ownerReferences"].is_null(), "not adopted or changed");
     assert_eq!(h.condition("Degraded").1, "PodNameConflict");
@@ -527,10 +601,10 @@ async fn foreign_pod_with_the_same_name_is_left_alone() {
 
 #[test]
 fn backoff_grows_and_caps() {
-    assert_eq!(controller::backoff_delay(1), Duration::from_secs(1));
-    assert_eq!(controller::backoff_delay(2), Duration::from_secs(2));
-    assert_eq!(controller::backoff_delay(5), Duration::from_secs(16));
-    assert_eq!(controller::backoff_delay(30), Duration::from_secs(300));
+    assert_eq!(reconcile::backoff_delay(1), Duration::from_secs(1));
+    assert_eq!(reconcile::backoff_delay(2), Duration::from_secs(2));
+    assert_eq!(reconcile::backoff_delay(5), Duration::from_secs(16));
+    assert_eq!(reconcile::backoff_delay(30), Duration::from_secs(300));
 }
 
 #[tokio::test]
@@ -712,6 +786,56 @@ async fn backup_request_takes_one_snapshot_per_token() {
     assert_eq!(h.probe.snapshots_taken(), 3);
     assert_eq!(h.condition("BackupReady"), ("True".into(), "SnapshotAvailable".into()));
     assert!(h.status()["backup"].get("lastFailure").is_none());
+}
+
+#[tokio::test]
+async fn each_event_says_what_happened_that_time() {
+    let h = Harness::new(backup_spec(false));
+    h.create().await;
+    h.pod_ready(0);
+    h.reconcile().await;
+    request_backup(&h, "b1");
+    h.reconcile().await;
+    request_backup(&h, "b2");
+    h.reconcile().await;
+    // kube's Recorder alone would fold the second into the first, keeping "snap-1".
+    let notes = h.fake.event_notes("BackupTaken");
+    assert_eq!(notes.len(), 2, "{notes:?}");
+    assert!(notes[0].contains("snap-1") && notes[0].contains("\"b1\""), "{notes:?}");
+    assert!(notes[1].contains("snap-2") && notes[1].contains("\"b2\""), "{notes:?}");
+    let phases = h.fake.event_notes("PhaseChanged");
+    assert_eq!(phases.len(), 2, "{phases:?}");
+    assert_eq!(phases[0], "the store is now Pending: waiting for the pod to become ready");
+    assert_eq!(phases[1], "the store went from Pending to Running: the sidecar is ready");
+
+    // The same note again is folded into a count, not a new event.
+    let before = h.fake.event_notes("ReconcileFailed").len();
+    h.fake.edit(TS, |o| o["spec"]["auth"] = json!({"tokenSecretName": "missing"}));
+    for _ in 0..2 {
+        let _ = reconcile::reconcile(Arc::new(DeserializeGuard(Ok(h.store()))), h.ctx.clone()).await;
+    }
+    assert_eq!(h.fake.event_notes("ReconcileFailed").len(), before + 1);
+    assert!(h.fake.folded_events() >= 1);
+}
+
+#[tokio::test]
+async fn a_missing_backup_claim_is_reported() {
+    let h = Harness::new(backup_spec(false));
+    const BACKUPS: &str = "/api/v1/namespaces/trading/persistentvolumeclaims/backups";
+    h.fake.remove(BACKUPS);
+    h.create().await;
+    assert!(h.fake.get(POD).is_some(), "the pod is created (it starts once the claim exists)");
+    assert_eq!(h.condition("Degraded"), ("True".into(), "BackupClaimMissing".into()));
+    assert_eq!(h.condition("BackupReady"), ("False".into(), "BackupClaimMissing".into()));
+    assert!(h.status()["message"].as_str().unwrap().contains("backup volume claim backups"), "{}", h.status());
+    h.reconcile().await;
+    assert_eq!(h.fake.event_notes("BackupClaimMissing").len(), 1, "one Warning when it starts");
+
+    h.fake.put(BACKUPS, json!({"metadata": {"name": "backups", "namespace": NS}}));
+    h.pod_ready(0);
+    h.reconcile().await;
+    assert_eq!(h.condition("Degraded"), ("False".into(), "AsExpected".into()));
+    assert_eq!(h.condition("BackupReady"), ("False".into(), "NoSnapshotYet".into()));
 }
 
 #[tokio::test]

@@ -37,7 +37,7 @@ fn crd_shape() {
     assert!(v.served && v.storage);
     assert!(v.subresources.as_ref().unwrap().status.is_some());
     let cols: Vec<_> = v.additional_printer_columns.as_ref().unwrap().iter().map(|c| c.name.as_str()).collect();
-    for c in ["Phase", "Ready", "Last Backup", "Sync Lag", "Age"] {
+    for c in ["Phase", "Ready", "Reason", "Message", "Last Backup", "Sync Lag", "Age"] {
         assert!(cols.contains(&c), "printer column {c}");
     }
     let schema = serde_json::to_value(v.schema.as_ref().unwrap()).unwrap();
@@ -50,6 +50,10 @@ fn crd_shape() {
     assert_eq!(p["restartPolicy"]["properties"]["maxRestarts"]["default"], 3);
     assert_eq!(p["duckdb"]["properties"]["threads"]["maximum"], 256.0);
     assert!(p["image"]["description"].as_str().unwrap().contains("sidecar"));
+    // The API server itself refuses sizes like `-1Gi` or `abc` (an integer still passes).
+    let size = &p["storage"]["properties"]["size"];
+    assert_eq!(size["x-kubernetes-int-or-string"], true, "{size}");
+    assert_eq!(size["pattern"], tradestore_operator::crd::STORAGE_SIZE_PATTERN, "{size}");
     let enum_values = p["storage"]["properties"]["accessMode"]["enum"].as_array().unwrap();
     assert_eq!(enum_values.len(), 2);
     // CEL rules spanning fields.

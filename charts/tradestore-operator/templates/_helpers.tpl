@@ -58,6 +58,16 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 
 {{/*
+The sidecar image of the same build as the operator image: e2e/images.sh tags both
+<prefix>/{operator,sidecar}:<version>-g<git hash>, so the NOTES name a tag that exists.
+*/}}
+{{- define "tradestore-operator.sidecarImage" -}}
+{{- $repo := .Values.image.repository }}
+{{- $sidecar := ternary (printf "%s/sidecar" (dir $repo)) "sidecar" (contains "/" $repo) }}
+{{- printf "%s:%s" $sidecar (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{/*
 The permissions the operator needs on the namespaced TradeStore resources, derived from the API
 calls in operator/src (see docs/helm.md, "RBAC"). Shared by the ClusterRole and the Roles.
 */}}

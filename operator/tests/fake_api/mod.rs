@@ -120,6 +120,21 @@ impl FakeApi {
             .collect()
     }
 
+    /// Notes of the events with this reason created so far (a new event each, not a count
+    /// bumped on an older one).
+    pub fn event_notes(&self, reason: &str) -> Vec<String> {
+        self.calls()
+            .into_iter()
+            .filter(|c| c.method == Method::POST && c.path.contains("/events") && c.body["reason"] == reason)
+            .map(|c| c.body["note"].as_str().unwrap_or("").to_string())
+            .collect()
+    }
+
+    /// How many times an event was folded into an earlier one (a PATCH of its series count).
+    pub fn folded_events(&self) -> usize {
+        self.calls().into_iter().filter(|c| c.method == Method::PATCH && c.path.contains("/events/")).count()
+    }
+
     /// An object by API path (e.g. `/api/v1/namespaces/ns/pods/name`).
     pub fn get(&self, path: &str) -> Option<Value> {
         self.state.lock().unwrap().objects.get(path).cloned()

@@ -5,7 +5,7 @@
 //! `lifecycle`, `snapshots`, `redis`, `clickhouse`, `integrity`). Durations are written the way the
 //! sidecar parses them (`10s`, `2000ms`). Secrets (Redis and ClickHouse URLs, credentials) are
 //! never rendered here: they reach the sidecar as environment variables from Secrets
-//! ([`crate::resources::sidecar_env`]).
+//! (the pod builder, `crate::build`).
 
 use serde::Serialize;
 

@@ -7,8 +7,55 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use serde::Deserialize;
 
-use crate::controller::{Error, Result};
 use crate::crd::SidecarReport;
+
+/// Why a call to a sidecar failed. `what` names the call (`GET /v1/status`).
+#[derive(Debug, thiserror::Error)]
+pub enum SidecarError {
+    /// The request did not get an answer (unreachable, timed out) or the answer did not parse.
+    #[error("{what}: {source}")]
+    Request {
+        /// The call.
+        what: &'static str,
+        /// What went wrong underneath.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The sidecar answered with an error status; `body` is its (shortened) error document.
+    #[error("{what}: HTTP {status}{}", spaced(.body))]
+    Status {
+        /// The call.
+        what: &'static str,
+        /// The HTTP status.
+        status: reqwest::StatusCode,
+        /// The start of the answer's body.
+        body: String,
+    },
+    /// A snapshot answer without an id cannot be recorded or restored from.
+    #[error("{what}: the manifest has no id")]
+    NoSnapshotId {
+        /// The call.
+        what: &'static str,
+    },
+    /// The operator was started with `--probe-sidecar=false`.
+    #[error("the operator does not call sidecars (--probe-sidecar=false)")]
+    ProbingOff,
+    /// No ready sidecar to call.
+    #[error("the sidecar is not ready")]
+    NotReady,
+    /// The token Secret holds no token yet.
+    #[error("no API token yet")]
+    NoToken,
+}
+
+/// ` body` without trailing white space, or nothing for an empty body.
+fn spaced(body: &str) -> String {
+    let body = body.trim_end();
+    if body.is_empty() { String::new() } else { format!(" {body}") }
+}
+
+/// Result of a sidecar call.
+pub type Result<T, E = SidecarError> = std::result::Result<T, E>;
 
 /// Timeout of `GET /v1/status`.
 pub const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
@@ -168,16 +215,16 @@ struct StatusDoc {
     integrity: IntegrityReport,
 }
 
-fn sidecar_err(what: &str, e: impl std::fmt::Display) -> Error {
-    Error::Sidecar(format!("{what}: {e}"))
+fn request_failed(what: &'static str) -> impl FnOnce(reqwest::Error) -> SidecarError {
+    move |source| SidecarError::Request { what, source }
 }
 
-/// The error body of a failed request, shortened (the sidecar answers `{"error": ..., "message": ...}`).
-async fn failure(what: &str, resp: reqwest::Response) -> Error {
+/// The error of a failed request, with the start of its body (the sidecar answers
+/// `{"error": ..., "message": ...}`).
+async fn failure(what: &'static str, resp: reqwest::Response) -> SidecarError {
     let status = resp.status();
     let body = resp.text().await.unwrap_or_default();
-    let body: String = body.chars().take(300).collect();
-    Error::Sidecar(format!("{what}: HTTP {status} {body}").trim_end().to_string())
+    SidecarError::Status { what, status, body: body.chars().take(300).collect() }
 }
 
 impl SidecarClient for HttpSidecarClient {
@@ -188,11 +235,11 @@ impl SidecarClient for HttpSidecarClient {
             if let Some(t) = token {
                 req = req.bearer_auth(t);
             }
-            let resp = req.send().await.map_err(|e| sidecar_err(WHAT, e))?;
+            let resp = req.send().await.map_err(request_failed(WHAT))?;
             if !resp.status().is_success() {
                 return Err(failure(WHAT, resp).await);
             }
-            let d: StatusDoc = resp.json().await.map_err(|e| sidecar_err(WHAT, e))?;
+            let d: StatusDoc = resp.json().await.map_err(request_failed(WHAT))?;
             Ok(SidecarStatus {
                 report: SidecarReport {
                     schema_version: d.schema_version,
@@ -223,13 +270,13 @@ impl SidecarClient for HttpSidecarClient {
                 .bearer_auth(token)
                 .send()
                 .await
-                .map_err(|e| sidecar_err(WHAT, e))?;
+                .map_err(request_failed(WHAT))?;
             if !resp.status().is_success() {
                 return Err(failure(WHAT, resp).await);
             }
-            let m: Snapshot = resp.json().await.map_err(|e| sidecar_err(WHAT, e))?;
+            let m: Snapshot = resp.json().await.map_err(request_failed(WHAT))?;
             if m.id.is_empty() {
-                return Err(Error::Sidecar(format!("{WHAT}: the manifest has no id")));
+                return Err(SidecarError::NoSnapshotId { what: WHAT });
             }
             Ok(m)
         })

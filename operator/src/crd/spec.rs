@@ -1,22 +1,18 @@
-//! The `TradeStore` custom resource (`tradestore.io/v1alpha1`).
-//!
-//! Doc comments on the fields become the descriptions in the generated CRD
-//! (`operator crd` → `crds/tradestore.yaml`). Defaults declared with
-//! `#[serde(default = ...)]` are also written into the schema, so the API server fills them in.
+//! The desired state: `TradeStoreSpec` (from which kube derives the `TradeStore` kind) and its
+//! sections. Doc comments on the fields become the descriptions in the generated CRD; defaults
+//! named in `#[serde(default = ...)]` live in [`super::defaults`] and are written into the schema
+//! too, so the API server fills them in.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Container, ResourceRequirements, Toleration};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// API group of the TradeStore resources.
-pub const GROUP: &str = "tradestore.io";
-/// Served and stored version.
-pub const VERSION: &str = "v1alpha1";
+use super::defaults::*;
+use super::status::TradeStoreStatus;
 
 /// A DuckDB trade-state store: one sidecar pod owning one database file on a persistent volume,
 /// optionally next to the trading application's own containers.
@@ -36,10 +32,12 @@ pub const VERSION: &str = "v1alpha1";
         .message("metadata.name must be a DNS-1035 label of at most 63 characters: it names the pod and the Service"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
     printcolumn(name = "Restarts", type_ = "integer", json_path = ".status.restarts.inWindow", priority = 1),
     printcolumn(name = "Last Backup", type_ = "date", json_path = ".status.backup.lastSuccessfulTime"),
     printcolumn(name = "Sync Lag", type_ = "integer", json_path = ".status.sync.lag"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    printcolumn(name = "Message", type_ = "string", json_path = ".status.message")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct TradeStoreSpec {
@@ -192,6 +190,7 @@ impl PullPolicy {
 pub struct StorageSpec {
     /// Requested size, e.g. `10Gi`. Growing it expands the volume when the storage class allows it;
     /// shrinking is refused.
+    #[schemars(schema_with = "storage_size_schema")]
     pub size: Quantity,
 
     /// Storage class; the cluster default when unset. Fixed once the volume exists.
@@ -481,12 +480,6 @@ pub struct BackupRetention {
     pub max_age_hours: i64,
 }
 
-impl Default for BackupRetention {
-    fn default() -> Self {
-        BackupRetention { keep_last: default_keep_last(), max_age_hours: 0 }
-    }
-}
-
 /// Snapshot destination: exactly one of `volume` and `s3`.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
@@ -580,274 +573,6 @@ pub struct PodMetadata {
     pub annotations: BTreeMap<String, String>,
 }
 
-/// Where the store is in its life.
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
-pub enum Phase {
-    /// The pod is being created or is starting.
-    Pending,
-    /// The sidecar is ready.
-    Running,
-    /// The pod is being replaced after a change.
-    Updating,
-    /// Hibernating (`spec.stopped`): no pod, volume kept.
-    Stopped,
-    /// No pod may run: fenced by `spec.fenced` or after too many restarts.
-    Fenced,
-    /// The spec is invalid; nothing was changed.
-    Invalid,
-    /// Deletion in progress.
-    Terminating,
-}
-
-/// Observed state, written by the operator.
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct TradeStoreStatus {
-    /// Summary of the store's state.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub phase: Option<Phase>,
-    /// The generation the status describes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub observed_generation: Option<i64>,
-    /// Ready, Progressing, Degraded; BackupReady with `spec.backup`; SyncHealthy with
-    /// `spec.clickhouse`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub conditions: Vec<Condition>,
-    /// Human-readable detail of the phase.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
-    /// The pod currently running the store.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pod: Option<PodStatusRef>,
-    /// Restart accounting of the sidecar container.
-    #[serde(default)]
-    pub restarts: RestartStatus,
-    /// Set when the operator fenced the store after too many restarts. Clear it by setting the
-    /// annotation `tradestore.io/clear-fence` to a new value.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fence: Option<FenceStatus>,
-    /// The last `tradestore.io/clear-fence` value acted upon.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cleared_fence_token: Option<String>,
-    /// The data volume.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub storage: Option<StorageStatus>,
-    /// The sidecar's own report (`GET /v1/status`) when it was reachable.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sidecar: Option<SidecarReport>,
-    /// Snapshots: the newest one, on-demand requests, the final snapshot on deletion.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub backup: Option<BackupStatus>,
-    /// The ClickHouse sync as the sidecar reports it (only with `spec.clickhouse`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sync: Option<SyncStatus>,
-    /// The Redis journal as the sidecar reports it (only with `spec.redis`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub journal: Option<JournalStatus>,
-    /// The sidecar's last integrity check.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub integrity: Option<IntegrityStatus>,
-}
-
-/// The pod of the store.
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct PodStatusRef {
-    /// Pod name.
-    pub name: String,
-    /// Pod UID.
-    #[serde(default)]
-    pub uid: String,
-    /// The pod-spec hash the pod was created with.
-    #[serde(default)]
-    pub spec_hash: String,
-}
-
-/// Restart accounting.
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct RestartStatus {
-    /// Restarts observed since the store was created (or the fence was last cleared).
-    #[serde(default)]
-    pub total: i64,
-    /// Restarts within the current window.
-    #[serde(default)]
-    pub in_window: i32,
-    /// When the restarts of the current window were observed.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub recent: Vec<Time>,
-    /// UID of the pod whose restart count was last read.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pod_uid: Option<String>,
-    /// The sidecar container's restartCount last read from that pod.
-    #[serde(default)]
-    pub last_count: i32,
-}
-
-/// Why the operator fenced the store.
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct FenceStatus {
-    /// Machine-readable reason, e.g. `TooManyRestarts`.
-    pub reason: String,
-    /// Details.
-    pub message: String,
-    /// When the fence was set.
-    pub since: Time,
-}
-
-/// The data volume's state.
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct StorageStatus {
-    /// PersistentVolumeClaim name.
-    pub claim_name: String,
-    /// Requested size.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub requested: Option<Quantity>,
-    /// Provisioned size.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub capacity: Option<Quantity>,
-}
-
-/// Facts from the sidecar's `GET /v1/status`.
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct SidecarReport {
-    /// Applied migration version.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub schema_version: Option<i64>,
-    /// Last commit sequence.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_seq: Option<i64>,
-    /// Rows in the trades table.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub trade_rows: Option<i64>,
-    /// Size of the WAL file.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub wal_bytes: Option<i64>,
-    /// Unix time of the last checkpoint.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_checkpoint_unix: Option<i64>,
-    /// Writer queue depth.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub queue_depth: Option<i64>,
-    /// The sidecar's own readiness.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ready: Option<bool>,
-    /// Why it is not ready.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub not_ready_reason: Option<String>,
-}
-
-/// Backup state.
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct BackupStatus {
-    /// When the newest snapshot was taken.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_successful_time: Option<Time>,
-    /// Id of the newest snapshot (usable as `spec.bootstrap.snapshotId`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_snapshot: Option<String>,
-    /// Highest commit sequence the newest snapshot contains.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_seq: Option<i64>,
-    /// The last `tradestore.io/backup-request` value acted upon (set a new value to ask again).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_request: Option<String>,
-    /// When the last snapshot the operator asked for failed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_failure_time: Option<Time>,
-    /// Why it failed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_failure: Option<String>,
-    /// The sidecar's last snapshot attempt (scheduled or requested) failed with this error;
-    /// cleared by its next success.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sidecar_error: Option<String>,
-    /// The final snapshot of a store being deleted (`spec.backup.finalSnapshotOnDelete`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub final_snapshot: Option<FinalSnapshotStatus>,
-}
-
-/// Progress of the final snapshot taken before the pod of a deleted store is stopped.
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct FinalSnapshotStatus {
-    /// First attempt.
-    pub started: Time,
-    /// Attempts so far.
-    pub attempts: i32,
-    /// No attempt before this time (backoff).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub next_attempt: Option<Time>,
-    /// Finished: taken, or given up after the time limit (then deletion went on without it).
-    #[serde(default)]
-    pub done: bool,
-    /// Id of the final snapshot, when taken.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub snapshot_id: Option<String>,
-    /// The last error.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_error: Option<String>,
-}
-
-/// The ClickHouse sync, as reported by the sidecar.
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct SyncStatus {
-    /// Highest commit sequence delivered to ClickHouse.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub watermark: Option<i64>,
-    /// Committed changes not delivered yet.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lag: Option<i64>,
-    /// The sidecar gave up retrying quickly (consecutive failures reached its threshold).
-    #[serde(default)]
-    pub degraded: bool,
-    /// The last error, while failing.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_error: Option<String>,
-}
-
-/// The Redis journal, as reported by the sidecar.
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct JournalStatus {
-    /// Highest commit sequence journaled.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub watermark: Option<i64>,
-    /// Committed changes not journaled yet.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lag: Option<i64>,
-    /// The last attempt succeeded.
-    #[serde(default)]
-    pub healthy: bool,
-    /// The last error, while failing.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_error: Option<String>,
-}
-
-/// The last integrity check, as reported by the sidecar.
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct IntegrityStatus {
-    /// When it finished (RFC 3339).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_run: Option<String>,
-    /// `passed`, `failed`, or `inconclusive` (a transient error such as out of memory kept
-    /// the check from finishing: no verdict, not a failure).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub state: Option<String>,
-    /// It passed; unset when the check was inconclusive.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ok: Option<bool>,
-    /// What failed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
 fn containers_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
     let mut schema = generator.subschema_for::<Vec<Container>>();
     // Containers are identified by name, like in a PodSpec.
@@ -856,155 +581,16 @@ fn containers_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Sch
     schema
 }
 
-fn default_true() -> bool {
-    true
-}
-fn default_shutdown_grace() -> i64 {
-    25
-}
-fn default_uid() -> i64 {
-    65532
-}
-fn default_threads() -> i32 {
-    4
-}
-fn default_checkpoint_threshold() -> i64 {
-    16 * 1024 * 1024
-}
-fn default_checkpoint_every() -> i64 {
-    5000
-}
-fn default_max_wal() -> i64 {
-    256 * 1024 * 1024
-}
-fn default_queue_batches() -> i64 {
-    10
-}
-fn default_max_batch_requests() -> i64 {
-    256
-}
-fn default_recent_trades() -> i64 {
-    10_000
-}
-fn default_pool_size() -> i32 {
-    10
-}
-fn default_acquire_timeout_ms() -> i64 {
-    2000
-}
-fn default_max_list_limit() -> i64 {
-    10_000
-}
-fn default_max_body_bytes() -> i64 {
-    4 * 1024 * 1024
-}
-fn default_max_batch_trades() -> i64 {
-    10_000
-}
-fn default_write_timeout() -> i64 {
-    10
-}
-fn default_period() -> i32 {
-    5
-}
-fn default_probe_timeout() -> i32 {
-    2
-}
-fn default_unresponsive() -> i32 {
-    10
-}
-fn default_readiness_failures() -> i32 {
-    2
-}
-fn default_startup() -> i32 {
-    300
-}
-fn default_max_restarts() -> i32 {
-    3
-}
-fn default_window() -> i64 {
-    600
-}
-fn default_log_level() -> String {
-    "info".into()
-}
-fn default_keep_last() -> i32 {
-    24
-}
-fn default_integrity_interval() -> i64 {
-    60
-}
-fn default_region() -> String {
-    "us-east-1".into()
+/// A size the API server checks itself: a Kubernetes quantity without a sign (the pattern
+/// controller-gen writes for `resource.Quantity`, minus the sign), so `-1Gi` and `abc` are refused
+/// at apply time instead of only by the operator. Integers stay allowed (`x-kubernetes-int-or-string`;
+/// the pattern applies to strings only).
+fn storage_size_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let mut schema = generator.subschema_for::<Quantity>();
+    schema.insert("pattern".into(), STORAGE_SIZE_PATTERN.into());
+    schema
 }
 
-impl Default for DuckdbSpec {
-    fn default() -> Self {
-        DuckdbSpec {
-            threads: default_threads(),
-            memory_limit: None,
-            checkpoint_threshold_bytes: default_checkpoint_threshold(),
-            checkpoint_every_commits: default_checkpoint_every(),
-            max_wal_bytes: default_max_wal(),
-        }
-    }
-}
-
-impl Default for LimitsSpec {
-    fn default() -> Self {
-        LimitsSpec {
-            queue_batches: default_queue_batches(),
-            max_batch_requests: default_max_batch_requests(),
-            recent_trades: default_recent_trades(),
-            pool_size: default_pool_size(),
-            acquire_timeout_millis: default_acquire_timeout_ms(),
-            max_list_limit: default_max_list_limit(),
-            max_body_bytes: default_max_body_bytes(),
-            max_batch_trades: default_max_batch_trades(),
-            write_timeout_seconds: default_write_timeout(),
-        }
-    }
-}
-
-impl Default for ProbesSpec {
-    fn default() -> Self {
-        ProbesSpec {
-            period_seconds: default_period(),
-            timeout_seconds: default_probe_timeout(),
-            unresponsive_seconds: default_unresponsive(),
-            readiness_failure_threshold: default_readiness_failures(),
-            startup_seconds: default_startup(),
-        }
-    }
-}
-
-impl Default for RestartPolicySpec {
-    fn default() -> Self {
-        RestartPolicySpec { max_restarts: default_max_restarts(), window_seconds: default_window() }
-    }
-}
-
-impl Default for LogSpec {
-    fn default() -> Self {
-        LogSpec { format: LogFormat::default(), level: default_log_level() }
-    }
-}
-
-impl Default for IntegrityCheckSpec {
-    fn default() -> Self {
-        IntegrityCheckSpec {
-            interval_seconds: default_integrity_interval(),
-            on_failure: IntegrityFailurePolicy::default(),
-        }
-    }
-}
-
-/// The CRD as YAML (what `operator crd` prints and `crds/tradestore.yaml` holds).
-pub fn crd_yaml() -> String {
-    use kube::CustomResourceExt;
-    let crd = TradeStore::crd();
-    let body = serde_saphyr::to_string(&crd).expect("the CRD serializes to YAML");
-    format!(
-        "# Generated by `operator crd`; do not edit. Regenerate: cargo run --release -p tradestore-operator -- crd > crds/tradestore.yaml\n---\n{body}"
-    )
-}
+/// Digits with an optional fraction, then an optional binary (`Ki`…`Ei`), decimal (`k`…`E`) or
+/// exponent suffix. No `m` (milli): a fraction of a byte is no size.
+pub const STORAGE_SIZE_PATTERN: &str = r"^(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[kMGTPE]|([eE]\+?[0-9]+))?$";
