@@ -146,6 +146,18 @@ pub enum CheckState {
     Inconclusive,
 }
 
+impl CheckState {
+    /// The state as it is written on the wire (and in the TradeStore status).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckState::NotRun => "not_run",
+            CheckState::Passed => "passed",
+            CheckState::Failed => "failed",
+            CheckState::Inconclusive => "inconclusive",
+        }
+    }
+}
+
 /// The last check's outcome, for `/v1/status`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -182,6 +194,9 @@ mod tests {
         let json = serde_json::to_value(&status).unwrap();
         assert_eq!(json["journal"]["state"], "diverged");
         assert_eq!(json["integrity"]["state"], "inconclusive");
+        for state in [CheckState::NotRun, CheckState::Passed, CheckState::Failed, CheckState::Inconclusive] {
+            assert_eq!(serde_json::to_value(state).unwrap(), state.as_str(), "as_str is the wire name");
+        }
         assert_eq!(serde_json::from_value::<Status>(json).unwrap(), status);
     }
 

@@ -19,7 +19,8 @@ use tradestore_operator::crd::{SidecarReport, TradeStore};
 use tradestore_operator::metrics::Metrics;
 use tradestore_operator::reconcile::{self, Context, Settings};
 use tradestore_operator::sidecar::client::{
-    BackupReport, HttpSidecarClient, IntegrityReport, SidecarClient, SidecarError, SidecarStatus, Snapshot, SyncReport,
+    BackupStatus, CheckStatus, HttpSidecarClient, Manifest, SidecarClient, SidecarError, SidecarStatus, SyncStatus,
+    integrity_has_run,
 };
 
 const NS: &str = "trading";
@@ -37,10 +38,10 @@ struct FakeSidecar {
     last_token: Mutex<Option<String>>,
     snapshot_calls: Mutex<Vec<(String, String)>>,
     failing: Mutex<bool>,
-    last_snapshot: Mutex<Option<Snapshot>>,
+    last_snapshot: Mutex<Option<Manifest>>,
     backup_error: Mutex<Option<String>>,
-    sync: Mutex<SyncReport>,
-    integrity: Mutex<IntegrityReport>,
+    sync: Mutex<SyncStatus>,
+    integrity: Mutex<CheckStatus>,
 }
 
 impl FakeSidecar {
@@ -52,8 +53,8 @@ impl FakeSidecar {
     }
 }
 
-fn manifest(id: &str, created_at: &str, seq: i64) -> Snapshot {
-    Snapshot { id: id.into(), created_at: created_at.into(), seq, trade_rows: seq, ..Default::default() }
+fn manifest(id: &str, created_at: &str, seq: i64) -> Manifest {
+    Manifest { id: id.into(), created_at: created_at.into(), seq, trade_rows: seq, ..Default::default() }
 }
 
 impl SidecarClient for FakeSidecar {
@@ -72,7 +73,7 @@ impl SidecarClient for FakeSidecar {
                     ..Default::default()
                 },
                 last_snapshot: self.last_snapshot.lock().unwrap().clone(),
-                backup: BackupReport { last_error: self.backup_error.lock().unwrap().clone() },
+                backup: BackupStatus { last_error: self.backup_error.lock().unwrap().clone(), ..Default::default() },
                 sync: self.sync.lock().unwrap().clone(),
                 integrity: self.integrity.lock().unwrap().clone(),
                 ..Default::default()
@@ -80,7 +81,7 @@ impl SidecarClient for FakeSidecar {
         })
     }
 
-    fn snapshot<'a>(&'a self, base: &'a str, token: &'a str) -> BoxFuture<'a, Result<Snapshot, SidecarError>> {
+    fn snapshot<'a>(&'a self, base: &'a str, token: &'a str) -> BoxFuture<'a, Result<Manifest, SidecarError>> {
         self.snapshot_calls.lock().unwrap().push((base.to_string(), token.to_string()));
         Box::pin(async move {
             if *self.failing.lock().unwrap() {
@@ -885,7 +886,7 @@ async fn missed_scheduled_snapshots_make_backups_not_ready() {
 #[tokio::test]
 async fn sync_status_and_condition_follow_the_sidecar() {
     let h = Harness::new(backup_spec(true));
-    *h.probe.sync.lock().unwrap() = SyncReport { enabled: true, watermark: 40, lag: 2, ..Default::default() };
+    *h.probe.sync.lock().unwrap() = SyncStatus { enabled: true, watermark: 40, lag: 2, ..Default::default() };
     h.create().await;
     assert_eq!(h.condition("SyncHealthy").0, "Unknown", "no ready sidecar yet");
     h.pod_ready(0);
@@ -893,7 +894,7 @@ async fn sync_status_and_condition_follow_the_sidecar() {
     assert_eq!(h.status()["sync"], json!({"watermark": 40, "lag": 2, "degraded": false}));
     assert_eq!(h.condition("SyncHealthy"), ("True".into(), "SyncRunning".into()));
 
-    *h.probe.sync.lock().unwrap() = SyncReport {
+    *h.probe.sync.lock().unwrap() = SyncStatus {
         enabled: true,
         degraded: true,
         watermark: 40,
@@ -919,12 +920,12 @@ async fn sync_status_and_condition_follow_the_sidecar() {
 #[tokio::test]
 async fn integrity_not_run_yet_or_inconclusive_is_no_failure() {
     // What the sidecar sends just after start: no verdict yet, `ok: null`.
-    let parse = |v: Value| serde_json::from_value::<IntegrityReport>(v).expect("integrity report parses");
+    let parse = |v: Value| serde_json::from_value::<CheckStatus>(v).expect("integrity report parses");
     let not_run = parse(json!({"state": "not_run", "last_run": null, "ok": null, "error": null,
         "duration_ms": 0, "rows_scanned": 0}));
-    assert!(!not_run.has_run());
+    assert!(!integrity_has_run(&not_run));
     let older_sidecar = parse(json!({"last_run": null, "ok": false, "error": null}));
-    assert!(!older_sidecar.has_run(), "a sidecar without `state` says the same with last_run: null");
+    assert!(!integrity_has_run(&older_sidecar), "a sidecar without `state` says the same with last_run: null");
 
     let h = Harness::new(minimal_spec());
     *h.probe.integrity.lock().unwrap() = not_run;

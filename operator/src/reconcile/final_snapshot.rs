@@ -19,7 +19,7 @@ use super::sidecar::record_snapshot;
 use super::status_patch::patch_status;
 use super::{Context, Result};
 use crate::crd::{FinalSnapshotStatus, TradeStore, TradeStoreStatus};
-use crate::sidecar::client::{SidecarError, Snapshot};
+use crate::sidecar::client::{Manifest, SidecarError};
 
 /// `finalSnapshotOnDelete` is set and the final snapshot is not finished yet.
 pub(crate) fn wanted(ts: &TradeStore) -> bool {
@@ -79,7 +79,7 @@ async fn attempt(ts: &mut TradeStore, api: &Api<TradeStore>, ctx: &Context, pod:
 }
 
 /// Asks the sidecar for the snapshot.
-async fn snapshot(ts: &TradeStore, ctx: &Context, pod: &Pod) -> Result<Snapshot> {
+async fn snapshot(ts: &TradeStore, ctx: &Context, pod: &Pod) -> Result<Manifest> {
     if !ctx.settings.probe_sidecar {
         return Err(SidecarError::ProbingOff.into());
     }
@@ -94,7 +94,7 @@ async fn taken(
     ctx: &Context,
     st: &mut TradeStoreStatus,
     mut fin: FinalSnapshotStatus,
-    snap: &Snapshot,
+    snap: &Manifest,
 ) -> Result<()> {
     let mut backup = st.backup.clone().unwrap_or_default();
     record_snapshot(&mut backup, snap, true);

@@ -19,7 +19,7 @@ use super::status::sync_condition;
 use crate::crd::conditions::{SYNC_HEALTHY, remove_condition, set_condition, set_condition_unknown};
 use crate::crd::{BackupStatus, IntegrityStatus, JournalStatus, SyncStatus, TradeStoreStatus};
 use crate::names::BACKUP_REQUEST_ANNOTATION;
-use crate::sidecar::client::{SidecarError, SidecarStatus, Snapshot};
+use crate::sidecar::client::{Manifest, SidecarError, SidecarStatus, integrity_has_run};
 use crate::validate::Validated;
 
 /// Runs the stage; returns when to look again (sooner while a backup request waits for the
@@ -107,7 +107,7 @@ async fn backup_request(
 
 /// Records a snapshot the sidecar reported or took as the newest one. `asked`: the operator
 /// asked for it, so the failure of an earlier request is settled.
-pub(crate) fn record_snapshot(backup: &mut BackupStatus, snap: &Snapshot, asked: bool) {
+pub(crate) fn record_snapshot(backup: &mut BackupStatus, snap: &Manifest, asked: bool) {
     let taken = snap.created_at.parse::<Timestamp>().ok();
     let newer_than_failure = match (&backup.last_failure_time, taken) {
         (Some(f), Some(t)) => t > f.0,
@@ -177,9 +177,9 @@ fn copy_facts(store: &Validated<'_>, st: &mut TradeStoreStatus, f: SidecarStatus
         healthy: f.journal.healthy,
         last_error: f.journal.last_error.clone(),
     });
-    st.integrity = f.integrity.has_run().then(|| IntegrityStatus {
+    st.integrity = integrity_has_run(&f.integrity).then(|| IntegrityStatus {
         last_run: f.integrity.last_run.clone(),
-        state: f.integrity.state.clone(),
+        state: Some(f.integrity.state.as_str().into()),
         ok: f.integrity.ok,
         error: f.integrity.error.clone(),
     });

@@ -14,7 +14,7 @@ use super::status_patch::patch_status;
 use super::{Context, Error, Result};
 use crate::crd::conditions::{BACKUP_READY, DEGRADED, PROGRESSING, READY, remove_condition, set_condition};
 use crate::crd::{BackupSpec, BackupStatus, Phase, TradeStore, TradeStoreStatus};
-use crate::sidecar::client::SyncReport;
+use crate::sidecar::client::SyncStatus;
 use crate::validate::{Invalid, Validated};
 
 /// How late a scheduled snapshot may be (taking it, clock skew) before `ScheduleMissed`.
@@ -192,7 +192,7 @@ pub(crate) fn backup_condition(
 }
 
 /// `SyncHealthy` from the sidecar's sync report: (status, reason, message).
-pub(crate) fn sync_condition(sync: &SyncReport) -> (bool, &'static str, String) {
+pub(crate) fn sync_condition(sync: &SyncStatus) -> (bool, &'static str, String) {
     if !sync.enabled {
         return (false, "SyncNotRunning", "the sidecar reports the ClickHouse sync as not configured".into());
     }

@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use serde::Deserialize;
+pub use tradestore_api::snapshot::Manifest;
+pub use tradestore_api::status::{BackupStatus, CheckState, CheckStatus, JournalStatus, Status, SyncStatus};
 
 use crate::crd::SidecarReport;
 
@@ -62,91 +63,10 @@ pub const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
 /// Timeout of `POST /v1/snapshots` (the sidecar copies and checksums the whole database first).
 pub const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// A snapshot manifest as the sidecar returns it (`POST /v1/snapshots`, `last_snapshot`).
-#[derive(Deserialize, Clone, Debug, PartialEq, Default)]
-#[serde(default)]
-pub struct Snapshot {
-    /// Snapshot id (what `snapshots.bootstrap_from` accepts).
-    pub id: String,
-    /// When it was taken (RFC 3339).
-    pub created_at: String,
-    /// Highest commit sequence it contains.
-    pub seq: i64,
-    /// Schema version of the copy.
-    pub schema_version: i64,
-    /// Rows in `trades`.
-    pub trade_rows: i64,
-    /// Size of the copy in bytes.
-    pub size_bytes: u64,
-    /// SHA-256 of the copy, hex.
-    pub sha256: String,
-    /// How long taking it took.
-    pub duration_ms: u64,
-}
-
-/// The ClickHouse sync part of `/v1/status` (the sidecar's `SyncStatus`).
-#[derive(Deserialize, Clone, Debug, PartialEq, Default)]
-#[serde(default)]
-pub struct SyncReport {
-    /// A ClickHouse URL is configured.
-    pub enabled: bool,
-    /// Consecutive failures reached the sidecar's `degraded_after`.
-    pub degraded: bool,
-    /// Highest sequence delivered.
-    pub watermark: i64,
-    /// Committed changes not delivered yet.
-    pub lag: i64,
-    /// Failures since the last success.
-    pub consecutive_failures: u32,
-    /// The last error, while failing.
-    pub last_error: Option<String>,
-}
-
-/// The Redis journal part of `/v1/status` (the sidecar's `JournalStatus`).
-#[derive(Deserialize, Clone, Debug, PartialEq, Default)]
-#[serde(default)]
-pub struct JournalReport {
-    /// A Redis URL is configured.
-    pub enabled: bool,
-    /// The last attempt succeeded.
-    pub healthy: bool,
-    /// Highest sequence journaled.
-    pub watermark: i64,
-    /// Committed changes not journaled yet.
-    pub lag: i64,
-    /// The last error, while degraded.
-    pub last_error: Option<String>,
-}
-
-/// The integrity part of `/v1/status` (the sidecar's `CheckStatus`).
-#[derive(Deserialize, Clone, Debug, PartialEq, Default)]
-#[serde(default)]
-pub struct IntegrityReport {
-    /// `not_run`, `passed`, `failed` or `inconclusive` (a transient error such as out of
-    /// memory kept the check from finishing); unset from sidecars older than the field.
-    pub state: Option<String>,
-    /// When the last check finished (RFC 3339); none yet when unset.
-    pub last_run: Option<String>,
-    /// The verdict; null until a check reached one (not run yet, or inconclusive).
-    pub ok: Option<bool>,
-    /// What failed.
-    pub error: Option<String>,
-}
-
-impl IntegrityReport {
-    /// True once a check has finished. "Not run yet" (just after start, or checks
-    /// disabled) is no failure and leaves nothing to report.
-    pub fn has_run(&self) -> bool {
-        self.last_run.is_some() && self.state.as_deref() != Some("not_run")
-    }
-}
-
-/// The backup part of `/v1/status` (the sidecar's `BackupStatus`).
-#[derive(Deserialize, Clone, Debug, PartialEq, Default)]
-#[serde(default)]
-pub struct BackupReport {
-    /// The last snapshot attempt failed with this error (cleared by a success).
-    pub last_error: Option<String>,
+/// `true` once a check has finished. "Not run yet" (just after start, or checks
+/// disabled) is no failure and leaves nothing to report.
+pub fn integrity_has_run(c: &CheckStatus) -> bool {
+    c.last_run.is_some() && c.state != CheckState::NotRun
 }
 
 /// Everything the operator reads from `GET /v1/status`.
@@ -155,15 +75,38 @@ pub struct SidecarStatus {
     /// The facts copied into `status.sidecar`.
     pub report: SidecarReport,
     /// The newest complete snapshot.
-    pub last_snapshot: Option<Snapshot>,
+    pub last_snapshot: Option<Manifest>,
     /// Backup target state.
-    pub backup: BackupReport,
+    pub backup: BackupStatus,
     /// The ClickHouse sync.
-    pub sync: SyncReport,
+    pub sync: SyncStatus,
     /// The Redis journal.
-    pub journal: JournalReport,
+    pub journal: JournalStatus,
     /// The last integrity check.
-    pub integrity: IntegrityReport,
+    pub integrity: CheckStatus,
+}
+
+impl From<Status> for SidecarStatus {
+    /// The one place the sidecar's document becomes the CRD's facts.
+    fn from(d: Status) -> Self {
+        SidecarStatus {
+            report: SidecarReport {
+                schema_version: Some(d.schema_version),
+                last_seq: Some(d.last_seq),
+                trade_rows: Some(d.trade_rows),
+                wal_bytes: Some(i64::try_from(d.wal_bytes).unwrap_or(i64::MAX)),
+                last_checkpoint_unix: Some(d.last_checkpoint_unix),
+                queue_depth: Some(d.queue_depth),
+                ready: Some(d.ready),
+                not_ready_reason: d.not_ready_reason,
+            },
+            last_snapshot: d.last_snapshot,
+            backup: d.backup,
+            sync: d.sync,
+            journal: d.journal,
+            integrity: d.integrity,
+        }
+    }
 }
 
 /// Talks to one sidecar. `base` is `http://<pod IP>:8080`.
@@ -171,7 +114,7 @@ pub trait SidecarClient: Send + Sync {
     /// `GET /v1/status`; `token` is sent as a bearer token when reads are protected.
     fn status<'a>(&'a self, base: &'a str, token: Option<&'a str>) -> BoxFuture<'a, Result<SidecarStatus>>;
     /// `POST /v1/snapshots` (always authenticated): takes a snapshot now and returns its manifest.
-    fn snapshot<'a>(&'a self, base: &'a str, token: &'a str) -> BoxFuture<'a, Result<Snapshot>>;
+    fn snapshot<'a>(&'a self, base: &'a str, token: &'a str) -> BoxFuture<'a, Result<Manifest>>;
 }
 
 /// The real client: HTTP with short timeouts ([`STATUS_TIMEOUT`], [`SNAPSHOT_TIMEOUT`]).
@@ -191,28 +134,6 @@ impl Default for HttpSidecarClient {
     fn default() -> Self {
         Self::new()
     }
-}
-
-#[derive(Deserialize)]
-struct StatusDoc {
-    schema_version: Option<i64>,
-    last_seq: Option<i64>,
-    trade_rows: Option<i64>,
-    wal_bytes: Option<i64>,
-    last_checkpoint_unix: Option<i64>,
-    queue_depth: Option<i64>,
-    ready: Option<bool>,
-    not_ready_reason: Option<String>,
-    #[serde(default)]
-    last_snapshot: Option<Snapshot>,
-    #[serde(default)]
-    backup: BackupReport,
-    #[serde(default)]
-    sync: SyncReport,
-    #[serde(default)]
-    journal: JournalReport,
-    #[serde(default)]
-    integrity: IntegrityReport,
 }
 
 fn request_failed(what: &'static str) -> impl FnOnce(reqwest::Error) -> SidecarError {
@@ -239,28 +160,12 @@ impl SidecarClient for HttpSidecarClient {
             if !resp.status().is_success() {
                 return Err(failure(WHAT, resp).await);
             }
-            let d: StatusDoc = resp.json().await.map_err(request_failed(WHAT))?;
-            Ok(SidecarStatus {
-                report: SidecarReport {
-                    schema_version: d.schema_version,
-                    last_seq: d.last_seq,
-                    trade_rows: d.trade_rows,
-                    wal_bytes: d.wal_bytes,
-                    last_checkpoint_unix: d.last_checkpoint_unix,
-                    queue_depth: d.queue_depth,
-                    ready: d.ready,
-                    not_ready_reason: d.not_ready_reason,
-                },
-                last_snapshot: d.last_snapshot,
-                backup: d.backup,
-                sync: d.sync,
-                journal: d.journal,
-                integrity: d.integrity,
-            })
+            let d: Status = resp.json().await.map_err(request_failed(WHAT))?;
+            Ok(d.into())
         })
     }
 
-    fn snapshot<'a>(&'a self, base: &'a str, token: &'a str) -> BoxFuture<'a, Result<Snapshot>> {
+    fn snapshot<'a>(&'a self, base: &'a str, token: &'a str) -> BoxFuture<'a, Result<Manifest>> {
         Box::pin(async move {
             const WHAT: &str = "POST /v1/snapshots";
             let resp = self
@@ -274,7 +179,7 @@ impl SidecarClient for HttpSidecarClient {
             if !resp.status().is_success() {
                 return Err(failure(WHAT, resp).await);
             }
-            let m: Snapshot = resp.json().await.map_err(request_failed(WHAT))?;
+            let m: Manifest = resp.json().await.map_err(request_failed(WHAT))?;
             if m.id.is_empty() {
                 return Err(SidecarError::NoSnapshotId { what: WHAT });
             }
