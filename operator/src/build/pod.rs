@@ -11,6 +11,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
+use tradestore_api::wire;
 
 use super::owner_ref;
 use super::pod_hash::pod_spec_hash;
@@ -105,7 +106,7 @@ fn sidecar_env(spec: &TradeStoreSpec) -> Vec<EnvVar> {
             env.push(secret_ref_env("TRADESTORE_CLICKHOUSE__USER", u));
         }
         if let Some(p) = &c.password_secret_ref {
-            env.push(secret_ref_env("TRADESTORE_CLICKHOUSE_PASSWORD", p));
+            env.push(secret_ref_env(wire::CLICKHOUSE_PASSWORD_ENV, p));
         }
     }
     if let Some(s3) = spec.backup.as_ref().and_then(|b| b.target.s3.as_ref()) {
@@ -155,20 +156,20 @@ fn sidecar_container(ts: &TradeStore) -> Container {
         resources: Some(s.resources.clone().unwrap_or_else(default_resources)),
         // Unresponsive for `unresponsiveSeconds` → restart.
         liveness_probe: Some(http_probe(
-            "/healthz",
+            wire::HEALTHZ_PATH,
             p.period_seconds,
             p.timeout_seconds,
             div_ceil(p.unresponsive_seconds, p.period_seconds).max(1),
         )),
         readiness_probe: Some(http_probe(
-            "/readyz",
+            wire::READYZ_PATH,
             p.period_seconds,
             p.timeout_seconds,
             p.readiness_failure_threshold,
         )),
         // Start-up (WAL replay, migrations) may take longer than the liveness budget.
         startup_probe: Some(http_probe(
-            "/healthz",
+            wire::HEALTHZ_PATH,
             p.period_seconds,
             p.timeout_seconds,
             div_ceil(p.startup_seconds, p.period_seconds).max(1),
@@ -192,8 +193,8 @@ fn user_container(ts: &TradeStore, c: &Container) -> Container {
             ..EnvVar::default()
         });
     }
-    if !env.iter().any(|e| e.name == "TRADESTORE_API_TOKEN") {
-        env.push(secret_env("TRADESTORE_API_TOKEN", &token_secret_name(ts), TOKEN_KEY));
+    if !env.iter().any(|e| e.name == wire::TOKEN_ENV) {
+        env.push(secret_env(wire::TOKEN_ENV, &token_secret_name(ts), TOKEN_KEY));
     }
     c.env = Some(env);
     c

@@ -7,6 +7,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 pub use tradestore_api::snapshot::Manifest;
 pub use tradestore_api::status::{BackupStatus, CheckState, CheckStatus, JournalStatus, Status, SyncStatus};
+use tradestore_api::wire;
 
 use crate::crd::SidecarReport;
 
@@ -152,7 +153,7 @@ impl SidecarClient for HttpSidecarClient {
     fn status<'a>(&'a self, base: &'a str, token: Option<&'a str>) -> BoxFuture<'a, Result<SidecarStatus>> {
         Box::pin(async move {
             const WHAT: &str = "GET /v1/status";
-            let mut req = self.client.get(format!("{base}/v1/status")).timeout(STATUS_TIMEOUT);
+            let mut req = self.client.get(format!("{base}{}", wire::STATUS_PATH)).timeout(STATUS_TIMEOUT);
             if let Some(t) = token {
                 req = req.bearer_auth(t);
             }
@@ -170,7 +171,7 @@ impl SidecarClient for HttpSidecarClient {
             const WHAT: &str = "POST /v1/snapshots";
             let resp = self
                 .client
-                .post(format!("{base}/v1/snapshots"))
+                .post(format!("{base}{}", wire::SNAPSHOTS_PATH))
                 .timeout(SNAPSHOT_TIMEOUT)
                 .bearer_auth(token)
                 .send()

@@ -35,8 +35,8 @@ pub const TOKEN_DIR: &str = "/var/run/secrets/tradestore";
 pub const TOKEN_KEY: &str = "token";
 /// Full path of the token file in the container.
 pub const TOKEN_PATH: &str = "/var/run/secrets/tradestore/token";
-/// Port of the sidecar's HTTP API.
-pub const PORT: i32 = 8080;
+/// Port of the sidecar's HTTP API (Kubernetes types take it as i32).
+pub const PORT: i32 = tradestore_api::wire::PORT as i32;
 
 // The structs below mirror the sidecar's configuration sections one to one (docs/sidecar.md
 // documents every key), so their fields carry no doc comments of their own.
