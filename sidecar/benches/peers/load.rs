@@ -52,7 +52,7 @@ pub fn run_measured(mut cmd: Command) -> (String, Measured) {
     let start = Instant::now();
     let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     let pid = child.id() as libc::pid_t;
-    let out = std::thread::spawn(move || child.wait_with_output_no_reap());
+    let out = std::thread::spawn(move || output(child));
     let (mut status, mut usage) = (0, unsafe { std::mem::zeroed::<libc::rusage>() });
     // wait4 reaps the child and gives its own CPU time, which the server's excludes.
     let reaped = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
@@ -69,21 +69,16 @@ fn cpu_us(u: &libc::rusage) -> f64 {
     t(u.ru_utime) + t(u.ru_stime)
 }
 
-/// Reading a child's output without `wait`, which would race `wait4` for the exit.
-trait OutputNoReap {
-    fn wait_with_output_no_reap(self) -> String;
-}
-
-impl OutputNoReap for std::process::Child {
-    fn wait_with_output_no_reap(mut self) -> String {
-        use std::io::Read;
-        let (mut out, mut err) = (String::new(), String::new());
-        let mut stderr = self.stderr.take().unwrap();
-        let reader = std::thread::spawn(move || {
-            let _ = stderr.read_to_string(&mut err);
-            err
-        });
-        let _ = self.stdout.take().unwrap().read_to_string(&mut out);
-        out + &reader.join().unwrap()
-    }
+/// A child's output, read to its end without `wait` (which would race `wait4`).
+fn output(mut child: std::process::Child) -> String {
+    use std::io::Read;
+    let mut stderr = child.stderr.take().unwrap();
+    let err = std::thread::spawn(move || {
+        let mut err = String::new();
+        let _ = stderr.read_to_string(&mut err);
+        err
+    });
+    let mut out = String::new();
+    let _ = child.stdout.take().unwrap().read_to_string(&mut out);
+    out + &err.join().unwrap()
 }

@@ -66,8 +66,8 @@ pub fn run(url: &str, token: &str, clients: usize, secs: f64, post: bool, phase:
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| panic!("no {name} in {line}"))
     };
-    let (requests, failed) = (field("requests"), field("status_errors") + field("socket_errors"));
+    let acknowledged = field("requests") - field("status_errors");
     (m.p50_us, m.p99_us, m.p999_us) = (field("p50") as f64, field("p99") as f64, field("p999") as f64);
-    m.set_ops(requests - field("status_errors"));
-    Run { measured: m, acknowledged: requests - field("status_errors"), failed }
+    m.set_ops(acknowledged);
+    Run { measured: m, acknowledged, failed: field("status_errors") + field("socket_errors") }
 }

@@ -187,20 +187,16 @@ impl Scaled {
             at -= 1;
             digits[at] = b'0' + d;
         };
-        match u64::try_from(units.unsigned_abs()) {
-            Ok(mut n) => {
-                while n > 0 {
-                    push((n % 10) as u8);
-                    n /= 10;
-                }
-            }
-            Err(_) => {
-                let mut n = units.unsigned_abs();
-                while n > 0 {
-                    push((n % 10) as u8);
-                    n /= 10;
-                }
-            }
+        // 128-bit division only while the value does not fit 64 bits.
+        let mut n = units.unsigned_abs();
+        while n > u128::from(u64::MAX) {
+            push((n % 10) as u8);
+            n /= 10;
+        }
+        let mut n = n as u64;
+        while n > 0 {
+            push((n % 10) as u8);
+            n /= 10;
         }
         let scale = scale as usize;
         let first = at.min(digits.len() - scale - 1); // at least one integer digit
