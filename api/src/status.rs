@@ -12,8 +12,11 @@ use crate::snapshot::Manifest;
 pub struct Status {
     /// Schema version.
     pub schema_version: i64,
-    /// Sequence of the last committed change.
+    /// Sequence of the last acknowledged change (durable in the commit log).
     pub last_seq: i64,
+    /// Sequence of the last change DuckDB holds (queries and followers see up to here).
+    #[serde(default)]
+    pub applied_seq: i64,
     /// Rows in the trades table.
     pub trade_rows: i64,
     /// WAL size in bytes.

@@ -50,6 +50,25 @@ pub struct Config {
     pub integrity: IntegrityConfig,
     /// Start-up recovery.
     pub recovery: RecoveryConfig,
+    /// The commit log: where acknowledged changes are durable before DuckDB has them.
+    pub commit_log: CommitLogConfig,
+}
+
+/// The commit log (docs/durability.md).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CommitLogConfig {
+    /// Directory of the segments (default `<data_dir>/log`); may be a volume of its own,
+    /// as database operators offer for a WAL.
+    pub dir: Option<PathBuf>,
+    /// Size of one segment, zero-filled before use (default 64 MiB, at least 1 MiB).
+    pub segment_bytes: u64,
+}
+
+impl Default for CommitLogConfig {
+    fn default() -> Self {
+        CommitLogConfig { dir: None, segment_bytes: 64 << 20 }
+    }
 }
 
 /// Start-up recovery: how long it waits for the journal, and whether it may come up
@@ -305,6 +324,9 @@ pub struct WriterConfig {
     pub max_batch_requests: usize,
     /// Committed trades kept in memory for hot reads.
     pub recent_trades: usize,
+    /// Most acknowledged changes DuckDB may lag behind; past it the writer waits
+    /// (the queue fills, then writes get 503 with Retry-After).
+    pub max_apply_backlog: usize,
 }
 
 /// Read connections.
@@ -392,6 +414,7 @@ impl Default for Config {
             clickhouse: ClickhouseConfig::default(),
             integrity: IntegrityConfig::default(),
             recovery: RecoveryConfig::default(),
+            commit_log: CommitLogConfig::default(),
         }
     }
 }
@@ -416,7 +439,7 @@ impl Default for DuckdbConfig {
 
 impl Default for WriterConfig {
     fn default() -> Self {
-        WriterConfig { queue_batches: 10, max_batch_requests: 256, recent_trades: 10_000 }
+        WriterConfig { queue_batches: 10, max_batch_requests: 256, recent_trades: 10_000, max_apply_backlog: 100_000 }
     }
 }
 
@@ -524,6 +547,21 @@ impl Config {
         if self.writer.queue_batches == 0 || self.writer.max_batch_requests == 0 {
             return bad("writer.queue_batches and writer.max_batch_requests must be >= 1".into());
         }
+        if self.writer.max_apply_backlog == 0 {
+            return bad("writer.max_apply_backlog must be >= 1".into());
+        }
+        if self.commit_log.segment_bytes < 1 << 20 {
+            return bad("commit_log.segment_bytes must be at least 1 MiB (1048576)".into());
+        }
+        if self.http.max_batch_trades > self.group_limit() {
+            return bad(format!(
+                "http.max_batch_trades {} does not fit a commit-log group at commit_log.segment_bytes {} \
+                 (at most {}): raise the segment size",
+                self.http.max_batch_trades,
+                self.commit_log.segment_bytes,
+                self.group_limit()
+            ));
+        }
         if self.reader.pool_size == 0 || self.reader.pool_size > 256 {
             return bad("reader.pool_size must be 1..=256".into());
         }
@@ -539,6 +577,17 @@ impl Config {
     /// Full path of the database file.
     pub(crate) fn database_path(&self) -> PathBuf {
         self.data_dir.join(&self.database_file)
+    }
+
+    /// Where the commit log's segments live.
+    pub(crate) fn commit_log_dir(&self) -> PathBuf {
+        self.commit_log.dir.clone().unwrap_or_else(|| self.data_dir.join("log"))
+    }
+
+    /// Most changes one commit-log group holds: half a segment of the largest record
+    /// a trade makes (ids and symbols are bounded, so a trade's image is under 512 bytes).
+    pub(crate) fn group_limit(&self) -> usize {
+        (self.commit_log.segment_bytes / 2 / 512) as usize
     }
 
     /// Capacity of the writer queue in requests.

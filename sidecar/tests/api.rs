@@ -99,6 +99,9 @@ async fn insert_get_list_patch_cancel() {
 
     // The hot state equals DuckDB's trade_state view, and survives a restart.
     let before: Value = c.get(s.url("/v1/state")).send().await.unwrap().json().await.unwrap();
+    // DuckDB takes acknowledged changes in behind the acknowledgements (the commit log
+    // holds them meanwhile): compare once it holds them all.
+    common::wait_status(&s, "DuckDB to hold everything", |st| st["applied_seq"] == st["last_seq"]).await;
     drop(s);
     {
         let conn = open_db(dir.path());

@@ -19,9 +19,15 @@ fn db_path(dir: &std::path::Path) -> std::path::PathBuf {
     dir.join("data").join("trades.duckdb")
 }
 
+/// The volume is gone: the database, its WAL and the commit log.
 fn lose_database(dir: &std::path::Path) {
     std::fs::remove_file(db_path(dir)).unwrap();
     let _ = std::fs::remove_file(dir.join("data").join("trades.duckdb.wal"));
+    lose_commit_log(dir);
+}
+
+fn lose_commit_log(dir: &std::path::Path) {
+    std::fs::remove_dir_all(dir.join("data").join("log")).unwrap();
 }
 
 async fn journaled(s: &Sidecar, seq: i64) -> Value {
@@ -177,16 +183,35 @@ async fn recovery_refuses_to_come_up_short_unless_told_to_and_keeps_every_piece_
 }
 
 /// A store whose disk lost the flushed tail of DuckDB's WAL: half of it is cut off.
-async fn store_that_loses_its_wal_tail(dir: &std::path::Path, env: &[(&str, &str)], n: usize) -> u16 {
+/// Writes `n` trades, waits for the journal, SIGKILLs the store and cuts DuckDB's WAL
+/// in half; `keep_log: false` also loses the commit log (kept on a volume that is gone).
+async fn store_that_loses_its_wal_tail(dir: &std::path::Path, env: &[(&str, &str)], n: usize, keep_log: bool) -> u16 {
     let port = free_port();
     let mut s = Sidecar::start_on(dir, port, env).await;
     write_trades(&s, ids("t", 0..n)).await;
-    journaled(&s, n as i64).await;
+    if env.iter().any(|(k, _)| *k == "TRADESTORE_REDIS__URL") {
+        journaled(&s, n as i64).await;
+    }
+    wait_status(&s, "DuckDB to hold everything", |st| st["applied_seq"] == st["last_seq"]).await;
     s.kill();
     let wal = dir.join("data").join("trades.duckdb.wal");
     let len = std::fs::metadata(&wal).unwrap().len();
     std::fs::OpenOptions::new().write(true).open(&wal).unwrap().set_len(len / 2).unwrap();
+    if !keep_log {
+        lose_commit_log(dir);
+    }
     port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_lost_its_wal_tail_takes_it_back_from_the_commit_log_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = store_that_loses_its_wal_tail(dir.path(), &NO_CHECKPOINTS, 60, true).await;
+    let s = Sidecar::start_on(dir.path(), port, &NO_CHECKPOINTS).await;
+    let st = status(&s).await;
+    assert_eq!((st["last_seq"].as_i64(), st["applied_seq"].as_i64()), (Some(60), Some(60)), "{st}\n{}", s.log());
+    assert!(s.log().contains("commit log replayed into DuckDB"), "{}", s.log());
+    assert_trades_present(&s, ids("t", 0..60)).await;
 }
 
 const NO_CHECKPOINTS: [(&str, &str); 3] = [
@@ -203,7 +228,7 @@ async fn a_store_behind_its_journal_takes_the_journal_and_never_reuses_a_seq() {
     let url = redis.redis_url();
     let mut env = vec![("TRADESTORE_REDIS__URL", url.as_str())];
     env.extend(NO_CHECKPOINTS);
-    let port = store_that_loses_its_wal_tail(dir.path(), &env, 60).await;
+    let port = store_that_loses_its_wal_tail(dir.path(), &env, 60, false).await;
 
     let s = Sidecar::start_on(dir.path(), port, &env).await;
     let st = status(&s).await;
@@ -228,7 +253,7 @@ async fn a_store_behind_an_unreachable_journal_never_overwrites_it_later() {
         ("TRADESTORE_RECOVERY__JOURNAL_WAIT", "500ms"),
     ];
     env.extend(NO_CHECKPOINTS);
-    let port = store_that_loses_its_wal_tail(dir.path(), &env, 60).await;
+    let port = store_that_loses_its_wal_tail(dir.path(), &env, 60, false).await;
 
     // Redis is down while the store starts: it cannot know it is behind, and writes on.
     redis.kill();

@@ -21,6 +21,9 @@ use crate::durability::recovery;
 use crate::error::Result;
 use crate::followers::clickhouse::{self, ClickhouseSync};
 use crate::followers::journal::{self, Journal};
+use crate::store::applier;
+use crate::store::log::CommitLog;
+use crate::store::overlay::Overlay;
 use crate::store::reader::{Reader, load_hot_state};
 use crate::store::writer::{Writer, WriterHandle};
 use crate::store::{db, migrations};
@@ -61,6 +64,7 @@ pub(crate) struct App {
 /// with the journal.
 struct Opened {
     conn: duckdb::Connection,
+    log: CommitLog,
     schema_version: i64,
     recovery: Option<RecoveryReport>,
 }
@@ -86,17 +90,22 @@ impl App {
         backups.refresh().await;
         let redis =
             cfg.redis.url.as_deref().map(|url| journal::stream::client(url, cfg.redis_password(env)?)).transpose()?;
-        let Opened { conn, schema_version, recovery } = open(&cfg, &backups, redis.as_ref()).await?;
+        let Opened { conn, log, schema_version, recovery } = open(&cfg, &backups, redis.as_ref()).await?;
         let state = Arc::new(RwLock::new(load_hot_state(&conn, cfg.writer.recent_trades)?));
         let health = Arc::new(Health::new(cfg.lifecycle.liveness_deadline));
         health.beat();
-        let reader = Reader::new(conn.try_clone()?, cfg.reader.pool_size, cfg.reader.acquire_timeout, state.clone())?;
         let last_seq = state.read().last_seq();
+        // `committed` follows what DuckDB holds (the applier moves it), which is what
+        // the followers read and what a list must wait for.
         let (committed_tx, committed) = watch::channel(last_seq);
+        let overlay = Arc::new(Overlay::default());
+        let (pool, timeout) = (cfg.reader.pool_size, cfg.reader.acquire_timeout);
+        let reader = Reader::new(conn.try_clone()?, pool, timeout, state.clone(), overlay.clone(), committed.clone())?;
         // Read before anything is delivered, so that status and the Redis mirror show the
         // durable watermark from the start, not 0 until ClickHouse answers.
         let durable_watermark = clickhouse::durable_watermark(&conn)?;
-        let (writer, join) = Writer::spawn(conn, &cfg, state, metrics.clone(), health.clone(), committed_tx)?;
+        let (writer, join) =
+            Writer::spawn(conn, log, overlay, &cfg, state, metrics.clone(), health.clone(), committed_tx)?;
         let sync = match &cfg.clickhouse.url {
             None => None,
             Some(_) => Some(ClickhouseSync::new(
@@ -202,5 +211,28 @@ async fn open(cfg: &Config, backups: &Backups, redis: Option<&redis::Client>) ->
     // Before the writer hands out sequence numbers: a store below its journal
     // must take the journal's changes first, or it would reuse their numbers.
     let caught_up = recovery::catch_up(&conn, cfg, redis)?;
-    Ok(Opened { conn, schema_version, recovery: rebuilt.or(caught_up) })
+    let log = open_commit_log(&conn, cfg)?;
+    Ok(Opened { conn, log, schema_version, recovery: rebuilt.or(caught_up) })
+}
+
+/// Opens the commit log and brings DuckDB up to date with it. Journal-based recovery
+/// and catch-up write DuckDB directly, so `log_state.applied_seq` first moves up to
+/// the newest `seq` the table holds (a no-op otherwise: the applier keeps them equal);
+/// the log then replays what DuckDB lacks, or starts after it when it holds nothing
+/// newer (a log lost with its volume, or a store older than the log).
+fn open_commit_log(conn: &duckdb::Connection, cfg: &Config) -> Result<CommitLog> {
+    conn.execute_batch(
+        "UPDATE log_state SET applied_seq = greatest(applied_seq, (SELECT coalesce(max(seq), 0) FROM trades))",
+    )?;
+    let applied = applier::applied_seq(conn)?;
+    let opened = CommitLog::open(&cfg.commit_log_dir(), cfg.commit_log.segment_bytes, applied)
+        .map_err(|e| crate::error::Error::Internal(e.to_string()))?;
+    if let Some(t) = &opened.torn {
+        tracing::warn!(segment = %t.segment.display(), offset = t.offset, reason = %t.reason, "commit log: cut off a torn end");
+    }
+    let replayed = applier::replay(conn, &opened.log)?;
+    if replayed > 0 {
+        tracing::info!(replayed, from = applied + 1, "commit log replayed into DuckDB");
+    }
+    Ok(opened.log)
 }

@@ -13,6 +13,7 @@ impl App {
         Status {
             schema_version: self.schema_version,
             last_seq: self.metrics.last_seq.get(),
+            applied_seq: self.metrics.applied_seq.get(),
             trade_rows: self.metrics.trade_rows.get(),
             wal_bytes: db::wal_size(&self.cfg.database_path()),
             last_checkpoint_unix: self.metrics.last_checkpoint.get(),

@@ -103,6 +103,8 @@ impl Backups {
 
     async fn take_uncounted(&self, reader: &Reader, schema_version: i64) -> Result<Manifest> {
         let result: Result<Manifest> = async {
+            // A snapshot holds every change acknowledged before it was asked for.
+            reader.caught_up().await?;
             let local = self.local.clone();
             let m = reader.with_conn(move |conn| local.take(conn, schema_version)).await?;
             if let Some(remote) = &self.remote {

@@ -9,11 +9,13 @@ use std::time::Duration;
 use duckdb::{Connection, params_from_iter};
 use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
+use tokio::sync::watch;
 
 use crate::error::{Error, Result};
 use crate::store::db;
 use crate::store::model::Trade;
 use crate::store::money::{Sum8, Sum16};
+use crate::store::overlay::Overlay;
 use crate::store::state::{HotState, SymbolState};
 
 /// Hands out clones of one base connection (same database instance).
@@ -69,7 +71,13 @@ pub(crate) struct Page {
 pub(crate) struct Reader {
     pool: r2d2::Pool<CloneManager>,
     state: Arc<RwLock<HotState>>,
+    overlay: Arc<Overlay>,
+    /// The last `seq` DuckDB holds (the applier's).
+    applied: watch::Receiver<i64>,
 }
+
+/// Longest a list waits for DuckDB to take in what was acknowledged before it.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(5);
 
 impl Reader {
     /// Builds a pool of `size` connections cloned from `base`.
@@ -78,6 +86,8 @@ impl Reader {
         size: u32,
         acquire_timeout: Duration,
         state: Arc<RwLock<HotState>>,
+        overlay: Arc<Overlay>,
+        applied: watch::Receiver<i64>,
     ) -> Result<Self> {
         let pool = r2d2::Pool::builder()
             .max_size(size)
@@ -86,7 +96,7 @@ impl Reader {
             .test_on_check_out(false)
             .build(CloneManager { base: Mutex::new(base) })
             .map_err(|e| Error::Internal(format!("read pool: {e}")))?;
-        Ok(Reader { pool, state })
+        Ok(Reader { pool, state, overlay, applied })
     }
 
     /// Runs `f` on a pooled read connection off the async runtime.
@@ -103,8 +113,12 @@ impl Reader {
         .map_err(|e| Error::Internal(format!("read task failed: {e}")))?
     }
 
-    /// One trade by id: from the hot window when recently changed, else from DuckDB.
+    /// One trade by id: acknowledged but not yet applied (the overlay), recently
+    /// changed (the hot window), else from DuckDB.
     pub(crate) async fn trade(&self, id: &str) -> Result<Trade> {
+        if let Some(t) = self.overlay.get(id) {
+            return Ok(t);
+        }
         if let Some(t) = self.state.read().recent_trade(id) {
             return Ok(t);
         }
@@ -133,8 +147,25 @@ impl Reader {
         .await
     }
 
-    /// A page of trades for one symbol, ordered by (ts, id).
+    /// Waits until DuckDB holds every change acknowledged before this call, so a query
+    /// shows what clients were told is stored (the apply lag: milliseconds).
+    pub(crate) async fn caught_up(&self) -> Result<()> {
+        let target = self.overlay.acked_seq();
+        let mut applied = self.applied.clone();
+        match tokio::time::timeout(CATCH_UP_WAIT, applied.wait_for(|a| *a >= target)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(Error::Unavailable("the store is stopping".into())),
+            Err(_) => Err(Error::Unavailable(format!(
+                "DuckDB is behind the commit log (at seq {}, acknowledged {target}); retry",
+                *self.applied.borrow()
+            ))),
+        }
+    }
+
+    /// A page of trades for one symbol, ordered by (ts, id), with every change
+    /// acknowledged before the call.
     pub(crate) async fn list(&self, q: ListQuery) -> Result<Page> {
+        self.caught_up().await?;
         self.with_conn(move |conn| {
             let mut sql = format!("SELECT {} FROM trades WHERE symbol = ?", db::TRADE_COLUMNS);
             let mut args: Vec<duckdb::types::Value> = vec![q.symbol.clone().into()];

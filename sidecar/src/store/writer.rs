@@ -1,30 +1,37 @@
-//! The single writer: owns the read-write connection, takes requests from a bounded
-//! queue, folds the requests waiting at that moment into one transaction (group
-//! commit), and acknowledges each only after COMMIT returned, i.e. after DuckDB
-//! wrote and fsynced the WAL. Then it updates the hot state and answers.
+//! The single writer: takes requests from a bounded queue, decides each exactly
+//! against the current state (duplicates, stale versions, cancelled trades), writes
+//! the changes the requests waiting at that moment make as one group to the commit
+//! log, and acknowledges each once the group is flushed (group commit). Then it
+//! updates the hot state and the overlay, answers, and hands the changes to the
+//! applier, which brings DuckDB up to date in large transactions.
 //!
-//! A group whose transaction fails (a duplicate id only the primary key caught, a
-//! storage error) is rolled back and replayed one request per transaction, each
-//! request with its own existence checks, so one bad request never fails others.
+//! Deciding needs the current row of every trade a request touches: an insert asks
+//! the id index ([`crate::store::index`]) and reads the row only when the id may exist; a
+//! patch or cancel reads it from the overlay (acknowledged, not yet applied) or from
+//! DuckDB, in one query per group.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender, TrySendError, sync_channel};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::time::{Duration, Instant};
 
 use duckdb::{Connection, params_from_iter};
 use parking_lot::RwLock;
 use tokio::sync::oneshot;
 
+use crate::store::applier::{Applier, Job};
+use crate::store::change::Change;
 use crate::config::Config;
-use crate::error::{Error, Result};
 use crate::store::db;
-use crate::store::model::{NewTrade, Status, Trade, TradePatch, now_micros};
-use crate::store::state::HotState;
+use crate::error::{Error, Result};
 use crate::telemetry::health::Health;
+use crate::store::index::{IdIndex, Known};
+use crate::store::log::CommitLog;
 use crate::telemetry::metrics::Metrics;
+use crate::store::model::{NewTrade, Status, Trade, TradePatch, now_micros};
+use crate::store::overlay::Overlay;
+use crate::store::state::HotState;
 
 /// A validated change request.
 #[derive(Debug, Clone)]
@@ -53,6 +60,16 @@ pub enum WriteOp {
         /// Refuse unless the trade has this version.
         expected_version: Option<i64>,
     },
+}
+
+impl WriteOp {
+    /// How many changes (log records) this request can make at most.
+    fn changes(&self) -> usize {
+        match self {
+            WriteOp::Insert(trades) => trades.len(),
+            WriteOp::Update { .. } | WriteOp::Cancel { .. } | WriteOp::SetWatermark { .. } => 1,
+        }
+    }
 }
 
 type Reply = oneshot::Sender<Result<Vec<Trade>>>;
@@ -124,21 +141,25 @@ impl WriterHandle {
 
 /// The writer's own state; lives on a dedicated thread.
 pub struct Writer {
-    conn: Connection,
-    db_path: PathBuf,
+    /// A read connection: rows of trades a request changes, when not in the overlay.
+    lookup: Connection,
+    log: CommitLog,
+    index: IdIndex,
+    overlay: Arc<Overlay>,
     state: Arc<RwLock<HotState>>,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     next_seq: i64,
     max_batch: usize,
-    checkpoint_every_commits: u64,
-    max_wal_bytes: u64,
-    commits_since_checkpoint: u64,
-    /// WAL size seen after the last commit (or checkpoint), to notice DuckDB's own checkpoints.
-    wal_seen: u64,
-    /// A commit changed rows since `wal_seen` was taken.
-    wrote_since_wal_seen: bool,
-    committed: tokio::sync::watch::Sender<i64>,
+    /// Most changes one group (one log flush) holds, and most one request makes.
+    group_limit: usize,
+    max_request_changes: usize,
+    /// Most acknowledged changes DuckDB may lag behind before the writer waits.
+    max_backlog: i64,
+    applier: Option<Sender<Job>>,
+    applier_join: Option<std::thread::JoinHandle<()>>,
+    /// The last `seq` the applier brought into DuckDB.
+    applied: Arc<AtomicI64>,
 }
 
 /// The outcome of planning one request against the batch's view of the table.
@@ -146,39 +167,51 @@ struct Planned {
     result: Result<Vec<Trade>>,
     /// (row before, row after) per change, in sequence order.
     changes: Vec<(Option<Trade>, Trade)>,
+    /// A follower's watermark to record (sink, seq): answered once it is in DuckDB.
+    watermark: Option<(String, i64)>,
 }
 
 impl Writer {
-    /// Starts the writer thread on `conn` and returns its handle and join handle.
-    /// `committed` is told the last committed sequence after every commit (followers
-    /// such as the journal wait on it); it closes when the writer stops.
+    /// Starts the writer thread and, behind it, the applier on `conn` (the write
+    /// connection); `log` is open and already replayed into `conn`. `committed` is told
+    /// the last applied sequence after every DuckDB transaction (followers such as the
+    /// journal read DuckDB and wait on it); it closes when the writer stops.
+    #[allow(clippy::too_many_arguments)] // the store's parts, wired once at start-up
     pub fn spawn(
         conn: Connection,
+        log: CommitLog,
+        overlay: Arc<Overlay>,
         cfg: &Config,
         state: Arc<RwLock<HotState>>,
         metrics: Arc<Metrics>,
         health: Arc<Health>,
         committed: tokio::sync::watch::Sender<i64>,
     ) -> Result<(WriterHandle, std::thread::JoinHandle<()>)> {
-        let last_seq: i64 = conn.query_row("SELECT coalesce(max(seq), 0) FROM trades", [], |r| r.get(0))?;
         let rows: i64 = conn.query_row("SELECT count(*) FROM trades", [], |r| r.get(0))?;
+        let index = load_index(&conn, rows as usize)?;
         metrics.trade_rows.set(rows);
-        metrics.last_seq.set(last_seq);
+        metrics.last_seq.set(log.next_seq() as i64 - 1);
+        metrics.log_segments.set(log.segment_count() as i64);
+        let lookup = conn.try_clone()?;
+        let (applier, applied, applier_join) =
+            Applier::spawn(conn, cfg, overlay.clone(), metrics.clone(), health.clone(), committed)?;
         let (tx, rx) = sync_channel(cfg.queue_capacity());
         let writer = Writer {
-            conn,
-            db_path: cfg.database_path(),
+            lookup,
+            next_seq: log.next_seq() as i64,
+            log,
+            index,
+            overlay,
             state,
             metrics: metrics.clone(),
             health,
-            next_seq: last_seq + 1,
             max_batch: cfg.writer.max_batch_requests,
-            checkpoint_every_commits: cfg.duckdb.checkpoint_every_commits,
-            max_wal_bytes: cfg.duckdb.max_wal_bytes,
-            commits_since_checkpoint: 0,
-            wal_seen: db::wal_size(&cfg.database_path()),
-            wrote_since_wal_seen: false,
-            committed,
+            group_limit: cfg.group_limit(),
+            max_request_changes: cfg.http.max_batch_trades,
+            max_backlog: cfg.writer.max_apply_backlog as i64,
+            applier: Some(applier),
+            applier_join: Some(applier_join),
+            applied,
         };
         let join = std::thread::Builder::new().name("writer".into()).spawn(move || writer.run(rx))?;
         Ok((WriterHandle { tx, closed: Arc::new(AtomicBool::new(false)), metrics }, join))
@@ -197,10 +230,15 @@ impl Writer {
                 Err(RecvTimeoutError::Timeout) => continue,
                 Err(RecvTimeoutError::Disconnected) => break,
             };
+            let mut changes = first.op.changes();
             let mut batch = vec![first];
-            while batch.len() < self.max_batch {
+            // A group must fit one log flush: stop while any next request still fits.
+            while batch.len() < self.max_batch && changes + self.max_request_changes <= self.group_limit {
                 match rx.try_recv() {
-                    Ok(Msg::Write(r)) => batch.push(r),
+                    Ok(Msg::Write(r)) => {
+                        changes += r.op.changes();
+                        batch.push(r);
+                    }
                     Ok(Msg::Shutdown(done)) => {
                         stop = Some(done);
                         break;
@@ -209,9 +247,9 @@ impl Writer {
                 }
             }
             self.metrics.queue_depth.sub(batch.len() as i64);
+            self.wait_for_applier();
             self.commit_group(batch);
             self.health.beat();
-            self.maybe_checkpoint();
         }
         // Anything that raced in behind the shutdown message is refused, not lost:
         // its client gets an error, never an acknowledgement.
@@ -221,12 +259,29 @@ impl Writer {
                 let _ = r.reply.send(Err(Error::Unavailable("shutting down; not accepting writes".into())));
             }
         }
-        match self.conn.execute_batch("CHECKPOINT") {
-            Ok(()) => tracing::info!("final checkpoint done"),
-            Err(e) => tracing::error!(error = %e, "final checkpoint failed; the WAL will be replayed on start"),
+        // The applier takes what is queued, checkpoints once more and stops.
+        drop(self.applier.take());
+        if let Some(join) = self.applier_join.take() {
+            let _ = join.join();
         }
         if let Some(done) = stop {
             let _ = done.send(());
+        }
+    }
+
+    /// Waits while DuckDB lags more than `max_backlog` changes behind what was
+    /// acknowledged, or while applying fails: the queue fills meanwhile, and a full
+    /// queue answers 503 with Retry-After. The beat goes on: a slow applier is not a
+    /// wedged writer.
+    fn wait_for_applier(&self) {
+        loop {
+            let backlog = self.next_seq - 1 - self.applied.load(Ordering::SeqCst);
+            self.metrics.apply_backlog.set(backlog);
+            if backlog <= self.max_backlog && self.health.apply_failure().is_none() {
+                return;
+            }
+            self.health.beat();
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 
@@ -234,37 +289,64 @@ impl Writer {
         let start = Instant::now();
         let first_seq = self.next_seq;
         let ops: Vec<&WriteOp> = batch.iter().map(|r| &r.op).collect();
-        match self.transaction(&ops, false) {
-            Ok(planned) => {
-                self.metrics.commit_duration.observe(start.elapsed().as_secs_f64());
-                self.metrics.batch_requests.observe(batch.len() as f64);
-                for (req, p) in batch.into_iter().zip(planned) {
-                    let _ = req.reply.send(p.result);
-                }
-            }
+        let planned = match self.plan_group(&ops) {
+            Ok(planned) => planned,
             Err(e) => {
                 self.next_seq = first_seq;
-                if batch.len() > 1 {
-                    tracing::debug!(error = %e, size = batch.len(), "group commit failed; retrying one by one");
-                    self.metrics.batch_fallbacks.inc();
+                let text = self.storage_error(e).to_string();
+                for req in batch {
+                    let _ = req.reply.send(Err(Error::Unavailable(text.clone())));
+                }
+                return;
+            }
+        };
+        let changes: Vec<Change> =
+            planned.iter().flat_map(|p| &p.changes).map(|(before, after)| change(before, after)).collect();
+        if !changes.is_empty() {
+            let records: Vec<_> = changes.iter().map(|c| c.to_record(c.trade().seq as u64)).collect();
+            if let Err(e) = self.log.append(&records) {
+                self.next_seq = first_seq;
+                let text = e.to_string();
+                if !matches!(e, crate::store::log::LogError::TooLarge { .. }) {
+                    // After a failed write or flush nothing on disk can be trusted to
+                    // match: stop, and let the restart read the log back.
+                    tracing::error!(error = %text, "commit log write failed; stopping");
+                    self.health.set_fatal(text.clone());
                 }
                 for req in batch {
-                    let result = match self.transaction(&[&req.op], true) {
-                        Ok(mut planned) => planned.remove(0).result,
-                        Err(e) => Err(self.storage_error(e)),
-                    };
-                    let _ = req.reply.send(result);
+                    let _ = req.reply.send(Err(Error::Unavailable(format!("storage error: {text}"))));
+                }
+                return;
+            }
+            self.metrics.commit_duration.observe(start.elapsed().as_secs_f64());
+        }
+        self.metrics.batch_requests.observe(batch.len() as f64);
+        self.after_ack(&planned);
+        if !changes.is_empty() {
+            self.to_applier(Job::Changes(changes.into_iter().map(|c| (c.trade().seq as u64, c)).collect()));
+        }
+        for (req, p) in batch.into_iter().zip(planned) {
+            match p.watermark {
+                // Answered by the applier once the watermark is in DuckDB.
+                Some((sink, seq)) => self.to_applier(Job::Watermark { sink, seq, reply: req.reply }),
+                None => {
+                    let _ = req.reply.send(p.result);
                 }
             }
         }
     }
 
-    /// Maps an error from a failed transaction to the client's answer; a fatal one
-    /// (DuckDB invalidated the database) also stops the process, see [`Writer::fatal`].
+    fn to_applier(&self, job: Job) {
+        let _ = self.applier.as_ref().expect("the applier runs while the writer does").send(job);
+    }
+
+    /// Maps an error from planning (a failed row lookup) to the client's answer; a
+    /// fatal one (DuckDB invalidated the database) also stops the process.
     fn storage_error(&self, e: Error) -> Error {
         let text = e.to_string();
         if db::classify(&e) == db::Failure::Fatal {
-            self.fatal(&text);
+            tracing::error!(error = %text, "database invalidated; stopping so the restart reopens it");
+            self.health.set_fatal(text.clone());
         } else {
             tracing::warn!(error = %text, "write failed");
         }
@@ -274,51 +356,21 @@ impl Writer {
         }
     }
 
-    /// DuckDB invalidated the database: every later statement fails, whether or not
-    /// space or memory comes back. Recorded as fatal, which fails liveness and stops
-    /// the process; the restart reopens the file and replays the WAL (every
-    /// acknowledged commit is in it).
-    fn fatal(&self, text: &str) {
-        tracing::error!(error = %text, "database invalidated; stopping so the restart reopens it");
-        self.health.set_fatal(text.to_string());
-    }
-
-    /// Plans `ops` against the table, writes the final rows and commits; on any
-    /// error rolls back and returns it. `careful` also checks insert ids up front
-    /// (the one-by-one path); the group path relies on the primary key instead.
-    fn transaction(&mut self, ops: &[&WriteOp], careful: bool) -> Result<Vec<Planned>> {
-        self.conn.execute_batch("BEGIN TRANSACTION")?;
-        let outcome = self.plan_and_write(ops, careful).and_then(|planned| {
-            self.conn.execute_batch("COMMIT")?;
-            Ok(planned)
-        });
-        match outcome {
-            Ok(planned) => {
-                self.after_commit(&planned);
-                Ok(planned)
-            }
-            Err(e) => {
-                let _ = self.conn.execute_batch("ROLLBACK");
-                Err(e)
-            }
-        }
-    }
-
-    fn plan_and_write(&mut self, ops: &[&WriteOp], careful: bool) -> Result<Vec<Planned>> {
+    /// Decides `ops` in order against the current state, each seeing the ones before.
+    fn plan_group(&mut self, ops: &[&WriteOp]) -> Result<Vec<Planned>> {
         let now = now_micros();
         let mut lookup: Vec<&str> = Vec::new();
         for op in ops {
             match op {
                 WriteOp::Update { id, .. } | WriteOp::Cancel { id, .. } => lookup.push(id),
-                WriteOp::Insert(trades) if careful => {
-                    lookup.extend(trades.iter().filter_map(|t| t.id.as_deref()));
-                }
-                WriteOp::Insert(_) | WriteOp::SetWatermark { .. } => {}
+                WriteOp::Insert(trades) => lookup.extend(
+                    trades.iter().filter_map(|t| t.id.as_deref()).filter(|id| self.index.get(id) != Known::Absent),
+                ),
+                WriteOp::SetWatermark { .. } => {}
             }
         }
-        let stored = self.load(&lookup)?;
-        // The batch's view of the table: stored rows overlaid with this batch's changes.
-        let mut view: HashMap<String, Trade> = stored.clone();
+        // The group's view of the table: current rows overlaid with the group's changes.
+        let mut view: HashMap<String, Trade> = self.load(&lookup)?;
         let mut planned = Vec::with_capacity(ops.len());
         for op in ops {
             let p = self.plan(op, &view, now);
@@ -327,50 +379,12 @@ impl Writer {
             }
             planned.push(p);
         }
-        for op in ops {
-            if let WriteOp::SetWatermark { sink, seq } = op {
-                self.conn.execute(
-                    "INSERT INTO sync_state VALUES (?, ?, now()::TIMESTAMP) ON CONFLICT (sink) DO UPDATE \
-                     SET watermark = greatest(watermark, excluded.watermark), updated_at = excluded.updated_at",
-                    duckdb::params![sink, seq],
-                )?;
-            }
-        }
-        // Write each touched row once, in its final state.
-        let mut finals: Vec<&Trade> = Vec::new();
-        let mut seen = HashSet::new();
-        for p in planned.iter().rev() {
-            for (_, after) in p.changes.iter().rev() {
-                if seen.insert(after.id.as_str()) {
-                    finals.push(&view[&after.id]);
-                }
-            }
-        }
-        let (new_rows, changed_rows): (Vec<&Trade>, Vec<&Trade>) =
-            finals.into_iter().partition(|t| !stored.contains_key(&t.id));
-        if !new_rows.is_empty() {
-            let mut app = self.conn.appender("trades")?;
-            for t in &new_rows {
-                app.append_row(db::row_values(t))?;
-            }
-            app.flush()?;
-        }
-        if !changed_rows.is_empty() {
-            // Same column order as the table (and as the appender): $1 is the id.
-            let mut stmt = self.conn.prepare_cached(
-                "UPDATE trades SET symbol = $2, side = $3, quantity = $4, price = $5, status = $6, ts = $7, \
-                 version = $8, seq = $9, created_at = $10, updated_at = $11 WHERE id = $1",
-            )?;
-            for t in changed_rows {
-                stmt.execute(params_from_iter(db::row_values(t)))?;
-            }
-        }
         Ok(planned)
     }
 
     /// Decides one request against the batch's current view, assigning sequence numbers.
     fn plan(&mut self, op: &WriteOp, view: &HashMap<String, Trade>, now: i64) -> Planned {
-        let refuse = |e: Error| Planned { result: Err(e), changes: vec![] };
+        let refuse = |e: Error| Planned { result: Err(e), changes: vec![], watermark: None };
         match op {
             WriteOp::Insert(trades) => {
                 let mut changes = Vec::with_capacity(trades.len());
@@ -395,7 +409,7 @@ impl Writer {
                     let seq = self.take_seq();
                     changes.push((None, t.clone().into_trade(id, seq, now)));
                 }
-                Planned { result: Ok(changes.iter().map(|(_, t)| t.clone()).collect()), changes }
+                Planned { result: Ok(changes.iter().map(|(_, t)| t.clone()).collect()), changes, watermark: None }
             }
             WriteOp::Update { id, patch } => match view.get(id) {
                 None => refuse(Error::NotFound(format!("trade {id}"))),
@@ -409,13 +423,15 @@ impl Writer {
                 }),
                 // Nothing would change: answer with the trade as it is (same version and
                 // seq) instead of minting a version that differs only in its number.
-                Some(cur) if changes_nothing(patch, cur) => Planned { result: Ok(vec![cur.clone()]), changes: vec![] },
+                Some(cur) if changes_nothing(patch, cur) => unchanged(cur),
                 Some(cur) => {
                     let after = patch.apply(cur, self.take_seq(), now);
-                    Planned { result: Ok(vec![after.clone()]), changes: vec![(Some(cur.clone()), after)] }
+                    changed(cur, after)
                 }
             },
-            WriteOp::SetWatermark { .. } => Planned { result: Ok(vec![]), changes: vec![] },
+            WriteOp::SetWatermark { sink, seq } => {
+                Planned { result: Ok(vec![]), changes: vec![], watermark: Some((sink.clone(), *seq)) }
+            }
             WriteOp::Cancel { id, expected_version } => match view.get(id) {
                 None => refuse(Error::NotFound(format!("trade {id}"))),
                 Some(cur) if expected_version.is_some_and(|v| v != cur.version) => refuse(Error::Conflict {
@@ -423,16 +439,14 @@ impl Writer {
                     current: Some(Box::new(cur.clone())),
                 }),
                 // Cancelling twice is idempotent: the trade is returned unchanged.
-                Some(cur) if cur.status == Status::Cancelled => {
-                    Planned { result: Ok(vec![cur.clone()]), changes: vec![] }
-                }
+                Some(cur) if cur.status == Status::Cancelled => unchanged(cur),
                 Some(cur) => {
                     let mut after = cur.clone();
                     after.status = Status::Cancelled;
                     after.version += 1;
                     after.seq = self.take_seq();
                     after.updated_at = now;
-                    Planned { result: Ok(vec![after.clone()]), changes: vec![(Some(cur.clone()), after)] }
+                    changed(cur, after)
                 }
             },
         }
@@ -444,14 +458,23 @@ impl Writer {
         s
     }
 
-    /// Loads the stored rows for `ids` (in chunks, one query each).
+    /// The current rows of `ids`: from the overlay when acknowledged but not yet
+    /// applied, else from DuckDB (in chunks, one query each). The applier removes a
+    /// row from the overlay only after committing it, so a miss there finds it in DuckDB.
     fn load(&self, ids: &[&str]) -> Result<HashMap<String, Trade>> {
         let mut out = HashMap::with_capacity(ids.len());
-        let unique: Vec<&str> = ids.iter().copied().collect::<HashSet<_>>().into_iter().collect();
+        let mut unique: Vec<&str> = ids.iter().copied().collect::<HashSet<_>>().into_iter().collect();
+        unique.retain(|id| match self.overlay.get(id) {
+            Some(t) => {
+                out.insert(t.id.clone(), t);
+                false
+            }
+            None => true,
+        });
         for chunk in unique.chunks(512) {
             let placeholders = vec!["?"; chunk.len()].join(", ");
             let sql = format!("SELECT {} FROM trades WHERE id IN ({placeholders})", db::TRADE_COLUMNS);
-            let mut stmt = self.conn.prepare(&sql)?;
+            let mut stmt = self.lookup.prepare(&sql)?;
             let rows = stmt.query_map(params_from_iter(chunk.iter()), db::trade_from_row)?;
             for row in rows {
                 let t = row?;
@@ -461,66 +484,52 @@ impl Writer {
         Ok(out)
     }
 
-    fn after_commit(&mut self, planned: &[Planned]) {
-        self.metrics.commits.inc();
-        self.commits_since_checkpoint += 1;
+    /// The group is durable: record it in the index, the overlay and the hot state.
+    fn after_ack(&mut self, planned: &[Planned]) {
         let mut state = self.state.write();
         let mut inserted = 0;
-        self.wrote_since_wal_seen |= planned.iter().any(|p| !p.changes.is_empty());
-        for p in planned {
-            for (before, after) in &p.changes {
-                if before.is_none() {
-                    inserted += 1;
-                }
-                state.apply(before.as_ref(), after);
-            }
+        for (before, after) in planned.iter().flat_map(|p| &p.changes) {
+            inserted += i64::from(before.is_none());
+            self.index.record(&after.id, after.version, after.status == Status::Cancelled, before.is_none());
+            state.apply(before.as_ref(), after);
         }
+        self.overlay.acknowledged(planned.iter().flat_map(|p| &p.changes).map(|(_, after)| after));
         self.metrics.trade_rows.add(inserted);
-        self.metrics.last_seq.set(state.last_seq());
-        self.committed.send_replace(state.last_seq());
+        self.metrics.last_seq.set(self.next_seq - 1);
+        self.metrics.log_segments.set(self.log.segment_count() as i64);
+        self.metrics.index_bytes.set(self.index.heap_bytes() as i64);
     }
+}
 
-    /// Notices a checkpoint DuckDB ran by itself: at a commit that takes the WAL past
-    /// `checkpoint_threshold` it folds the WAL into the file and empties it, on this
-    /// connection, before COMMIT returns. Commits only ever grow the WAL, so a WAL
-    /// smaller than after the previous commit — or empty after one that changed rows —
-    /// means DuckDB checkpointed. DuckDB exposes no checkpoint time or counter itself.
-    fn note_duckdb_checkpoint(&mut self, wal: u64) {
-        let checkpointed = wal < self.wal_seen || (wal == 0 && self.wrote_since_wal_seen);
-        (self.wal_seen, self.wrote_since_wal_seen) = (wal, false);
-        if checkpointed {
-            self.metrics.auto_checkpoints.inc();
-            self.metrics.last_checkpoint.set(chrono::Utc::now().timestamp());
-            tracing::debug!(wal_bytes = wal, "DuckDB checkpointed by itself");
-        }
+/// The log's record of a change from `before` to `after`.
+fn change(before: &Option<Trade>, after: &Trade) -> Change {
+    match before {
+        None => Change::Insert(after.clone()),
+        Some(_) if after.status == Status::Cancelled => Change::Cancel(after.clone()),
+        Some(_) => Change::Update(after.clone()),
     }
+}
 
-    fn maybe_checkpoint(&mut self) {
-        let wal = db::wal_size(&self.db_path);
-        self.metrics.wal_bytes.set(wal as i64);
-        self.note_duckdb_checkpoint(wal);
-        let by_count =
-            self.checkpoint_every_commits > 0 && self.commits_since_checkpoint >= self.checkpoint_every_commits;
-        if !(by_count || wal > self.max_wal_bytes) {
-            return;
-        }
-        let start = Instant::now();
-        match self.conn.execute_batch("CHECKPOINT") {
-            Ok(()) => {
-                self.commits_since_checkpoint = 0;
-                self.metrics.checkpoints.inc();
-                self.metrics.last_checkpoint.set(chrono::Utc::now().timestamp());
-                self.wal_seen = db::wal_size(&self.db_path);
-                self.metrics.wal_bytes.set(self.wal_seen as i64);
-                tracing::debug!(elapsed_ms = start.elapsed().as_millis() as u64, wal_before = wal, "checkpoint");
-            }
-            Err(e) => match Error::from(e) {
-                // A checkpoint that failed on a full disk invalidates the database.
-                e if db::classify(&e) == db::Failure::Fatal => self.fatal(&e.to_string()),
-                e => tracing::warn!(error = %e, "checkpoint failed; will retry after the next commit"),
-            },
-        }
+/// A request that leaves `cur` as it is: answered with it, nothing written.
+fn unchanged(cur: &Trade) -> Planned {
+    Planned { result: Ok(vec![cur.clone()]), changes: vec![], watermark: None }
+}
+
+/// A request that takes `cur` to `after`.
+fn changed(cur: &Trade, after: Trade) -> Planned {
+    Planned { result: Ok(vec![after.clone()]), changes: vec![(Some(cur.clone()), after)], watermark: None }
+}
+
+/// The id index from the table: every trade's version and whether it is cancelled.
+fn load_index(conn: &Connection, rows: usize) -> Result<IdIndex> {
+    let mut index = IdIndex::with_capacity(rows);
+    let mut stmt = conn.prepare("SELECT id, version, status FROM trades")?;
+    let mut it = stmt.query([])?;
+    while let Some(r) = it.next()? {
+        let (id, version, status): (String, i64, String) = (r.get(0)?, r.get(1)?, r.get(2)?);
+        index.record(&id, version, status == Status::Cancelled.as_str(), true);
     }
+    Ok(index)
 }
 
 /// True when applying `patch` to `current` leaves every field of the trade as it is.

@@ -38,6 +38,7 @@ pub struct Health {
     fatal: watch::Sender<Option<String>>,
     recover: watch::Sender<Option<String>>,
     integrity: Mutex<Option<String>>,
+    apply: Mutex<Option<String>>,
 }
 
 impl Health {
@@ -52,6 +53,7 @@ impl Health {
             fatal: watch::channel(None).0,
             recover: watch::channel(None).0,
             integrity: Mutex::new(None),
+            apply: Mutex::new(None),
         }
     }
 
@@ -113,6 +115,18 @@ impl Health {
         *self.integrity.lock() = failure;
     }
 
+    /// Records that applying the commit log to DuckDB fails (None once it works
+    /// again): readiness fails and the writer acknowledges nothing meanwhile, while
+    /// the process stays up to retry (see [`crate::applier`]).
+    pub fn set_apply(&self, failure: Option<String>) {
+        *self.apply.lock() = failure;
+    }
+
+    /// Why applying fails, if it does.
+    pub fn apply_failure(&self) -> Option<String> {
+        self.apply.lock().clone()
+    }
+
     /// Ok when the process should be left running.
     pub fn liveness(&self) -> Result<(), String> {
         if let Some(why) = self.fatal.borrow().clone() {
@@ -136,6 +150,9 @@ impl Health {
         }
         if let Some(why) = self.integrity.lock().clone() {
             return Err(format!("integrity check failed: {why}"));
+        }
+        if let Some(why) = self.apply_failure() {
+            return Err(format!("applying the commit log to DuckDB fails: {why}"));
         }
         Ok(())
     }

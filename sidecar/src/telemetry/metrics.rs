@@ -20,14 +20,22 @@ pub struct Metrics {
     pub http_connections_rejected: IntCounter,
     /// Connections the server closed, by reason (timeouts, evicted at the cap, shutdown).
     pub http_connections_closed: IntCounterVec,
-    /// Time from BEGIN to durable COMMIT of one group commit.
+    /// Time to write and flush one group to the commit log.
     pub commit_duration: Histogram,
+    /// Time of one DuckDB transaction of the applier.
+    pub apply_duration: Histogram,
+    /// The last commit-log `seq` DuckDB holds.
+    pub applied_seq: IntGauge,
+    /// Acknowledged changes not yet in DuckDB.
+    pub apply_backlog: IntGauge,
+    /// Commit-log segments on disk.
+    pub log_segments: IntGauge,
     /// Requests folded into one commit.
     pub batch_requests: Histogram,
     /// Committed transactions.
     pub commits: IntCounter,
-    /// Group commits that failed and were retried request by request.
-    pub batch_fallbacks: IntCounter,
+    /// Bytes the writer's id index holds (docs/benchmarks.md: memory per trade).
+    pub index_bytes: IntGauge,
     /// Writes refused before reaching the writer, by reason.
     pub writes_rejected: IntCounterVec,
     /// Requests waiting in the writer queue.
@@ -104,7 +112,7 @@ impl Registrar<'_> {
 }
 
 const LATENCY_BUCKETS: &[f64] =
-    &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+    &[0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 impl Metrics {
     /// Creates and registers all metrics.
@@ -140,17 +148,24 @@ impl Metrics {
             ),
             commit_duration: r.histogram(
                 "writer_commit_duration_seconds",
-                "BEGIN to durable COMMIT of one group commit",
+                "Write and fdatasync of one commit-log group",
                 LATENCY_BUCKETS,
             ),
+            apply_duration: r.histogram(
+                "applier_duration_seconds",
+                "One DuckDB transaction applying the commit log",
+                LATENCY_BUCKETS,
+            ),
+            applied_seq: r.gauge("applier_applied_seq", "Last commit-log seq DuckDB holds"),
+            apply_backlog: r.gauge("applier_backlog", "Acknowledged changes not yet in DuckDB"),
+            log_segments: r.gauge("log_segments", "Commit-log segments on disk"),
             batch_requests: r.histogram(
                 "writer_batch_requests",
                 "Requests folded into one commit",
                 &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0],
             ),
             commits: r.counter("writer_commits_total", "Committed transactions"),
-            batch_fallbacks: r
-                .counter("writer_batch_fallbacks_total", "Group commits retried request by request after an error"),
+            index_bytes: r.gauge("writer_index_bytes", "Memory the id index holds (every trade's version)"),
             writes_rejected: r.counter_vec(
                 "writer_rejected_total",
                 "Writes refused before reaching the writer",

@@ -1,0 +1,392 @@
+//! Brings DuckDB up to date with the commit log, many changes per transaction.
+//!
+//! The changes are durable already (they are in the log); DuckDB is where they are
+//! queried. One transaction takes a run of consecutive changes: new trades go in
+//! through the Appender (DuckDB's bulk path), changed ones are updated once each in
+//! their final state, every image is appended to `trade_history`, and
+//! `log_state.applied_seq` moves to the last change — all or nothing, so a crash
+//! anywhere leaves DuckDB at a change boundary the log replays from.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::time::{Duration, Instant};
+
+use duckdb::{Connection, params, params_from_iter};
+use tokio::sync::{oneshot, watch};
+
+use crate::store::change::Change;
+use crate::config::Config;
+use crate::store::db;
+use crate::error::{Error, Result};
+use crate::telemetry::health::Health;
+use crate::store::log::CommitLog;
+use crate::telemetry::metrics::Metrics;
+use crate::store::model::Trade;
+use crate::store::overlay::Overlay;
+
+/// Most changes one DuckDB transaction takes: large enough that the per-commit cost
+/// (about 1 ms) vanishes, small enough that one transaction stays well under a second.
+const MAX_RUN: usize = 50_000;
+
+/// What the writer hands the applier.
+pub enum Job {
+    /// Acknowledged changes, in `seq` order.
+    Changes(Vec<(u64, Change)>),
+    /// A follower's watermark: applied with the next transaction, answered after it
+    /// (the follower takes the answer as "durable").
+    Watermark { sink: String, seq: i64, reply: oneshot::Sender<Result<Vec<Trade>>> },
+}
+
+/// The last log `seq` DuckDB holds.
+pub fn applied_seq(conn: &Connection) -> Result<u64> {
+    let seq: i64 = conn.query_row("SELECT applied_seq FROM log_state", [], |r| r.get(0))?;
+    Ok(seq as u64)
+}
+
+/// Applies `changes` (log `seq`, change; consecutive, starting right after
+/// [`applied_seq`]) and follower `watermarks` in one transaction.
+pub fn apply(conn: &Connection, changes: &[(u64, Change)], watermarks: &[(String, i64)]) -> Result<()> {
+    if changes.is_empty() && watermarks.is_empty() {
+        return Ok(());
+    }
+    conn.execute_batch("BEGIN TRANSACTION")?;
+    let outcome = write(conn, changes, watermarks).and_then(|()| Ok(conn.execute_batch("COMMIT")?));
+    if outcome.is_err() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    outcome
+}
+
+fn write(conn: &Connection, changes: &[(u64, Change)], watermarks: &[(String, i64)]) -> Result<()> {
+    let (new, changed) = final_rows(changes);
+    append(conn, "trades", new.iter().copied())?;
+    update(conn, &changed)?;
+    append(conn, "trade_history", changes.iter().map(|(_, c)| c.trade()))?;
+    for (sink, seq) in watermarks {
+        conn.execute(
+            "INSERT INTO sync_state VALUES (?, ?, now()::TIMESTAMP) ON CONFLICT (sink) DO UPDATE \
+             SET watermark = greatest(watermark, excluded.watermark), updated_at = excluded.updated_at",
+            params![sink, seq],
+        )?;
+    }
+    if let Some(&(last, _)) = changes.last() {
+        conn.execute("UPDATE log_state SET applied_seq = ?, updated_at = now()::TIMESTAMP", params![last as i64])?;
+    }
+    Ok(())
+}
+
+/// Each trade the changes touch, once, in its final state: those the changes create
+/// (first seen as an insert) and those already in the table.
+fn final_rows(changes: &[(u64, Change)]) -> (Vec<&Trade>, Vec<&Trade>) {
+    let mut created = HashSet::new();
+    let mut last: HashMap<&str, &Trade> = HashMap::new();
+    let mut order = Vec::new();
+    for (_, c) in changes {
+        let t = c.trade();
+        if matches!(c, Change::Insert(_)) {
+            created.insert(t.id.as_str());
+        }
+        if last.insert(t.id.as_str(), t).is_none() {
+            order.push(t.id.as_str());
+        }
+    }
+    order.into_iter().map(|id| last[id]).partition(|t| created.contains(t.id.as_str()))
+}
+
+fn append<'a>(conn: &Connection, table: &str, rows: impl Iterator<Item = &'a Trade>) -> Result<()> {
+    let mut app = conn.appender(table)?;
+    for t in rows {
+        app.append_row(db::row_values(t))?;
+    }
+    app.flush()?;
+    Ok(())
+}
+
+fn update(conn: &Connection, rows: &[&Trade]) -> Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    // Same column order as the table (and as the appender): $1 is the id.
+    let mut stmt = conn.prepare_cached(
+        "UPDATE trades SET symbol = $2, side = $3, quantity = $4, price = $5, status = $6, ts = $7, \
+         version = $8, seq = $9, created_at = $10, updated_at = $11 WHERE id = $1",
+    )?;
+    for t in rows {
+        let n = stmt.execute(params_from_iter(db::row_values(t)))?;
+        if n != 1 {
+            return Err(crate::error::Error::Internal(format!(
+                "applying seq {}: trade {} is not in the table to update",
+                t.seq, t.id
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Replays the log records DuckDB lacks (after [`applied_seq`]), in runs of
+/// [`MAX_RUN`]; returns how many. Start-up calls this before anything is served.
+pub fn replay(conn: &Connection, log: &CommitLog) -> Result<u64> {
+    let mut reader = log.read_from(applied_seq(conn)? + 1);
+    let (mut run, mut replayed) = (Vec::new(), 0);
+    loop {
+        let records = reader.next_records().map_err(|e| Error::Internal(e.to_string()))?;
+        let done = records.is_empty();
+        for r in &records {
+            run.push((r.seq, Change::from_record(r).map_err(Error::Internal)?));
+        }
+        if done || run.len() >= MAX_RUN {
+            apply(conn, &run, &[])?;
+            replayed += run.len() as u64;
+            run.clear();
+        }
+        if done {
+            return Ok(replayed);
+        }
+    }
+}
+
+/// The applier's side of the channel; lives on its own thread.
+pub struct Applier {
+    conn: Connection,
+    db_path: PathBuf,
+    overlay: Arc<Overlay>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    /// The last applied `seq`, for the writer's back-pressure.
+    applied: Arc<AtomicI64>,
+    /// Followers wait on it: they read DuckDB, so they follow what is applied.
+    committed: watch::Sender<i64>,
+    checkpoint_every_commits: u64,
+    max_wal_bytes: u64,
+    commits_since_checkpoint: u64,
+    /// WAL size seen after the last commit (or checkpoint), to notice DuckDB's own checkpoints.
+    wal_seen: u64,
+    /// A commit changed rows since `wal_seen` was taken.
+    wrote_since_wal_seen: bool,
+}
+
+impl Applier {
+    /// Starts the applier thread on `conn`; returns the channel to it, the applied
+    /// `seq` it keeps, and its join handle.
+    pub fn spawn(
+        conn: Connection,
+        cfg: &Config,
+        overlay: Arc<Overlay>,
+        metrics: Arc<Metrics>,
+        health: Arc<Health>,
+        committed: watch::Sender<i64>,
+    ) -> Result<(Sender<Job>, Arc<AtomicI64>, std::thread::JoinHandle<()>)> {
+        let applied = Arc::new(AtomicI64::new(applied_seq(&conn)? as i64));
+        metrics.applied_seq.set(applied.load(Ordering::SeqCst));
+        let (tx, rx) = channel();
+        let applier = Applier {
+            conn,
+            db_path: cfg.database_path(),
+            overlay,
+            metrics,
+            health,
+            applied: applied.clone(),
+            committed,
+            checkpoint_every_commits: cfg.duckdb.checkpoint_every_commits,
+            max_wal_bytes: cfg.duckdb.max_wal_bytes,
+            commits_since_checkpoint: 0,
+            wal_seen: db::wal_size(&cfg.database_path()),
+            wrote_since_wal_seen: false,
+        };
+        let join = std::thread::Builder::new().name("applier".into()).spawn(move || applier.run(rx))?;
+        Ok((tx, applied, join))
+    }
+
+    /// Applies until the writer hangs up, then checkpoints once more.
+    fn run(mut self, rx: Receiver<Job>) {
+        while let Ok(first) = rx.recv() {
+            let mut jobs = vec![first];
+            let mut n = 0;
+            while n < MAX_RUN
+                && let Ok(job) = rx.try_recv()
+            {
+                n += job_len(&job);
+                jobs.push(job);
+            }
+            if !self.apply_jobs(jobs) {
+                return; // fatal: the process is stopping
+            }
+            self.maybe_checkpoint();
+        }
+        match self.conn.execute_batch("CHECKPOINT") {
+            Ok(()) => tracing::info!("final checkpoint done"),
+            Err(e) => tracing::error!(error = %e, "final checkpoint failed; the WAL will be replayed on start"),
+        }
+    }
+
+    /// Applies one run, retrying while it fails (readiness says so and the writer
+    /// acknowledges nothing meanwhile); false when DuckDB invalidated the database.
+    fn apply_jobs(&mut self, jobs: Vec<Job>) -> bool {
+        let mut changes = Vec::new();
+        let (mut watermarks, mut replies) = (Vec::new(), Vec::new());
+        for job in jobs {
+            match job {
+                Job::Changes(c) => changes.extend(c),
+                Job::Watermark { sink, seq, reply } => {
+                    watermarks.push((sink, seq));
+                    replies.push(reply);
+                }
+            }
+        }
+        let start = Instant::now();
+        loop {
+            match apply(&self.conn, &changes, &watermarks) {
+                Ok(()) => break,
+                Err(e) if db::classify(&e) == db::Failure::Fatal => {
+                    tracing::error!(error = %e, "database invalidated while applying; stopping so the restart replays the log");
+                    self.health.set_fatal(e.to_string());
+                    return false;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, changes = changes.len(), "applying the commit log failed; retrying");
+                    self.health.set_apply(Some(e.to_string()));
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+        }
+        self.health.set_apply(None);
+        self.after_apply(&changes, start);
+        for reply in replies {
+            let _ = reply.send(Ok(vec![]));
+        }
+        true
+    }
+
+    fn after_apply(&mut self, changes: &[(u64, Change)], start: Instant) {
+        let Some(&(last, _)) = changes.last() else { return };
+        self.metrics.apply_duration.observe(start.elapsed().as_secs_f64());
+        self.metrics.commits.inc();
+        self.commits_since_checkpoint += 1;
+        self.wrote_since_wal_seen = true;
+        self.overlay.applied(changes.iter().map(|(_, c)| c.trade()), last as i64);
+        self.applied.store(last as i64, Ordering::SeqCst);
+        self.metrics.applied_seq.set(last as i64);
+        self.committed.send_replace(last as i64);
+    }
+
+    /// Notices a checkpoint DuckDB ran by itself: at a commit that takes the WAL past
+    /// `checkpoint_threshold` it folds the WAL into the file and empties it, on this
+    /// connection, before COMMIT returns. Commits only ever grow the WAL, so a WAL
+    /// smaller than after the previous commit — or empty after one that changed rows —
+    /// means DuckDB checkpointed. DuckDB exposes no checkpoint time or counter itself.
+    fn note_duckdb_checkpoint(&mut self, wal: u64) {
+        let checkpointed = wal < self.wal_seen || (wal == 0 && self.wrote_since_wal_seen);
+        (self.wal_seen, self.wrote_since_wal_seen) = (wal, false);
+        if checkpointed {
+            self.metrics.auto_checkpoints.inc();
+            self.metrics.last_checkpoint.set(chrono::Utc::now().timestamp());
+            tracing::debug!(wal_bytes = wal, "DuckDB checkpointed by itself");
+        }
+    }
+
+    fn maybe_checkpoint(&mut self) {
+        let wal = db::wal_size(&self.db_path);
+        self.metrics.wal_bytes.set(wal as i64);
+        self.note_duckdb_checkpoint(wal);
+        let by_count =
+            self.checkpoint_every_commits > 0 && self.commits_since_checkpoint >= self.checkpoint_every_commits;
+        if !(by_count || wal > self.max_wal_bytes) {
+            return;
+        }
+        let start = Instant::now();
+        match self.conn.execute_batch("CHECKPOINT") {
+            Ok(()) => {
+                self.commits_since_checkpoint = 0;
+                self.metrics.checkpoints.inc();
+                self.metrics.last_checkpoint.set(chrono::Utc::now().timestamp());
+                self.wal_seen = db::wal_size(&self.db_path);
+                self.metrics.wal_bytes.set(self.wal_seen as i64);
+                tracing::debug!(elapsed_ms = start.elapsed().as_millis() as u64, wal_before = wal, "checkpoint");
+            }
+            Err(e) => match Error::from(e) {
+                // A checkpoint that failed on a full disk invalidates the database.
+                e if db::classify(&e) == db::Failure::Fatal => self.health.set_fatal(e.to_string()),
+                e => tracing::warn!(error = %e, "checkpoint failed; will retry after the next apply"),
+            },
+        }
+    }
+}
+
+fn job_len(job: &Job) -> usize {
+    match job {
+        Job::Changes(c) => c.len(),
+        Job::Watermark { .. } => 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::change::tests::trade;
+    use crate::store::model::Status;
+
+    fn store() -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join("t.duckdb")).unwrap();
+        crate::store::migrations::up(&conn, crate::store::migrations::embedded(), None).unwrap();
+        (dir, conn)
+    }
+
+    fn rows(conn: &Connection, table: &str) -> Vec<Trade> {
+        let sql = format!("SELECT {} FROM {table} ORDER BY id, version", db::TRADE_COLUMNS);
+        let mut stmt = conn.prepare(&sql).unwrap();
+        stmt.query_map([], db::trade_from_row).unwrap().map(|r| r.unwrap()).collect()
+    }
+
+    #[test]
+    fn runs_of_changes_leave_the_final_rows_every_version_and_the_applied_seq() {
+        let (_d, conn) = store();
+        assert_eq!(applied_seq(&conn).unwrap(), 0);
+        let first = vec![
+            (1, Change::Insert(trade("a", 1, 1, Status::Filled))),
+            (2, Change::Insert(trade("b", 1, 2, Status::Pending))),
+            (3, Change::Update(trade("a", 2, 3, Status::Pending))),
+        ];
+        apply(&conn, &first, &[]).unwrap();
+        let second = vec![
+            (4, Change::Cancel(trade("b", 2, 4, Status::Cancelled))),
+            (5, Change::Update(trade("a", 3, 5, Status::Filled))),
+            (6, Change::Insert(trade("c", 1, 6, Status::Filled))),
+        ];
+        apply(&conn, &second, &[("clickhouse".into(), 3)]).unwrap();
+        assert_eq!(applied_seq(&conn).unwrap(), 6);
+        assert_eq!(
+            rows(&conn, "trades"),
+            vec![
+                trade("a", 3, 5, Status::Filled),
+                trade("b", 2, 4, Status::Cancelled),
+                trade("c", 1, 6, Status::Filled)
+            ]
+        );
+        let history: Vec<(String, i64)> = rows(&conn, "trade_history").into_iter().map(|t| (t.id, t.version)).collect();
+        let expected = [("a", 1), ("a", 2), ("a", 3), ("b", 1), ("b", 2), ("c", 1)];
+        assert_eq!(history, expected.map(|(id, v)| (id.to_string(), v)));
+        let wm: i64 =
+            conn.query_row("SELECT watermark FROM sync_state WHERE sink = 'clickhouse'", [], |r| r.get(0)).unwrap();
+        assert_eq!(wm, 3);
+    }
+
+    #[test]
+    fn a_failing_run_changes_nothing_not_even_the_applied_seq() {
+        let (_d, conn) = store();
+        apply(&conn, &[(1, Change::Insert(trade("a", 1, 1, Status::Filled)))], &[]).unwrap();
+        // An update of a trade that is not there: the log and the table disagree.
+        let bad = vec![
+            (2, Change::Insert(trade("b", 1, 2, Status::Filled))),
+            (3, Change::Update(trade("zz", 2, 3, Status::Filled))),
+        ];
+        let err = apply(&conn, &bad, &[]).unwrap_err().to_string();
+        assert!(err.contains("trade zz is not in the table"), "{err}");
+        assert_eq!(applied_seq(&conn).unwrap(), 1);
+        assert_eq!(rows(&conn, "trades"), vec![trade("a", 1, 1, Status::Filled)]);
+        assert_eq!(rows(&conn, "trade_history").len(), 1);
+    }
+}

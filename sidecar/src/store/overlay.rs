@@ -1,0 +1,48 @@
+//! The trades whose latest change is acknowledged (durable in the commit log) but not
+//! yet in DuckDB: read before DuckDB, so a trade read right after its acknowledgement
+//! is seen as acknowledged. Bounded by the applier's backlog.
+
+use std::collections::HashMap;
+use parking_lot::RwLock;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use crate::store::model::Trade;
+
+#[derive(Default)]
+pub struct Overlay {
+    trades: RwLock<HashMap<String, Trade>>,
+    /// The last acknowledged `seq`: what a consistent read waits for DuckDB to reach.
+    acked: AtomicI64,
+}
+
+impl Overlay {
+    /// The acknowledged, not yet applied state of `id`, if any.
+    pub fn get(&self, id: &str) -> Option<Trade> {
+        self.trades.read().get(id).cloned()
+    }
+
+    /// Records acknowledged images (called before the acknowledgement goes out).
+    pub fn acknowledged<'a>(&self, images: impl IntoIterator<Item = &'a Trade>) {
+        let mut trades = self.trades.write();
+        for t in images {
+            self.acked.fetch_max(t.seq, Ordering::SeqCst);
+            trades.insert(t.id.clone(), t.clone());
+        }
+    }
+
+    /// The last acknowledged `seq`.
+    pub fn acked_seq(&self) -> i64 {
+        self.acked.load(Ordering::SeqCst)
+    }
+
+    /// Forgets images DuckDB now holds: those at or below `applied` (a later change of
+    /// the same trade stays until it is applied too).
+    pub fn applied<'a>(&self, images: impl IntoIterator<Item = &'a Trade>, applied: i64) {
+        let mut trades = self.trades.write();
+        for t in images {
+            if trades.get(&t.id).is_some_and(|cur| cur.seq <= applied) {
+                trades.remove(&t.id);
+            }
+        }
+    }
+}
