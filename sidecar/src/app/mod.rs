@@ -25,7 +25,7 @@ use crate::store::applier;
 use crate::store::log::CommitLog;
 use crate::store::overlay::Overlay;
 use crate::store::reader::{Reader, load_hot_state};
-use crate::store::writer::{Writer, WriterHandle};
+use crate::store::writer::{Parts, Writer, WriterHandle};
 use crate::store::{db, migrations};
 use crate::telemetry::Shared;
 use crate::telemetry::health::Health;
@@ -104,8 +104,16 @@ impl App {
         // Read before anything is delivered, so that status and the Redis mirror show the
         // durable watermark from the start, not 0 until ClickHouse answers.
         let durable_watermark = clickhouse::durable_watermark(&conn)?;
-        let (writer, join) =
-            Writer::spawn(conn, log, overlay, &cfg, state, metrics.clone(), health.clone(), committed_tx)?;
+        let parts = Parts {
+            log,
+            overlay,
+            state,
+            metrics: metrics.clone(),
+            health: health.clone(),
+            committed: committed_tx,
+            retain: backups.watch_covered(),
+        };
+        let (writer, join) = Writer::spawn(conn, &cfg, parts)?;
         let sync = match &cfg.clickhouse.url {
             None => None,
             Some(_) => Some(ClickhouseSync::new(

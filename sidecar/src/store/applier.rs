@@ -40,6 +40,31 @@ pub enum Job {
     Watermark { sink: String, seq: i64, reply: oneshot::Sender<Result<Vec<Trade>>> },
 }
 
+/// How far DuckDB is behind the log, shared by the applier (who moves it) and the
+/// writer (back-pressure, and which segments it may delete).
+#[derive(Debug, Default)]
+pub(crate) struct Progress {
+    /// The last `seq` DuckDB holds.
+    applied: AtomicI64,
+    /// The last `seq` a checkpoint folded into the database file itself: DuckDB's own
+    /// WAL may lose it no more, so the log need not keep it (docs/durability.md).
+    checkpointed: AtomicI64,
+}
+
+impl Progress {
+    pub(crate) fn applied(&self) -> i64 {
+        self.applied.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn checkpointed(&self) -> i64 {
+        self.checkpointed.load(Ordering::SeqCst)
+    }
+
+    fn checkpoint_done(&self) {
+        self.checkpointed.store(self.applied(), Ordering::SeqCst);
+    }
+}
+
 /// The last log `seq` DuckDB holds.
 pub fn applied_seq(conn: &Connection) -> Result<u64> {
     let seq: i64 = conn.query_row("SELECT applied_seq FROM log_state", [], |r| r.get(0))?;
@@ -52,18 +77,66 @@ pub fn apply(conn: &Connection, changes: &[(u64, Change)], watermarks: &[(String
     if changes.is_empty() && watermarks.is_empty() {
         return Ok(());
     }
+    match in_transaction(conn, |applied| write(conn, not_yet_applied(changes, applied), watermarks)) {
+        // Under memory pressure DuckDB 1.5.6 can fail a COMMIT that touched several
+        // tables after part of it became durable (measured: trades rows in, the
+        // `log_state` update not), and can keep the keys of a rolled-back append in
+        // its index. Both surface as a duplicate key; the log's after-images can set
+        // the rows right whatever DuckDB kept.
+        Err(e) if is_constraint(&e) => {
+            tracing::warn!(error = %e, "DuckDB holds part of a run it did not record as applied; replacing those rows");
+            in_transaction(conn, |applied| repair(conn, not_yet_applied(changes, applied), watermarks, applied))
+        }
+        outcome => outcome,
+    }
+}
+
+/// Runs `f` (given DuckDB's applied `seq`) in one transaction: committed when it
+/// succeeds, rolled back otherwise.
+fn in_transaction(conn: &Connection, f: impl FnOnce(u64) -> Result<()>) -> Result<()> {
     conn.execute_batch("BEGIN TRANSACTION")?;
-    let outcome = write(conn, changes, watermarks).and_then(|()| Ok(conn.execute_batch("COMMIT")?));
+    let outcome = applied_seq(conn).and_then(f).and_then(|()| Ok(conn.execute_batch("COMMIT")?));
     if outcome.is_err() {
         let _ = conn.execute_batch("ROLLBACK");
     }
     outcome
 }
 
+fn is_constraint(e: &Error) -> bool {
+    matches!(e, Error::Db(db) if db.to_string().contains("violates primary key constraint"))
+}
+
+/// The changes DuckDB does not hold yet: a retry after an error whose transaction did
+/// commit after all must not apply them twice, so it goes by what DuckDB says.
+fn not_yet_applied(changes: &[(u64, Change)], applied: u64) -> &[(u64, Change)] {
+    &changes[changes.partition_point(|(seq, _)| *seq <= applied)..]
+}
+
+/// Applies `changes` as replacements: every trade they touch is deleted and appended
+/// again in its final state, and history past `applied` is dropped before the images
+/// are appended, so whatever part of them DuckDB kept, the result is exact.
+fn repair(conn: &Connection, changes: &[(u64, Change)], watermarks: &[(String, i64)], applied: u64) -> Result<()> {
+    let (new, changed) = final_rows(changes);
+    let ids: Vec<&str> = new.iter().chain(&changed).map(|t| t.id.as_str()).collect();
+    for chunk in ids.chunks(1_000) {
+        let marks = vec!["?"; chunk.len()].join(",");
+        conn.execute(&format!("DELETE FROM trades WHERE id IN ({marks})"), params_from_iter(chunk))?;
+    }
+    conn.execute("DELETE FROM trade_history WHERE seq > ?", params![applied as i64])?;
+    append(conn, "trades", new.iter().chain(&changed).copied())?;
+    record(conn, changes, watermarks)
+}
+
 fn write(conn: &Connection, changes: &[(u64, Change)], watermarks: &[(String, i64)]) -> Result<()> {
     let (new, changed) = final_rows(changes);
     append(conn, "trades", new.iter().copied())?;
     update(conn, &changed)?;
+    record(conn, changes, watermarks)
+}
+
+/// What every apply records besides the trades: each image in the history, the
+/// followers' watermarks, and how far DuckDB now is.
+fn record(conn: &Connection, changes: &[(u64, Change)], watermarks: &[(String, i64)]) -> Result<()> {
     append(conn, "trade_history", changes.iter().map(|(_, c)| c.trade()))?;
     for (sink, seq) in watermarks {
         conn.execute(
@@ -155,8 +228,7 @@ pub struct Applier {
     overlay: Arc<Overlay>,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
-    /// The last applied `seq`, for the writer's back-pressure.
-    applied: Arc<AtomicI64>,
+    progress: Arc<Progress>,
     /// Followers wait on it: they read DuckDB, so they follow what is applied.
     committed: watch::Sender<i64>,
     checkpoint_every_commits: u64,
@@ -178,9 +250,11 @@ impl Applier {
         metrics: Arc<Metrics>,
         health: Arc<Health>,
         committed: watch::Sender<i64>,
-    ) -> Result<(Sender<Job>, Arc<AtomicI64>, std::thread::JoinHandle<()>)> {
-        let applied = Arc::new(AtomicI64::new(applied_seq(&conn)? as i64));
-        metrics.applied_seq.set(applied.load(Ordering::SeqCst));
+    ) -> Result<(Sender<Job>, Arc<Progress>, std::thread::JoinHandle<()>)> {
+        // Nothing counts as checkpointed until this process checkpointed: what the
+        // last one applied may still sit in DuckDB's WAL.
+        let progress = Arc::new(Progress { applied: AtomicI64::new(applied_seq(&conn)? as i64), ..Default::default() });
+        metrics.applied_seq.set(progress.applied());
         let (tx, rx) = channel();
         let applier = Applier {
             conn,
@@ -188,7 +262,7 @@ impl Applier {
             overlay,
             metrics,
             health,
-            applied: applied.clone(),
+            progress: progress.clone(),
             committed,
             checkpoint_every_commits: cfg.duckdb.checkpoint_every_commits,
             max_wal_bytes: cfg.duckdb.max_wal_bytes,
@@ -197,7 +271,7 @@ impl Applier {
             wrote_since_wal_seen: false,
         };
         let join = std::thread::Builder::new().name("applier".into()).spawn(move || applier.run(rx))?;
-        Ok((tx, applied, join))
+        Ok((tx, progress, join))
     }
 
     /// Applies until the writer hangs up, then checkpoints once more.
@@ -240,15 +314,19 @@ impl Applier {
         loop {
             match apply(&self.conn, &changes, &watermarks) {
                 Ok(()) => break,
-                Err(e) if db::classify(&e) == db::Failure::Fatal => {
-                    tracing::error!(error = %e, "database invalidated while applying; stopping so the restart replays the log");
-                    self.health.set_fatal(e.to_string());
-                    return false;
-                }
-                Err(e) => {
+                Err(e) if db::classify(&e) == db::Failure::Transient => {
                     tracing::warn!(error = %e, changes = changes.len(), "applying the commit log failed; retrying");
                     self.health.set_apply(Some(e.to_string()));
                     std::thread::sleep(Duration::from_secs(1));
+                }
+                // Invalidated, or refusing changes the writer already decided (a
+                // duplicate key after an aborted append, seen under memory pressure):
+                // this instance no longer agrees with its file. A restart reopens it
+                // and replays the log from what DuckDB holds durably.
+                Err(e) => {
+                    tracing::error!(error = %e, "DuckDB failed applying the commit log; stopping so the restart replays it");
+                    self.health.set_fatal(e.to_string());
+                    return false;
                 }
             }
         }
@@ -267,7 +345,7 @@ impl Applier {
         self.commits_since_checkpoint += 1;
         self.wrote_since_wal_seen = true;
         self.overlay.applied(changes.iter().map(|(_, c)| c.trade()), last as i64);
-        self.applied.store(last as i64, Ordering::SeqCst);
+        self.progress.applied.store(last as i64, Ordering::SeqCst);
         self.metrics.applied_seq.set(last as i64);
         self.committed.send_replace(last as i64);
     }
@@ -281,6 +359,7 @@ impl Applier {
         let checkpointed = wal < self.wal_seen || (wal == 0 && self.wrote_since_wal_seen);
         (self.wal_seen, self.wrote_since_wal_seen) = (wal, false);
         if checkpointed {
+            self.progress.checkpoint_done();
             self.metrics.auto_checkpoints.inc();
             self.metrics.last_checkpoint.set(chrono::Utc::now().timestamp());
             tracing::debug!(wal_bytes = wal, "DuckDB checkpointed by itself");
@@ -299,6 +378,7 @@ impl Applier {
         let start = Instant::now();
         match self.conn.execute_batch("CHECKPOINT") {
             Ok(()) => {
+                self.progress.checkpoint_done();
                 self.commits_since_checkpoint = 0;
                 self.metrics.checkpoints.inc();
                 self.metrics.last_checkpoint.set(chrono::Utc::now().timestamp());
@@ -388,5 +468,29 @@ mod tests {
         assert_eq!(applied_seq(&conn).unwrap(), 1);
         assert_eq!(rows(&conn, "trades"), vec![trade("a", 1, 1, Status::Filled)]);
         assert_eq!(rows(&conn, "trade_history").len(), 1);
+    }
+
+    #[test]
+    fn a_run_duckdb_kept_part_of_without_recording_it_is_replaced_exactly() {
+        let (_d, conn) = store();
+        apply(&conn, &[(1, Change::Insert(trade("a", 1, 1, Status::Filled)))], &[]).unwrap();
+        // What a COMMIT that failed late left (DuckDB 1.5.6 under memory pressure):
+        // rows of the next run are in, `log_state` still says 1.
+        append(&conn, "trades", [trade("b", 1, 2, Status::Filled)].iter()).unwrap();
+        conn.execute_batch("UPDATE trades SET version = 2, seq = 3 WHERE id = 'a'").unwrap();
+        append(&conn, "trade_history", [trade("b", 1, 2, Status::Filled)].iter()).unwrap();
+        let run = vec![
+            (2, Change::Insert(trade("b", 1, 2, Status::Filled))),
+            (3, Change::Update(trade("a", 2, 3, Status::Pending))),
+            (4, Change::Insert(trade("c", 1, 4, Status::Filled))),
+        ];
+        apply(&conn, &run, &[]).unwrap();
+        assert_eq!(applied_seq(&conn).unwrap(), 4);
+        assert_eq!(
+            rows(&conn, "trades"),
+            vec![trade("a", 2, 3, Status::Pending), trade("b", 1, 2, Status::Filled), trade("c", 1, 4, Status::Filled)]
+        );
+        let history: Vec<(String, i64)> = rows(&conn, "trade_history").into_iter().map(|t| (t.id, t.version)).collect();
+        assert_eq!(history, [("a", 1), ("a", 2), ("b", 1), ("c", 1)].map(|(id, v)| (id.to_string(), v)));
     }
 }

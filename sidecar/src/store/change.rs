@@ -31,6 +31,15 @@ impl Change {
         }
     }
 
+    /// What `log dump` calls it.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Change::Insert(_) => "insert",
+            Change::Update(_) => "update",
+            Change::Cancel(_) => "cancel",
+        }
+    }
+
     /// This change as log record `seq` (a trade's image carries the same `seq`).
     pub fn to_record(&self, seq: u64) -> Record {
         let (kind, payload) = match self {

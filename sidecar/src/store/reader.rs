@@ -107,7 +107,14 @@ impl Reader {
         let pool = self.pool.clone();
         tokio::task::spawn_blocking(move || {
             let conn = pool.get().map_err(|e| Error::dependency("no free read connection", e))?;
-            f(&conn)
+            let result = f(&conn);
+            if result.is_err() {
+                // An error inside a transaction (out of memory in a snapshot's copy, say)
+                // leaves it aborted; the connection goes back to the pool, and every
+                // later query on it would fail with "Current transaction is aborted".
+                let _ = conn.execute_batch("ROLLBACK");
+            }
+            result
         })
         .await
         .map_err(|e| Error::Internal(format!("read task failed: {e}")))?

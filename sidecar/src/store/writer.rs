@@ -11,16 +11,16 @@
 //! DuckDB, in one query per group.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender, TrySendError, sync_channel};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use duckdb::{Connection, params_from_iter};
 use parking_lot::RwLock;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
-use crate::store::applier::{Applier, Job};
+use crate::store::applier::{Applier, Job, Progress};
 use crate::store::change::Change;
 use crate::config::Config;
 use crate::store::db;
@@ -158,8 +158,28 @@ pub struct Writer {
     max_backlog: i64,
     applier: Option<Sender<Job>>,
     applier_join: Option<std::thread::JoinHandle<()>>,
-    /// The last `seq` the applier brought into DuckDB.
-    applied: Arc<AtomicI64>,
+    /// How far the applier got (applied, checkpointed).
+    progress: Arc<Progress>,
+    /// The newest snapshot's `seq`: the log keeps what comes after it, so that
+    /// snapshot + log can rebuild the database file.
+    retain: watch::Receiver<Option<i64>>,
+}
+
+/// What the writer is started with besides its connection and settings.
+pub(crate) struct Parts {
+    /// The commit log, open and already replayed into the connection.
+    pub log: CommitLog,
+    /// Acknowledged changes DuckDB does not hold yet, shared with the reader.
+    pub overlay: Arc<Overlay>,
+    /// The hot state, shared with the reader.
+    pub state: Arc<RwLock<HotState>>,
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+    /// Told the last applied `seq` after every DuckDB transaction (followers read
+    /// DuckDB and wait on it); it closes when the writer stops.
+    pub committed: watch::Sender<i64>,
+    /// The newest snapshot's `seq`, when there is one (see [`Writer::trim_log`]).
+    pub retain: watch::Receiver<Option<i64>>,
 }
 
 /// The outcome of planning one request against the batch's view of the table.
@@ -176,24 +196,15 @@ impl Writer {
     /// connection); `log` is open and already replayed into `conn`. `committed` is told
     /// the last applied sequence after every DuckDB transaction (followers such as the
     /// journal read DuckDB and wait on it); it closes when the writer stops.
-    #[allow(clippy::too_many_arguments)] // the store's parts, wired once at start-up
-    pub fn spawn(
-        conn: Connection,
-        log: CommitLog,
-        overlay: Arc<Overlay>,
-        cfg: &Config,
-        state: Arc<RwLock<HotState>>,
-        metrics: Arc<Metrics>,
-        health: Arc<Health>,
-        committed: tokio::sync::watch::Sender<i64>,
-    ) -> Result<(WriterHandle, std::thread::JoinHandle<()>)> {
+    pub fn spawn(conn: Connection, cfg: &Config, parts: Parts) -> Result<(WriterHandle, std::thread::JoinHandle<()>)> {
+        let Parts { log, overlay, state, metrics, health, committed, retain } = parts;
         let rows: i64 = conn.query_row("SELECT count(*) FROM trades", [], |r| r.get(0))?;
         let index = load_index(&conn, rows as usize)?;
         metrics.trade_rows.set(rows);
         metrics.last_seq.set(log.next_seq() as i64 - 1);
         metrics.log_segments.set(log.segment_count() as i64);
         let lookup = conn.try_clone()?;
-        let (applier, applied, applier_join) =
+        let (applier, progress, applier_join) =
             Applier::spawn(conn, cfg, overlay.clone(), metrics.clone(), health.clone(), committed)?;
         let (tx, rx) = sync_channel(cfg.queue_capacity());
         let writer = Writer {
@@ -211,7 +222,8 @@ impl Writer {
             max_backlog: cfg.writer.max_apply_backlog as i64,
             applier: Some(applier),
             applier_join: Some(applier_join),
-            applied,
+            progress,
+            retain,
         };
         let join = std::thread::Builder::new().name("writer".into()).spawn(move || writer.run(rx))?;
         Ok((WriterHandle { tx, closed: Arc::new(AtomicBool::new(false)), metrics }, join))
@@ -227,7 +239,10 @@ impl Writer {
                     stop = Some(done);
                     break;
                 }
-                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.trim_log();
+                    continue;
+                }
                 Err(RecvTimeoutError::Disconnected) => break,
             };
             let mut changes = first.op.changes();
@@ -247,8 +262,12 @@ impl Writer {
                 }
             }
             self.metrics.queue_depth.sub(batch.len() as i64);
-            self.wait_for_applier();
-            self.commit_group(batch);
+            if self.wait_for_applier() {
+                self.commit_group(batch);
+            } else {
+                refuse_all(batch, "the store is stopping: DuckDB failed applying the commit log");
+            }
+            self.trim_log();
             self.health.beat();
         }
         // Anything that raced in behind the shutdown message is refused, not lost:
@@ -273,15 +292,40 @@ impl Writer {
     /// acknowledged, or while applying fails: the queue fills meanwhile, and a full
     /// queue answers 503 with Retry-After. The beat goes on: a slow applier is not a
     /// wedged writer.
-    fn wait_for_applier(&self) {
+    /// False once the applier has stopped for good (a fatal error): the process is
+    /// stopping, and a group acknowledged now would only wait for the restart.
+    fn wait_for_applier(&self) -> bool {
         loop {
-            let backlog = self.next_seq - 1 - self.applied.load(Ordering::SeqCst);
+            let backlog = self.next_seq - 1 - self.progress.applied();
             self.metrics.apply_backlog.set(backlog);
+            if self.applier_join.as_ref().is_none_or(|j| j.is_finished()) {
+                return false;
+            }
             if backlog <= self.max_backlog && self.health.apply_failure().is_none() {
-                return;
+                return true;
             }
             self.health.beat();
             std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Deletes the segments nothing needs any more: every change in them is in the
+    /// database file itself (applied and checkpointed) and older than the newest
+    /// snapshot. Without a snapshot, the checkpoint alone decides (a rebuild from a
+    /// snapshot needs one first). A failed delete only keeps a file: logged, retried.
+    fn trim_log(&mut self) {
+        let snapshot = self.retain.borrow().unwrap_or(i64::MAX);
+        let through = self.progress.checkpointed().min(snapshot);
+        if through <= 0 {
+            return;
+        }
+        match self.log.remove_through(through as u64) {
+            Ok(0) => {}
+            Ok(removed) => {
+                self.metrics.log_segments.set(self.log.segment_count() as i64);
+                tracing::debug!(removed, through, "commit log: removed segments");
+            }
+            Err(e) => tracing::warn!(error = %e, "commit log: removing old segments failed; will retry"),
         }
     }
 
@@ -293,10 +337,7 @@ impl Writer {
             Ok(planned) => planned,
             Err(e) => {
                 self.next_seq = first_seq;
-                let text = self.storage_error(e).to_string();
-                for req in batch {
-                    let _ = req.reply.send(Err(Error::Unavailable(text.clone())));
-                }
+                refuse_all(batch, &self.storage_error(e).to_string());
                 return;
             }
         };
@@ -313,9 +354,7 @@ impl Writer {
                     tracing::error!(error = %text, "commit log write failed; stopping");
                     self.health.set_fatal(text.clone());
                 }
-                for req in batch {
-                    let _ = req.reply.send(Err(Error::Unavailable(format!("storage error: {text}"))));
-                }
+                refuse_all(batch, &format!("storage error: {text}"));
                 return;
             }
             self.metrics.commit_duration.observe(start.elapsed().as_secs_f64());
@@ -498,6 +537,13 @@ impl Writer {
         self.metrics.last_seq.set(self.next_seq - 1);
         self.metrics.log_segments.set(self.log.segment_count() as i64);
         self.metrics.index_bytes.set(self.index.heap_bytes() as i64);
+    }
+}
+
+/// Answers every request of `batch` with 503 and `why`: nothing of it was written.
+fn refuse_all(batch: Vec<Request>, why: &str) {
+    for req in batch {
+        let _ = req.reply.send(Err(Error::Unavailable(why.to_string())));
     }
 }
 

@@ -50,7 +50,7 @@ pub enum LogError {
 pub type Result<T, E = LogError> = std::result::Result<T, E>;
 
 /// A torn end found and cut off on opening.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct TornTail {
     pub segment: PathBuf,
     pub offset: u64,
@@ -101,18 +101,12 @@ impl CommitLog {
         std::fs::create_dir_all(dir)?;
         let _ = std::fs::remove_file(dir.join(SPARE)); // half-filled by a crash, maybe
         let mut segments = list(dir)?;
-        let mut torn = None;
-        let mut last_seq = None;
-        let mut end = segment::HEADER;
-        for (i, s) in segments.iter().enumerate() {
-            let expect = last_seq.map(|l: u64| l + 1);
-            let scan = scan(s, expect)?;
-            if let Some((offset, why)) = scan.bad {
-                torn = Some(torn_or_corrupt(s, offset, why, i + 1 == segments.len())?);
-            }
-            last_seq = scan.last_seq.or(last_seq);
-            end = scan.end;
+        let Survey { scans, torn } = survey(&segments)?;
+        if let Some(t) = &torn {
+            segment::zero_tail(&OpenOptions::new().write(true).open(&t.segment)?, t.offset)?;
         }
+        let last_seq = scans.iter().rev().find_map(|s| s.last_seq);
+        let mut end = scans.last().map_or(segment::HEADER, |s| s.end);
         let next_seq = match (segments.last(), last_seq) {
             (_, Some(l)) => l + 1,
             (Some(s), None) => s.first_seq,
@@ -303,10 +297,30 @@ fn scan(s: &SegmentFile, expect: Option<u64>) -> Result<Scan> {
     }
 }
 
-/// A damaged group at `offset`: a torn end (cut off) when it is in the last segment
-/// with no valid group after it, corruption otherwise.
-fn torn_or_corrupt(s: &SegmentFile, offset: u64, why: Invalid, last: bool) -> Result<TornTail> {
-    let file = OpenOptions::new().read(true).write(true).open(&s.path)?;
+/// Every segment scanned in order, read only: what [`CommitLog::open`] builds on and
+/// `sidecar log verify` reports.
+struct Survey {
+    scans: Vec<Scan>,
+    torn: Option<TornTail>,
+}
+
+fn survey(segments: &[SegmentFile]) -> Result<Survey> {
+    let (mut scans, mut torn) = (Vec::<Scan>::with_capacity(segments.len()), None);
+    for (i, s) in segments.iter().enumerate() {
+        let expect = scans.iter().rev().find_map(|s| s.last_seq).map(|l| l + 1);
+        let scan = scan(s, expect)?;
+        if let Some((offset, why)) = &scan.bad {
+            torn = Some(torn_or_corrupt(s, *offset, why, i + 1 == segments.len())?);
+        }
+        scans.push(scan);
+    }
+    Ok(Survey { scans, torn })
+}
+
+/// A damaged group at `offset`: a torn end (to be cut off) when it is in the last
+/// segment with no valid group after it, corruption otherwise.
+fn torn_or_corrupt(s: &SegmentFile, offset: u64, why: &Invalid, last: bool) -> Result<TornTail> {
+    let file = File::open(&s.path)?;
     let valid_after = Groups::new(&file, offset)?.any_valid_after(offset)?;
     if !last || valid_after.is_some() {
         let reason = match valid_after {
@@ -315,8 +329,58 @@ fn torn_or_corrupt(s: &SegmentFile, offset: u64, why: Invalid, last: bool) -> Re
         };
         return Err(LogError::Corrupt { segment: s.path.clone(), offset, reason });
     }
-    segment::zero_tail(&file, offset)?;
     Ok(TornTail { segment: s.path.clone(), offset, reason: why.to_string() })
+}
+
+/// One segment as `sidecar log verify` reports it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SegmentReport {
+    pub file: PathBuf,
+    pub first_seq: u64,
+    /// The last `seq` it holds; none for a segment with no group yet.
+    pub last_seq: Option<u64>,
+    /// Bytes of groups after the header (the rest is zeros).
+    pub used_bytes: u64,
+}
+
+/// What `sidecar log verify` found: every segment, and a torn end the next start
+/// would cut off. Corruption and gaps are errors, not reports.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Report {
+    pub segments: Vec<SegmentReport>,
+    pub torn: Option<TornTail>,
+    /// The first and last `seq` the log holds, if any.
+    pub first_seq: Option<u64>,
+    pub last_seq: Option<u64>,
+}
+
+/// Checks the log in `dir` without changing it: every group's checksum and format,
+/// and that `seq`s run on without a gap.
+pub fn verify(dir: &Path) -> Result<Report> {
+    let segments = list(dir)?;
+    let Survey { scans, torn } = survey(&segments)?;
+    let reports: Vec<SegmentReport> = segments
+        .iter()
+        .zip(&scans)
+        .map(|(s, scan)| SegmentReport {
+            file: s.path.clone(),
+            first_seq: s.first_seq,
+            last_seq: scan.last_seq,
+            used_bytes: scan.end - segment::HEADER,
+        })
+        .collect();
+    let last_seq = scans.iter().rev().find_map(|s| s.last_seq);
+    let first_seq = last_seq.and(segments.first().map(|s| s.first_seq));
+    Ok(Report { segments: reports, torn, first_seq, last_seq })
+}
+
+/// Reads the records of the log in `dir` from `from` on, without opening it for
+/// writing (`sidecar log dump`): up to its last valid group.
+pub fn read_dir(dir: &Path, from: u64) -> Result<Reader> {
+    let segments = list(dir)?;
+    let until = verify(dir)?.last_seq.map_or(0, |l| l + 1);
+    let start = segments.partition_point(|s| s.first_seq <= from).saturating_sub(1);
+    Ok(Reader { segments: segments[start..].to_vec(), next: 0, cursor: None, from, until })
 }
 
 /// The records of the log from a `seq` on, segment by segment.
