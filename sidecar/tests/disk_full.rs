@@ -35,13 +35,17 @@ fn free_bytes(dir: &Path) -> u64 {
     st.f_bavail as u64 * st.f_frsize as u64
 }
 
-/// Writes a ballast file into `dir` until about `leave` bytes are free; returns its path.
+/// Writes a ballast file into `dir` until about `leave` bytes are free (or none: the
+/// sidecar may take space meanwhile, filling its next log segment); returns its path.
 fn fill(dir: &Path, leave: u64) -> PathBuf {
     let path = dir.join("ballast");
     let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).unwrap();
     let chunk = vec![0u8; 4096];
-    for _ in 0..free_bytes(dir).saturating_sub(leave) / 4096 {
-        f.write_all(&chunk).unwrap();
+    while free_bytes(dir) > leave + 4096 {
+        match f.write_all(&chunk) {
+            Err(e) if e.kind() == std::io::ErrorKind::StorageFull => break,
+            written => written.unwrap(),
+        }
     }
     f.sync_all().unwrap();
     path
@@ -62,10 +66,28 @@ async fn batch(s: &Sidecar, prefix: &str, n: usize) -> Result<Vec<String>, (u16,
     }
 }
 
+/// Waits (a while) until DuckDB holds every acknowledged change, so that each batch
+/// is one DuckDB transaction and commits can be counted.
+async fn applied(s: &Sidecar) {
+    for _ in 0..100 {
+        let Ok(r) = client().get(s.url("/v1/status")).send().await else { return };
+        let st: Value = r.json().await.unwrap_or_default();
+        if st["applied_seq"] == st["last_seq"] {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn wal_bytes(s: &Sidecar) -> u64 {
     let st: Value = client().get(s.url("/v1/status")).send().await.unwrap().json().await.unwrap();
     st["wal_bytes"].as_u64().unwrap()
 }
+
+/// Commit-log segments that fit the 24 MiB volume (the default is 64 MiB), and the
+/// batch limit that fits their groups.
+const SMALL_SEGMENTS: (&str, &str) = ("TRADESTORE_COMMIT_LOG__SEGMENT_BYTES", "2097152");
+const SMALL_BATCHES: (&str, &str) = ("TRADESTORE_HTTP__MAX_BATCH_TRADES", "2000");
 
 #[tokio::test]
 #[ignore = "needs root to mount a tmpfs; run by scripts/test.sh with --ignored"]
@@ -80,6 +102,8 @@ async fn a_full_disk_refuses_writes_and_loses_nothing_acknowledged() {
 
     // 1. No checkpoint at all (count trigger off, thresholds far away): only the WAL grows.
     let no_checkpoints = [
+        SMALL_SEGMENTS,
+        SMALL_BATCHES,
         ("TRADESTORE_DUCKDB__CHECKPOINT_EVERY_COMMITS", "0"),
         ("TRADESTORE_DUCKDB__CHECKPOINT_THRESHOLD_BYTES", "1073741824"),
         ("TRADESTORE_DUCKDB__MAX_WAL_BYTES", "1073741824"),
@@ -104,13 +128,24 @@ async fn a_full_disk_refuses_writes_and_loses_nothing_acknowledged() {
     assert!(body["error"]["message"].as_str().unwrap().contains("storage error"), "{body}");
     assert_eq!(client().get(s.url("/healthz")).send().await.unwrap().status(), 200, "a full WAL is not fatal");
     std::fs::remove_file(&ballast).unwrap();
-    acked.extend(batch(&s, "a-after", 200).await.expect("writes succeed again once space returns, no restart"));
+    // The applier retries DuckDB every second; until it got through, writes are refused.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let after = loop {
+        match batch(&s, "a-after", 200).await {
+            Ok(ids) => break ids,
+            Err(e) => assert!(Instant::now() < deadline, "writes succeed again once space returns, no restart: {e:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    acked.extend(after);
     assert!(s.terminate(Duration::from_secs(30)).success());
 
-    // 2. The writer checkpoints after every 60 commits (DuckDB's own size trigger is far
-    //    away). After 55 batches the ballast leaves room for the WAL of the next few but
+    // 2. The applier checkpoints after every 60 of its transactions (DuckDB's own size
+    //    trigger is far away). After 55 batches the ballast leaves room for the WAL of the next few but
     //    not for the checkpoint, which writes the 11,000 trades' blocks into the file.
     let by_count = [
+        SMALL_SEGMENTS,
+        SMALL_BATCHES,
         ("TRADESTORE_DUCKDB__CHECKPOINT_EVERY_COMMITS", "60"),
         ("TRADESTORE_DUCKDB__CHECKPOINT_THRESHOLD_BYTES", "1073741824"),
         ("TRADESTORE_DUCKDB__MAX_WAL_BYTES", "1073741824"),
@@ -119,6 +154,7 @@ async fn a_full_disk_refuses_writes_and_loses_nothing_acknowledged() {
     let mut b = 0;
     while b < 55 {
         acked.extend(batch(&s, &format!("b{b}"), 200).await.unwrap());
+        applied(&s).await;
         b += 1;
     }
     let per_batch = wal_bytes(&s).await / 55;
@@ -140,6 +176,7 @@ async fn a_full_disk_refuses_writes_and_loses_nothing_acknowledged() {
             Ok(ids) => {
                 acked.extend(ids);
                 first_failure = None;
+                applied(&s).await;
             }
             Err((code, body)) => assert!(code == 503 || code == 0, "{code}: {body}"),
         }
@@ -151,7 +188,7 @@ async fn a_full_disk_refuses_writes_and_loses_nothing_acknowledged() {
     std::fs::remove_file(&ballast).unwrap();
 
     // Space is back: the restart replays the WAL; every acknowledged trade is there.
-    let s = Sidecar::start(dir.path(), &[]).await;
+    let s = Sidecar::start(dir.path(), &[SMALL_SEGMENTS, SMALL_BATCHES]).await;
     let st: Value = client().get(s.url("/v1/status")).send().await.unwrap().json().await.unwrap();
     assert!(st["trade_rows"].as_u64().unwrap() >= acked.len() as u64, "{st} vs {}", acked.len());
     for id in acked.iter().step_by(97).chain(acked.last()) {

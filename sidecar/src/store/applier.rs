@@ -17,15 +17,15 @@ use std::time::{Duration, Instant};
 use duckdb::{Connection, params, params_from_iter};
 use tokio::sync::{oneshot, watch};
 
-use crate::store::change::Change;
 use crate::config::Config;
-use crate::store::db;
 use crate::error::{Error, Result};
-use crate::telemetry::health::Health;
+use crate::store::change::Change;
+use crate::store::db;
 use crate::store::log::CommitLog;
-use crate::telemetry::metrics::Metrics;
 use crate::store::model::Trade;
 use crate::store::overlay::Overlay;
+use crate::telemetry::health::Health;
+use crate::telemetry::metrics::Metrics;
 
 /// Most changes one DuckDB transaction takes: large enough that the per-commit cost
 /// (about 1 ms) vanishes, small enough that one transaction stays well under a second.
@@ -112,19 +112,33 @@ fn not_yet_applied(changes: &[(u64, Change)], applied: u64) -> &[(u64, Change)] 
     &changes[changes.partition_point(|(seq, _)| *seq <= applied)..]
 }
 
-/// Applies `changes` as replacements: every trade they touch is deleted and appended
-/// again in its final state, and history past `applied` is dropped before the images
-/// are appended, so whatever part of them DuckDB kept, the result is exact.
+/// Applies `changes` whatever part of them DuckDB kept: every trade they touch is
+/// set to its final state (updated when the table has it, appended when not; a
+/// delete and re-append of one key in one transaction trips DuckDB's index), and
+/// history past `applied` is dropped before the images are appended.
 fn repair(conn: &Connection, changes: &[(u64, Change)], watermarks: &[(String, i64)], applied: u64) -> Result<()> {
     let (new, changed) = final_rows(changes);
-    let ids: Vec<&str> = new.iter().chain(&changed).map(|t| t.id.as_str()).collect();
-    for chunk in ids.chunks(1_000) {
-        let marks = vec!["?"; chunk.len()].join(",");
-        conn.execute(&format!("DELETE FROM trades WHERE id IN ({marks})"), params_from_iter(chunk))?;
-    }
+    let touched: Vec<&Trade> = new.into_iter().chain(changed).collect();
+    let present = present(conn, &touched)?;
+    let (there, missing): (Vec<&Trade>, Vec<&Trade>) = touched.into_iter().partition(|t| present.contains(&t.id));
+    update(conn, &there)?;
+    append(conn, "trades", missing.into_iter())?;
     conn.execute("DELETE FROM trade_history WHERE seq > ?", params![applied as i64])?;
-    append(conn, "trades", new.iter().chain(&changed).copied())?;
     record(conn, changes, watermarks)
+}
+
+/// The ids of `trades` the table holds.
+fn present(conn: &Connection, trades: &[&Trade]) -> Result<HashSet<String>> {
+    let mut found = HashSet::new();
+    for chunk in trades.chunks(1_000) {
+        let marks = vec!["?"; chunk.len()].join(",");
+        let mut stmt = conn.prepare(&format!("SELECT id FROM trades WHERE id IN ({marks})"))?;
+        let ids = stmt.query_map(params_from_iter(chunk.iter().map(|t| &t.id)), |r| r.get::<_, String>(0))?;
+        for id in ids {
+            found.insert(id?);
+        }
+    }
+    Ok(found)
 }
 
 fn write(conn: &Connection, changes: &[(u64, Change)], watermarks: &[(String, i64)]) -> Result<()> {
@@ -388,7 +402,10 @@ impl Applier {
             }
             Err(e) => match Error::from(e) {
                 // A checkpoint that failed on a full disk invalidates the database.
-                e if db::classify(&e) == db::Failure::Fatal => self.health.set_fatal(e.to_string()),
+                e if db::classify(&e) == db::Failure::Fatal => {
+                    tracing::error!(error = %e, "database invalidated by a failed checkpoint; stopping so the restart reopens it");
+                    self.health.set_fatal(e.to_string());
+                }
                 e => tracing::warn!(error = %e, "checkpoint failed; will retry after the next apply"),
             },
         }

@@ -2,8 +2,8 @@
 //! yet in DuckDB: read before DuckDB, so a trade read right after its acknowledgement
 //! is seen as acknowledged. Bounded by the applier's backlog.
 
-use std::collections::HashMap;
 use parking_lot::RwLock;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use crate::store::model::Trade;

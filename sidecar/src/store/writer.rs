@@ -11,27 +11,27 @@
 //! DuckDB, in one query per group.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender, TrySendError, sync_channel};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use duckdb::{Connection, params_from_iter};
 use parking_lot::RwLock;
 use tokio::sync::{oneshot, watch};
 
+use crate::config::Config;
+use crate::error::{Error, Result};
 use crate::store::applier::{Applier, Job, Progress};
 use crate::store::change::Change;
-use crate::config::Config;
 use crate::store::db;
-use crate::error::{Error, Result};
-use crate::telemetry::health::Health;
 use crate::store::index::{IdIndex, Known};
-use crate::store::log::CommitLog;
-use crate::telemetry::metrics::Metrics;
+use crate::store::log::{CommitLog, LogError};
 use crate::store::model::{NewTrade, Status, Trade, TradePatch, now_micros};
 use crate::store::overlay::Overlay;
 use crate::store::state::HotState;
+use crate::telemetry::health::Health;
+use crate::telemetry::metrics::Metrics;
 
 /// A validated change request.
 #[derive(Debug, Clone)]
@@ -262,10 +262,9 @@ impl Writer {
                 }
             }
             self.metrics.queue_depth.sub(batch.len() as i64);
-            if self.wait_for_applier() {
-                self.commit_group(batch);
-            } else {
-                refuse_all(batch, "the store is stopping: DuckDB failed applying the commit log");
+            match self.wait_for_applier() {
+                Ok(()) => self.commit_group(batch),
+                Err(why) => refuse_all(batch, &why),
             }
             self.trim_log();
             self.health.beat();
@@ -292,17 +291,21 @@ impl Writer {
     /// acknowledged, or while applying fails: the queue fills meanwhile, and a full
     /// queue answers 503 with Retry-After. The beat goes on: a slow applier is not a
     /// wedged writer.
-    /// False once the applier has stopped for good (a fatal error): the process is
-    /// stopping, and a group acknowledged now would only wait for the restart.
-    fn wait_for_applier(&self) -> bool {
+    /// Refuses the group instead while applying fails (nothing more is acknowledged
+    /// until DuckDB takes changes again) and once the applier stopped for good (the
+    /// process is stopping).
+    fn wait_for_applier(&self) -> std::result::Result<(), String> {
         loop {
             let backlog = self.next_seq - 1 - self.progress.applied();
             self.metrics.apply_backlog.set(backlog);
             if self.applier_join.as_ref().is_none_or(|j| j.is_finished()) {
-                return false;
+                return Err("the store is stopping: DuckDB failed applying the commit log".into());
             }
-            if backlog <= self.max_backlog && self.health.apply_failure().is_none() {
-                return true;
+            if let Some(why) = self.health.apply_failure() {
+                return Err(format!("storage error: DuckDB cannot take the commit log's changes ({why}); retry"));
+            }
+            if backlog <= self.max_backlog {
+                return Ok(());
             }
             self.health.beat();
             std::thread::sleep(Duration::from_millis(1));
@@ -348,7 +351,7 @@ impl Writer {
             if let Err(e) = self.log.append(&records) {
                 self.next_seq = first_seq;
                 let text = e.to_string();
-                if !matches!(e, crate::store::log::LogError::TooLarge { .. }) {
+                if !matches!(e, LogError::TooLarge { .. } | LogError::Rotate(_)) {
                     // After a failed write or flush nothing on disk can be trusted to
                     // match: stop, and let the restart read the log back.
                     tracing::error!(error = %text, "commit log write failed; stopping");

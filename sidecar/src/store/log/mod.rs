@@ -41,6 +41,8 @@ pub enum LogError {
     Corrupt { segment: PathBuf, offset: u64, reason: String },
     #[error("commit log has a gap: {0}")]
     Gap(String),
+    #[error("no room for the next commit-log segment ({0}); nothing was written")]
+    Rotate(io::Error),
     #[error("a group of {bytes} bytes does not fit a segment of {segment_bytes} bytes")]
     TooLarge { bytes: usize, segment_bytes: u64 },
     #[error("commit log failed a write or flush earlier ({0}); it accepts no more appends")]
@@ -163,7 +165,8 @@ impl CommitLog {
             return Err(LogError::TooLarge { bytes, segment_bytes: self.segment_bytes });
         }
         if self.at + bytes as u64 > self.segment_bytes {
-            self.rotate().map_err(|e| self.fail(e))?;
+            // Nothing is written yet: a failed rotation (a full disk) can be retried.
+            self.rotate().map_err(LogError::Rotate)?;
         }
         self.buf.clear();
         group::encode(records, &mut self.buf);
