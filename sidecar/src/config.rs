@@ -52,6 +52,24 @@ pub struct Config {
     pub recovery: RecoveryConfig,
     /// The commit log: where acknowledged changes are durable before DuckDB has them.
     pub commit_log: CommitLogConfig,
+    /// Every version of every trade (`GET /v1/trades/{id}/history`).
+    pub history: HistoryConfig,
+}
+
+/// How long the history keeps versions.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistoryConfig {
+    /// Versions written longer ago than this are deleted (about once a minute);
+    /// `0s` keeps every version forever.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        HistoryConfig { retention: Duration::from_secs(30 * 24 * 3600) }
+    }
 }
 
 /// The commit log (docs/durability.md).
@@ -415,6 +433,7 @@ impl Default for Config {
             integrity: IntegrityConfig::default(),
             recovery: RecoveryConfig::default(),
             commit_log: CommitLogConfig::default(),
+            history: HistoryConfig::default(),
         }
     }
 }

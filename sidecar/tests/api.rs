@@ -88,6 +88,17 @@ async fn insert_get_list_patch_cancel() {
     assert_eq!(st["position"], "25");
     assert_eq!(c.delete(s.url("/v1/trades/ghost")).send().await.unwrap().status(), 404);
 
+    // History: every version, oldest first, read right after the last change.
+    let h: Value = c.get(s.url("/v1/trades/T-1/history")).send().await.unwrap().json().await.unwrap();
+    let versions: Vec<(i64, &str, &str)> = h["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["version"].as_i64().unwrap(), t["quantity"].as_str().unwrap(), t["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(versions, [(1, "10", "filled"), (2, "20", "filled"), (3, "20", "cancelled")], "{h}");
+    assert_eq!(c.get(s.url("/v1/trades/ghost/history")).send().await.unwrap().status(), 404);
+
     // Duplicate id: 409 with the stored trade.
     let r = c
         .post(s.url("/v1/trades"))

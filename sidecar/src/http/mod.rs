@@ -6,6 +6,7 @@
 //! | `POST /v1/trades` | insert one trade |
 //! | `POST /v1/trades/batch` | insert `{"trades": [...]}` atomically |
 //! | `GET /v1/trades/{id}` | one trade |
+//! | `GET /v1/trades/{id}/history` | every version of one trade, oldest first |
 //! | `GET /v1/trades?symbol=S&from=&to=&limit=&cursor=&include_cancelled=` | list by symbol and time |
 //! | `PATCH /v1/trades/{id}` | change a trade; body has `expected_version` |
 //! | `DELETE /v1/trades/{id}?expected_version=N` | cancel a trade |
@@ -66,6 +67,12 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Infal
         .and(auth)
         .then(trades::get)
         .boxed();
+    let history = warp::path!("v1" / "trades" / String / "history")
+        .and(warp::get())
+        .and(with_app.clone())
+        .and(auth)
+        .then(trades::history)
+        .boxed();
     let list = warp::path!("v1" / "trades")
         .and(warp::get())
         .and(with_app.clone())
@@ -110,6 +117,8 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (Response,), Error = Infal
         .or(list)
         .unify()
         .or(get)
+        .unify()
+        .or(history)
         .unify()
         .or(patch)
         .unify()

@@ -90,6 +90,21 @@ pub async fn get(id: String, app: Arc<App>, authz: Option<String>) -> Response {
     .await
 }
 
+/// `GET /v1/trades/{id}/history`
+pub async fn history(id: String, app: Arc<App>, authz: Option<String>) -> Response {
+    observed(&app, "trades_history", "GET", async {
+        let result = async {
+            authorize_read(&app, &authz)?;
+            let id = path_id(&id)?;
+            let versions = app.reader.history(&id).await?;
+            Ok(serde_json::json!({ "id": id, "versions": versions }))
+        }
+        .await;
+        reply::result(StatusCode::OK, result)
+    })
+    .await
+}
+
 /// `GET /v1/trades?symbol=...`
 pub async fn list(app: Arc<App>, authz: Option<String>, q: HashMap<String, String>) -> Response {
     observed(&app, "trades_list", "GET", async {

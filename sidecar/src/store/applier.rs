@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::store::change::Change;
 use crate::store::db;
 use crate::store::log::CommitLog;
-use crate::store::model::Trade;
+use crate::store::model::{Trade, now_micros};
 use crate::store::overlay::Overlay;
 use crate::telemetry::health::Health;
 use crate::telemetry::metrics::Metrics;
@@ -213,6 +213,11 @@ fn update(conn: &Connection, rows: &[&Trade]) -> Result<()> {
     Ok(())
 }
 
+/// Deletes the history versions written before `cutoff` (µs since the epoch).
+fn trim_history(conn: &Connection, cutoff: i64) -> Result<usize> {
+    Ok(conn.execute("DELETE FROM trade_history WHERE updated_at < make_timestamp(?)", params![cutoff])?)
+}
+
 /// Replays the log records DuckDB lacks (after [`applied_seq`]), in runs of
 /// [`MAX_RUN`]; returns how many. Start-up calls this before anything is served.
 pub fn replay(conn: &Connection, log: &CommitLog) -> Result<u64> {
@@ -252,7 +257,13 @@ pub struct Applier {
     wal_seen: u64,
     /// A commit changed rows since `wal_seen` was taken.
     wrote_since_wal_seen: bool,
+    /// `history.retention` (zero: keep everything), and when it was last applied.
+    history_retention: Duration,
+    history_trimmed: Instant,
 }
+
+/// How often the history is trimmed to its retention.
+const TRIM_EVERY: Duration = Duration::from_secs(60);
 
 impl Applier {
     /// Starts the applier thread on `conn`; returns the channel to it, the applied
@@ -283,6 +294,8 @@ impl Applier {
             commits_since_checkpoint: 0,
             wal_seen: db::wal_size(&cfg.database_path()),
             wrote_since_wal_seen: false,
+            history_retention: cfg.history.retention,
+            history_trimmed: Instant::now() - TRIM_EVERY,
         };
         let join = std::thread::Builder::new().name("applier".into()).spawn(move || applier.run(rx))?;
         Ok((tx, progress, join))
@@ -302,6 +315,7 @@ impl Applier {
             if !self.apply_jobs(jobs) {
                 return; // fatal: the process is stopping
             }
+            self.maybe_trim_history();
             self.maybe_checkpoint();
         }
         match self.conn.execute_batch("CHECKPOINT") {
@@ -377,6 +391,20 @@ impl Applier {
             self.metrics.auto_checkpoints.inc();
             self.metrics.last_checkpoint.set(chrono::Utc::now().timestamp());
             tracing::debug!(wal_bytes = wal, "DuckDB checkpointed by itself");
+        }
+    }
+
+    /// Deletes history versions older than the retention, once a [`TRIM_EVERY`]. A
+    /// failure is only logged: the versions stay until the next try.
+    fn maybe_trim_history(&mut self) {
+        if self.history_retention.is_zero() || self.history_trimmed.elapsed() < TRIM_EVERY {
+            return;
+        }
+        self.history_trimmed = Instant::now();
+        match trim_history(&self.conn, now_micros() - self.history_retention.as_micros() as i64) {
+            Ok(0) => {}
+            Ok(removed) => tracing::debug!(removed, "history: removed versions past the retention"),
+            Err(e) => tracing::warn!(error = %e, "history: trimming to the retention failed; will retry"),
         }
     }
 
@@ -509,5 +537,16 @@ mod tests {
         );
         let history: Vec<(String, i64)> = rows(&conn, "trade_history").into_iter().map(|t| (t.id, t.version)).collect();
         assert_eq!(history, [("a", 1), ("a", 2), ("b", 1), ("c", 1)].map(|(id, v)| (id.to_string(), v)));
+    }
+
+    #[test]
+    fn history_keeps_the_versions_written_within_its_retention() {
+        let (_d, conn) = store();
+        let old = Trade { updated_at: 1_000_000, ..trade("a", 1, 1, Status::Filled) };
+        let new = Trade { updated_at: 3_000_000, ..trade("a", 2, 2, Status::Pending) };
+        apply(&conn, &[(1, Change::Insert(old)), (2, Change::Update(new.clone()))], &[]).unwrap();
+        assert_eq!(trim_history(&conn, 2_000_000).unwrap(), 1);
+        assert_eq!(rows(&conn, "trade_history"), vec![new.clone()]);
+        assert_eq!(rows(&conn, "trades"), vec![new], "the trade itself stays");
     }
 }

@@ -142,6 +142,24 @@ impl Reader {
         .await
     }
 
+    /// Every version of trade `id` the history holds, oldest first, with every change
+    /// acknowledged before the call. The history has no index (it is append-only and
+    /// bounded by `history.retention`): a scan of it, for an audit, not a hot path.
+    pub(crate) async fn history(&self, id: &str) -> Result<Vec<Trade>> {
+        self.caught_up().await?;
+        let id = id.to_string();
+        self.with_conn(move |conn| {
+            let sql = format!("SELECT {} FROM trade_history WHERE id = ? ORDER BY version", db::TRADE_COLUMNS);
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let versions = stmt.query_map([&id], db::trade_from_row)?.collect::<duckdb::Result<Vec<_>>>()?;
+            if versions.is_empty() {
+                return Err(Error::NotFound(format!("trade {id}")));
+            }
+            Ok(versions)
+        })
+        .await
+    }
+
     /// The current state of every trade changed after sequence `seq`, oldest change
     /// first, at most `limit` (what the journal and the sync follow).
     pub(crate) async fn changes_after(&self, seq: i64, limit: usize) -> Result<Vec<Trade>> {
