@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use serde_json::Value;
-use tradestore_sidecar::config::Config;
+use tradestore_sidecar::config;
 
 /// Plausible values for the variables the operator fills from Secrets.
 fn secret_env(pod: &Value) -> HashMap<String, String> {
@@ -43,7 +43,7 @@ fn every_rendered_config_loads_in_the_sidecar() {
         let yaml = map["data"]["sidecar.yaml"].as_str().expect("sidecar.yaml");
         let file = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(file.path(), yaml).unwrap();
-        let cfg = Config::load(Some(file.path()), secret_env(pod))
+        let cfg = config::load(Some(file.path()), secret_env(pod))
             .unwrap_or_else(|e| panic!("{}: the sidecar rejects the rendered config: {e}\n{yaml}", path.display()));
         assert_eq!(cfg.data_dir.to_str(), Some("/var/lib/tradestore"), "{}", path.display());
         checked += 1;
