@@ -106,7 +106,7 @@ pub struct S3Config {
     /// Bucket name.
     pub bucket: String,
     /// Key prefix under which snapshots live (`<prefix>/<id>/...`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub prefix: String,
     /// Endpoint of a non-AWS store, e.g. `http://minio:9000`; AWS when unset.
     #[serde(default)]
@@ -116,8 +116,11 @@ pub struct S3Config {
     pub region: String,
 }
 
+/// `snapshots.s3.region` when unset.
+pub const DEFAULT_REGION: &str = "us-east-1";
+
 fn default_region() -> String {
-    "us-east-1".into()
+    DEFAULT_REGION.into()
 }
 
 impl SnapshotConfig {

@@ -22,7 +22,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-pub use durability::{IntegrityConfig, OnIntegrityFailure, RecoveryConfig, S3Config, SnapshotConfig};
+pub use durability::{DEFAULT_REGION, IntegrityConfig, OnIntegrityFailure, RecoveryConfig, S3Config, SnapshotConfig};
 pub use followers::{ClickhouseConfig, RedisConfig};
 pub use http::{AuthConfig, HttpConfig, LifecycleConfig, MIN_BODY_BYTES, MIN_LIVENESS_DEADLINE};
 pub use log::{LogConfig, LogFormat};

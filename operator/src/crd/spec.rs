@@ -452,8 +452,9 @@ pub struct ClickHouseSpec {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BackupSpec {
-    /// Cron schedule (5 fields: minute hour day-of-month month day-of-week, UTC), e.g. `0 * * * *`.
-    #[schemars(length(min = 9, max = 128), regex(pattern = r"^\s*\S+\s+\S+\s+\S+\s+\S+\s+\S+\s*$"))]
+    /// Cron schedule, UTC: 5 fields (minute hour day-of-month month day-of-week), e.g. `0 * * * *`,
+    /// or 6 with a leading seconds field.
+    #[schemars(length(min = 9, max = 128), regex(pattern = r"^\s*\S+(\s+\S+){4,5}\s*$"))]
     pub schedule: String,
     /// How many snapshots to keep.
     #[serde(default)]
