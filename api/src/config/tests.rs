@@ -16,6 +16,9 @@ fn defaults_follow_the_seeds() {
     c.validate().expect("the defaults are valid");
 }
 
+/// A change to the default config in table-driven tests.
+type Edit = Box<dyn FnOnce(&mut Config)>;
+
 /// The first error `edit` causes on the default config.
 fn error_after(edit: impl FnOnce(&mut Config)) -> String {
     let mut c = Config::default();
@@ -25,7 +28,7 @@ fn error_after(edit: impl FnOnce(&mut Config)) -> String {
 
 #[test]
 fn each_rule_names_its_key() {
-    let cases: Vec<(&str, Box<dyn FnOnce(&mut Config)>)> = vec![
+    let cases: Vec<(&str, Edit)> = vec![
         ("duckdb.threads must be 1..=256, got 0", Box::new(|c| c.duckdb.threads = 0)),
         ("duckdb.threads", Box::new(|c| c.duckdb.threads = 257)),
         (
