@@ -1,5 +1,5 @@
-//! The names both sides must agree on: where the sidecar listens, its HTTP paths, and
-//! the environment variables it reads.
+//! The names both sides must agree on: where the sidecar listens, its HTTP paths, the
+//! environment variables it reads, and where its files are mounted in the pod.
 
 /// The port the sidecar's HTTP API listens on.
 pub const PORT: u16 = 8080;
@@ -26,3 +26,47 @@ pub const TOKEN_ENV: &str = "TRADESTORE_API_TOKEN";
 pub const REDIS_PASSWORD_ENV: &str = "TRADESTORE_REDIS_PASSWORD";
 /// The ClickHouse password (takes precedence over `clickhouse.password_file`).
 pub const CLICKHOUSE_PASSWORD_ENV: &str = "TRADESTORE_CLICKHOUSE_PASSWORD";
+
+/// The database file's name inside the data directory (the sidecar's default
+/// `database_file`, and what the operator renders).
+pub const DATABASE_FILE: &str = "trades.duckdb";
+
+/// Where the operator mounts each volume of the store's pod, and so the paths it writes
+/// into the sidecar's config file. Outside a pod the sidecar's defaults are relative to
+/// its working directory instead.
+pub mod mount {
+    /// The data volume (the store's PVC): the sidecar's `data_dir`.
+    pub const DATA_DIR: &str = "/var/lib/tradestore";
+    /// The snapshot directory without a backup volume: a staging directory on the data
+    /// volume (with an S3 target, the local copy before the upload).
+    pub const SNAPSHOT_STAGING_DIR: &str = "/var/lib/tradestore/snapshots";
+    /// The backup volume (`spec.backup.target.volume`): the snapshot directory.
+    pub const BACKUP_DIR: &str = "/var/lib/tradestore-backups";
+    /// The ConfigMap with the config file.
+    pub const CONFIG_DIR: &str = "/etc/tradestore";
+    /// The config file's name in [`CONFIG_DIR`] (and its key in the ConfigMap).
+    pub const CONFIG_FILE: &str = "sidecar.yaml";
+    /// [`CONFIG_DIR`]/[`CONFIG_FILE`]: what the sidecar is started with (`--config`).
+    pub const CONFIG_PATH: &str = "/etc/tradestore/sidecar.yaml";
+    /// The Secret with the API token.
+    pub const TOKEN_DIR: &str = "/var/run/secrets/tradestore";
+    /// The token file's name in [`TOKEN_DIR`] (and its key in the Secret).
+    pub const TOKEN_FILE: &str = "token";
+    /// [`TOKEN_DIR`]/[`TOKEN_FILE`]: the sidecar's `auth.token_file`.
+    pub const TOKEN_PATH: &str = "/var/run/secrets/tradestore/token";
+    /// The scratch emptyDir: the only writable path besides the volumes (the root
+    /// filesystem is read-only).
+    pub const TMP_DIR: &str = "/tmp";
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn paths_are_their_directory_and_file() {
+            assert_eq!(CONFIG_PATH, format!("{CONFIG_DIR}/{CONFIG_FILE}"));
+            assert_eq!(TOKEN_PATH, format!("{TOKEN_DIR}/{TOKEN_FILE}"));
+            assert!(SNAPSHOT_STAGING_DIR.starts_with(&format!("{DATA_DIR}/")));
+        }
+    }
+}

@@ -5,7 +5,8 @@
 //!
 //! - [`crd`]: the resource — spec, defaults, status, conditions — and its YAML rendering.
 //! - [`names`]: names of the owned objects, labels, annotations.
-//! - [`sidecar`]: the sidecar's config file and the client of its API.
+//! - [`sidecar`]: the sidecar's config file rendered from a spec (the api crate's type) and the
+//!   client of its API.
 //! - [`validate`]: a store becomes a `Validated` one, or a list of problems.
 //! - [`build`]: pure builders of the owned objects from a validated store.
 //! - [`reconcile`]: the staged reconciler (read → validate → build → apply → sidecar → status),

@@ -8,10 +8,13 @@ use std::collections::HashSet;
 use std::fmt;
 
 use kube::ResourceExt;
+use tradestore_api::config::{
+    ConfigError, MIN_BODY_BYTES, MIN_CHECKPOINT_THRESHOLD_BYTES, POOL_SIZE, ScheduleError, THREADS, schedule,
+};
 
 use crate::crd::{IntegrityFailurePolicy, S3Target, TradeStore, TradeStoreSpec};
 use crate::names::{SIDECAR_CONTAINER, pvc_name};
-use crate::sidecar::config::PORT;
+use crate::sidecar::{PORT, config};
 
 /// A store whose spec passed [`validate`], with what validation parsed on the way.
 #[derive(Debug)]
@@ -75,8 +78,17 @@ pub enum Problem {
     #[error("{0}")]
     Range(&'static str),
     /// A range rule whose message names the value found.
-    #[error("spec.duckdb.threads must be 1..=256, got {0}")]
+    #[error("spec.duckdb.threads must be {THREADS:?}, got {0}")]
     Threads(i32),
+    /// `spec.duckdb.checkpointThresholdBytes` is below the sidecar's minimum.
+    #[error("spec.duckdb.checkpointThresholdBytes must be at least {MIN_CHECKPOINT_THRESHOLD_BYTES}")]
+    CheckpointThreshold,
+    /// `spec.limits.poolSize` is outside the sidecar's range.
+    #[error("spec.limits.poolSize must be {POOL_SIZE:?}")]
+    PoolSize,
+    /// `spec.limits.maxBodyBytes` is below the sidecar's minimum.
+    #[error("spec.limits.maxBodyBytes must be at least {MIN_BODY_BYTES}")]
+    MaxBodyBytes,
     /// `spec.storage.size` is no positive quantity.
     #[error("spec.storage.size {0:?} is not a positive quantity like 10Gi")]
     StorageSize(String),
@@ -129,17 +141,11 @@ pub enum Problem {
         "spec.integrityCheck.onFailure Recover needs spec.redis: recovery replays the Redis journal on top of the newest snapshot, and without it would lose every change since that snapshot"
     )]
     RecoverNeedsRedis,
-}
-
-/// Why a cron schedule does not parse.
-#[derive(Debug, thiserror::Error)]
-pub enum ScheduleError {
-    /// The sidecar reads exactly five fields.
-    #[error("a cron schedule has 5 fields (minute hour day month weekday), not {0}")]
-    FieldCount(usize),
-    /// croner refused it.
-    #[error("{0}")]
-    Cron(#[source] croner::errors::CronError),
+    /// The sidecar's own validation refuses the config file rendered from the spec: a rule
+    /// the checks above do not repeat (e.g. the smallest `memoryLimit`), caught here rather
+    /// than by a sidecar that exits at start.
+    #[error("the sidecar would refuse the config rendered from this spec: {0}")]
+    SidecarConfig(#[source] ConfigError),
 }
 
 /// The store as a [`Validated`] one, or every problem found.
@@ -163,6 +169,11 @@ pub fn validate(ts: &TradeStore) -> Result<Validated<'_>, Invalid> {
     check_containers(s, &mut problems);
     let schedule = check_backup(ts, &mut problems);
     check_followers_and_restore(s, &mut problems);
+    if problems.is_empty()
+        && let Err(e) = config::validate(s)
+    {
+        problems.push(Problem::SidecarConfig(e));
+    }
     if problems.is_empty() { Ok(Validated { store: ts, storage_bytes, schedule }) } else { Err(Invalid(problems)) }
 }
 
@@ -175,11 +186,11 @@ fn check_name(ts: &TradeStore, problems: &mut Vec<Problem>) {
 
 fn check_duckdb(s: &TradeStoreSpec, problems: &mut Vec<Problem>) {
     let d = &s.duckdb;
-    if !(1..=256).contains(&d.threads) {
+    if !u32::try_from(d.threads).is_ok_and(|t| THREADS.contains(&t)) {
         problems.push(Problem::Threads(d.threads));
     }
-    if d.checkpoint_threshold_bytes < 65536 {
-        problems.push(Problem::Range("spec.duckdb.checkpointThresholdBytes must be at least 65536"));
+    if !u64::try_from(d.checkpoint_threshold_bytes).is_ok_and(|b| b >= MIN_CHECKPOINT_THRESHOLD_BYTES) {
+        problems.push(Problem::CheckpointThreshold);
     }
     if d.max_wal_bytes < d.checkpoint_threshold_bytes {
         problems.push(Problem::Range("spec.duckdb.maxWalBytes must be >= spec.duckdb.checkpointThresholdBytes"));
@@ -198,8 +209,6 @@ fn check_limits(s: &TradeStoreSpec, problems: &mut Vec<Problem>) {
             l.queue_batches < 1 || l.max_batch_requests < 1,
             "spec.limits.queueBatches and spec.limits.maxBatchRequests must be >= 1",
         ),
-        (!(1..=256).contains(&l.pool_size), "spec.limits.poolSize must be 1..=256"),
-        (l.max_body_bytes < 1024, "spec.limits.maxBodyBytes must be at least 1024"),
         (
             l.max_list_limit < 1 || l.max_batch_trades < 1 || l.recent_trades < 0,
             "spec.limits.maxListLimit and maxBatchTrades must be >= 1, recentTrades >= 0",
@@ -210,6 +219,12 @@ fn check_limits(s: &TradeStoreSpec, problems: &mut Vec<Problem>) {
         ),
     ];
     problems.extend(rules.into_iter().filter(|(broken, _)| *broken).map(|(_, rule)| Problem::Range(rule)));
+    if !u32::try_from(l.pool_size).is_ok_and(|n| POOL_SIZE.contains(&n)) {
+        problems.push(Problem::PoolSize);
+    }
+    if !u64::try_from(l.max_body_bytes).is_ok_and(|b| b >= MIN_BODY_BYTES) {
+        problems.push(Problem::MaxBodyBytes);
+    }
 }
 
 fn check_probes_and_lifecycle(s: &TradeStoreSpec, problems: &mut Vec<Problem>) {
@@ -262,7 +277,7 @@ fn check_backup(ts: &TradeStore, problems: &mut Vec<Problem>) -> Option<croner::
     if b.target.volume.is_some() == b.target.s3.is_some() {
         problems.push(Problem::BackupTargets);
     }
-    let schedule = match parse_schedule(&b.schedule) {
+    let schedule = match schedule::parse(&b.schedule) {
         Ok(cron) => Some(cron),
         Err(source) => {
             problems.push(Problem::Schedule { schedule: b.schedule.clone(), source });
@@ -296,21 +311,6 @@ fn check_followers_and_restore(s: &TradeStoreSpec, problems: &mut Vec<Problem>) 
     {
         problems.push(Problem::RecoverNeedsRedis);
     }
-}
-
-/// A 5-field cron expression (minute hour day-of-month month day-of-week, UTC), parsed the way the
-/// sidecar parses `snapshots.schedule` (croner, no seconds, no year field).
-pub fn parse_schedule(schedule: &str) -> Result<croner::Cron, ScheduleError> {
-    let fields = schedule.split_whitespace().count();
-    if fields != 5 {
-        return Err(ScheduleError::FieldCount(fields));
-    }
-    croner::parser::CronParser::builder()
-        .seconds(croner::parser::Seconds::Disallowed)
-        .year(croner::parser::Year::Disallowed)
-        .build()
-        .parse(schedule)
-        .map_err(ScheduleError::Cron)
 }
 
 fn check_s3(t: &S3Target, problems: &mut Vec<Problem>) {

@@ -5,10 +5,11 @@ use std::path::PathBuf;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
+use tradestore_api::config::{Config, LogFormat};
 use tradestore_operator::build;
 use tradestore_operator::crd::TradeStore;
 use tradestore_operator::names::{RESTART_ANNOTATION, SPEC_HASH_ANNOTATION};
-use tradestore_operator::sidecar::config::SidecarConfig;
+use tradestore_operator::sidecar::config;
 use tradestore_operator::validate::{parse_quantity, validate};
 
 /// What validation finds wrong, one text per problem (none: valid).
@@ -18,6 +19,9 @@ fn problems(ts: &TradeStore) -> Vec<String> {
         Err(invalid) => invalid.0.iter().map(ToString::to_string).collect(),
     }
 }
+
+/// The specs under tests/fixtures, each with a golden file under tests/golden.
+const FIXTURES: [&str; 5] = ["minimal", "with-app", "classic-sidecar", "backup-volume", "s3-endpoint"];
 
 fn dir(sub: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests").join(sub)
@@ -59,7 +63,7 @@ fn sidecar(pod: &Pod) -> k8s_openapi::api::core::v1::Container {
 
 #[test]
 fn golden_objects_for_every_fixture() {
-    for name in ["minimal", "with-app", "classic-sidecar", "backup-volume"] {
+    for name in FIXTURES {
         let ts = fixture(name);
         let mut out = String::new();
         out += &format!("# pod\n{}", yaml(&build::pod(&ts)));
@@ -73,7 +77,7 @@ fn golden_objects_for_every_fixture() {
 
 #[test]
 fn fixtures_are_valid() {
-    for name in ["minimal", "with-app", "classic-sidecar", "backup-volume"] {
+    for name in FIXTURES {
         assert_eq!(problems(&fixture(name)), Vec::<String>::new(), "{name}");
     }
 }
@@ -339,9 +343,13 @@ fn backup_volume_is_mounted_as_the_snapshot_directory() {
     assert!(pod.spec.unwrap().volumes.unwrap().iter().all(|v| v.name != "backup"));
 }
 
+/// The rendered file of `ts`, as YAML values.
+fn rendered(ts: &TradeStore) -> serde_json::Value {
+    serde_saphyr::from_str(&config::to_yaml(&config::render(&ts.spec))).expect("config is YAML")
+}
+
 fn config_of(name: &str) -> serde_json::Value {
-    let text = SidecarConfig::from_spec(&fixture(name).spec).to_yaml();
-    serde_saphyr::from_str(&text).expect("config is YAML")
+    rendered(&fixture(name))
 }
 
 #[test]
@@ -349,12 +357,12 @@ fn backup_sync_integrity_and_restore_are_rendered() {
     let v = config_of("backup-volume");
     assert_eq!(
         v["snapshots"],
-        serde_json::json!({"dir": "/var/lib/tradestore-backups", "keep_last": 5, "max_age": "24h",
+        serde_json::json!({"dir": "/var/lib/tradestore-backups", "keep_last": 5, "max_age": "1day",
             "schedule": "15 */6 * * *", "bootstrap_from": "20261101T120000Z-0000000042"})
     );
     assert_eq!(v["redis"], serde_json::json!({"key_prefix": "desk-b"}));
     assert_eq!(v["clickhouse"], serde_json::json!({"database": "analytics"}));
-    assert_eq!(v["integrity"], serde_json::json!({"interval": "300s", "on_failure": "recover"}));
+    assert_eq!(v["integrity"], serde_json::json!({"interval": "5m", "on_failure": "recover"}));
 
     let v = config_of("with-app");
     assert_eq!(
@@ -362,17 +370,17 @@ fn backup_sync_integrity_and_restore_are_rendered() {
         serde_json::json!({"dir": "/var/lib/tradestore/snapshots", "keep_last": 48, "max_age": "0s",
             "schedule": "0 * * * *", "s3": {"bucket": "tradestore-backups", "region": "us-east-1"}})
     );
-    assert_eq!(v["redis"], serde_json::json!({}));
+    // spec.redis without a keyPrefix: the sidecar's prefix, so nothing to render.
+    assert!(v.get("redis").is_none(), "{v}");
     assert_eq!(v["clickhouse"], serde_json::json!({"database": "trades"}));
 
-    // No backup spec: on-demand snapshots only, staged on the data volume; no Redis/ClickHouse.
+    // No backup spec: on-demand snapshots only, staged on the data volume, the sidecar's
+    // keep_last and nothing older; no Redis/ClickHouse; the sidecar's integrity defaults.
     let v = config_of("minimal");
-    assert_eq!(
-        v["snapshots"],
-        serde_json::json!({"dir": "/var/lib/tradestore/snapshots", "keep_last": 3, "max_age": "0s"})
-    );
-    assert!(v.get("redis").is_none() && v.get("clickhouse").is_none());
-    assert_eq!(v["integrity"], serde_json::json!({"interval": "60s", "on_failure": "report"}));
+    assert_eq!(v["snapshots"], serde_json::json!({"dir": "/var/lib/tradestore/snapshots", "max_age": "0s"}));
+    assert!(v.get("redis").is_none() && v.get("clickhouse").is_none() && v.get("integrity").is_none(), "{v}");
+    let c = config::render(&fixture("minimal").spec);
+    assert_eq!((c.snapshots.keep_last, c.integrity.interval.as_secs()), (3, 60));
 }
 
 #[test]
@@ -382,7 +390,7 @@ fn s3_endpoint_prefix_and_region_are_rendered() {
     s3.prefix = Some("stores/trading/desk-a".into());
     s3.endpoint = Some("http://minio.storage:9000".into());
     s3.region = "eu-central-1".into();
-    let v: serde_json::Value = serde_saphyr::from_str(&SidecarConfig::from_spec(&ts.spec).to_yaml()).unwrap();
+    let v = rendered(&ts);
     assert_eq!(
         v["snapshots"]["s3"],
         serde_json::json!({"bucket": "tradestore-backups", "prefix": "stores/trading/desk-a",
@@ -395,8 +403,17 @@ fn s3_endpoint_prefix_and_region_are_rendered() {
 fn backup_and_restore_validation() {
     let cases: Vec<(&str, Edit<TradeStore>)> = vec![
         ("schedule", Box::new(|t| t.spec.backup.as_mut().unwrap().schedule = "61 * * * *".into())),
-        ("5 fields", Box::new(|t| t.spec.backup.as_mut().unwrap().schedule = "0 0 * * * *".into())),
-        ("5 fields", Box::new(|t| t.spec.backup.as_mut().unwrap().schedule = "@hourly".into())),
+        ("expected 5 cron fields", Box::new(|t| t.spec.backup.as_mut().unwrap().schedule = "0 0 * * * * 2026".into())),
+        ("expected 5 cron fields", Box::new(|t| t.spec.backup.as_mut().unwrap().schedule = "@hourly".into())),
+        ("expected 5 cron fields", Box::new(|t| t.spec.backup.as_mut().unwrap().schedule = "0 * * *".into())),
+        (
+            "spec.backup.schedule \"61 * * * * *\"",
+            Box::new(|t| t.spec.backup.as_mut().unwrap().schedule = "61 * * * * *".into()),
+        ),
+        (
+            "spec.backup.schedule \"0 0 30 2 MON-\"",
+            Box::new(|t| t.spec.backup.as_mut().unwrap().schedule = "0 0 30 2 MON-".into()),
+        ),
         (
             "is the data volume",
             Box::new(|t| {
@@ -432,70 +449,85 @@ fn backup_and_restore_validation() {
         let errs = problems(&ts).join("\n");
         assert!(errs.contains(&format!("s3.{needle}")), "missing {needle:?} in {errs:?}");
     }
-    // Accepted: trailing slash on the prefix, https endpoints, ranges and steps in the schedule.
-    let mut ts = fixture("with-app");
-    let b = ts.spec.backup.as_mut().unwrap();
-    b.schedule = "*/15 8-18 * * MON-FRI".into();
-    let s3 = b.target.s3.as_mut().unwrap();
-    s3.prefix = Some("stores/".into());
-    s3.endpoint = Some("https://s3.example.com".into());
-    assert!(problems(&ts).is_empty(), "{:?}", problems(&ts));
+    // Accepted: trailing slash on the prefix, https endpoints, ranges and steps in the schedule,
+    // and a leading seconds field (the sidecar's and the operator's one cron rule).
+    for schedule in ["*/15 8-18 * * MON-FRI", "30 */15 8-18 * * MON-FRI"] {
+        let mut ts = fixture("with-app");
+        let b = ts.spec.backup.as_mut().unwrap();
+        b.schedule = schedule.into();
+        let s3 = b.target.s3.as_mut().unwrap();
+        s3.prefix = Some("stores/".into());
+        s3.endpoint = Some("https://s3.example.com".into());
+        assert!(problems(&ts).is_empty(), "{schedule}: {:?}", problems(&ts));
+    }
 }
 
 #[test]
-fn sidecar_config_has_exactly_the_sidecar_keys() {
-    let ts = fixture("with-app");
-    let text = SidecarConfig::from_spec(&ts.spec).to_yaml();
-    let v: serde_json::Value = serde_saphyr::from_str(&text).expect("config is YAML");
-    let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
-    let mut keys = keys.clone();
-    keys.sort();
+fn a_spec_whose_config_the_sidecar_refuses_is_invalid() {
+    let cases: Vec<(&str, Edit<TradeStore>)> = vec![
+        (
+            "duckdb.memory_limit \"8MiB\" is below the minimum",
+            Box::new(|t| t.spec.duckdb.memory_limit = Some("8MiB".into())),
+        ),
+        ("duckdb.memory_limit: \"12parsecs\"", Box::new(|t| t.spec.duckdb.memory_limit = Some("12parsecs".into()))),
+        (
+            "clickhouse.database must be plain identifiers",
+            Box::new(|t| {
+                t.spec.clickhouse.as_mut().unwrap().database = Some("analytics-eu".into());
+            }),
+        ),
+        ("snapshots.keep_last must be >= 1", Box::new(|t| t.spec.backup.as_mut().unwrap().retention.keep_last = 0)),
+    ];
+    for (needle, change) in cases {
+        let mut ts = fixture("backup-volume");
+        change(&mut ts);
+        let errs = problems(&ts);
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].starts_with("the sidecar would refuse the config rendered from this spec: "), "{errs:?}");
+        assert!(errs[0].contains(needle), "missing {needle:?} in {errs:?}");
+    }
+    // With spec.redis, Recover is accepted: the journal URL comes from the Secret.
+    assert!(problems(&fixture("backup-volume")).is_empty());
+}
+
+#[test]
+fn the_rendered_file_reads_back_as_the_rendered_config() {
+    // Leaving out what equals the sidecar's defaults loses nothing: read with those
+    // defaults, the file is the configuration rendered from the spec.
+    for name in FIXTURES {
+        let c = config::render(&fixture(name).spec);
+        let text = config::to_yaml(&c);
+        let back: Config = serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}\n{text}"));
+        assert_eq!(back, c, "{name}:\n{text}");
+    }
+}
+
+#[test]
+fn the_spec_reaches_the_sidecar_settings() {
+    let c = config::render(&fixture("with-app").spec);
+    assert_eq!(c.data_dir.to_str(), Some("/var/lib/tradestore"));
+    assert_eq!(c.database_file, "trades.duckdb");
+    assert_eq!(c.listen.to_string(), "0.0.0.0:8080");
+    assert_eq!(c.auth.token_file.as_deref().and_then(|p| p.to_str()), Some("/var/run/secrets/tradestore/token"));
+    assert!(c.auth.protect_reads);
+    assert_eq!(c.log.format, LogFormat::Text);
+    assert_eq!(c.log.level, "debug");
     assert_eq!(
-        keys,
-        [
-            "auth",
-            "clickhouse",
-            "data_dir",
-            "database_file",
-            "duckdb",
-            "http",
-            "integrity",
-            "lifecycle",
-            "listen",
-            "log",
-            "reader",
-            "redis",
-            "snapshots",
-            "writer"
-        ]
+        (c.duckdb.threads, c.duckdb.memory_limit.as_deref(), c.duckdb.checkpoint_threshold_bytes),
+        (8, Some("1536MiB"), 32 << 20)
     );
-    let section_keys = |s: &str| {
-        let mut k: Vec<String> = v[s].as_object().unwrap().keys().cloned().collect();
-        k.sort();
-        k
-    };
-    assert_eq!(section_keys("log"), ["format", "level"]);
+    assert_eq!((c.duckdb.checkpoint_every_commits, c.duckdb.max_wal_bytes), (10_000, 512 << 20));
+    assert_eq!((c.writer.queue_batches, c.writer.max_batch_requests, c.writer.recent_trades), (20, 512, 5000));
+    assert_eq!((c.reader.pool_size, c.reader.acquire_timeout.as_millis(), c.reader.max_list_limit), (16, 500, 1000));
+    assert_eq!((c.http.max_body_bytes, c.http.max_batch_trades, c.http.write_timeout.as_secs()), (1 << 20, 2000, 5));
+    assert_eq!((c.lifecycle.liveness_deadline.as_secs(), c.lifecycle.shutdown_grace.as_secs()), (10, 40));
+    assert_eq!(config::render(&fixture("minimal").spec).log.format, LogFormat::Json);
+    // What the spec does not decide stays the sidecar's.
+    let d = Config::default();
     assert_eq!(
-        section_keys("duckdb"),
-        ["checkpoint_every_commits", "checkpoint_threshold_bytes", "max_wal_bytes", "memory_limit", "threads"]
+        (c.recovery, c.http.idle_timeout, c.redis.retention),
+        (d.recovery, d.http.idle_timeout, d.redis.retention)
     );
-    assert_eq!(section_keys("writer"), ["max_batch_requests", "queue_batches", "recent_trades"]);
-    assert_eq!(section_keys("reader"), ["acquire_timeout", "max_list_limit", "pool_size"]);
-    assert_eq!(section_keys("http"), ["max_batch_trades", "max_body_bytes", "write_timeout"]);
-    assert_eq!(section_keys("auth"), ["protect_reads", "token_file"]);
-    assert_eq!(section_keys("lifecycle"), ["liveness_deadline", "shutdown_grace"]);
-    assert_eq!(section_keys("snapshots"), ["dir", "keep_last", "max_age", "s3", "schedule"]);
-    assert_eq!(section_keys("integrity"), ["interval", "on_failure"]);
-    assert_eq!(section_keys("clickhouse"), ["database"]);
-    assert_eq!(v["snapshots"]["dir"], "/var/lib/tradestore/snapshots");
-    assert_eq!(v["data_dir"], "/var/lib/tradestore");
-    assert_eq!(v["listen"], "0.0.0.0:8080");
-    assert_eq!(v["auth"]["token_file"], "/var/run/secrets/tradestore/token");
-    assert_eq!(v["lifecycle"]["liveness_deadline"], "10s");
-    assert_eq!(v["lifecycle"]["shutdown_grace"], "40s");
-    assert_eq!(v["reader"]["acquire_timeout"], "500ms");
-    assert_eq!(v["duckdb"]["memory_limit"], "1536MiB");
-    assert_eq!(v["log"]["format"], "text");
 }
 
 #[test]

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 
 use tradestore_api::wire::CONFIG_ENV;
 
-use crate::config::Config;
+use crate::config::{self, Config};
 use crate::durability::backup::Backups;
 use crate::error::{Error, Result};
 use crate::serve;
@@ -91,7 +91,7 @@ enum MigrateAction {
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
     let env: HashMap<String, String> = std::env::vars().collect();
-    let cfg = match Config::load(cli.config.as_deref(), env.clone()) {
+    let cfg = match config::load(cli.config.as_deref(), env.clone()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("sidecar: {e}");

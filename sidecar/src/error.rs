@@ -83,6 +83,12 @@ pub enum Error {
     Integrity(String),
 }
 
+impl From<tradestore_api::config::ConfigError> for Error {
+    fn from(e: tradestore_api::config::ConfigError) -> Self {
+        Error::Config(e.to_string())
+    }
+}
+
 impl Error {
     /// A failure of the dependency `what` (see [`Error::Dependency`]).
     pub(crate) fn dependency(what: &'static str, source: impl Into<Cause>) -> Self {

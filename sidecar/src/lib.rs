@@ -8,8 +8,9 @@
 //! - `tradestore_api` (the `api/` crate, below them all): what the sidecar says on the
 //!   wire — the `/v1/status` document, the snapshot manifest, the port, the HTTP paths
 //!   and the environment variable names — defined once for the sidecar and the operator.
-//! - [`error`] and [`config`]: the one error type, and the YAML + environment
-//!   configuration, validated at start (cron schedules included).
+//! - [`error`] and [`config`]: the one error type, and loading the configuration
+//!   (the YAML file of `tradestore_api::config` + environment overrides, validated at
+//!   start) and the secrets it points at.
 //! - [`telemetry`]: what the process tells the outside about itself — Prometheus
 //!   metrics, the liveness/readiness state the probes read (and the reasons the process
 //!   stops by itself), log set-up.

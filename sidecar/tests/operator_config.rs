@@ -5,7 +5,8 @@
 use std::collections::HashMap;
 
 use serde_json::Value;
-use tradestore_sidecar::config::Config;
+use tradestore_api::wire::mount;
+use tradestore_sidecar::config;
 
 /// Plausible values for the variables the operator fills from Secrets.
 fn secret_env(pod: &Value) -> HashMap<String, String> {
@@ -43,10 +44,11 @@ fn every_rendered_config_loads_in_the_sidecar() {
         let yaml = map["data"]["sidecar.yaml"].as_str().expect("sidecar.yaml");
         let file = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(file.path(), yaml).unwrap();
-        let cfg = Config::load(Some(file.path()), secret_env(pod))
+        let cfg = config::load(Some(file.path()), secret_env(pod))
             .unwrap_or_else(|e| panic!("{}: the sidecar rejects the rendered config: {e}\n{yaml}", path.display()));
-        assert_eq!(cfg.data_dir.to_str(), Some("/var/lib/tradestore"), "{}", path.display());
+        assert_eq!(cfg.data_dir.to_str(), Some(mount::DATA_DIR), "{}", path.display());
+        assert_eq!(cfg.auth.token_file.as_deref().and_then(|p| p.to_str()), Some(mount::TOKEN_PATH));
         checked += 1;
     }
-    assert!(checked >= 3, "golden files found: {checked}");
+    assert!(checked >= 5, "golden files found: {checked}");
 }

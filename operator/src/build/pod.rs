@@ -12,6 +12,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 use tradestore_api::wire;
+use tradestore_api::wire::mount::{
+    BACKUP_DIR, CONFIG_DIR, CONFIG_FILE, CONFIG_PATH, DATA_DIR, TMP_DIR, TOKEN_DIR, TOKEN_FILE,
+};
 
 use super::owner_ref;
 use super::pod_hash::pod_spec_hash;
@@ -20,7 +23,7 @@ use crate::names::{
     SIDECAR_CONTAINER, SPEC_HASH_ANNOTATION, backup_claim, config_map_name, labels, pod_name, pvc_name,
     token_secret_name,
 };
-use crate::sidecar::config::{BACKUP_DIR, CONFIG_DIR, CONFIG_KEY, CONFIG_PATH, DATA_DIR, PORT, TOKEN_DIR, TOKEN_KEY};
+use crate::sidecar::PORT;
 
 /// Path of the sidecar binary in its image.
 const SIDECAR_BINARY: &str = "/usr/local/bin/sidecar";
@@ -136,7 +139,7 @@ fn sidecar_container(ts: &TradeStore) -> Container {
             read_only: Some(true),
             ..VolumeMount::default()
         },
-        VolumeMount { name: "tmp".into(), mount_path: "/tmp".into(), ..VolumeMount::default() },
+        VolumeMount { name: "tmp".into(), mount_path: TMP_DIR.into(), ..VolumeMount::default() },
     ];
     if backup_claim(s).is_some() {
         mounts.push(VolumeMount { name: "backup".into(), mount_path: BACKUP_DIR.into(), ..VolumeMount::default() });
@@ -194,7 +197,7 @@ fn user_container(ts: &TradeStore, c: &Container) -> Container {
         });
     }
     if !env.iter().any(|e| e.name == wire::TOKEN_ENV) {
-        env.push(secret_env(wire::TOKEN_ENV, &token_secret_name(ts), TOKEN_KEY));
+        env.push(secret_env(wire::TOKEN_ENV, &token_secret_name(ts), TOKEN_FILE));
     }
     c.env = Some(env);
     c
@@ -292,7 +295,7 @@ fn volumes(ts: &TradeStore) -> Vec<Volume> {
             name: "config".into(),
             config_map: Some(ConfigMapVolumeSource {
                 name: config_map_name(ts),
-                items: Some(vec![KeyToPath { key: CONFIG_KEY.into(), path: CONFIG_KEY.into(), mode: None }]),
+                items: Some(vec![KeyToPath { key: CONFIG_FILE.into(), path: CONFIG_FILE.into(), mode: None }]),
                 default_mode: Some(0o444),
                 optional: Some(false),
             }),
@@ -302,7 +305,7 @@ fn volumes(ts: &TradeStore) -> Vec<Volume> {
             name: "token".into(),
             secret: Some(SecretVolumeSource {
                 secret_name: Some(token_secret_name(ts)),
-                items: Some(vec![KeyToPath { key: TOKEN_KEY.into(), path: TOKEN_KEY.into(), mode: None }]),
+                items: Some(vec![KeyToPath { key: TOKEN_FILE.into(), path: TOKEN_FILE.into(), mode: None }]),
                 default_mode: Some(0o440),
                 optional: Some(false),
             }),

@@ -6,7 +6,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use super::meta;
 use crate::crd::TradeStore;
 use crate::names::{selector, service_name};
-use crate::sidecar::config::PORT;
+use crate::sidecar::PORT;
 
 /// The Service in front of the sidecar's API (ready pods only).
 pub fn service(ts: &TradeStore) -> Service {

@@ -7,14 +7,14 @@ use k8s_openapi::api::core::v1::Secret;
 use super::meta;
 use crate::crd::TradeStore;
 use crate::names::generated_token_secret_name;
-use crate::sidecar::config::TOKEN_KEY;
+use tradestore_api::wire::mount::TOKEN_FILE;
 
 /// The generated API-token Secret. Created once (never applied again), so the token is never
 /// rotated by accident.
 pub fn token_secret(ts: &TradeStore, token: &str) -> Secret {
     Secret {
         metadata: meta(ts, generated_token_secret_name(ts)),
-        string_data: Some(BTreeMap::from([(TOKEN_KEY.to_string(), token.to_string())])),
+        string_data: Some(BTreeMap::from([(TOKEN_FILE.to_string(), token.to_string())])),
         type_: Some("Opaque".into()),
         ..Secret::default()
     }

@@ -1,6 +1,14 @@
 //! The spec's defaults in one place: the functions serde and the schema call for a missing field,
 //! and the `Default` impls of sections that may be left out as a whole (each built from the same
-//! functions, so the two can never disagree).
+//! functions, so the two can never disagree). Where a field is a sidecar setting under another
+//! name, its default is the sidecar's ([`tradestore_api::config`]), so a spec that leaves it out
+//! renders nothing for it.
+
+use std::time::Duration;
+
+use tradestore_api::config::{
+    DEFAULT_REGION, DuckdbConfig, HttpConfig, IntegrityConfig, LifecycleConfig, LogConfig, ReaderConfig, WriterConfig,
+};
 
 use super::spec::{
     BackupRetention, DuckdbSpec, IntegrityCheckSpec, IntegrityFailurePolicy, LimitsSpec, LogFormat, LogSpec,
@@ -11,49 +19,49 @@ pub(super) fn default_true() -> bool {
     true
 }
 pub(super) fn default_shutdown_grace() -> i64 {
-    25
+    seconds(LifecycleConfig::default().shutdown_grace)
 }
 pub(super) fn default_uid() -> i64 {
     65532
 }
 pub(super) fn default_threads() -> i32 {
-    4
+    signed(DuckdbConfig::default().threads)
 }
 pub(super) fn default_checkpoint_threshold() -> i64 {
-    16 * 1024 * 1024
+    signed(DuckdbConfig::default().checkpoint_threshold_bytes)
 }
 pub(super) fn default_checkpoint_every() -> i64 {
-    5000
+    signed(DuckdbConfig::default().checkpoint_every_commits)
 }
 pub(super) fn default_max_wal() -> i64 {
-    256 * 1024 * 1024
+    signed(DuckdbConfig::default().max_wal_bytes)
 }
 pub(super) fn default_queue_batches() -> i64 {
-    10
+    signed(WriterConfig::default().queue_batches)
 }
 pub(super) fn default_max_batch_requests() -> i64 {
-    256
+    signed(WriterConfig::default().max_batch_requests)
 }
 pub(super) fn default_recent_trades() -> i64 {
-    10_000
+    signed(WriterConfig::default().recent_trades)
 }
 pub(super) fn default_pool_size() -> i32 {
-    10
+    signed(ReaderConfig::default().pool_size)
 }
 pub(super) fn default_acquire_timeout_ms() -> i64 {
-    2000
+    signed(ReaderConfig::default().acquire_timeout.as_millis())
 }
 pub(super) fn default_max_list_limit() -> i64 {
-    10_000
+    signed(ReaderConfig::default().max_list_limit)
 }
 pub(super) fn default_max_body_bytes() -> i64 {
-    4 * 1024 * 1024
+    signed(HttpConfig::default().max_body_bytes)
 }
 pub(super) fn default_max_batch_trades() -> i64 {
-    10_000
+    signed(HttpConfig::default().max_batch_trades)
 }
 pub(super) fn default_write_timeout() -> i64 {
-    10
+    seconds(HttpConfig::default().write_timeout)
 }
 pub(super) fn default_period() -> i32 {
     5
@@ -62,7 +70,7 @@ pub(super) fn default_probe_timeout() -> i32 {
     2
 }
 pub(super) fn default_unresponsive() -> i32 {
-    10
+    seconds(LifecycleConfig::default().liveness_deadline)
 }
 pub(super) fn default_readiness_failures() -> i32 {
     2
@@ -77,16 +85,26 @@ pub(super) fn default_window() -> i64 {
     600
 }
 pub(super) fn default_log_level() -> String {
-    "info".into()
+    LogConfig::default().level
 }
 pub(super) fn default_keep_last() -> i32 {
     24
 }
 pub(super) fn default_integrity_interval() -> i64 {
-    60
+    seconds(IntegrityConfig::default().interval)
 }
 pub(super) fn default_region() -> String {
-    "us-east-1".into()
+    DEFAULT_REGION.into()
+}
+
+/// A sidecar default (unsigned) as the CRD's signed type: the defaults are small numbers.
+fn signed<S: Copy + std::fmt::Debug, T: TryFrom<S>>(v: S) -> T {
+    T::try_from(v).unwrap_or_else(|_| panic!("the sidecar default {v:?} fits the CRD's type"))
+}
+
+/// A sidecar duration default in whole seconds.
+fn seconds<T: TryFrom<u64>>(d: Duration) -> T {
+    signed(d.as_secs())
 }
 
 impl Default for BackupRetention {

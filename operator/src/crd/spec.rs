@@ -10,6 +10,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use tradestore_api::config::{MIN_BODY_BYTES, MIN_CHECKPOINT_THRESHOLD_BYTES, POOL_SIZE, THREADS};
 
 use super::defaults::*;
 use super::status::TradeStoreStatus;
@@ -246,7 +247,7 @@ pub enum RetentionPolicy {
 pub struct DuckdbSpec {
     /// `SET threads`.
     #[serde(default = "default_threads")]
-    #[schemars(range(min = 1, max = 256))]
+    #[schemars(range(min = *THREADS.start(), max = *THREADS.end()))]
     pub threads: i32,
 
     /// `SET memory_limit`, e.g. `2GiB`; DuckDB's default (80% of the container's RAM) when unset.
@@ -256,7 +257,7 @@ pub struct DuckdbSpec {
 
     /// DuckDB auto-checkpoint threshold (WAL size in bytes).
     #[serde(default = "default_checkpoint_threshold")]
-    #[schemars(range(min = 65536))]
+    #[schemars(range(min = MIN_CHECKPOINT_THRESHOLD_BYTES))]
     pub checkpoint_threshold_bytes: i64,
 
     /// Explicit CHECKPOINT after this many commits (0 turns the count trigger off).
@@ -266,7 +267,7 @@ pub struct DuckdbSpec {
 
     /// Explicit CHECKPOINT whenever the WAL file is larger than this.
     #[serde(default = "default_max_wal")]
-    #[schemars(range(min = 65536))]
+    #[schemars(range(min = MIN_CHECKPOINT_THRESHOLD_BYTES))]
     pub max_wal_bytes: i64,
 }
 
@@ -291,7 +292,7 @@ pub struct LimitsSpec {
 
     /// Read connection pool size.
     #[serde(default = "default_pool_size")]
-    #[schemars(range(min = 1, max = 256))]
+    #[schemars(range(min = *POOL_SIZE.start(), max = *POOL_SIZE.end()))]
     pub pool_size: i32,
 
     /// How long a read waits for a pooled connection, in milliseconds.
@@ -306,7 +307,7 @@ pub struct LimitsSpec {
 
     /// Largest accepted request body in bytes.
     #[serde(default = "default_max_body_bytes")]
-    #[schemars(range(min = 1024))]
+    #[schemars(range(min = MIN_BODY_BYTES))]
     pub max_body_bytes: i64,
 
     /// Most trades in one batch insert.
@@ -452,8 +453,9 @@ pub struct ClickHouseSpec {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BackupSpec {
-    /// Cron schedule (5 fields: minute hour day-of-month month day-of-week, UTC), e.g. `0 * * * *`.
-    #[schemars(length(min = 9, max = 128), regex(pattern = r"^\s*\S+\s+\S+\s+\S+\s+\S+\s+\S+\s*$"))]
+    /// Cron schedule, UTC: 5 fields (minute hour day-of-month month day-of-week), e.g. `0 * * * *`,
+    /// or 6 with a leading seconds field.
+    #[schemars(length(min = 9, max = 128), regex(pattern = r"^\s*\S+(\s+\S+){4,5}\s*$"))]
     pub schedule: String,
     /// How many snapshots to keep.
     #[serde(default)]

@@ -2,7 +2,7 @@
 //! of each is one of a fixed set, so `reconcile_errors_total` cannot grow without bound.
 
 use crate::sidecar::client::SidecarError;
-use crate::sidecar::config::TOKEN_KEY;
+use tradestore_api::wire::mount::TOKEN_FILE;
 
 /// Errors of one reconciliation.
 #[derive(Debug, thiserror::Error)]
@@ -31,7 +31,7 @@ pub enum Dependency {
     #[error("token Secret {0} does not exist")]
     TokenSecretMissing(String),
     /// That Secret has no usable token.
-    #[error("token Secret {0} needs a key {TOKEN_KEY:?} of at least {MIN_TOKEN_LEN} characters")]
+    #[error("token Secret {0} needs a key {TOKEN_FILE:?} of at least {MIN_TOKEN_LEN} characters")]
     TokenSecretInvalid(String),
 }
 

@@ -6,7 +6,7 @@ use k8s_openapi::api::core::v1::{ContainerStateTerminated, ContainerStatus, Pod}
 use super::events::truncate;
 use crate::crd::Termination;
 use crate::names::SIDECAR_CONTAINER;
-use crate::sidecar::config::PORT;
+use crate::sidecar::PORT;
 
 /// The sidecar container's statuses (native sidecar: an init container; else a regular one).
 fn sidecar_statuses(pod: &Pod) -> impl Iterator<Item = &ContainerStatus> {

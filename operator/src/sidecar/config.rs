@@ -1,249 +1,147 @@
-//! The sidecar's configuration file (`sidecar.yaml`), rendered from the spec.
+//! The sidecar's configuration file (`sidecar.yaml`), rendered from the spec into the api
+//! crate's [`Config`], the type the sidecar itself loads.
 //!
-//! The sidecar rejects unknown keys, so this mirrors exactly the schema in docs/sidecar.md
-//! (`data_dir`, `database_file`, `listen`, `log`, `duckdb`, `writer`, `reader`, `http`, `auth`,
-//! `lifecycle`, `snapshots`, `redis`, `clickhouse`, `integrity`). Durations are written the way the
-//! sidecar parses them (`10s`, `2000ms`). Secrets (Redis and ClickHouse URLs, credentials) are
-//! never rendered here: they reach the sidecar as environment variables from Secrets
-//! (the pod builder, `crate::build`).
+//! The file holds only what differs from the sidecar's defaults ([`Config::default`], the
+//! one set of defaults): the mount paths, the listen address, and the spec's values where
+//! they are not the defaults. So a sidecar image older than the operator is never handed a
+//! key it does not know (it rejects unknown keys) unless the spec asks for that setting.
+//! Secrets (Redis and ClickHouse URLs, credentials) are never rendered here: they reach the
+//! sidecar as environment variables from Secrets (the pod builder, `crate::build`).
 
-use serde::Serialize;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
 
-use crate::crd::{BackupRetention, IntegrityCheckSpec, IntegrityFailurePolicy, LogFormat, TradeStoreSpec};
+use serde_json::Value;
+use tradestore_api::config::{
+    Config, ConfigError, LogFormat as SidecarLogFormat, OnIntegrityFailure, S3Config, SnapshotConfig,
+};
+use tradestore_api::wire::{self, mount};
 
-/// Mount path of the data volume; the sidecar's `data_dir`.
-pub const DATA_DIR: &str = "/var/lib/tradestore";
-/// Database file name inside the data directory.
-pub const DATABASE_FILE: &str = "trades.duckdb";
-/// Where the sidecar writes snapshots without a backup volume: a staging directory on the data
-/// volume (the only snapshot directory without `spec.backup`; the local copy before the upload
-/// with an S3 target).
-pub const SNAPSHOT_DIR: &str = "/var/lib/tradestore/snapshots";
-/// Mount path of the backup volume (`spec.backup.target.volume`): the snapshot directory.
-pub const BACKUP_DIR: &str = "/var/lib/tradestore-backups";
-/// Snapshots kept without `spec.backup` (on the data volume).
-pub const STAGING_KEEP_LAST: i32 = 3;
-/// Directory the ConfigMap is mounted at.
-pub const CONFIG_DIR: &str = "/etc/tradestore";
-/// Key of the config file in the ConfigMap (and its file name).
-pub const CONFIG_KEY: &str = "sidecar.yaml";
-/// Full path of the config file in the container.
-pub const CONFIG_PATH: &str = "/etc/tradestore/sidecar.yaml";
-/// Directory the token Secret is mounted at.
-pub const TOKEN_DIR: &str = "/var/run/secrets/tradestore";
-/// Key of the token in the Secret (and its file name).
-pub const TOKEN_KEY: &str = "token";
-/// Full path of the token file in the container.
-pub const TOKEN_PATH: &str = "/var/run/secrets/tradestore/token";
-/// Port of the sidecar's HTTP API (Kubernetes types take it as i32).
-pub const PORT: i32 = tradestore_api::wire::PORT as i32;
+use crate::crd::{IntegrityFailurePolicy, LogFormat, TradeStoreSpec};
 
-// The structs below mirror the sidecar's configuration sections one to one (docs/sidecar.md
-// documents every key), so their fields carry no doc comments of their own.
-
-/// The whole file.
-#[derive(Serialize, Debug, Clone, PartialEq)]
-pub struct SidecarConfig {
-    pub data_dir: String,
-    pub database_file: String,
-    pub listen: String,
-    pub log: Log,
-    pub duckdb: Duckdb,
-    pub writer: Writer,
-    pub reader: Reader,
-    pub http: Http,
-    pub auth: Auth,
-    pub lifecycle: Lifecycle,
-    pub snapshots: Snapshots,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub redis: Option<Redis>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub clickhouse: Option<Clickhouse>,
-    pub integrity: Integrity,
-}
-
-/// Snapshot directory, retention, schedule, restore source and S3 target.
-#[derive(Serialize, Debug, Clone, PartialEq)]
-pub struct Snapshots {
-    pub dir: String,
-    pub keep_last: i32,
-    /// `0s`: nothing kept beyond `keep_last`.
-    pub max_age: String,
-    /// 5-field cron, UTC; absent: no scheduled snapshots.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub schedule: Option<String>,
-    /// A snapshot id, restored when the database file does not exist.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub bootstrap_from: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub s3: Option<S3>,
-}
-
-/// S3 target (credentials come from `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`).
-#[derive(Serialize, Debug, Clone, PartialEq)]
-pub struct S3 {
-    pub bucket: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub prefix: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub endpoint: Option<String>,
-    pub region: String,
-}
-
-/// Redis journal (the URL comes from `TRADESTORE_REDIS__URL`).
-#[derive(Serialize, Debug, Clone, PartialEq)]
-pub struct Redis {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub key_prefix: Option<String>,
-}
-
-/// ClickHouse sync (URL, user and password come from the environment).
-#[derive(Serialize, Debug, Clone, PartialEq)]
-pub struct Clickhouse {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub database: Option<String>,
-}
-
-/// Integrity checks.
-#[derive(Serialize, Debug, Clone, PartialEq)]
-pub struct Integrity {
-    pub interval: String,
-    /// `report` or `recover`.
-    pub on_failure: &'static str,
-}
-
-#[derive(Serialize, Debug, Clone, PartialEq)]
-pub struct Log {
-    pub format: &'static str,
-    pub level: String,
-}
-
-#[derive(Serialize, Debug, Clone, PartialEq)]
-pub struct Duckdb {
-    pub threads: i32,
-    pub memory_limit: Option<String>,
-    pub checkpoint_threshold_bytes: i64,
-    pub checkpoint_every_commits: i64,
-    pub max_wal_bytes: i64,
-}
-
-#[derive(Serialize, Debug, Clone, PartialEq)]
-pub struct Writer {
-    pub queue_batches: i64,
-    pub max_batch_requests: i64,
-    pub recent_trades: i64,
-}
-
-#[derive(Serialize, Debug, Clone, PartialEq)]
-pub struct Reader {
-    pub pool_size: i32,
-    pub acquire_timeout: String,
-    pub max_list_limit: i64,
-}
-
-#[derive(Serialize, Debug, Clone, PartialEq)]
-pub struct Http {
-    pub max_body_bytes: i64,
-    pub max_batch_trades: i64,
-    pub write_timeout: String,
-}
-
-#[derive(Serialize, Debug, Clone, PartialEq)]
-pub struct Auth {
-    pub token_file: String,
-    pub protect_reads: bool,
-}
-
-#[derive(Serialize, Debug, Clone, PartialEq)]
-pub struct Lifecycle {
-    pub liveness_deadline: String,
-    pub shutdown_grace: String,
-}
-
-impl SidecarConfig {
-    /// The configuration for a spec.
-    pub fn from_spec(spec: &TradeStoreSpec) -> Self {
-        SidecarConfig {
-            data_dir: DATA_DIR.into(),
-            database_file: DATABASE_FILE.into(),
-            listen: format!("0.0.0.0:{PORT}"),
-            log: Log {
-                format: match spec.log.format {
-                    LogFormat::Json => "json",
-                    LogFormat::Text => "text",
-                },
-                level: spec.log.level.clone(),
-            },
-            duckdb: Duckdb {
-                threads: spec.duckdb.threads,
-                memory_limit: spec.duckdb.memory_limit.clone(),
-                checkpoint_threshold_bytes: spec.duckdb.checkpoint_threshold_bytes,
-                checkpoint_every_commits: spec.duckdb.checkpoint_every_commits,
-                max_wal_bytes: spec.duckdb.max_wal_bytes,
-            },
-            writer: Writer {
-                queue_batches: spec.limits.queue_batches,
-                max_batch_requests: spec.limits.max_batch_requests,
-                recent_trades: spec.limits.recent_trades,
-            },
-            reader: Reader {
-                pool_size: spec.limits.pool_size,
-                acquire_timeout: format!("{}ms", spec.limits.acquire_timeout_millis),
-                max_list_limit: spec.limits.max_list_limit,
-            },
-            http: Http {
-                max_body_bytes: spec.limits.max_body_bytes,
-                max_batch_trades: spec.limits.max_batch_trades,
-                write_timeout: format!("{}s", spec.limits.write_timeout_seconds),
-            },
-            auth: Auth { token_file: TOKEN_PATH.into(), protect_reads: spec.auth.protect_reads },
-            lifecycle: Lifecycle {
-                liveness_deadline: format!("{}s", spec.probes.unresponsive_seconds),
-                shutdown_grace: format!("{}s", spec.shutdown_grace_seconds),
-            },
-            snapshots: snapshots(spec),
-            redis: spec.redis.as_ref().map(|r| Redis { key_prefix: r.key_prefix.clone() }),
-            clickhouse: spec.clickhouse.as_ref().map(|c| Clickhouse { database: c.database.clone() }),
-            integrity: integrity(spec.integrity_check.clone().unwrap_or_default()),
-        }
+/// The configuration the sidecar of `spec` runs with.
+pub fn render(spec: &TradeStoreSpec) -> Config {
+    let mut c = Config {
+        data_dir: mount::DATA_DIR.into(),
+        listen: SocketAddr::from((Ipv4Addr::UNSPECIFIED, wire::PORT)),
+        snapshots: snapshots(spec),
+        ..Config::default()
+    };
+    c.log.format = match spec.log.format {
+        LogFormat::Json => SidecarLogFormat::Json,
+        LogFormat::Text => SidecarLogFormat::Text,
+    };
+    c.log.level = spec.log.level.clone();
+    engine(spec, &mut c);
+    c.auth.token_file = Some(mount::TOKEN_PATH.into());
+    c.auth.protect_reads = spec.auth.protect_reads;
+    c.lifecycle.liveness_deadline = seconds(spec.probes.unresponsive_seconds.into());
+    c.lifecycle.shutdown_grace = seconds(spec.shutdown_grace_seconds);
+    if let Some(prefix) = spec.redis.as_ref().and_then(|r| r.key_prefix.clone()) {
+        c.redis.key_prefix = prefix;
     }
-
-    /// The YAML file.
-    pub fn to_yaml(&self) -> String {
-        let body = serde_saphyr::to_string(self).expect("the sidecar config serializes to YAML");
-        format!("# Rendered by the TradeStore operator from the TradeStore spec; edits are overwritten.\n{body}")
+    if let Some(database) = spec.clickhouse.as_ref().and_then(|c| c.database.clone()) {
+        c.clickhouse.database = database;
     }
+    let integrity = spec.integrity_check.clone().unwrap_or_default();
+    c.integrity.interval = seconds(integrity.interval_seconds);
+    c.integrity.on_failure = match integrity.on_failure {
+        IntegrityFailurePolicy::Report => OnIntegrityFailure::Report,
+        IntegrityFailurePolicy::Recover => OnIntegrityFailure::Recover,
+    };
+    c
 }
 
-fn snapshots(spec: &TradeStoreSpec) -> Snapshots {
+/// Checks the file rendered for `spec` with the sidecar's own rules, as the sidecar will
+/// load it: with the Redis and ClickHouse URLs its environment brings from Secrets (stand-ins
+/// here; the operator does not read those Secrets).
+pub fn validate(spec: &TradeStoreSpec) -> Result<(), ConfigError> {
+    let mut c = render(spec);
+    if spec.redis.is_some() {
+        c.redis.url = Some("redis://from-a-secret".into());
+    }
+    if spec.clickhouse.is_some() {
+        c.clickhouse.url = Some("http://from-a-secret".into());
+    }
+    c.validate()
+}
+
+/// `spec.duckdb` and `spec.limits`: DuckDB, the writer, the read pool, the HTTP limits.
+fn engine(spec: &TradeStoreSpec, c: &mut Config) {
+    let (d, l) = (&spec.duckdb, &spec.limits);
+    c.duckdb.threads = count(d.threads.into());
+    c.duckdb.memory_limit = d.memory_limit.clone();
+    c.duckdb.checkpoint_threshold_bytes = count(d.checkpoint_threshold_bytes);
+    c.duckdb.checkpoint_every_commits = count(d.checkpoint_every_commits);
+    c.duckdb.max_wal_bytes = count(d.max_wal_bytes);
+    c.writer.queue_batches = count(l.queue_batches);
+    c.writer.max_batch_requests = count(l.max_batch_requests);
+    c.writer.recent_trades = count(l.recent_trades);
+    c.reader.pool_size = count(l.pool_size.into());
+    c.reader.acquire_timeout = Duration::from_millis(count(l.acquire_timeout_millis));
+    c.reader.max_list_limit = count(l.max_list_limit);
+    c.http.max_body_bytes = count(l.max_body_bytes);
+    c.http.max_batch_trades = count(l.max_batch_trades);
+    c.http.write_timeout = seconds(l.write_timeout_seconds);
+}
+
+fn snapshots(spec: &TradeStoreSpec) -> SnapshotConfig {
     let backup = spec.backup.as_ref();
-    let retention = match backup {
-        Some(b) => b.retention.clone(),
-        None => BackupRetention { keep_last: STAGING_KEEP_LAST, max_age_hours: 0 },
+    // Without spec.backup: the sidecar's keep_last, and nothing kept beyond it.
+    let (keep_last, max_age) = match backup {
+        Some(b) => (count(b.retention.keep_last.into()), seconds(b.retention.max_age_hours.saturating_mul(3600))),
+        None => (SnapshotConfig::default().keep_last, Duration::ZERO),
     };
     let volume = backup.and_then(|b| b.target.volume.as_ref());
-    let s3 = backup.and_then(|b| b.target.s3.as_ref()).map(|t| S3 {
+    let s3 = backup.and_then(|b| b.target.s3.as_ref()).map(|t| S3Config {
         bucket: t.bucket.clone(),
-        prefix: t.prefix.clone(),
+        prefix: t.prefix.clone().unwrap_or_default(),
         endpoint: t.endpoint.clone(),
         region: t.region.clone(),
     });
-    Snapshots {
-        dir: if volume.is_some() { BACKUP_DIR } else { SNAPSHOT_DIR }.into(),
-        keep_last: retention.keep_last,
-        max_age: format!("{}{}", retention.max_age_hours, if retention.max_age_hours == 0 { "s" } else { "h" }),
+    SnapshotConfig {
+        dir: if volume.is_some() { mount::BACKUP_DIR } else { mount::SNAPSHOT_STAGING_DIR }.into(),
+        keep_last,
+        max_age,
         schedule: backup.map(|b| b.schedule.trim().to_string()),
         bootstrap_from: spec.bootstrap.as_ref().map(|b| b.snapshot_id.clone()),
         s3,
     }
 }
 
-fn integrity(spec: IntegrityCheckSpec) -> Integrity {
-    Integrity {
-        interval: format!("{}s", spec.interval_seconds),
-        on_failure: match spec.on_failure {
-            IntegrityFailurePolicy::Report => "report",
-            IntegrityFailurePolicy::Recover => "recover",
-        },
-    }
+/// A count or size from the spec (signed in the CRD) as the sidecar's unsigned type.
+/// Negative values become 0, which the sidecar's validation then refuses by name (the
+/// validate stage runs it on the rendered file); every target type holds any non-negative
+/// value of the CRD's field.
+fn count<T: TryFrom<i64>>(v: i64) -> T {
+    T::try_from(v.max(0)).unwrap_or_else(|_| panic!("{v} does not fit the sidecar's type"))
+}
+
+fn seconds(s: i64) -> Duration {
+    Duration::from_secs(count(s))
+}
+
+/// The YAML file: `config` without the keys that equal the sidecar's defaults.
+pub fn to_yaml(config: &Config) -> String {
+    let mut doc = serde_json::to_value(config).expect("the sidecar config serializes");
+    let defaults = serde_json::to_value(Config::default()).expect("the sidecar config serializes");
+    drop_defaults(&mut doc, Some(&defaults));
+    let body = serde_saphyr::to_string(&doc).expect("the sidecar config serializes to YAML");
+    format!("# Rendered by the TradeStore operator from the TradeStore spec; edits are overwritten.\n{body}")
+}
+
+/// Removes from `doc` every value equal to the one at the same place in `defaults`, every
+/// null without a default (an absent optional key means the same), and the sections left
+/// empty by that.
+fn drop_defaults(doc: &mut Value, defaults: Option<&Value>) {
+    let Value::Object(fields) = doc else { return };
+    fields.retain(|key, value| {
+        let default = defaults.and_then(|d| d.get(key));
+        drop_defaults(value, default);
+        let differs = match default {
+            Some(d) => value != d,
+            None => !value.is_null(),
+        };
+        differs && value.as_object().is_none_or(|o| !o.is_empty())
+    });
 }

@@ -14,7 +14,7 @@ use parking_lot::RwLock;
 use tokio::sync::watch;
 use tradestore_api::status::{CheckStatus, JournalStatus, RecoveryReport, SyncStatus};
 
-use crate::config::{self, Config};
+use crate::config::{Config, Secrets};
 use crate::durability::backup::{self, Backups};
 use crate::durability::integrity;
 use crate::durability::recovery;
@@ -139,7 +139,7 @@ impl App {
         });
         health.set_ready();
         tracing::info!(db = %cfg.database_path().display(), schema_version, auth = token.is_some(), "store open");
-        let schedule = cfg.snapshots.schedule.as_deref().map(config::parse_schedule).transpose()?;
+        let schedule = cfg.snapshots.cron()?;
         let app = Arc::new(App {
             token,
             writer,

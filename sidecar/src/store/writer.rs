@@ -217,7 +217,7 @@ impl Writer {
             metrics: metrics.clone(),
             health,
             max_batch: cfg.writer.max_batch_requests,
-            group_limit: cfg.group_limit(),
+            group_limit: cfg.commit_log.group_limit(),
             max_request_changes: cfg.http.max_batch_trades,
             max_backlog: cfg.writer.max_apply_backlog as i64,
             applier: Some(applier),

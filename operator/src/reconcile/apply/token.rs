@@ -11,11 +11,11 @@ use crate::crd::TradeStore;
 use crate::names::token_secret_name;
 use crate::reconcile::error::{Dependency, MIN_TOKEN_LEN};
 use crate::reconcile::{Context, Error, Result};
-use crate::sidecar::config::TOKEN_KEY;
 use crate::validate::Validated;
+use tradestore_api::wire::mount::TOKEN_FILE;
 
 fn token_of(secret: &Secret) -> Option<String> {
-    let raw = secret.data.as_ref()?.get(TOKEN_KEY)?;
+    let raw = secret.data.as_ref()?.get(TOKEN_FILE)?;
     Some(String::from_utf8_lossy(&raw.0).trim().to_string())
 }
 

@@ -1,0 +1,161 @@
+//! The store's sections: DuckDB, the single writer, the read pool.
+
+use std::ops::RangeInclusive;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::size::{MIN_MEMORY_LIMIT, parse_size};
+use super::{ConfigError, bad};
+
+/// Accepted `duckdb.threads`.
+pub const THREADS: RangeInclusive<u32> = 1..=256;
+/// Smallest `duckdb.checkpoint_threshold_bytes`: below it DuckDB would checkpoint after
+/// nearly every commit.
+pub const MIN_CHECKPOINT_THRESHOLD_BYTES: u64 = 64 * 1024;
+/// Accepted `reader.pool_size`.
+pub const POOL_SIZE: RangeInclusive<u32> = 1..=256;
+
+/// DuckDB engine and durability settings (see docs/durability.md for how the seed
+/// PRAGMAs map onto these).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DuckdbConfig {
+    /// `SET threads` (seed: 4).
+    pub threads: u32,
+    /// `SET memory_limit`, e.g. `1GiB`; DuckDB's default (80% of RAM) when unset.
+    pub memory_limit: Option<String>,
+    /// `SET checkpoint_threshold` in bytes (`wal_autocheckpoint` is its alias):
+    /// DuckDB checkpoints automatically once the WAL passes it.
+    pub checkpoint_threshold_bytes: u64,
+    /// The writer runs an explicit `CHECKPOINT` after this many commits
+    /// (seed: 5,000 transactions). 0 disables the count trigger.
+    pub checkpoint_every_commits: u64,
+    /// Hard ceiling: the writer checkpoints whenever the WAL file exceeds this (seed: 256 MB).
+    pub max_wal_bytes: u64,
+}
+
+impl Default for DuckdbConfig {
+    fn default() -> Self {
+        DuckdbConfig {
+            threads: 4,
+            memory_limit: None,
+            checkpoint_threshold_bytes: 16 * 1024 * 1024,
+            checkpoint_every_commits: 5_000,
+            max_wal_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+impl DuckdbConfig {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if !THREADS.contains(&self.threads) {
+            return bad(format!("duckdb.threads must be {THREADS:?}, got {}", self.threads));
+        }
+        if self.checkpoint_threshold_bytes < MIN_CHECKPOINT_THRESHOLD_BYTES {
+            return bad(format!("duckdb.checkpoint_threshold_bytes must be at least {MIN_CHECKPOINT_THRESHOLD_BYTES}"));
+        }
+        if self.max_wal_bytes < self.checkpoint_threshold_bytes {
+            return bad("duckdb.max_wal_bytes must be >= duckdb.checkpoint_threshold_bytes");
+        }
+        if let Some(m) = &self.memory_limit {
+            let bytes = parse_size(m).map_err(|e| ConfigError::Invalid(format!("duckdb.memory_limit: {e}")))?;
+            if bytes < MIN_MEMORY_LIMIT {
+                return bad(format!(
+                    "duckdb.memory_limit {m:?} is below the minimum of {} MiB: DuckDB cannot run the store's \
+                     queries in less (it runs out of memory and may invalidate the database)",
+                    MIN_MEMORY_LIMIT >> 20
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The single writer and its queue.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WriterConfig {
+    /// How many group-commit batches may wait behind the one being committed
+    /// (seed `queue_size: 10`). The queue holds `queue_batches × max_batch_requests`
+    /// requests; when full, writes get 503 with Retry-After.
+    pub queue_batches: usize,
+    /// Most requests folded into one transaction.
+    pub max_batch_requests: usize,
+    /// Committed trades kept in memory for hot reads.
+    pub recent_trades: usize,
+    /// Most acknowledged changes DuckDB may lag behind; past it the writer waits
+    /// (the queue fills, then writes get 503 with Retry-After).
+    pub max_apply_backlog: usize,
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        WriterConfig { queue_batches: 10, max_batch_requests: 256, recent_trades: 10_000, max_apply_backlog: 100_000 }
+    }
+}
+
+/// The commit log (docs/durability.md).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CommitLogConfig {
+    /// Directory of the segments (default `<data_dir>/log`); may be a volume of its own,
+    /// as database operators offer for a WAL.
+    pub dir: Option<PathBuf>,
+    /// Size of one segment, zero-filled before use (default 64 MiB, at least
+    /// [`MIN_SEGMENT_BYTES`]).
+    pub segment_bytes: u64,
+}
+
+/// Smallest `commit_log.segment_bytes`.
+pub const MIN_SEGMENT_BYTES: u64 = 1 << 20;
+
+impl Default for CommitLogConfig {
+    fn default() -> Self {
+        CommitLogConfig { dir: None, segment_bytes: 64 << 20 }
+    }
+}
+
+impl CommitLogConfig {
+    /// Most changes one group holds: half a segment of the largest record a trade
+    /// makes (ids and symbols are bounded, so a trade's image is under 512 bytes).
+    pub fn group_limit(&self) -> usize {
+        (self.segment_bytes / 2 / 512) as usize
+    }
+}
+
+/// How long the history keeps versions (`GET /v1/trades/{id}/history`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistoryConfig {
+    /// Versions written longer ago than this are deleted (about once a minute);
+    /// `0s` keeps every version forever.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        HistoryConfig { retention: Duration::from_secs(30 * 24 * 3600) }
+    }
+}
+
+/// Read connections.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReaderConfig {
+    /// Read connection pool size (seed: 10).
+    pub pool_size: u32,
+    /// How long a read waits for a free connection before 503.
+    #[serde(with = "humantime_serde")]
+    pub acquire_timeout: Duration,
+    /// Most trades one list request returns.
+    pub max_list_limit: usize,
+}
+
+impl Default for ReaderConfig {
+    fn default() -> Self {
+        ReaderConfig { pool_size: 10, acquire_timeout: Duration::from_secs(2), max_list_limit: 10_000 }
+    }
+}
