@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what the tests need, builds
 # once (release profile only), runs unit, integration and crash tests.
-# Environment knobs: TRADESTORE_CRASH_KILLS (default 20).
+# Environment knobs: TRADESTORE_CRASH_KILLS (default 50).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh

@@ -15,9 +15,11 @@
 //!   metrics, the liveness/readiness state the probes read (and the reasons the process
 //!   stops by itself), log set-up.
 //! - [`store`]: the DuckDB file and the only code that touches it. Write path: `http` →
-//!   [`store::writer`] (bounded queue, group commit, the one read-write connection) →
-//!   DuckDB file (WAL fsync) → acknowledgement. Read path: [`store::reader`]
-//!   (connection pool) and the writer's in-memory [`store::state`].
+//!   [`store::writer`] (bounded queue, exact decisions, group commit) → [`store::log`]
+//!   (one `fdatasync` a group) → acknowledgement; behind it the applier brings the
+//!   DuckDB file up in large transactions. Read path: [`store::reader`] (connection
+//!   pool and the acknowledged-not-applied overlay) and the writer's in-memory
+//!   [`store::state`].
 //! - [`followers`]: background tasks that follow the commit sequence out of the file:
 //!   the Redis journal and the ClickHouse sync.
 //! - [`durability`]: what keeps the data when the file does not survive — snapshots

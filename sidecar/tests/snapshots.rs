@@ -132,7 +132,7 @@ async fn integrity_checks_catch_a_damaged_snapshot_and_flip_readiness() {
     let mut bad = good.clone();
     let at = bad.len() / 3;
     bad[at] ^= 1;
-    std::fs::write(&file, &bad).unwrap();
+    replace(&file, &bad);
     let st = wait_status(&s, "a failing check", |st| st["integrity"]["ok"] == false).await;
     assert!(st["integrity"]["error"].as_str().unwrap().contains("corrupt"), "{st}");
     let r = c.get(s.url("/readyz")).send().await.unwrap();
@@ -141,8 +141,16 @@ async fn integrity_checks_catch_a_damaged_snapshot_and_flip_readiness() {
     assert_eq!(c.get(s.url("/healthz")).send().await.unwrap().status(), 200, "still live: no restart loop");
     let m = c.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(m.contains("tradestore_integrity_ok 0"), "{m}");
-    std::fs::write(&file, &good).unwrap();
+    replace(&file, &good);
     wait_status(&s, "recovery of the check", |st| st["integrity"]["ok"] == true && st["ready"] == true).await;
+}
+
+/// Writes `bytes` over `file` at once (a rename), so a check running meanwhile reads
+/// the old file or the new one, never the empty file `std::fs::write` starts with.
+fn replace(file: &std::path::Path, bytes: &[u8]) {
+    let tmp = file.with_extension("replacing");
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, file).unwrap();
 }
 
 /// Snapshots taken while integrity checks run back to back (they enumerate the catalog,
