@@ -51,7 +51,9 @@ impl Postgres {
         let data = dir.path().join("data");
         ok(as_postgres(&bin.join("initdb")).arg("-D").arg(&data).args(["-U", "postgres", "-A", "trust", "--no-sync"]));
         let opts = format!(
-            "-c fsync=on -c synchronous_commit=on -c full_page_writes=on -c listen_addresses='' -p {port} -k {}",
+            // max_connections: the default 100 refuses the 256-client step.
+            "-c fsync=on -c synchronous_commit=on -c full_page_writes=on -c max_connections=300 \
+             -c listen_addresses='' -p {port} -k {}",
             dir.path().display()
         );
         ok(as_postgres(&bin.join("pg_ctl"))
