@@ -381,7 +381,8 @@ pub fn verify(dir: &Path) -> Result<Report> {
 /// writing (`sidecar log dump`): up to its last valid group.
 pub fn read_dir(dir: &Path, from: u64) -> Result<Reader> {
     let segments = list(dir)?;
-    let until = verify(dir)?.last_seq.map_or(0, |l| l + 1);
+    let Survey { scans, .. } = survey(&segments)?;
+    let until = scans.iter().rev().find_map(|s| s.last_seq).map_or(0, |l| l + 1);
     let start = segments.partition_point(|s| s.first_seq <= from).saturating_sub(1);
     Ok(Reader { segments: segments[start..].to_vec(), next: 0, cursor: None, from, until })
 }
