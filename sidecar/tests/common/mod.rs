@@ -23,8 +23,22 @@ pub struct Sidecar {
     pub port: u16,
 }
 
+/// A free port below the kernel's ephemeral range. A port from that range (what
+/// binding port 0 hands out) can be taken by a client: a readiness probe connecting
+/// to it before the server has bound it may get that same port as its own source and
+/// connect to itself (TCP simultaneous open), and the server then fails to bind.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    let ephemeral_low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let range = 10_000..ephemeral_low.max(10_001);
+    loop {
+        let port = rand::random_range(range.clone());
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 pub fn binary() -> &'static str {
@@ -104,7 +118,7 @@ impl Sidecar {
         let client = reqwest::Client::new();
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("sidecar exited early with {status}; log:\n{}", self.log());
+                panic!("sidecar exited early with {status}; the log's end:\n{}", self.log_tail(40));
             }
             if let Ok(r) = client.get(format!("{}/readyz", self.base)).send().await
                 && r.status() == 200
@@ -118,6 +132,14 @@ impl Sidecar {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("sidecar.log")).unwrap_or_default()
+    }
+
+    /// The last `lines` of the log: a failure report that CI cuts in the middle
+    /// would otherwise lose the error the sidecar stopped with.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = self.log();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
     }
 
     pub fn url(&self, path: &str) -> String {
