@@ -3,7 +3,7 @@
 //! annotation, fence after max restarts (and clearing it), stopped, fence switch, invalid spec,
 //! volume resize, finalizer with both retention policies, objects that do not deserialize.
 
-mod fake_api;
+use crate::fake_api;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
