@@ -28,8 +28,8 @@ pub use http::{AuthConfig, HttpConfig, LifecycleConfig, MIN_BODY_BYTES, MIN_LIVE
 pub use log::{LogConfig, LogFormat};
 pub use schedule::ScheduleError;
 pub use store::{
-    CommitLogConfig, DuckdbConfig, HistoryConfig, MIN_CHECKPOINT_THRESHOLD_BYTES, MIN_SEGMENT_BYTES, POOL_SIZE,
-    ReaderConfig, THREADS, WriterConfig,
+    CommitLogConfig, DuckdbConfig, HistoryConfig, MAX_APPLY_DELAY, MIN_CHECKPOINT_THRESHOLD_BYTES, MIN_SEGMENT_BYTES,
+    POOL_SIZE, ReaderConfig, THREADS, WriterConfig,
 };
 
 use crate::wire;
@@ -153,6 +153,9 @@ impl Config {
         }
         if self.writer.max_apply_backlog == 0 {
             return bad("writer.max_apply_backlog must be >= 1");
+        }
+        if self.writer.apply_delay > MAX_APPLY_DELAY {
+            return bad(format!("writer.apply_delay must be at most {:?}", MAX_APPLY_DELAY));
         }
         if self.commit_log.segment_bytes < MIN_SEGMENT_BYTES {
             return bad(format!("commit_log.segment_bytes must be at least {MIN_SEGMENT_BYTES} (1 MiB)"));

@@ -4,7 +4,8 @@
 //! per request — at the same client counts, client and server sharing the machine.
 //!
 //! `scripts/bench.sh` installs PostgreSQL and wrk from Debian and runs this.
-//! `BENCH_SECONDS` (default 10) per phase; `BENCH_SMOKE=1` runs 1 s phases at 1 and 16
+//! `BENCH_SECONDS` (default 10) per phase; `BENCH_SIDECAR_X` sets the sidecar's
+//! `TRADESTORE_X` (to compare settings); `BENCH_SMOKE=1` runs 1 s phases at 1 and 16
 //! clients and checks correctness only: no request failed, and the store holds every
 //! acknowledged trade and at most the requests in flight when a phase ended besides
 //! (CI runs this; figures from it mean nothing).
@@ -78,7 +79,12 @@ async fn main() {
     drop(pg);
 
     let dir = tempfile::tempdir().unwrap();
-    let s = Sidecar::start(dir.path(), &[]).await;
+    // Settings to compare: BENCH_SIDECAR_WRITER__APPLY_DELAY=0s sets TRADESTORE_WRITER__APPLY_DELAY.
+    let settings: Vec<(String, String)> = std::env::vars()
+        .filter_map(|(k, v)| Some((format!("TRADESTORE_{}", k.strip_prefix("BENCH_SIDECAR_")?), v)))
+        .collect();
+    let settings: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let s = Sidecar::start(dir.path(), &settings).await;
     let (mut acknowledged, mut failed) = (0, 0);
     let mut steps = Vec::new();
     for (&clients, postgres) in counts.iter().zip(pg_runs) {

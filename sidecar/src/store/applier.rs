@@ -67,17 +67,30 @@ impl Progress {
 
 /// The last log `seq` DuckDB holds.
 pub fn applied_seq(conn: &Connection) -> Result<u64> {
-    let seq: i64 = conn.query_row("SELECT applied_seq FROM log_state", [], |r| r.get(0))?;
+    let seq: i64 = conn.prepare_cached("SELECT applied_seq FROM log_state")?.query_row([], |r| r.get(0))?;
     Ok(seq as u64)
 }
 
 /// Applies `changes` (log `seq`, change; consecutive, starting right after
 /// [`applied_seq`]) and follower `watermarks` in one transaction.
 pub fn apply(conn: &Connection, changes: &[(u64, Change)], watermarks: &[(String, i64)]) -> Result<()> {
+    apply_after(conn, changes, watermarks, None)
+}
+
+/// [`apply`], told DuckDB's applied `seq` when the caller knows it for certain (the
+/// applier, after its own last commit succeeded): a statement less per transaction.
+/// `None` asks DuckDB, as any retry must — a failed commit may have committed.
+fn apply_after(
+    conn: &Connection,
+    changes: &[(u64, Change)],
+    watermarks: &[(String, i64)],
+    known: Option<u64>,
+) -> Result<()> {
     if changes.is_empty() && watermarks.is_empty() {
         return Ok(());
     }
-    match in_transaction(conn, |applied| write(conn, not_yet_applied(changes, applied), watermarks)) {
+    let attempt = in_transaction(conn, known, |applied| write(conn, not_yet_applied(changes, applied), watermarks));
+    match attempt {
         // Under memory pressure DuckDB 1.5.6 can fail a COMMIT that touched several
         // tables after part of it became durable (measured: trades rows in, the
         // `log_state` update not), and can keep the keys of a rolled-back append in
@@ -85,17 +98,18 @@ pub fn apply(conn: &Connection, changes: &[(u64, Change)], watermarks: &[(String
         // the rows right whatever DuckDB kept.
         Err(e) if is_constraint(&e) => {
             tracing::warn!(error = %e, "DuckDB holds part of a run it did not record as applied; replacing those rows");
-            in_transaction(conn, |applied| repair(conn, not_yet_applied(changes, applied), watermarks, applied))
+            in_transaction(conn, None, |applied| repair(conn, not_yet_applied(changes, applied), watermarks, applied))
         }
         outcome => outcome,
     }
 }
 
-/// Runs `f` (given DuckDB's applied `seq`) in one transaction: committed when it
-/// succeeds, rolled back otherwise.
-fn in_transaction(conn: &Connection, f: impl FnOnce(u64) -> Result<()>) -> Result<()> {
+/// Runs `f` (given DuckDB's applied `seq`: `known`, or read in the transaction) in one
+/// transaction: committed when it succeeds, rolled back otherwise.
+fn in_transaction(conn: &Connection, known: Option<u64>, f: impl FnOnce(u64) -> Result<()>) -> Result<()> {
     conn.execute_batch("BEGIN TRANSACTION")?;
-    let outcome = applied_seq(conn).and_then(f).and_then(|()| Ok(conn.execute_batch("COMMIT")?));
+    let applied = known.map_or_else(|| applied_seq(conn), Ok);
+    let outcome = applied.and_then(f).and_then(|()| Ok(conn.execute_batch("COMMIT")?));
     if outcome.is_err() {
         let _ = conn.execute_batch("ROLLBACK");
     }
@@ -160,7 +174,8 @@ fn record(conn: &Connection, changes: &[(u64, Change)], watermarks: &[(String, i
         )?;
     }
     if let Some(&(last, _)) = changes.last() {
-        conn.execute("UPDATE log_state SET applied_seq = ?, updated_at = now()::TIMESTAMP", params![last as i64])?;
+        conn.prepare_cached("UPDATE log_state SET applied_seq = ?, updated_at = now()::TIMESTAMP")?
+            .execute(params![last as i64])?;
     }
     Ok(())
 }
@@ -260,6 +275,8 @@ pub struct Applier {
     /// `history.retention` (zero: keep everything), and when it was last applied.
     history_retention: Duration,
     history_trimmed: Instant,
+    /// `writer.apply_delay`: how long a transaction gathers changes.
+    apply_delay: Duration,
 }
 
 /// How often the history is trimmed to its retention.
@@ -296,6 +313,7 @@ impl Applier {
             wrote_since_wal_seen: false,
             history_retention: cfg.history.retention,
             history_trimmed: Instant::now() - TRIM_EVERY,
+            apply_delay: cfg.writer.apply_delay,
         };
         let join = std::thread::Builder::new().name("applier".into()).spawn(move || applier.run(rx))?;
         Ok((tx, progress, join))
@@ -304,14 +322,7 @@ impl Applier {
     /// Applies until the writer hangs up, then checkpoints once more.
     fn run(mut self, rx: Receiver<Job>) {
         while let Ok(first) = rx.recv() {
-            let mut jobs = vec![first];
-            let mut n = 0;
-            while n < MAX_RUN
-                && let Ok(job) = rx.try_recv()
-            {
-                n += job_len(&job);
-                jobs.push(job);
-            }
+            let jobs = gather(first, &rx, self.apply_delay);
             if !self.apply_jobs(jobs) {
                 return; // fatal: the process is stopping
             }
@@ -339,8 +350,9 @@ impl Applier {
             }
         }
         let start = Instant::now();
+        let mut known = Some(self.progress.applied() as u64);
         loop {
-            match apply(&self.conn, &changes, &watermarks) {
+            match apply_after(&self.conn, &changes, &watermarks, known.take()) {
                 Ok(()) => break,
                 Err(e) if db::classify(&e) == db::Failure::Transient => {
                     tracing::warn!(error = %e, changes = changes.len(), "applying the commit log failed; retrying");
@@ -440,6 +452,23 @@ impl Applier {
     }
 }
 
+/// The jobs one transaction takes: `first` and whatever arrives within `delay` of it,
+/// up to [`MAX_RUN`] changes. Behind a backlog the channel holds plenty and nothing
+/// waits; a hang-up ends the wait with what came.
+fn gather(first: Job, rx: &Receiver<Job>, delay: Duration) -> Vec<Job> {
+    let until = Instant::now() + delay;
+    let mut n = job_len(&first);
+    let mut jobs = vec![first];
+    // Past the deadline `recv_timeout` still takes what is queued.
+    while n < MAX_RUN
+        && let Ok(job) = rx.recv_timeout(until.saturating_duration_since(Instant::now()))
+    {
+        n += job_len(&job);
+        jobs.push(job);
+    }
+    jobs
+}
+
 fn job_len(job: &Job) -> usize {
     match job {
         Job::Changes(c) => c.len(),
@@ -452,6 +481,43 @@ mod tests {
     use super::*;
     use crate::store::change::tests::trade;
     use crate::store::model::Status;
+
+    fn changes(seq: u64) -> Job {
+        Job::Changes(vec![(seq, Change::Insert(trade("a", 1, seq as i64, Status::Filled)))])
+    }
+
+    fn seqs(jobs: &[Job]) -> Vec<u64> {
+        jobs.iter()
+            .flat_map(|j| match j {
+                Job::Changes(c) => c.iter().map(|(s, _)| *s).collect(),
+                Job::Watermark { .. } => vec![],
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_transaction_gathers_what_arrives_within_the_delay() {
+        let (tx, rx) = channel();
+        tx.send(changes(2)).unwrap();
+        let late = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            tx.send(changes(3)).unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+            tx.send(changes(4)).unwrap();
+        });
+        assert_eq!(seqs(&gather(changes(1), &rx, Duration::from_millis(150))), [1, 2, 3], "waits for 3, not 4");
+        late.join().unwrap();
+        assert_eq!(seqs(&gather(changes(5), &rx, Duration::ZERO)), [5, 4], "no delay: what is queued, at once");
+    }
+
+    #[test]
+    fn a_hang_up_ends_the_wait() {
+        let (tx, rx) = channel::<Job>();
+        drop(tx);
+        let start = Instant::now();
+        assert_eq!(seqs(&gather(changes(1), &rx, Duration::from_secs(30))), [1]);
+        assert!(start.elapsed() < Duration::from_secs(5));
+    }
 
     fn store() -> (tempfile::TempDir, Connection) {
         let dir = tempfile::tempdir().unwrap();

@@ -100,7 +100,8 @@ impl CommitLog {
     /// at `applied + 1` (nothing in it is needed any more), and a log that starts after
     /// `applied + 1` is a gap — changes DuckDB lacks are nowhere.
     pub fn open(dir: &Path, segment_bytes: u64, applied: u64) -> Result<Opened> {
-        std::fs::create_dir_all(dir)?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| io::Error::new(e.kind(), format!("log directory {}: {e}", dir.display())))?;
         let _ = std::fs::remove_file(dir.join(SPARE)); // half-filled by a crash, maybe
         let mut segments = list(dir)?;
         let Survey { scans, torn } = survey(&segments)?;
