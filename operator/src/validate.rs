@@ -186,8 +186,10 @@ fn check_name(ts: &TradeStore, problems: &mut Vec<Problem>) {
 
 fn check_duckdb(s: &TradeStoreSpec, problems: &mut Vec<Problem>) {
     let d = &s.duckdb;
-    if !u32::try_from(d.threads).is_ok_and(|t| THREADS.contains(&t)) {
-        problems.push(Problem::Threads(d.threads));
+    if let Some(threads) = d.threads
+        && !u32::try_from(threads).is_ok_and(|t| THREADS.contains(&t))
+    {
+        problems.push(Problem::Threads(threads));
     }
     if !u64::try_from(d.checkpoint_threshold_bytes).is_ok_and(|b| b >= MIN_CHECKPOINT_THRESHOLD_BYTES) {
         problems.push(Problem::CheckpointThreshold);

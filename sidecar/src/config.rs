@@ -123,7 +123,7 @@ mod tests {
     fn file_then_environment_override() {
         let f = write("duckdb:\n  threads: 2\nlifecycle:\n  shutdown_grace: 5s\nlisten: 0.0.0.0:9000\n");
         let c = load(Some(f.path()), env(&[("TRADESTORE_DUCKDB__THREADS", "8"), ("OTHER", "x")])).unwrap();
-        assert_eq!(c.duckdb.threads, 8);
+        assert_eq!(c.duckdb.threads, Some(8));
         assert_eq!(c.lifecycle.shutdown_grace, Duration::from_secs(5));
         assert_eq!(c.listen.port(), 9000);
     }

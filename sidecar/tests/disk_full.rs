@@ -79,6 +79,19 @@ async fn applied(s: &Sidecar) {
     }
 }
 
+/// Waits until the log's spare segment is allocated whole: filled after the ballast it
+/// would take the room left for DuckDB's WAL.
+async fn spare_ready(data: &Path) {
+    let spare = data.join("log").join("spare.tmp");
+    for _ in 0..500 {
+        if std::fs::metadata(&spare).is_ok_and(|m| m.len() == 2 << 20) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the log's spare segment was never prepared");
+}
+
 async fn wal_bytes(s: &Sidecar) -> u64 {
     let st: Value = client().get(s.url("/v1/status")).send().await.unwrap().json().await.unwrap();
     st["wal_bytes"].as_u64().unwrap()
@@ -88,6 +101,10 @@ async fn wal_bytes(s: &Sidecar) -> u64 {
 /// batch limit that fits their groups.
 const SMALL_SEGMENTS: (&str, &str) = ("TRADESTORE_COMMIT_LOG__SEGMENT_BYTES", "2097152");
 const SMALL_BATCHES: (&str, &str) = ("TRADESTORE_HTTP__MAX_BATCH_TRADES", "2000");
+/// One DuckDB transaction per batch: phase 2 counts transactions up to the checkpoint,
+/// and gathering several batches into one would make the WAL, not the checkpoint, the
+/// write that finds no room.
+const NO_APPLY_DELAY: (&str, &str) = ("TRADESTORE_WRITER__APPLY_DELAY", "0s");
 
 #[tokio::test]
 #[ignore = "needs root to mount a tmpfs; run by scripts/test.sh with --ignored"]
@@ -112,6 +129,7 @@ async fn a_full_disk_refuses_writes_and_loses_nothing_acknowledged() {
     for b in 0..10 {
         acked.extend(batch(&s, &format!("a{b}"), 200).await.unwrap());
     }
+    spare_ready(&data).await;
     let ballast = fill(&data, 64 * 1024);
     let mut refusal = None;
     for b in 10..200 {
@@ -146,6 +164,7 @@ async fn a_full_disk_refuses_writes_and_loses_nothing_acknowledged() {
     let by_count = [
         SMALL_SEGMENTS,
         SMALL_BATCHES,
+        NO_APPLY_DELAY,
         ("TRADESTORE_DUCKDB__CHECKPOINT_EVERY_COMMITS", "60"),
         ("TRADESTORE_DUCKDB__CHECKPOINT_THRESHOLD_BYTES", "1073741824"),
         ("TRADESTORE_DUCKDB__MAX_WAL_BYTES", "1073741824"),
@@ -158,6 +177,7 @@ async fn a_full_disk_refuses_writes_and_loses_nothing_acknowledged() {
         b += 1;
     }
     let per_batch = wal_bytes(&s).await / 55;
+    spare_ready(&data).await;
     let ballast = fill(&data, 8 * per_batch + 64 * 1024);
     let mut first_failure: Option<Instant> = None;
     let exit = loop {

@@ -22,8 +22,11 @@ pub const POOL_SIZE: RangeInclusive<u32> = 1..=256;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct DuckdbConfig {
-    /// `SET threads` (seed: 4).
-    pub threads: u32,
+    /// `SET threads`; unset: [`DuckdbConfig::threads`] picks the CPUs the process may
+    /// use. (The seed says 4: on a 2-CPU container that oversubscribes, DuckDB's
+    /// scheduler spins, and a small statement costs about 3× the CPU; see
+    /// docs/benchmarks.md.)
+    pub threads: Option<u32>,
     /// `SET memory_limit`, e.g. `1GiB`; DuckDB's default (80% of RAM) when unset.
     pub memory_limit: Option<String>,
     /// `SET checkpoint_threshold` in bytes (`wal_autocheckpoint` is its alias):
@@ -39,7 +42,7 @@ pub struct DuckdbConfig {
 impl Default for DuckdbConfig {
     fn default() -> Self {
         DuckdbConfig {
-            threads: 4,
+            threads: None,
             memory_limit: None,
             checkpoint_threshold_bytes: 16 * 1024 * 1024,
             checkpoint_every_commits: 5_000,
@@ -49,9 +52,20 @@ impl Default for DuckdbConfig {
 }
 
 impl DuckdbConfig {
+    /// The threads DuckDB runs with: `threads` if set, else the CPUs this process may
+    /// use (its affinity and cgroup CPU quota, as `available_parallelism` reads them).
+    pub fn threads(&self) -> u32 {
+        self.threads.unwrap_or_else(|| {
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            (cpus as u32).clamp(*THREADS.start(), *THREADS.end())
+        })
+    }
+
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
-        if !THREADS.contains(&self.threads) {
-            return bad(format!("duckdb.threads must be {THREADS:?}, got {}", self.threads));
+        if let Some(t) = self.threads
+            && !THREADS.contains(&t)
+        {
+            return bad(format!("duckdb.threads must be {THREADS:?}, got {t}"));
         }
         if self.checkpoint_threshold_bytes < MIN_CHECKPOINT_THRESHOLD_BYTES {
             return bad(format!("duckdb.checkpoint_threshold_bytes must be at least {MIN_CHECKPOINT_THRESHOLD_BYTES}"));

@@ -6,7 +6,11 @@ use super::*;
 #[test]
 fn defaults_follow_the_seeds() {
     let c = Config::default();
-    assert_eq!(c.duckdb.threads, 4);
+    // Not the seed's 4: unset, DuckDB gets the CPUs the process may use.
+    assert_eq!(c.duckdb.threads, None);
+    assert!((1..=256).contains(&c.duckdb.threads()));
+    let set = DuckdbConfig { threads: Some(3), ..DuckdbConfig::default() };
+    assert_eq!(set.threads(), 3);
     assert_eq!(c.writer.queue_batches, 10);
     assert_eq!(c.reader.pool_size, 10);
     assert_eq!(c.duckdb.checkpoint_every_commits, 5_000);
@@ -29,8 +33,8 @@ fn error_after(edit: impl FnOnce(&mut Config)) -> String {
 #[test]
 fn each_rule_names_its_key() {
     let cases: Vec<(&str, Edit)> = vec![
-        ("duckdb.threads must be 1..=256, got 0", Box::new(|c| c.duckdb.threads = 0)),
-        ("duckdb.threads", Box::new(|c| c.duckdb.threads = 257)),
+        ("duckdb.threads must be 1..=256, got 0", Box::new(|c| c.duckdb.threads = Some(0))),
+        ("duckdb.threads", Box::new(|c| c.duckdb.threads = Some(257))),
         (
             "duckdb.checkpoint_threshold_bytes must be at least 65536",
             Box::new(|c| c.duckdb.checkpoint_threshold_bytes = 1),

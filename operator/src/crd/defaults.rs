@@ -24,9 +24,6 @@ pub(super) fn default_shutdown_grace() -> i64 {
 pub(super) fn default_uid() -> i64 {
     65532
 }
-pub(super) fn default_threads() -> i32 {
-    signed(DuckdbConfig::default().threads)
-}
 pub(super) fn default_checkpoint_threshold() -> i64 {
     signed(DuckdbConfig::default().checkpoint_threshold_bytes)
 }
@@ -116,7 +113,7 @@ impl Default for BackupRetention {
 impl Default for DuckdbSpec {
     fn default() -> Self {
         DuckdbSpec {
-            threads: default_threads(),
+            threads: None,
             memory_limit: None,
             checkpoint_threshold_bytes: default_checkpoint_threshold(),
             checkpoint_every_commits: default_checkpoint_every(),

@@ -245,10 +245,10 @@ pub enum RetentionPolicy {
 #[x_kube(validation = kube::core::Rule::new("self.maxWalBytes >= self.checkpointThresholdBytes")
     .message("maxWalBytes must be >= checkpointThresholdBytes"))]
 pub struct DuckdbSpec {
-    /// `SET threads`.
-    #[serde(default = "default_threads")]
+    /// `SET threads`; unset: the CPUs the container may use (its CPU limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = *THREADS.start(), max = *THREADS.end()))]
-    pub threads: i32,
+    pub threads: Option<i32>,
 
     /// `SET memory_limit`, e.g. `2GiB`; DuckDB's default (80% of the container's RAM) when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]

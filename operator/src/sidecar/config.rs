@@ -69,7 +69,7 @@ pub fn validate(spec: &TradeStoreSpec) -> Result<(), ConfigError> {
 /// `spec.duckdb` and `spec.limits`: DuckDB, the writer, the read pool, the HTTP limits.
 fn engine(spec: &TradeStoreSpec, c: &mut Config) {
     let (d, l) = (&spec.duckdb, &spec.limits);
-    c.duckdb.threads = count(d.threads.into());
+    c.duckdb.threads = d.threads.map(|t| count(t.into()));
     c.duckdb.memory_limit = d.memory_limit.clone();
     c.duckdb.checkpoint_threshold_bytes = count(d.checkpoint_threshold_bytes);
     c.duckdb.checkpoint_every_commits = count(d.checkpoint_every_commits);

@@ -19,7 +19,7 @@ pub(crate) fn open(path: &Path, cfg: &DuckdbConfig) -> Result<Connection> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let mut flags = duckdb::Config::default().threads(i64::from(cfg.threads))?.enable_autoload_extension(false)?;
+    let mut flags = duckdb::Config::default().threads(i64::from(cfg.threads()))?.enable_autoload_extension(false)?;
     if let Some(limit) = &cfg.memory_limit {
         flags = flags.max_memory(limit)?;
     }
@@ -223,7 +223,7 @@ mod tests {
     #[test]
     fn engine_settings_are_applied_and_wal_autocheckpoint_is_the_same_knob() {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = DuckdbConfig { threads: 2, checkpoint_threshold_bytes: 3 * 1024 * 1024, ..Default::default() };
+        let cfg = DuckdbConfig { threads: Some(2), checkpoint_threshold_bytes: 3 * 1024 * 1024, ..Default::default() };
         let conn = open(&dir.path().join("x.duckdb"), &cfg).unwrap();
         let get = |name: &str| -> String {
             conn.query_row(&format!("SELECT current_setting('{name}')::VARCHAR"), [], |r| r.get(0)).unwrap()

@@ -49,16 +49,26 @@ fn header_crc(h: &[u8]) -> u32 {
 }
 
 /// Creates a zero-filled file of `size` bytes at `path` (a spare, not yet a segment).
+/// On failure (a full disk) the partial file is removed: it would hold on to the
+/// space the database's own writes need.
 pub(crate) fn zero_filled(path: &Path, size: u64) -> io::Result<()> {
     let file = OpenOptions::new().write(true).create_new(true).open(path)?;
+    let filled = write_zeros(&file, 0, size).and_then(|()| file.sync_all());
+    if filled.is_err() {
+        let _ = std::fs::remove_file(path);
+    }
+    filled
+}
+
+fn write_zeros(file: &File, from: u64, to: u64) -> io::Result<()> {
     let zeros = vec![0u8; CHUNK];
-    let mut at = 0;
-    while at < size {
-        let n = (size - at).min(CHUNK as u64) as usize;
+    let mut at = from;
+    while at < to {
+        let n = (to - at).min(CHUNK as u64) as usize;
         file.write_all_at(&zeros[..n], at)?;
         at += n as u64;
     }
-    file.sync_all()
+    Ok(())
 }
 
 /// Turns the zero-filled spare at `spare` into the segment starting at `first_seq` in
@@ -172,14 +182,7 @@ impl<'a> Groups<'a> {
 
 /// Overwrites `from..len` with zeros and flushes: a torn end becomes a clean one.
 pub(crate) fn zero_tail(file: &File, from: u64) -> io::Result<()> {
-    let len = file.metadata()?.len();
-    let zeros = vec![0u8; CHUNK];
-    let mut at = from;
-    while at < len {
-        let n = (len - at).min(CHUNK as u64) as usize;
-        file.write_all_at(&zeros[..n], at)?;
-        at += n as u64;
-    }
+    write_zeros(file, from, file.metadata()?.len())?;
     file.sync_data()
 }
 
