@@ -127,6 +127,10 @@ async fn write_with_checkpoint_threshold(threshold: &str) -> (serde_json::Value,
         ("TRADESTORE_DUCKDB__CHECKPOINT_THRESHOLD_BYTES", threshold),
         ("TRADESTORE_DUCKDB__MAX_WAL_BYTES", "1073741824"),
         ("TRADESTORE_DUCKDB__CHECKPOINT_EVERY_COMMITS", "0"),
+        // A DuckDB commit per batch: DuckDB checkpoints by itself only at a commit that
+        // finds no other transaction open (a status read holds one), so one big gathered
+        // commit may find none free.
+        ("TRADESTORE_WRITER__APPLY_DELAY", "0s"),
     ];
     let s = Sidecar::start(dir.path(), &env).await;
     let c = client();
