@@ -84,7 +84,7 @@ async fn applied(s: &Sidecar) {
 async fn spare_ready(data: &Path) {
     let spare = data.join("log").join("spare.tmp");
     for _ in 0..500 {
-        if std::fs::metadata(&spare).is_ok_and(|m| m.len() == 2 << 20) {
+        if std::fs::metadata(&spare).is_ok_and(|m| m.len().to_string() == SMALL_SEGMENTS.1) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;

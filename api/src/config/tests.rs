@@ -35,6 +35,7 @@ fn each_rule_names_its_key() {
     let cases: Vec<(&str, Edit)> = vec![
         ("duckdb.threads must be 1..=256, got 0", Box::new(|c| c.duckdb.threads = Some(0))),
         ("duckdb.threads", Box::new(|c| c.duckdb.threads = Some(257))),
+        ("writer.apply_delay must be at most 1s", Box::new(|c| c.writer.apply_delay = Duration::from_millis(1001))),
         (
             "duckdb.checkpoint_threshold_bytes must be at least 65536",
             Box::new(|c| c.duckdb.checkpoint_threshold_bytes = 1),
