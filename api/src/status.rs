@@ -120,8 +120,10 @@ pub struct RecoveryReport {
     pub snapshot: Option<String>,
     /// Highest sequence the starting point covered (the snapshot's, or the file's on catch-up).
     pub snapshot_seq: i64,
-    /// Journal entries replayed on top.
+    /// Redis journal entries replayed on top (only what the local commit log lacked).
     pub replayed: usize,
+    /// Changes the local commit log replayed on top, after the journal's.
+    pub log_replayed: u64,
     /// Highest sequence after replay.
     pub seq: i64,
     /// The highest sequence known to have existed, which recovery had to reach

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::{Sidecar, binary, client, free_port, spawn, status, wait_exit, write_trades};
+use common::{Sidecar, binary, client, free_port, lose_commit_log, status, wait_exit, write_trades};
 use serde_json::Value;
 
 /// Runs `sidecar log ...` on the store in `dir`.
@@ -76,8 +76,7 @@ async fn verify_and_dump_read_the_log_and_a_flipped_byte_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("corrupt"), "{err}");
     let port = free_port();
-    let child = spawn(dir.path(), port, &[]);
-    let mut s = Sidecar { child, base: format!("http://127.0.0.1:{port}"), dir: dir.path().to_path_buf(), port };
+    let mut s = Sidecar::spawn_on(dir.path(), port, &[]);
     let exit = wait_exit(&mut s).await;
     let log = s.log();
     assert!(!exit.success() && log.contains("is corrupt at offset"), "{exit}: {log}");
@@ -110,4 +109,76 @@ async fn a_torn_end_is_cut_off_and_every_acknowledged_trade_stays() {
     }
     write_trades(&s, ["after".to_string()]).await;
     assert_eq!(status(&s).await["last_seq"], 21, "the next change follows on");
+}
+
+/// Every trade as the store answers it: (id, version, status, price).
+async fn trades(s: &Sidecar, ids: &[String]) -> Vec<(String, i64, String, String)> {
+    let mut out = Vec::new();
+    for id in ids {
+        let t: Value = client().get(s.url(&format!("/v1/trades/{id}"))).send().await.unwrap().json().await.unwrap();
+        out.push((id.clone(), t["version"].as_i64().unwrap_or(-1), t["status"].to_string(), t["price"].to_string()));
+    }
+    out
+}
+
+fn lose_file(dir: &Path) {
+    let data = dir.join("data");
+    std::fs::remove_file(data.join("trades.duckdb")).unwrap();
+    let _ = std::fs::remove_file(data.join("trades.duckdb.wal"));
+}
+
+/// The volume alone brings the store back: no Redis is configured, and the newest
+/// snapshot plus the local commit log hold every change, history included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_or_damaged_file_comes_back_from_the_snapshot_and_the_local_log_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let snaps = dir.path().join("snaps");
+    let env = [("TRADESTORE_SNAPSHOTS__DIR", snaps.to_str().unwrap())];
+    let port = free_port();
+    let mut s = Sidecar::start_on(dir.path(), port, &env).await;
+    let c = client();
+    let ids: Vec<String> = (0..80).map(|i| format!("l{i}")).collect();
+    write_trades(&s, ids[..50].iter().cloned()).await;
+    let snap: Value = c.post(s.url("/v1/snapshots")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(snap["seq"], 50);
+    write_trades(&s, ids[50..].iter().cloned()).await;
+    let r = c.patch(s.url("/v1/trades/l1")).json(&serde_json::json!({"expected_version": 1, "price": 7.0}));
+    assert_eq!(r.send().await.unwrap().status(), 200);
+    assert_eq!(c.delete(s.url("/v1/trades/l2")).send().await.unwrap().status(), 200);
+    let before = trades(&s, &ids).await;
+
+    // The file is lost.
+    s.kill();
+    lose_file(dir.path());
+    let mut s = Sidecar::start_on(dir.path(), port, &env).await;
+    let st = status(&s).await;
+    let rec = &st["recovery"];
+    assert_eq!((rec["reason"].as_str(), rec["snapshot_seq"].as_i64()), (Some("missing"), Some(50)), "{st}");
+    assert_eq!((rec["replayed"].as_i64(), rec["log_replayed"].as_i64()), (Some(0), Some(32)), "{st}");
+    assert_eq!((rec["complete"].as_bool(), st["last_seq"].as_i64()), (Some(true), Some(82)), "{st}");
+    assert_eq!(trades(&s, &ids).await, before);
+    let history: Value = c.get(s.url("/v1/trades/l1/history")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(history["versions"].as_array().map(Vec::len), Some(2), "both versions of l1: {history}");
+
+    // The file is damaged: moved aside, rebuilt the same way.
+    s.kill();
+    let db = dir.path().join("data").join("trades.duckdb");
+    let len = std::fs::metadata(&db).unwrap().len() as usize;
+    std::fs::write(&db, vec![0x5a; len.max(4096)]).unwrap();
+    let _ = std::fs::remove_file(db.with_extension("duckdb.wal"));
+    let mut s = Sidecar::start_on(dir.path(), port, &env).await;
+    let st = status(&s).await;
+    assert_ne!(st["recovery"]["reason"], "missing", "{st}");
+    assert_eq!((st["recovery"]["log_replayed"].as_i64(), st["last_seq"].as_i64()), (Some(32), Some(82)), "{st}");
+    assert_eq!(trades(&s, &ids).await, before);
+
+    // The file and the log are lost: the snapshot cannot say what came after it.
+    s.kill();
+    lose_file(dir.path());
+    lose_commit_log(dir.path());
+    let mut refused = Sidecar::spawn_on(dir.path(), port, &env);
+    assert!(!wait_exit(&mut refused).await.success(), "must not come up short");
+    let log = refused.log();
+    assert!(log.contains("cannot rebuild the database without losing changes"), "{log}");
+    assert!(log.contains("there is no local commit log"), "{log}");
 }

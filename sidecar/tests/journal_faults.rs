@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::servers::{Server, journal_seqs, redis_conn, redis_int};
-use common::{Sidecar, client, free_port, spawn, status, wait_exit, wait_status, write_trades};
+use common::{Sidecar, client, free_port, lose_commit_log, status, wait_exit, wait_status, write_trades};
 use serde_json::Value;
 
 fn ids(prefix: &str, range: std::ops::Range<usize>) -> impl Iterator<Item = String> {
@@ -24,10 +24,6 @@ fn lose_database(dir: &std::path::Path) {
     std::fs::remove_file(db_path(dir)).unwrap();
     let _ = std::fs::remove_file(dir.join("data").join("trades.duckdb.wal"));
     lose_commit_log(dir);
-}
-
-fn lose_commit_log(dir: &std::path::Path) {
-    std::fs::remove_dir_all(dir.join("data").join("log")).unwrap();
 }
 
 async fn journaled(s: &Sidecar, seq: i64) -> Value {
@@ -145,8 +141,7 @@ async fn recovery_refuses_to_come_up_short_unless_told_to_and_keeps_every_piece_
     s.kill();
     let _: () = redis::cmd("FLUSHALL").query_async(&mut redis_conn(rport).await).await.unwrap();
     lose_database(dir.path());
-    let mut refused =
-        Sidecar { child: spawn(dir.path(), port, &env), base: String::new(), dir: dir.path().into(), port };
+    let mut refused = Sidecar::spawn_on(dir.path(), port, &env);
     assert!(!wait_exit(&mut refused).await.success(), "must not come up short");
     let log = refused.log();
     assert!(log.contains("recovery refused") && log.contains("Redis holds no journal"), "{log}");

@@ -202,13 +202,14 @@ impl App {
 /// holds beyond it.
 async fn open(cfg: &Config, backups: &Backups, redis: Option<&redis::Client>) -> Result<Opened> {
     let path = cfg.database_path();
+    let local = recovery::local_log(&cfg.commit_log_dir());
     let rebuilt = match &cfg.snapshots.bootstrap_from {
         Some(from) if !path.exists() => {
             tracing::info!(from, "no database file; bootstrapping from snapshot");
             backups.restore(from, &path).await?;
             None
         }
-        _ => recovery::run(cfg, backups, redis).await?,
+        _ => recovery::run(cfg, backups, redis, &local).await?,
     };
     let conn = db::open(&path, &cfg.duckdb)?;
     let applied = migrations::up(&conn, migrations::embedded(), None)?;
@@ -218,9 +219,11 @@ async fn open(cfg: &Config, backups: &Backups, redis: Option<&redis::Client>) ->
     }
     // Before the writer hands out sequence numbers: a store below its journal
     // must take the journal's changes first, or it would reuse their numbers.
-    let caught_up = recovery::catch_up(&conn, cfg, redis)?;
-    let log = open_commit_log(&conn, cfg)?;
-    Ok(Opened { conn, log, schema_version, recovery: rebuilt.or(caught_up) })
+    let caught_up = recovery::catch_up(&conn, cfg, redis, &local)?;
+    let (log, replayed) = open_commit_log(&conn, cfg)?;
+    let seq = applier::applied_seq(&conn)? as i64;
+    let recovery = rebuilt.or(caught_up).map(|report| recovery::finish(report, replayed, seq));
+    Ok(Opened { conn, log, schema_version, recovery })
 }
 
 /// Opens the commit log and brings DuckDB up to date with it. Journal-based recovery
@@ -228,7 +231,7 @@ async fn open(cfg: &Config, backups: &Backups, redis: Option<&redis::Client>) ->
 /// the newest `seq` the table holds (a no-op otherwise: the applier keeps them equal);
 /// the log then replays what DuckDB lacks, or starts after it when it holds nothing
 /// newer (a log lost with its volume, or a store older than the log).
-fn open_commit_log(conn: &duckdb::Connection, cfg: &Config) -> Result<CommitLog> {
+fn open_commit_log(conn: &duckdb::Connection, cfg: &Config) -> Result<(CommitLog, u64)> {
     conn.execute_batch(
         "UPDATE log_state SET applied_seq = greatest(applied_seq, (SELECT coalesce(max(seq), 0) FROM trades))",
     )?;
@@ -242,5 +245,5 @@ fn open_commit_log(conn: &duckdb::Connection, cfg: &Config) -> Result<CommitLog>
     if replayed > 0 {
         tracing::info!(replayed, from = applied + 1, "commit log replayed into DuckDB");
     }
-    Ok(opened.log)
+    Ok((opened.log, replayed))
 }

@@ -1,21 +1,25 @@
 //! Start-up recovery, and the proof that it is complete.
 //!
 //! **Rebuild** ([`run`]): a missing, unopenable or quarantined database file is rebuilt
-//! in a scratch file from the newest snapshot whose checksum verifies plus the Redis
-//! journal entries above the snapshot's `seq`, checkpointed, and only then renamed into
-//! place (the unusable file and its WAL are moved aside, never deleted). A crash midway
-//! leaves the cause in place, so the next start simply recovers again.
+//! in a scratch file from the newest snapshot whose checksum verifies, checkpointed, and
+//! only then renamed into place (the unusable file and its WAL are moved aside, never
+//! deleted); the local commit log then replays what the snapshot lacks, as on every
+//! start. The Redis journal is replayed into the scratch file only when the local log
+//! cannot bridge the gap by itself (a lost log volume, a log trimmed past the snapshot
+//! that verified). A crash midway leaves the cause in place, so the next start simply
+//! recovers again.
 //!
-//! **Catch-up** ([`catch_up`]): a file that opens but ends below the journal (a disk
-//! that lost the flushed tail of DuckDB's WAL) gets the missing changes replayed from
-//! the journal before the writer hands out any sequence number, so a `seq` is never
-//! given to two different changes.
+//! **Catch-up** ([`catch_up`]): a file that opens but ends below the journal and the
+//! local log (a disk that lost the flushed tail of DuckDB's WAL, and the log with it)
+//! gets the missing changes replayed from the journal before the writer hands out any
+//! sequence number, so a `seq` is never given to two different changes.
 //!
-//! Both replay only what the journal proves complete (see [`crate::followers::journal::stream`]):
-//! the journal must be complete above the starting point (`journal:from <= seq`) and
-//! reach the last sequence known to exist (the quarantine marker's, the damaged file's,
-//! the journal's own). When that cannot be shown — Redis unreachable, restarted empty,
-//! trimmed past the snapshot — start-up stops with an error saying so, unless
+//! Both replay only what the witnesses prove complete: the local log holds every change
+//! in its span, and the journal (see [`crate::followers::journal::stream`]) every change
+//! above `journal:from`. Chained from the starting point, they must reach the last
+//! sequence known to exist (the quarantine marker's, the damaged file's, the journal's,
+//! the log's own). When that cannot be shown — no log, Redis unreachable, restarted
+//! empty, trimmed past the snapshot — start-up stops with an error saying so, unless
 //! `recovery.accept_data_loss` is set; then the store comes up and the report
 //! (`complete: false`, `warning`) says what may be missing.
 
@@ -33,8 +37,8 @@ use crate::followers::journal::{
     stream::{self, Keys, Meta, Replay},
 };
 use crate::store::db::{self, Failure};
-use crate::store::migrations;
 use crate::store::model::{Trade, now_micros};
+use crate::store::{log, migrations};
 
 /// Why start-up rebuilds the file.
 struct Cause {
@@ -50,13 +54,34 @@ struct Cause {
 
 const MISSING: &str = "missing";
 
-/// What the journal can testify, or why it cannot.
-type Witness<T> = std::result::Result<T, String>;
+/// What a witness can testify, or why it cannot.
+pub type Witness<T> = std::result::Result<T, String>;
+
+/// The changes a witness holds: every `seq` above `after`, up to and including `to`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    after: i64,
+    to: i64,
+}
+
+/// What the local commit log in `dir` holds, read without changing it.
+pub fn local_log(dir: &Path) -> Witness<Option<Span>> {
+    if !dir.exists() {
+        return Ok(None);
+    }
+    let report = log::verify(dir).map_err(|e| e.to_string())?;
+    Ok(report.span().map(|(after, to)| Span { after: after as i64, to: to as i64 }))
+}
 
 /// Rebuilds `cfg.database_path()` when it is missing (and something to recover from
 /// exists), cannot be opened, was quarantined, or — with `integrity.on_failure:
 /// recover` — fails the block scan at start; otherwise does nothing.
-pub async fn run(cfg: &Config, backups: &Backups, redis: Option<&redis::Client>) -> Result<Option<RecoveryReport>> {
+pub async fn run(
+    cfg: &Config,
+    backups: &Backups,
+    redis: Option<&redis::Client>,
+    local: &Witness<Option<Span>>,
+) -> Result<Option<RecoveryReport>> {
     let path = cfg.database_path();
     let scratch = path.with_extension("duckdb.recovering");
     remove_file_and_wal(&scratch)?; // left by an interrupted rebuild: derived data
@@ -64,13 +89,15 @@ pub async fn run(cfg: &Config, backups: &Backups, redis: Option<&redis::Client>)
     let mut journal = redis.map(|c| Replay::connect(c, Keys::new(&cfg.redis.key_prefix), cfg.recovery.journal_wait));
     let meta = read_meta(&mut journal);
     let restored = backups.restore_newest(&scratch).await?;
-    let nothing_anywhere = restored.is_none() && (redis.is_none() || matches!(meta, Ok(None)));
+    let span = local.clone().ok().flatten();
+    let nothing_anywhere = restored.is_none() && span.is_none() && (redis.is_none() || matches!(meta, Ok(None)));
     if cause.reason == MISSING && nothing_anywhere {
         remove_file_and_wal(&scratch)?;
-        return Ok(None); // a new store: no snapshot, and no journal to speak of
+        return Ok(None); // a new store: no snapshot, no log, and no journal to speak of
     }
     let base = restored.as_ref().map_or(0, |m| m.seq);
-    let target = cause.known_seq.into_iter().chain(meta.clone().ok().flatten().map(|m| m.seq)).max();
+    let journaled = meta.clone().ok().flatten().map(|m| m.seq);
+    let target = cause.known_seq.into_iter().chain(journaled).chain(span.map(|s| s.to)).max();
     let mut report = RecoveryReport {
         reason: cause.reason.clone(),
         snapshot: restored.as_ref().map(|m| m.id.clone()),
@@ -78,7 +105,7 @@ pub async fn run(cfg: &Config, backups: &Backups, redis: Option<&redis::Client>)
         target_seq: target,
         ..Default::default()
     };
-    if let Err(why) = prove(base, target, &meta) {
+    if let Err(why) = prove(base, target, local, &meta) {
         if !cfg.recovery.accept_data_loss {
             remove_file_and_wal(&scratch)?;
             if cause.keep_file_if_unproven {
@@ -96,16 +123,26 @@ pub async fn run(cfg: &Config, backups: &Backups, redis: Option<&redis::Client>)
     }
     let conn = db::open(&scratch, &cfg.duckdb)?;
     migrations::up(&conn, migrations::embedded(), None)?;
-    if let Some(Ok(j)) = journal.as_mut() {
+    let log_suffices = target.is_some_and(|t| reach(base, span.as_slice()) >= t);
+    if let (false, Some(Ok(j))) = (log_suffices, journal.as_mut()) {
         report.replayed = replay(&conn, j, base)?;
     }
     report.seq = max_seq(&conn)?;
     conn.execute_batch("CHECKPOINT")?;
     drop(conn);
-    report.complete = report.warning.is_none() && target.is_some_and(|t| report.seq >= t);
     install(&scratch, &path, cause.file_exists)?;
-    tracing::warn!(?report, "recovered the database");
+    tracing::warn!(?report, "rebuilt the database file; the commit log replays next");
     Ok(Some(report))
+}
+
+/// Completes a report once the commit log has replayed `log_replayed` changes into
+/// the recovered store, which now ends at `seq`.
+pub fn finish(mut report: RecoveryReport, log_replayed: u64, seq: i64) -> RecoveryReport {
+    report.log_replayed = log_replayed;
+    report.seq = seq;
+    report.complete = report.warning.is_none() && report.target_seq.is_some_and(|t| seq >= t);
+    tracing::warn!(?report, "recovered");
+    report
 }
 
 /// Replays the journal's changes above the store's last sequence into `conn` (the
@@ -115,6 +152,7 @@ pub fn catch_up(
     conn: &duckdb::Connection,
     cfg: &Config,
     redis: Option<&redis::Client>,
+    local: &Witness<Option<Span>>,
 ) -> Result<Option<RecoveryReport>> {
     let Some(client) = redis else { return Ok(None) };
     let marker = journal::diverged_marker(&cfg.database_path());
@@ -133,7 +171,9 @@ pub fn catch_up(
         }
     };
     let meta = journal.meta()?;
-    let Some(Meta { seq: ahead, .. }) = meta.filter(|m| m.seq > store) else { return Ok(None) };
+    // What the local log holds, it replays next, with every version's history.
+    let local_reach = reach(store, local.clone().ok().flatten().as_slice());
+    let Some(Meta { seq: ahead, .. }) = meta.filter(|m| m.seq > local_reach) else { return Ok(None) };
     let mut report = RecoveryReport {
         reason: format!("behind the journal: the file ends at seq {store}, the journal at {ahead}"),
         snapshot_seq: store,
@@ -141,7 +181,7 @@ pub fn catch_up(
         ..Default::default()
     };
     tracing::error!(store, journal = ahead, "the store lost committed changes the journal holds; replaying them");
-    if let Err(why) = prove(store, Some(ahead), &Ok(meta)) {
+    if let Err(why) = prove(store, Some(ahead), local, &Ok(meta)) {
         if !cfg.recovery.accept_data_loss {
             return Err(Error::Recovery(format!(
                 "{}; the journal cannot replay them all: {why}. Set recovery.accept_data_loss: true to come up with \
@@ -202,9 +242,47 @@ fn read_meta(journal: &mut Option<Result<Replay>>) -> Witness<Option<Meta>> {
     }
 }
 
-/// Ok when the journal provably holds every change above `base` up to `target` (the
-/// highest sequence known to exist; `None`: only the journal can say).
-fn prove(base: i64, target: Option<i64>, meta: &Witness<Option<Meta>>) -> Witness<()> {
+/// How far from `base` the witnesses' spans, chained, hold every change.
+fn reach(base: i64, spans: &[Span]) -> i64 {
+    let mut reach = base;
+    loop {
+        let next = spans.iter().filter(|s| s.after <= reach).map(|s| s.to).fold(reach, i64::max);
+        if next == reach {
+            return reach;
+        }
+        reach = next;
+    }
+}
+
+fn journal_span(meta: &Witness<Option<Meta>>) -> Option<Span> {
+    match meta {
+        Ok(Some(Meta { from: Some(from), seq })) => Some(Span { after: *from, to: *seq }),
+        _ => None,
+    }
+}
+
+/// Ok when the local log and the journal, chained, provably hold every change above
+/// `base` up to `target` (the highest sequence known to exist; `None`: nothing says).
+fn prove(base: i64, target: Option<i64>, local: &Witness<Option<Span>>, meta: &Witness<Option<Meta>>) -> Witness<()> {
+    let span = local.clone().ok().flatten();
+    let spans: Vec<Span> = span.into_iter().chain(journal_span(meta)).collect();
+    // Without a log, the journal's own rules decide (an emptied Redis proves nothing).
+    if span.is_some() && target.is_some_and(|t| reach(base, &spans) >= t) {
+        return Ok(());
+    }
+    let from_log = reach(base, span.as_slice());
+    prove_by_journal(from_log, target, meta).map_err(|why| match local {
+        Err(e) => format!("{why}; the local commit log is unreadable ({e})"),
+        Ok(None) => format!("{why}; there is no local commit log"),
+        Ok(Some(s)) if s.after > base => {
+            format!("{why}; the local commit log holds only seq {} to {}", s.after + 1, s.to)
+        }
+        Ok(Some(_)) => why,
+    })
+}
+
+/// Ok when the journal provably holds every change above `base` up to `target`.
+fn prove_by_journal(base: i64, target: Option<i64>, meta: &Witness<Option<Meta>>) -> Witness<()> {
     let known_covered = target.is_some_and(|t| t <= base);
     match meta {
         Err(_) if known_covered => Ok(()),
@@ -312,15 +390,50 @@ mod tests {
         Ok(Some(Meta { from, seq }))
     }
 
+    const NO_LOG: Witness<Option<Span>> = Ok(None);
+
+    fn log(after: i64, to: i64) -> Witness<Option<Span>> {
+        Ok(Some(Span { after, to }))
+    }
+
     #[test]
     fn completeness_needs_a_journal_from_the_starting_point_to_the_last_known_change() {
-        assert_eq!(prove(50, Some(80), &meta(Some(40), 80)), Ok(()));
-        assert_eq!(prove(50, None, &meta(Some(50), 90)), Ok(()), "the journal is the only witness");
-        assert!(prove(50, Some(80), &meta(Some(51), 80)).unwrap_err().contains("only above seq 51"));
-        assert!(prove(50, Some(90), &meta(Some(0), 80)).unwrap_err().contains("ends at seq 80"));
-        assert!(prove(50, Some(80), &meta(None, 80)).unwrap_err().contains("journal:from"));
-        assert!(prove(50, Some(50), &Ok(None)).is_err(), "an empty Redis proves nothing");
-        assert!(prove(50, None, &Err("unreachable".into())).is_err(), "nothing known: nothing proven");
-        assert_eq!(prove(80, Some(80), &Err("unreachable".into())), Ok(()), "the evidence ends at the snapshot");
+        assert_eq!(prove(50, Some(80), &NO_LOG, &meta(Some(40), 80)), Ok(()));
+        assert!(prove(50, Some(80), &NO_LOG, &meta(Some(51), 80)).unwrap_err().contains("only above seq 51"));
+        assert!(prove(50, Some(90), &NO_LOG, &meta(Some(0), 80)).unwrap_err().contains("ends at seq 80"));
+        assert!(prove(50, Some(80), &NO_LOG, &meta(None, 80)).unwrap_err().contains("journal:from"));
+        assert!(prove(50, Some(50), &NO_LOG, &Ok(None)).is_err(), "an empty Redis proves nothing");
+        assert!(prove(50, None, &NO_LOG, &Err("unreachable".into())).is_err(), "nothing known: nothing proven");
+        let err = prove(50, Some(80), &NO_LOG, &Err("unreachable".into())).unwrap_err();
+        assert!(err.contains("unreachable") && err.contains("no local commit log"), "{err}");
+        assert_eq!(prove(80, Some(80), &NO_LOG, &Err("unreachable".into())), Ok(()), "the evidence ends at the base");
+    }
+
+    #[test]
+    fn the_local_log_proves_alone_or_chained_with_the_journal() {
+        let no_redis: Witness<Option<Meta>> = Err("no journal is configured".into());
+        assert_eq!(prove(50, Some(90), &log(30, 90), &no_redis), Ok(()), "the log holds all after the snapshot");
+        assert_eq!(prove(0, Some(90), &log(0, 90), &no_redis), Ok(()), "an untrimmed log without a snapshot");
+        let err = prove(50, Some(90), &log(60, 90), &no_redis).unwrap_err();
+        assert!(err.contains("holds only seq 61 to 90"), "a gap between the snapshot and the log: {err}");
+        assert_eq!(prove(50, Some(90), &log(60, 90), &meta(Some(40), 70)), Ok(()), "the journal bridges the gap");
+        assert_eq!(
+            prove(50, Some(120), &log(40, 90), &meta(Some(80), 120)),
+            Ok(()),
+            "the journal goes on after the log"
+        );
+        let err = prove(50, Some(120), &log(40, 90), &meta(Some(95), 120)).unwrap_err();
+        assert!(err.contains("only above seq 95"), "{err}");
+        let err = prove(50, Some(90), &Err("corrupt at offset 7".into()), &no_redis).unwrap_err();
+        assert!(err.contains("corrupt at offset 7") && err.contains("no journal"), "{err}");
+    }
+
+    #[test]
+    fn reach_follows_spans_in_any_order_and_stops_at_a_gap() {
+        let s = |after, to| Span { after, to };
+        assert_eq!(reach(10, &[]), 10);
+        assert_eq!(reach(10, &[s(30, 50), s(5, 30)]), 50);
+        assert_eq!(reach(10, &[s(11, 50)]), 10, "seq 11 is in neither");
+        assert_eq!(reach(60, &[s(5, 30)]), 60, "a span behind the base adds nothing");
     }
 }

@@ -45,11 +45,6 @@ pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_sidecar")
 }
 
-/// Spawns the binary without waiting for readiness.
-pub fn spawn(dir: &Path, port: u16, env: &[(&str, &str)]) -> Child {
-    command(dir, port, env).spawn().expect("spawn sidecar")
-}
-
 /// The sidecar command on `dir`, listening on `port`, logging to `dir/sidecar.log`.
 fn command(dir: &Path, port: u16, env: &[(&str, &str)]) -> Command {
     command_of(Path::new(binary()), dir, port, env)
@@ -95,10 +90,19 @@ impl Sidecar {
                 }
             });
         }
-        let child = cmd.spawn().expect("spawn sidecar");
-        let mut s = Sidecar { child, base: format!("http://127.0.0.1:{port}"), dir: dir.to_path_buf(), port };
+        let mut s = Self::spawned(cmd, dir, port);
         s.wait_ready().await;
         s
+    }
+
+    /// Spawns the sidecar without waiting for readiness (a start that must fail).
+    pub fn spawn_on(dir: &Path, port: u16, env: &[(&str, &str)]) -> Sidecar {
+        Self::spawned(command(dir, port, env), dir, port)
+    }
+
+    fn spawned(mut cmd: Command, dir: &Path, port: u16) -> Sidecar {
+        let child = cmd.spawn().expect("spawn sidecar");
+        Sidecar { child, base: format!("http://127.0.0.1:{port}"), dir: dir.to_path_buf(), port }
     }
 
     pub async fn start_on(dir: &Path, port: u16, env: &[(&str, &str)]) -> Sidecar {
@@ -107,8 +111,7 @@ impl Sidecar {
 
     /// Starts the build at `bin` instead of this one (A/B benchmarks).
     pub async fn start_of(bin: &Path, dir: &Path, port: u16, env: &[(&str, &str)]) -> Sidecar {
-        let child = command_of(bin, dir, port, env).spawn().expect("spawn sidecar");
-        let mut s = Sidecar { child, base: format!("http://127.0.0.1:{port}"), dir: dir.to_path_buf(), port };
+        let mut s = Self::spawned(command_of(bin, dir, port, env), dir, port);
         s.wait_ready().await;
         s
     }
@@ -233,6 +236,11 @@ pub async fn wait_exit(s: &mut Sidecar) -> ExitStatus {
         assert!(Instant::now() < deadline, "the sidecar did not stop; log:\n{}", s.log());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The commit log is gone (it lived on a volume that was lost).
+pub fn lose_commit_log(dir: &Path) {
+    std::fs::remove_dir_all(dir.join("data").join("log")).unwrap();
 }
 
 /// Posts one trade per id, each acknowledged with 201.

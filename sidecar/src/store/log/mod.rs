@@ -358,6 +358,16 @@ pub struct Report {
     pub last_seq: Option<u64>,
 }
 
+impl Report {
+    /// The changes the log holds, as `(after, to)`: every `seq` above `after` up to
+    /// `to`; none without a segment. A log with no record still says how far the store
+    /// had come: a segment is named after the `seq` that follows the last one written.
+    pub fn span(&self) -> Option<(u64, u64)> {
+        let (first, last) = (self.segments.first()?, self.segments.last()?);
+        Some((first.first_seq - 1, self.last_seq.unwrap_or(last.first_seq - 1)))
+    }
+}
+
 /// Checks the log in `dir` without changing it: every group's checksum and format,
 /// and that `seq`s run on without a gap.
 pub fn verify(dir: &Path) -> Result<Report> {

@@ -192,3 +192,23 @@ fn a_group_larger_than_a_segment_is_refused_and_nothing_is_written() {
     write_groups(&mut log, &[1]);
     assert_eq!(read_all(&log, 1).len(), 1);
 }
+
+#[test]
+fn the_span_says_what_the_log_holds_and_how_far_an_emptied_log_had_come() {
+    let dir = tempfile::tempdir().unwrap();
+    let Opened { mut log, .. } = CommitLog::open(dir.path(), SEG, 0).unwrap();
+    assert_eq!(verify(dir.path()).unwrap().span(), Some((0, 0)), "a new log: nothing yet");
+    write_groups(&mut log, &[5, 17, 30, 9, 30]);
+    assert_eq!(verify(dir.path()).unwrap().span(), Some((0, 91)));
+    log.remove_through(40).unwrap();
+    let (after, to) = verify(dir.path()).unwrap().span().unwrap();
+    assert!(after > 0 && after <= 40 && to == 91, "trimmed to ({after}, {to}]");
+    drop(log);
+
+    // DuckDB is past everything the log held: it restarts empty after seq 100.
+    let Opened { log, .. } = CommitLog::open(dir.path(), SEG, 100).unwrap();
+    drop(log);
+    assert_eq!(verify(dir.path()).unwrap().span(), Some((100, 100)), "an empty log still says seq 100 existed");
+    let empty = tempfile::tempdir().unwrap();
+    assert_eq!(verify(empty.path()).unwrap().span(), None);
+}
