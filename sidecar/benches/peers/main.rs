@@ -8,7 +8,10 @@
 //! `TRADESTORE_X` (to compare settings); `BENCH_SMOKE=1` runs 1 s phases at 1 and 16
 //! clients and checks correctness only: no request failed, and the store holds every
 //! acknowledged trade and at most the requests in flight when a phase ended besides
-//! (CI runs this; figures from it mean nothing).
+//! (CI runs this; figures from it mean nothing). A second table holds the write path
+//! past single trades ([`write_path`]): batches against the raw Appender, the apply
+//! lag at half the best rate, the replay after a SIGKILL with a full backlog, and the
+//! id index's memory per trade.
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
@@ -16,6 +19,7 @@ mod load;
 #[path = "../measure/mod.rs"]
 mod measure;
 mod postgres;
+mod write_path;
 mod wrk;
 
 use std::fmt::Write;
@@ -94,10 +98,17 @@ async fn main() {
     }
     let busiest = *counts.last().unwrap();
     let ceiling = wrk::run(&s.url("/healthz"), TOKEN, busiest, secs.min(3.0), false, "probe").measured;
+    let batches = write_path::batches(&s, 4, secs, "batch").await;
+    let best = steps.iter().map(|s| s.sidecar.ops_per_sec()).fold(0.0, f64::max);
+    let lag = write_path::apply_lag(&s, best / 2.0, secs).await;
+    acknowledged += batches.acknowledged + lag.sent;
     let status: serde_json::Value = client().get(s.url("/v1/status")).send().await.unwrap().json().await.unwrap();
     let rows = status["trade_rows"].as_u64().unwrap();
+    let index_bytes = write_path::metric(&s, "writer_index_bytes").await;
     let rss = rss_mib(s.child.id());
     drop(s);
+    let killed = tempfile::tempdir().unwrap();
+    let restart = write_path::kill_with_full_backlog(killed.path(), if smoke { 20_000 } else { 400_000 }).await;
 
     let raw = raw_db(dir.path(), "raw", None);
     let raw_single = insert_phase(&raw, secs.min(3.0), Money::Decimal);
@@ -117,6 +128,29 @@ async fn main() {
         appender.ops_per_sec
     );
     println!("sidecar RSS at the end: {rss:.0} MiB with {rows} trades; PostgreSQL table: {pg_rows} rows");
+    let per_trade = index_bytes / rows as f64;
+    println!(
+        "\n| write path | measured | target |\n|---|---:|---|\n\
+         | batch endpoint ({} trades per request, 4 clients) | {:.0} trades/s = {:.2}× the raw Appender ({:.0} rows/s); {} batches refused (503) | ≥ 0.70× |\n\
+         | apply lag at half the best single-trade rate ({:.0} trades/s) | p50 ≤ {} ms, p99 ≤ {} ms (histogram buckets) | p99 ≤ 50 ms |\n\
+         | start-up replay after SIGKILL with {} changes not yet in DuckDB | {:.0} changes in {:.3} s = {:.0} changes/s | ≥ 200,000/s |\n\
+         | SIGKILL with that backlog → ready | {:.2} s | ≤ 2 s |\n\
+         | id index (the writer's view of every trade) | {per_trade:.1} bytes/trade = {:.1} MiB per million trades | ≤ 48 bytes/trade |",
+        write_path::BATCH,
+        batches.trades_per_sec,
+        batches.trades_per_sec / appender.ops_per_sec,
+        appender.ops_per_sec,
+        batches.refused,
+        lag.rate,
+        lag.p50_ms,
+        lag.p99_ms,
+        restart.backlog,
+        restart.replayed,
+        restart.replay_secs,
+        restart.replayed / restart.replay_secs,
+        restart.ready.as_secs_f64(),
+        per_trade * 1e6 / (1024.0 * 1024.0),
+    );
     println!("{secs} s per phase; CPU = the machine's busy time during a phase minus the load generator's");
     assert_eq!(failed, 0, "requests failed: the figures are not valid");
     // A request in flight when wrk stops is stored but never acknowledged: at most one

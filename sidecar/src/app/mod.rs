@@ -65,8 +65,16 @@ pub(crate) struct App {
 struct Opened {
     conn: duckdb::Connection,
     log: CommitLog,
+    /// What the start-up replay of the log did.
+    replay: Replay,
     schema_version: i64,
     recovery: Option<RecoveryReport>,
+}
+
+/// Changes the log replayed into DuckDB at start, and how long that took.
+struct Replay {
+    changes: u64,
+    took: std::time::Duration,
 }
 
 /// The followers, built but not started (they start once the [`App`] exists).
@@ -90,7 +98,9 @@ impl App {
         backups.refresh().await;
         let redis =
             cfg.redis.url.as_deref().map(|url| journal::stream::client(url, cfg.redis_password(env)?)).transpose()?;
-        let Opened { conn, log, schema_version, recovery } = open(&cfg, &backups, redis.as_ref()).await?;
+        let Opened { conn, log, replay, schema_version, recovery } = open(&cfg, &backups, redis.as_ref()).await?;
+        metrics.log_replayed.set(replay.changes as i64);
+        metrics.log_replay_seconds.set(replay.took.as_secs_f64());
         let state = Arc::new(RwLock::new(load_hot_state(&conn, cfg.writer.recent_trades)?));
         let health = Arc::new(Health::new(cfg.lifecycle.liveness_deadline));
         health.beat();
@@ -220,10 +230,10 @@ async fn open(cfg: &Config, backups: &Backups, redis: Option<&redis::Client>) ->
     // Before the writer hands out sequence numbers: a store below its journal
     // must take the journal's changes first, or it would reuse their numbers.
     let caught_up = recovery::catch_up(&conn, cfg, redis, &local)?;
-    let (log, replayed) = open_commit_log(&conn, cfg)?;
+    let (log, replay) = open_commit_log(&conn, cfg)?;
     let seq = applier::applied_seq(&conn)? as i64;
-    let recovery = rebuilt.or(caught_up).map(|report| recovery::finish(report, replayed, seq));
-    Ok(Opened { conn, log, schema_version, recovery })
+    let recovery = rebuilt.or(caught_up).map(|report| recovery::finish(report, replay.changes, seq));
+    Ok(Opened { conn, log, replay, schema_version, recovery })
 }
 
 /// Opens the commit log and brings DuckDB up to date with it. Journal-based recovery
@@ -231,7 +241,7 @@ async fn open(cfg: &Config, backups: &Backups, redis: Option<&redis::Client>) ->
 /// the newest `seq` the table holds (a no-op otherwise: the applier keeps them equal);
 /// the log then replays what DuckDB lacks, or starts after it when it holds nothing
 /// newer (a log lost with its volume, or a store older than the log).
-fn open_commit_log(conn: &duckdb::Connection, cfg: &Config) -> Result<(CommitLog, u64)> {
+fn open_commit_log(conn: &duckdb::Connection, cfg: &Config) -> Result<(CommitLog, Replay)> {
     conn.execute_batch(
         "UPDATE log_state SET applied_seq = greatest(applied_seq, (SELECT coalesce(max(seq), 0) FROM trades))",
     )?;
@@ -241,9 +251,12 @@ fn open_commit_log(conn: &duckdb::Connection, cfg: &Config) -> Result<(CommitLog
     if let Some(t) = &opened.torn {
         tracing::warn!(segment = %t.segment.display(), offset = t.offset, reason = %t.reason, "commit log: cut off a torn end");
     }
-    let replayed = applier::replay(conn, &opened.log)?;
-    if replayed > 0 {
-        tracing::info!(replayed, from = applied + 1, "commit log replayed into DuckDB");
+    let start = std::time::Instant::now();
+    let changes = applier::replay(conn, &opened.log)?;
+    let took = start.elapsed();
+    if changes > 0 {
+        let ms = took.as_millis() as u64;
+        tracing::info!(replayed = changes, from = applied + 1, ms, "commit log replayed into DuckDB");
     }
-    Ok((opened.log, replayed))
+    Ok((opened.log, Replay { changes, took }))
 }

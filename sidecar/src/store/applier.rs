@@ -33,8 +33,8 @@ const MAX_RUN: usize = 50_000;
 
 /// What the writer hands the applier.
 pub enum Job {
-    /// Acknowledged changes, in `seq` order.
-    Changes(Vec<(u64, Change)>),
+    /// Acknowledged changes, in `seq` order, and when they were acknowledged.
+    Changes { changes: Vec<(u64, Change)>, acked: Instant },
     /// A follower's watermark: applied with the next transaction, answered after it
     /// (the follower takes the answer as "durable").
     Watermark { sink: String, seq: i64, reply: oneshot::Sender<Result<Vec<Trade>>> },
@@ -338,11 +338,14 @@ impl Applier {
     /// Applies one run, retrying while it fails (readiness says so and the writer
     /// acknowledges nothing meanwhile); false when DuckDB invalidated the database.
     fn apply_jobs(&mut self, jobs: Vec<Job>) -> bool {
-        let mut changes = Vec::new();
+        let (mut changes, mut acked) = (Vec::new(), Vec::new());
         let (mut watermarks, mut replies) = (Vec::new(), Vec::new());
         for job in jobs {
             match job {
-                Job::Changes(c) => changes.extend(c),
+                Job::Changes { changes: c, acked: at } => {
+                    changes.extend(c);
+                    acked.push(at);
+                }
                 Job::Watermark { sink, seq, reply } => {
                     watermarks.push((sink, seq));
                     replies.push(reply);
@@ -372,6 +375,9 @@ impl Applier {
         }
         self.health.set_apply(None);
         self.after_apply(&changes, start);
+        for at in acked {
+            self.metrics.apply_lag.observe(at.elapsed().as_secs_f64());
+        }
         for reply in replies {
             let _ = reply.send(Ok(vec![]));
         }
@@ -471,7 +477,7 @@ fn gather(first: Job, rx: &Receiver<Job>, delay: Duration) -> Vec<Job> {
 
 fn job_len(job: &Job) -> usize {
     match job {
-        Job::Changes(c) => c.len(),
+        Job::Changes { changes, .. } => changes.len(),
         Job::Watermark { .. } => 1,
     }
 }
@@ -483,13 +489,14 @@ mod tests {
     use crate::store::model::Status;
 
     fn changes(seq: u64) -> Job {
-        Job::Changes(vec![(seq, Change::Insert(trade("a", 1, seq as i64, Status::Filled)))])
+        let changes = vec![(seq, Change::Insert(trade("a", 1, seq as i64, Status::Filled)))];
+        Job::Changes { changes, acked: Instant::now() }
     }
 
     fn seqs(jobs: &[Job]) -> Vec<u64> {
         jobs.iter()
             .flat_map(|j| match j {
-                Job::Changes(c) => c.iter().map(|(s, _)| *s).collect(),
+                Job::Changes { changes, .. } => changes.iter().map(|(s, _)| *s).collect(),
                 Job::Watermark { .. } => vec![],
             })
             .collect()

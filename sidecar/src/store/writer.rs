@@ -365,7 +365,8 @@ impl Writer {
         self.metrics.batch_requests.observe(batch.len() as f64);
         self.after_ack(&planned);
         if !changes.is_empty() {
-            self.to_applier(Job::Changes(changes.into_iter().map(|c| (c.trade().seq as u64, c)).collect()));
+            let changes = changes.into_iter().map(|c| (c.trade().seq as u64, c)).collect();
+            self.to_applier(Job::Changes { changes, acked: Instant::now() });
         }
         for (req, p) in batch.into_iter().zip(planned) {
             match p.watermark {

@@ -2,7 +2,8 @@
 
 use prometheus::core::Collector;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 /// Every metric the sidecar exports.
@@ -24,6 +25,11 @@ pub struct Metrics {
     pub commit_duration: Histogram,
     /// Time of one DuckDB transaction of the applier.
     pub apply_duration: Histogram,
+    /// From a group's acknowledgement to DuckDB holding it.
+    pub apply_lag: Histogram,
+    /// Changes the commit log replayed into DuckDB at start, and how long that took.
+    pub log_replayed: IntGauge,
+    pub log_replay_seconds: Gauge,
     /// The last commit-log `seq` DuckDB holds.
     pub applied_seq: IntGauge,
     /// Acknowledged changes not yet in DuckDB.
@@ -98,6 +104,10 @@ impl Registrar<'_> {
         self.add(IntGauge::new(name, help))
     }
 
+    fn float_gauge(&self, name: &str, help: &str) -> Gauge {
+        self.add(Gauge::new(name, help))
+    }
+
     fn counter_vec(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
         self.add(IntCounterVec::new(Opts::new(name, help), labels))
     }
@@ -156,6 +166,13 @@ impl Metrics {
                 "One DuckDB transaction applying the commit log",
                 LATENCY_BUCKETS,
             ),
+            apply_lag: r.histogram(
+                "applier_lag_seconds",
+                "From a commit-log group's acknowledgement until DuckDB holds it (one observation per group)",
+                &[0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0],
+            ),
+            log_replayed: r.gauge("log_replayed_changes", "Changes the commit log replayed into DuckDB at start"),
+            log_replay_seconds: r.float_gauge("log_replay_seconds", "Time the start-up replay of the commit log took"),
             applied_seq: r.gauge("applier_applied_seq", "Last commit-log seq DuckDB holds"),
             apply_backlog: r.gauge("applier_backlog", "Acknowledged changes not yet in DuckDB"),
             log_segments: r.gauge("log_segments", "Commit-log segments on disk"),

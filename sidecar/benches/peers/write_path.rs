@@ -1,0 +1,176 @@
+//! The write path past single-trade requests: batches against the raw Appender
+//! ceiling, the applier's lag under a paced load, and a SIGKILL with a full apply
+//! backlog — how fast the commit log replays and how soon the store is ready again.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio::time::MissedTickBehavior;
+
+use crate::common::{Sidecar, TOKEN, client, free_port, trade_for};
+
+/// Trades per batch request.
+pub const BATCH: usize = 1_000;
+
+/// What a batch load did: trades acknowledged per second, and the batches refused
+/// with 503 (back-pressure: the apply backlog was full), which are retried.
+pub struct Batches {
+    pub trades_per_sec: f64,
+    pub acknowledged: u64,
+    pub refused: u64,
+}
+
+/// `clients` loops posting batches of [`BATCH`] trades tagged `phase` for `secs`.
+pub async fn batches(s: &Sidecar, clients: usize, secs: f64, phase: &str) -> Batches {
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(secs);
+    let tasks: Vec<_> = (0..clients)
+        .map(|w| {
+            let (c, url, phase) = (client(), s.url("/v1/trades/batch"), phase.to_string());
+            tokio::spawn(async move {
+                let (mut acked, mut refused) = (0, 0);
+                for n in 0.. {
+                    if Instant::now() >= end {
+                        break;
+                    }
+                    let trades: Vec<Value> = (0..BATCH).map(|k| trade_for(&format!("{phase}-{w}-{n}-{k}"))).collect();
+                    if post_batch(&c, &url, &trades).await {
+                        acked += BATCH as u64;
+                    } else {
+                        refused += 1;
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+                (acked, refused)
+            })
+        })
+        .collect();
+    let (mut acknowledged, mut refused) = (0, 0);
+    for t in tasks {
+        let (a, r) = t.await.unwrap();
+        (acknowledged, refused) = (acknowledged + a, refused + r);
+    }
+    Batches { trades_per_sec: acknowledged as f64 / start.elapsed().as_secs_f64(), acknowledged, refused }
+}
+
+/// True when the batch was stored (201), false when refused for back-pressure (503);
+/// anything else fails the bench.
+async fn post_batch(c: &reqwest::Client, url: &str, trades: &[Value]) -> bool {
+    let r = c.post(url).json(&json!({ "trades": trades })).send().await.unwrap();
+    match r.status().as_u16() {
+        201 => true,
+        503 => false,
+        code => panic!("batch answered {code}: {}", r.text().await.unwrap_or_default()),
+    }
+}
+
+/// The applier's lag (acknowledgement to DuckDB), by the upper bounds of the
+/// `applier_lag_seconds` buckets its median and 99th percentile fall in.
+pub struct Lag {
+    pub sent: u64,
+    pub rate: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+/// Trades posted one per request at `rate` per second for `secs` (16 paced loops);
+/// the lag is what the histogram gained meanwhile.
+pub async fn apply_lag(s: &Sidecar, rate: f64, secs: f64) -> Lag {
+    const LOOPS: usize = 16;
+    let before = lag_buckets(s).await;
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..LOOPS)
+        .map(|w| {
+            let (c, url) = (client(), s.url("/v1/trades"));
+            let period = Duration::from_secs_f64(LOOPS as f64 / rate);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(period);
+                tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                let mut sent = 0u64;
+                while start.elapsed().as_secs_f64() < secs {
+                    tick.tick().await;
+                    let r = c.post(&url).json(&trade_for(&format!("lag-{w}-{sent}"))).send().await.unwrap();
+                    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
+                    sent += 1;
+                }
+                sent
+            })
+        })
+        .collect();
+    let mut sent = 0;
+    for t in tasks {
+        sent += t.await.unwrap();
+    }
+    let achieved = sent as f64 / start.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_millis(200)).await; // the last transaction lands
+    let gained: Vec<(f64, f64)> =
+        lag_buckets(s).await.iter().zip(&before).map(|((le, now), (_, then))| (*le, now - then)).collect();
+    Lag { sent, rate: achieved, p50_ms: quantile(&gained, 0.5) * 1e3, p99_ms: quantile(&gained, 0.99) * 1e3 }
+}
+
+/// The cumulative `(le, count)` buckets of the applier lag histogram.
+async fn lag_buckets(s: &Sidecar) -> Vec<(f64, f64)> {
+    let text = metrics(s).await;
+    text.lines()
+        .filter_map(|l| l.strip_prefix("tradestore_applier_lag_seconds_bucket{le=\""))
+        .filter_map(|l| {
+            let (le, count) = l.split_once("\"} ")?;
+            Some((le.parse().unwrap_or(f64::INFINITY), count.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// The upper bound of the first cumulative bucket holding a `q` share of the total.
+fn quantile(buckets: &[(f64, f64)], q: f64) -> f64 {
+    let total = buckets.last().map_or(0.0, |b| b.1);
+    buckets.iter().find(|(_, n)| *n >= q * total && total > 0.0).map_or(f64::NAN, |b| b.0)
+}
+
+async fn metrics(s: &Sidecar) -> String {
+    let r = client().get(s.url("/metrics")).bearer_auth(TOKEN).send().await.unwrap();
+    r.text().await.unwrap()
+}
+
+/// One value of the sidecar's metrics (`tradestore_<name>`).
+pub async fn metric(s: &Sidecar, name: &str) -> f64 {
+    let text = metrics(s).await;
+    let prefix = format!("tradestore_{name} ");
+    text.lines().find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok()).unwrap_or(f64::NAN)
+}
+
+/// What a SIGKILL with a full backlog cost: the changes DuckDB lacked at the kill,
+/// the start-up replay of them, and the time from the restart to ready.
+pub struct Restart {
+    pub backlog: i64,
+    pub replayed: f64,
+    pub replay_secs: f64,
+    pub ready: Duration,
+}
+
+/// A store in `dir` whose applier gathers for the longest delay allowed takes batches
+/// until its backlog is full (a 503) or `limit` trades, is killed, and restarts.
+/// Every acknowledged trade must be there after the restart.
+pub async fn kill_with_full_backlog(dir: &Path, limit: u64) -> Restart {
+    let port = free_port();
+    let mut s = Sidecar::start_on(dir, port, &[("TRADESTORE_WRITER__APPLY_DELAY", "1s")]).await;
+    let (c, url) = (client(), s.url("/v1/trades/batch"));
+    let mut acked = 0;
+    while acked < limit {
+        let trades: Vec<Value> = (0..BATCH).map(|k| trade_for(&format!("kill-{acked}-{k}"))).collect();
+        if !post_batch(&c, &url, &trades).await {
+            break; // the backlog is full
+        }
+        acked += BATCH as u64;
+    }
+    let st: Value = c.get(s.url("/v1/status")).send().await.unwrap().json().await.unwrap();
+    let backlog = st["last_seq"].as_i64().unwrap() - st["applied_seq"].as_i64().unwrap();
+    s.kill();
+    let restarted = Instant::now();
+    let s = Sidecar::start_on(dir, port, &[]).await;
+    let ready = restarted.elapsed();
+    let st: Value = c.get(s.url("/v1/status")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(st["last_seq"].as_u64(), Some(acked), "every acknowledged trade after the kill: {st}");
+    let (replayed, replay_secs) = (metric(&s, "log_replayed_changes").await, metric(&s, "log_replay_seconds").await);
+    Restart { backlog, replayed, replay_secs, ready }
+}
