@@ -17,6 +17,8 @@ pub struct Status {
     /// Sequence of the last change DuckDB holds (queries and followers see up to here).
     #[serde(default)]
     pub applied_seq: i64,
+    /// The commit log.
+    pub commit_log: LogStatus,
     /// Rows in the trades table.
     pub trade_rows: i64,
     /// WAL size in bytes.
@@ -41,6 +43,20 @@ pub struct Status {
     pub recovery: Option<RecoveryReport>,
     /// The last integrity check.
     pub integrity: CheckStatus,
+}
+
+/// What `/v1/status` reports about the commit log.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LogStatus {
+    /// Segment files on disk (the active one included).
+    pub segments: i64,
+    /// Acknowledged changes DuckDB does not hold yet (`last_seq - applied_seq`).
+    pub apply_backlog: i64,
+    /// Changes the log replayed into DuckDB when this process started, and the seconds
+    /// that took.
+    pub replayed_at_start: i64,
+    pub replay_seconds: f64,
 }
 
 /// The journal's condition.

@@ -156,6 +156,9 @@ async fn a_lost_or_damaged_file_comes_back_from_the_snapshot_and_the_local_log_a
     assert_eq!((rec["reason"].as_str(), rec["snapshot_seq"].as_i64()), (Some("missing"), Some(50)), "{st}");
     assert_eq!((rec["replayed"].as_i64(), rec["log_replayed"].as_i64()), (Some(0), Some(32)), "{st}");
     assert_eq!((rec["complete"].as_bool(), st["last_seq"].as_i64()), (Some(true), Some(82)), "{st}");
+    let log = &st["commit_log"];
+    assert_eq!((log["replayed_at_start"].as_i64(), log["apply_backlog"].as_i64()), (Some(32), Some(0)), "{st}");
+    assert!(log["segments"].as_i64() >= Some(1) && log["replay_seconds"].as_f64() > Some(0.0), "{st}");
     assert_eq!(trades(&s, &ids).await, before);
     let history: Value = c.get(s.url("/v1/trades/l1/history")).send().await.unwrap().json().await.unwrap();
     assert_eq!(history["versions"].as_array().map(Vec::len), Some(2), "both versions of l1: {history}");

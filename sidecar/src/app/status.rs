@@ -1,7 +1,7 @@
 //! The `/v1/status` document ([`tradestore_api::status::Status`]), gathered from the
 //! handles the store, its followers and its durability machinery keep.
 
-use tradestore_api::status::{JournalStatus, Status};
+use tradestore_api::status::{JournalStatus, LogStatus, Status};
 
 use super::App;
 use crate::store::db;
@@ -14,6 +14,12 @@ impl App {
             schema_version: self.schema_version,
             last_seq: self.metrics.last_seq.get(),
             applied_seq: self.metrics.applied_seq.get(),
+            commit_log: LogStatus {
+                segments: self.metrics.log_segments.get(),
+                apply_backlog: (self.metrics.last_seq.get() - self.metrics.applied_seq.get()).max(0),
+                replayed_at_start: self.metrics.log_replayed.get(),
+                replay_seconds: self.metrics.log_replay_seconds.get(),
+            },
             trade_rows: self.metrics.trade_rows.get(),
             wal_bytes: db::wal_size(&self.cfg.database_path()),
             last_checkpoint_unix: self.metrics.last_checkpoint.get(),

@@ -364,12 +364,7 @@ fn upsert(conn: &duckdb::Connection, trades: &[Trade]) -> Result<()> {
     }
     conn.execute_batch("CREATE OR REPLACE TEMP TABLE replay AS SELECT * FROM trades LIMIT 0; BEGIN TRANSACTION")?;
     let result = (|| {
-        let mut app = conn.appender("replay")?;
-        for t in newest.values() {
-            app.append_row(db::row_values(t))?;
-        }
-        app.flush()?;
-        drop(app);
+        db::append(conn, "replay", &newest.values().copied().collect::<Vec<_>>())?;
         conn.execute_batch("INSERT OR REPLACE INTO trades SELECT * FROM replay")?;
         Ok::<_, Error>(())
     })();

@@ -31,6 +31,11 @@ use crate::telemetry::metrics::Metrics;
 /// (about 1 ms) vanishes, small enough that one transaction stays well under a second.
 const MAX_RUN: usize = 50_000;
 
+/// Most changes one start-up replay transaction takes: past DuckDB's row group
+/// (122,880 rows), so DuckDB writes the appended rows to the file directly instead of
+/// through its WAL (measured: ~15% less CPU a change than runs of 50,000).
+const MAX_REPLAY_RUN: usize = 131_072;
+
 /// What the writer hands the applier.
 pub enum Job {
     /// Acknowledged changes, in `seq` order, and when they were acknowledged.
@@ -136,7 +141,7 @@ fn repair(conn: &Connection, changes: &[(u64, Change)], watermarks: &[(String, i
     let present = present(conn, &touched)?;
     let (there, missing): (Vec<&Trade>, Vec<&Trade>) = touched.into_iter().partition(|t| present.contains(&t.id));
     update(conn, &there)?;
-    append(conn, "trades", missing.into_iter())?;
+    db::append(conn, "trades", &missing)?;
     conn.execute("DELETE FROM trade_history WHERE seq > ?", params![applied as i64])?;
     record(conn, changes, watermarks)
 }
@@ -157,7 +162,7 @@ fn present(conn: &Connection, trades: &[&Trade]) -> Result<HashSet<String>> {
 
 fn write(conn: &Connection, changes: &[(u64, Change)], watermarks: &[(String, i64)]) -> Result<()> {
     let (new, changed) = final_rows(changes);
-    append(conn, "trades", new.iter().copied())?;
+    db::append(conn, "trades", &new)?;
     update(conn, &changed)?;
     record(conn, changes, watermarks)
 }
@@ -165,7 +170,8 @@ fn write(conn: &Connection, changes: &[(u64, Change)], watermarks: &[(String, i6
 /// What every apply records besides the trades: each image in the history, the
 /// followers' watermarks, and how far DuckDB now is.
 fn record(conn: &Connection, changes: &[(u64, Change)], watermarks: &[(String, i64)]) -> Result<()> {
-    append(conn, "trade_history", changes.iter().map(|(_, c)| c.trade()))?;
+    let images: Vec<&Trade> = changes.iter().map(|(_, c)| c.trade()).collect();
+    db::append(conn, "trade_history", &images)?;
     for (sink, seq) in watermarks {
         conn.execute(
             "INSERT INTO sync_state VALUES (?, ?, now()::TIMESTAMP) ON CONFLICT (sink) DO UPDATE \
@@ -196,15 +202,6 @@ fn final_rows(changes: &[(u64, Change)]) -> (Vec<&Trade>, Vec<&Trade>) {
         }
     }
     order.into_iter().map(|id| last[id]).partition(|t| created.contains(t.id.as_str()))
-}
-
-fn append<'a>(conn: &Connection, table: &str, rows: impl Iterator<Item = &'a Trade>) -> Result<()> {
-    let mut app = conn.appender(table)?;
-    for t in rows {
-        app.append_row(db::row_values(t))?;
-    }
-    app.flush()?;
-    Ok(())
 }
 
 fn update(conn: &Connection, rows: &[&Trade]) -> Result<()> {
@@ -244,7 +241,7 @@ pub fn replay(conn: &Connection, log: &CommitLog) -> Result<u64> {
         for r in &records {
             run.push((r.seq, Change::from_record(r).map_err(Error::Internal)?));
         }
-        if done || run.len() >= MAX_RUN {
+        if done || run.len() >= MAX_REPLAY_RUN {
             apply(conn, &run, &[])?;
             replayed += run.len() as u64;
             run.clear();
@@ -594,9 +591,10 @@ mod tests {
         apply(&conn, &[(1, Change::Insert(trade("a", 1, 1, Status::Filled)))], &[]).unwrap();
         // What a COMMIT that failed late left (DuckDB 1.5.6 under memory pressure):
         // rows of the next run are in, `log_state` still says 1.
-        append(&conn, "trades", [trade("b", 1, 2, Status::Filled)].iter()).unwrap();
+        let b = trade("b", 1, 2, Status::Filled);
+        db::append(&conn, "trades", &[&b]).unwrap();
         conn.execute_batch("UPDATE trades SET version = 2, seq = 3 WHERE id = 'a'").unwrap();
-        append(&conn, "trade_history", [trade("b", 1, 2, Status::Filled)].iter()).unwrap();
+        db::append(&conn, "trade_history", &[&b]).unwrap();
         let run = vec![
             (2, Change::Insert(trade("b", 1, 2, Status::Filled))),
             (3, Change::Update(trade("a", 2, 3, Status::Pending))),
