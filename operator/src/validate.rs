@@ -136,11 +136,11 @@ pub enum Problem {
     /// No snapshot id.
     #[error("spec.bootstrap.snapshotId {0:?} must be a snapshot id (letters, digits, '.', '_', '-'; no '/')")]
     SnapshotId(String),
-    /// Recovery without the journal would lose every change since the snapshot.
+    /// A rebuild starts from a snapshot (or a journal complete from the first change).
     #[error(
-        "spec.integrityCheck.onFailure Recover needs spec.redis: recovery replays the Redis journal on top of the newest snapshot, and without it would lose every change since that snapshot"
+        "spec.integrityCheck.onFailure Recover needs spec.backup (or spec.redis): a rebuild starts from the newest snapshot and replays the commit log after it; without snapshots the log is trimmed at every checkpoint and there is nothing to rebuild from"
     )]
-    RecoverNeedsRedis,
+    RecoverNeedsSnapshots,
     /// The sidecar's own validation refuses the config file rendered from the spec: a rule
     /// the checks above do not repeat (e.g. the smallest `memoryLimit`), caught here rather
     /// than by a sidecar that exits at start.
@@ -309,9 +309,9 @@ fn check_followers_and_restore(s: &TradeStoreSpec, problems: &mut Vec<Problem>) 
     if s.clickhouse.as_ref().and_then(|c| c.database.as_deref()).is_some_and(|d| d.trim().is_empty()) {
         problems.push(Problem::BlankWhenSet("spec.clickhouse.database"));
     }
-    if s.integrity_check.as_ref().is_some_and(|i| i.on_failure == IntegrityFailurePolicy::Recover) && s.redis.is_none()
-    {
-        problems.push(Problem::RecoverNeedsRedis);
+    let recover = s.integrity_check.as_ref().is_some_and(|i| i.on_failure == IntegrityFailurePolicy::Recover);
+    if recover && s.backup.is_none() && s.redis.is_none() {
+        problems.push(Problem::RecoverNeedsSnapshots);
     }
 }
 

@@ -136,10 +136,12 @@ impl Config {
         self.redis.validate()?;
         self.clickhouse.validate()?;
         self.snapshots.validate()?;
-        if self.integrity.on_failure == OnIntegrityFailure::Recover && self.redis.url.is_none() {
+        let recover = self.integrity.on_failure == OnIntegrityFailure::Recover;
+        if recover && self.snapshots.schedule.is_none() && self.redis.url.is_none() {
             return bad(
-                "integrity.on_failure: recover needs the Redis journal (redis.url): without it recovery would \
-                 lose every change since the last snapshot",
+                "integrity.on_failure: recover needs snapshots.schedule (or the Redis journal, redis.url): a rebuild \
+                 starts from the newest snapshot and replays the commit log after it; without snapshots the log is \
+                 trimmed at every checkpoint and there is nothing to rebuild from",
             );
         }
         self.lifecycle.validate()

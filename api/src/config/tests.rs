@@ -53,7 +53,7 @@ fn each_rule_names_its_key() {
         ("clickhouse.table", Box::new(|c| c.clickhouse.table = "a;b".into())),
         ("snapshots.keep_last", Box::new(|c| c.snapshots.keep_last = 0)),
         (
-            "integrity.on_failure: recover needs the Redis journal",
+            "integrity.on_failure: recover needs snapshots.schedule",
             Box::new(|c| {
                 c.integrity.on_failure = OnIntegrityFailure::Recover;
             }),

@@ -427,7 +427,12 @@ fn backup_and_restore_validation() {
         ("snapshotId", Box::new(|t| t.spec.bootstrap.as_mut().unwrap().snapshot_id = "a/b".into())),
         ("keyPrefix", Box::new(|t| t.spec.redis.as_mut().unwrap().key_prefix = Some(" ".into()))),
         ("database", Box::new(|t| t.spec.clickhouse.as_mut().unwrap().database = Some(String::new()))),
-        ("onFailure Recover needs spec.redis", Box::new(|t| t.spec.redis = None)),
+        (
+            "onFailure Recover needs spec.backup",
+            Box::new(|t| {
+                (t.spec.redis, t.spec.backup) = (None, None);
+            }),
+        ),
     ];
     assert!(problems(&fixture("backup-volume")).is_empty());
     for (needle, change) in cases {

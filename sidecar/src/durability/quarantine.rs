@@ -1,9 +1,10 @@
 //! Quarantine: the marker a failed integrity check leaves next to the database file
 //! (`integrity.on_failure: recover`), which sends the next start into recovery.
 //!
-//! The file is marked only once the Redis journal holds every committed change
-//! ([`when_journaled`]): recovery rebuilds from a snapshot plus the journal, so a
-//! marker written earlier would lose the changes the journal had not taken yet.
+//! The file is marked only once a rebuild can hold every committed change
+//! ([`when_recoverable`]): at once when the local commit log reaches back to the newest
+//! snapshot (the rebuild replays it), else once the Redis journal holds them all — a
+//! marker written earlier would lose the changes neither had.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -23,26 +24,29 @@ struct Marker {
 }
 
 /// After an integrity failure: quarantines `database` for recovery at the next start,
-/// but only once `journal` holds every change up to `last_seq` (waiting until
+/// but only once the rebuild can hold every change up to `last_seq`: at once when the
+/// local log can (`from_log`), else once `journal` holds them (waiting until
 /// `deadline`). Returns the error the process exits with either way, so the container
 /// restarts.
-pub(crate) async fn when_journaled(
+pub(crate) async fn when_recoverable(
     database: &Path,
     why: &str,
     last_seq: i64,
+    from_log: bool,
     journal: Option<&Shared<JournalStatus>>,
     deadline: Instant,
 ) -> Result<()> {
     loop {
         let journaled = journal.map_or(0, |j| j.lock().watermark);
-        if journaled >= last_seq {
+        if from_log || journaled >= last_seq {
             mark(database, why, last_seq)?;
             return Err(Error::Internal(format!("integrity check failed ({why}); restarting into recovery")));
         }
         if Instant::now() >= deadline {
             return Err(Error::Internal(format!(
-                "integrity check failed ({why}); the journal holds seq {journaled} of {last_seq}, so the file is not \
-                 quarantined (recovery would lose changes): a human must decide"
+                "integrity check failed ({why}); the local commit log does not reach back to the newest snapshot \
+                 and the journal holds seq {journaled} of {last_seq}, so the file is not quarantined (recovery \
+                 would lose changes): a human must decide"
             )));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -73,6 +73,14 @@ pub fn local_log(dir: &Path) -> Witness<Option<Span>> {
     Ok(report.span().map(|(after, to)| Span { after: after as i64, to: to as i64 }))
 }
 
+/// Whether snapshot + local log alone would rebuild every change up to `last_seq`:
+/// the log reaches back to the newest snapshot (`snapshot_seq`; without one, to the
+/// first change) and on to `last_seq`.
+pub fn log_rebuilds(local: &Witness<Option<Span>>, snapshot_seq: Option<i64>, last_seq: i64) -> bool {
+    let base = snapshot_seq.unwrap_or(0);
+    local.as_ref().is_ok_and(|span| span.is_some_and(|s| s.after <= base && s.to >= last_seq))
+}
+
 /// Rebuilds `cfg.database_path()` when it is missing (and something to recover from
 /// exists), cannot be opened, was quarantined, or — with `integrity.on_failure:
 /// recover` — fails the block scan at start; otherwise does nothing.
@@ -421,6 +429,17 @@ mod tests {
         assert!(err.contains("only above seq 95"), "{err}");
         let err = prove(50, Some(90), &Err("corrupt at offset 7".into()), &no_redis).unwrap_err();
         assert!(err.contains("corrupt at offset 7") && err.contains("no journal"), "{err}");
+    }
+
+    #[test]
+    fn the_log_alone_rebuilds_when_it_reaches_back_to_the_snapshot() {
+        assert!(log_rebuilds(&log(40, 90), Some(50), 90));
+        assert!(log_rebuilds(&log(0, 90), None, 90), "no snapshot: a log from the first change");
+        assert!(!log_rebuilds(&log(60, 90), Some(50), 90), "trimmed past the snapshot");
+        assert!(!log_rebuilds(&log(30, 90), None, 90), "no snapshot and a trimmed log");
+        assert!(!log_rebuilds(&log(40, 80), Some(50), 90), "short of the last change");
+        assert!(!log_rebuilds(&NO_LOG, Some(50), 90));
+        assert!(!log_rebuilds(&Err("corrupt".into()), Some(50), 90));
     }
 
     #[test]

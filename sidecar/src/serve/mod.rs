@@ -13,7 +13,7 @@ use shutdown::{Http, Signals};
 
 use crate::app::{App, Tasks};
 use crate::config::Config;
-use crate::durability::quarantine;
+use crate::durability::{quarantine, recovery};
 use crate::error::{Error, Result};
 use crate::http;
 use crate::telemetry::health::StopReason;
@@ -63,7 +63,7 @@ fn start_http(app: &std::sync::Arc<App>, listener: TcpListener, tasks: &Tasks) -
 }
 
 /// The outcome once the store is closed: a signal stops cleanly; a failed integrity
-/// check quarantines the file (once the journal holds everything) and a fatal storage
+/// check quarantines the file (once a rebuild can hold everything) and a fatal storage
 /// error does not (the file is not damaged, and reopening it replays the WAL); both
 /// exit non-zero so the container restarts.
 async fn exit(app: &App, stop: Option<StopReason>, deadline: Instant) -> Result<()> {
@@ -74,7 +74,10 @@ async fn exit(app: &App, stop: Option<StopReason>, deadline: Instant) -> Result<
         }
         Some(StopReason::Recover(why)) => {
             let last = app.metrics.last_seq.get();
-            quarantine::when_journaled(&app.cfg.database_path(), &why, last, app.journal.as_ref(), deadline).await
+            let local = recovery::local_log(&app.cfg.commit_log_dir());
+            let from_log = recovery::log_rebuilds(&local, app.backups.last().map(|m| m.seq), last);
+            let journal = app.journal.as_ref();
+            quarantine::when_recoverable(&app.cfg.database_path(), &why, last, from_log, journal, deadline).await
         }
         Some(StopReason::Fatal(why)) => {
             Err(Error::Internal(format!("fatal storage error ({why}); restarting to reopen the database")))
