@@ -103,7 +103,7 @@ check "defaults filled" test "$(k -n trading get ts minimal -o jsonpath='{.spec.
 check "store with a commit-log volume accepted" k apply -f operator/tests/fixtures/commit-log-volume.yaml
 out="$(k -n trading patch ts fast-log --type=merge -p '{"spec":{"commitLogStorage":null}}' 2>&1 || true)"
 out+="$(k -n trading patch ts minimal --type=merge -p '{"spec":{"commitLogStorage":{"size":"1Gi"}}}' 2>&1 || true)"
-check "commitLogStorage neither removed nor added" test "$(grep -c 'commitLogStorage can only be set when the store is created' <<<"$out")" = 2
+check "commitLogStorage neither removed nor added" test "$(grep -o 'commitLogStorage can only be set when the store is created' <<<"$out" | wc -l)" = 2
 
 # --- the operator --------------------------------------------------------------------------
 POD_NAME=replica-a "$OP" run --metrics-addr "127.0.0.1:$M1" --probe-sidecar false --lease-namespace default \
