@@ -42,6 +42,10 @@ pub mod mount {
     pub const SNAPSHOT_STAGING_DIR: &str = "/var/lib/tradestore/snapshots";
     /// The backup volume (`spec.backup.target.volume`): the snapshot directory.
     pub const BACKUP_DIR: &str = "/var/lib/tradestore-backups";
+    /// The commit log's own volume (`spec.commitLogStorage`): the sidecar's
+    /// `commit_log.dir`. Beside the data volume, not inside it: a mount over
+    /// `<data_dir>/log` would hide a log already there.
+    pub const COMMIT_LOG_DIR: &str = "/var/lib/tradestore-commit-log";
     /// The ConfigMap with the config file.
     pub const CONFIG_DIR: &str = "/etc/tradestore";
     /// The config file's name in [`CONFIG_DIR`] (and its key in the ConfigMap).
@@ -67,6 +71,7 @@ pub mod mount {
             assert_eq!(CONFIG_PATH, format!("{CONFIG_DIR}/{CONFIG_FILE}"));
             assert_eq!(TOKEN_PATH, format!("{TOKEN_DIR}/{TOKEN_FILE}"));
             assert!(SNAPSHOT_STAGING_DIR.starts_with(&format!("{DATA_DIR}/")));
+            assert!(!COMMIT_LOG_DIR.starts_with(&format!("{DATA_DIR}/")));
         }
     }
 }

@@ -750,3 +750,46 @@ async fn t12_redis_journal_wired_from_a_secret() -> Result<()> {
     })
     .await
 }
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes cluster with the chart installed: run e2e/run.sh"]
+async fn t13_commit_log_on_its_own_volume() -> Result<()> {
+    with_env("wal", |env| async move {
+        env.create_store("desk", json!({"commitLogStorage": {"size": "1Gi"}})).await?;
+        env.wait_ready("desk", READY).await?;
+        let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(env.client.clone(), &env.ns);
+        ensure!(pvcs.get_opt("desk-commit-log").await?.is_some(), "no commit-log claim");
+        let sc = env.sidecar("desk").await?;
+        sc.wait_serving(SHORT).await?;
+        let mut ids = sc.write_many("t13-before-kill", "NVDA", 20).await?;
+
+        // SIGKILL: the restarted sidecar replays the log from its own volume.
+        let pod = env.pod("desk").await?.context("no pod")?;
+        let uid = pod.uid().unwrap_or_default();
+        let restarts = restart_count(&pod, "sidecar");
+        env.sigkill_container(&pod, "sidecar").await?;
+        wait_for("sidecar restarted and ready", READY, Duration::from_millis(500), || async {
+            let p = env.pod("desk").await?.context("pod gone")?;
+            if restart_count(&p, "sidecar") > restarts && pod_ready(&p) { Ok(Some(())) } else { Ok(None) }
+        })
+        .await?;
+        sc.wait_serving(SHORT).await?;
+        sc.check_all(&ids, "NVDA").await?;
+
+        // A new pod on the same two volumes serves the old trades and takes new writes.
+        ids.extend(sc.write_many("t13-before-delete", "NVDA", 20).await?);
+        env.pods().delete("desk", &DeleteParams::default()).await?;
+        env.wait_new_pod("desk", &uid, READY).await?;
+        sc.wait_serving(SHORT).await?;
+        ids.extend(sc.write_many("t13-after-delete", "NVDA", 5).await?);
+        sc.check_all(&ids, "NVDA").await?;
+
+        // Removing the log volume is refused by the API server (CEL transition rule).
+        match env.patch_store("desk", json!({"spec": {"commitLogStorage": null}})).await {
+            Err(e) if e.to_string().contains("commitLogStorage") => say(format!("rejected (remove): {e}")),
+            other => bail!("removing commitLogStorage: {other:?}"),
+        }
+        Ok(())
+    })
+    .await
+}

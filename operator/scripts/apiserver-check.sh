@@ -99,6 +99,11 @@ for msg in "maxWalBytes must be >= checkpointThresholdBytes" "unresponsiveSecond
 done
 check "valid store accepted" k apply -f operator/tests/fixtures/minimal.yaml
 check "defaults filled" test "$(k -n trading get ts minimal -o jsonpath='{.spec.probes.periodSeconds}/{.spec.restartPolicy.maxRestarts}')" = "5/3"
+# Where the commit log is is fixed when the store is created (CEL transition rule).
+check "store with a commit-log volume accepted" k apply -f operator/tests/fixtures/commit-log-volume.yaml
+out="$(k -n trading patch ts fast-log --type=merge -p '{"spec":{"commitLogStorage":null}}' 2>&1 || true)"
+out+="$(k -n trading patch ts minimal --type=merge -p '{"spec":{"commitLogStorage":{"size":"1Gi"}}}' 2>&1 || true)"
+check "commitLogStorage neither removed nor added" test "$(grep -o 'commitLogStorage can only be set when the store is created' <<<"$out" | wc -l)" = 2
 
 # --- the operator --------------------------------------------------------------------------
 POD_NAME=replica-a "$OP" run --metrics-addr "127.0.0.1:$M1" --probe-sidecar false --lease-namespace default \
@@ -116,10 +121,16 @@ check "replica-b does not lead" bash -c "curl -sf 127.0.0.1:$M2/metrics | grep -
 for obj in pod/minimal pvc/minimal-data service/minimal configmap/minimal-config secret/minimal-token; do
   wait_for "created $obj" 30 k -n trading get "$obj"
 done
+for obj in pvc/fast-log-data pvc/fast-log-commit-log pod/fast-log; do
+  wait_for "created $obj" 30 k -n trading get "$obj"
+done
+check "the data claim records the commit-log claim" test "$(k -n trading get pvc fast-log-data -o jsonpath='{.metadata.annotations.tradestore\.io/commit-log-claim}')" = fast-log-commit-log
 SIDECAR="$CARGO_TARGET_DIR/release/sidecar"
 if [[ -x "$SIDECAR" ]]; then
-  k -n trading get configmap minimal-config -o jsonpath='{.data.sidecar\.yaml}' >"$DIR/sidecar.yaml"
-  check "the sidecar accepts the rendered config" env LD_LIBRARY_PATH="${DUCKDB_LIB_DIR:-}" "$SIDECAR" --config "$DIR/sidecar.yaml" config
+  for store in minimal fast-log; do
+    k -n trading get configmap "$store-config" -o jsonpath='{.data.sidecar\.yaml}' >"$DIR/sidecar.yaml"
+    check "the sidecar accepts the rendered config ($store)" env LD_LIBRARY_PATH="${DUCKDB_LIB_DIR:-}" "$SIDECAR" --config "$DIR/sidecar.yaml" config
+  done
 fi
 check "pod is owned by the store" test "$(k -n trading get pod minimal -o jsonpath='{.metadata.ownerReferences[0].kind}')" = TradeStore
 check "token is 48 characters" test "$(k -n trading get secret minimal-token -o jsonpath='{.data.token}' | base64 -d | wc -c)" = 48

@@ -18,6 +18,10 @@ pub const RESTART_ANNOTATION: &str = "tradestore.io/restart";
 pub const CLEAR_FENCE_ANNOTATION: &str = "tradestore.io/clear-fence";
 /// Annotation on the TradeStore: each new value makes the operator ask the sidecar for a snapshot.
 pub const BACKUP_REQUEST_ANNOTATION: &str = "tradestore.io/backup-request";
+/// Annotation on the data PVC, set when it is created: the claim holding the store's commit log
+/// when that is a volume of its own. The data volume carries the record of where its log is, so a
+/// retained and re-adopted volume keeps it, and a spec that moves the log is caught.
+pub const COMMIT_LOG_CLAIM_ANNOTATION: &str = "tradestore.io/commit-log-claim";
 /// Name of the sidecar container.
 pub const SIDECAR_CONTAINER: &str = "sidecar";
 
@@ -29,6 +33,10 @@ pub fn pod_name(ts: &TradeStore) -> String {
 /// Name of the data PVC.
 pub fn pvc_name(ts: &TradeStore) -> String {
     format!("{}-data", ts.name_any())
+}
+/// Name of the commit log's PVC (with `spec.commitLogStorage`).
+pub fn commit_log_pvc_name(ts: &TradeStore) -> String {
+    format!("{}-commit-log", ts.name_any())
 }
 /// Name of the Service.
 pub fn service_name(ts: &TradeStore) -> String {

@@ -7,20 +7,20 @@
 use std::collections::HashSet;
 use std::fmt;
 
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kube::ResourceExt;
 use tradestore_api::config::{
     ConfigError, MIN_BODY_BYTES, MIN_CHECKPOINT_THRESHOLD_BYTES, POOL_SIZE, ScheduleError, THREADS, schedule,
 };
 
-use crate::crd::{IntegrityFailurePolicy, S3Target, TradeStore, TradeStoreSpec};
-use crate::names::{SIDECAR_CONTAINER, pvc_name};
+use crate::crd::{IntegrityFailurePolicy, S3Target, TradeStore, TradeStoreSpec, VolumeSpec};
+use crate::names::{COMMIT_LOG_CLAIM_ANNOTATION, SIDECAR_CONTAINER, commit_log_pvc_name, pvc_name};
 use crate::sidecar::{PORT, config};
 
 /// A store whose spec passed [`validate`], with what validation parsed on the way.
 #[derive(Debug)]
 pub struct Validated<'a> {
     store: &'a TradeStore,
-    storage_bytes: f64,
     schedule: Option<croner::Cron>,
 }
 
@@ -28,10 +28,6 @@ impl<'a> Validated<'a> {
     /// The store itself.
     pub fn store(&self) -> &'a TradeStore {
         self.store
-    }
-    /// `spec.storage.size` in bytes (positive).
-    pub fn storage_bytes(&self) -> f64 {
-        self.storage_bytes
     }
     /// `spec.backup.schedule`, parsed (with `spec.backup`).
     pub fn schedule(&self) -> Option<&croner::Cron> {
@@ -89,9 +85,41 @@ pub enum Problem {
     /// `spec.limits.maxBodyBytes` is below the sidecar's minimum.
     #[error("spec.limits.maxBodyBytes must be at least {MIN_BODY_BYTES}")]
     MaxBodyBytes,
-    /// `spec.storage.size` is no positive quantity.
-    #[error("spec.storage.size {0:?} is not a positive quantity like 10Gi")]
-    StorageSize(String),
+    /// A volume's size is no positive quantity.
+    #[error("{0} {1:?} is not a positive quantity like 10Gi")]
+    Size(&'static str, String),
+    /// The commit-log volume cannot hold the segments the sidecar preallocates.
+    #[error(
+        "spec.commitLogStorage.size {size:?} is too small: the commit log needs at least {min_mib} MiB (its active segment and the spare one filled ahead, {segment_mib} MiB each), and more to keep the segments a checkpoint or snapshot has not released yet"
+    )]
+    CommitLogTooSmall {
+        /// The size as written.
+        size: String,
+        /// The smallest size accepted, in MiB.
+        min_mib: u64,
+        /// One segment, in MiB.
+        segment_mib: u64,
+    },
+    /// `spec.commitLogStorage` set on a store whose commit log is on its data volume.
+    #[error(
+        "spec.commitLogStorage cannot be added to an existing store: its commit log is on the data volume (claim {0}), and a sidecar started on an empty log volume would skip the changes that log holds and the database file does not yet. Remove spec.commitLogStorage again, or create a new store with it and restore a snapshot of this one into it (spec.bootstrap.snapshotId)"
+    )]
+    CommitLogStorageAdded(String),
+    /// `spec.commitLogStorage` removed from a store whose commit log is on a volume of its own.
+    #[error(
+        "spec.commitLogStorage cannot be removed: the store's commit log is on volume claim {0} (recorded on its data volume), and a sidecar started without it would skip the changes that log holds and the database file does not yet. Set spec.commitLogStorage again"
+    )]
+    CommitLogStorageRemoved(String),
+    /// A commit-log claim left from a database whose data claim is gone.
+    #[error(
+        "volume claim {log} exists but the data claim {data} does not: it holds the commit log of a database that is gone (e.g. a data claim deleted for a restore), and replaying it into a new database would be wrong. Delete it (kubectl delete pvc {log}) to create the store"
+    )]
+    StaleCommitLogClaim {
+        /// The commit log's claim.
+        log: String,
+        /// The data claim.
+        data: String,
+    },
     /// `spec.duckdb.memoryLimit` is no size.
     #[error("spec.duckdb.memoryLimit {0:?} is not a size like 512MiB or 2GB")]
     MemoryLimit(String),
@@ -119,9 +147,9 @@ pub enum Problem {
         #[source]
         source: ScheduleError,
     },
-    /// The backup claim is the data claim.
-    #[error("spec.backup.target.volume.claimName {0:?} is the data volume")]
-    BackupClaimIsData(String),
+    /// The backup claim is the data claim or the commit log's.
+    #[error("spec.backup.target.volume.claimName {0:?} is the {1} volume")]
+    BackupClaimIsOwn(String, &'static str),
     /// No valid S3 bucket name.
     #[error("spec.backup.target.s3.bucket {0:?} is not a valid bucket name")]
     Bucket(String),
@@ -156,13 +184,7 @@ pub fn validate(ts: &TradeStore) -> Result<Validated<'_>, Invalid> {
     if s.image.trim().is_empty() {
         problems.push(Problem::Empty("spec.image"));
     }
-    let storage_bytes = match parse_quantity(&s.storage.size.0) {
-        Some(b) if b > 0.0 => b,
-        _ => {
-            problems.push(Problem::StorageSize(s.storage.size.0.clone()));
-            0.0
-        }
-    };
+    check_volumes(s, &mut problems);
     check_duckdb(s, &mut problems);
     check_limits(s, &mut problems);
     check_probes_and_lifecycle(s, &mut problems);
@@ -174,7 +196,7 @@ pub fn validate(ts: &TradeStore) -> Result<Validated<'_>, Invalid> {
     {
         problems.push(Problem::SidecarConfig(e));
     }
-    if problems.is_empty() { Ok(Validated { store: ts, storage_bytes, schedule }) } else { Err(Invalid(problems)) }
+    if problems.is_empty() { Ok(Validated { store: ts, schedule }) } else { Err(Invalid(problems)) }
 }
 
 fn check_name(ts: &TradeStore, problems: &mut Vec<Problem>) {
@@ -182,6 +204,58 @@ fn check_name(ts: &TradeStore, problems: &mut Vec<Problem>) {
     if !is_dns1035_label(&name) {
         problems.push(Problem::Name(name));
     }
+}
+
+fn check_volumes(s: &TradeStoreSpec, problems: &mut Vec<Problem>) {
+    check_size("spec.storage.size", &s.storage.volume, problems);
+    let Some(log) = &s.commit_log_storage else { return };
+    if let Some(bytes) = check_size("spec.commitLogStorage.size", log, problems) {
+        let segment = config::render(s).commit_log.segment_bytes;
+        // The active segment and the spare: less, and the first rotation finds no room.
+        let min = 2 * segment;
+        if bytes < min as f64 {
+            let mib = |b: u64| b >> 20;
+            let size = log.size.0.clone();
+            problems.push(Problem::CommitLogTooSmall { size, min_mib: mib(min), segment_mib: mib(segment) });
+        }
+    }
+}
+
+/// The volume's size in bytes when it is a positive quantity.
+fn check_size(field: &'static str, volume: &VolumeSpec, problems: &mut Vec<Problem>) -> Option<f64> {
+    let bytes = parse_quantity(&volume.size.0).filter(|b| *b > 0.0);
+    if bytes.is_none() {
+        problems.push(Problem::Size(field, volume.size.0.clone()));
+    }
+    bytes
+}
+
+/// Where the commit log is cannot change once the store has its data volume: a sidecar pointed
+/// at another log directory would start after the database file's last change and skip what the
+/// old log holds beyond it. The data claim records the log's claim when it is created
+/// ([`COMMIT_LOG_CLAIM_ANNOTATION`]), so the spec is held to that record; before the data claim
+/// exists, a commit-log claim left from an earlier database must not be taken over.
+pub fn check_commit_log_layout(
+    store: &Validated<'_>,
+    data_claim: Option<&PersistentVolumeClaim>,
+    commit_log_claim_exists: bool,
+) -> Result<(), Invalid> {
+    let wanted = store.spec.commit_log_storage.is_some().then(|| commit_log_pvc_name(store));
+    let problem = match data_claim {
+        None if wanted.is_some() && commit_log_claim_exists => {
+            Some(Problem::StaleCommitLogClaim { log: commit_log_pvc_name(store), data: pvc_name(store) })
+        }
+        None => None,
+        Some(claim) => {
+            let recorded = claim.annotations().get(COMMIT_LOG_CLAIM_ANNOTATION).cloned();
+            match (recorded, wanted) {
+                (None, Some(_)) => Some(Problem::CommitLogStorageAdded(claim.name_any())),
+                (Some(log), None) => Some(Problem::CommitLogStorageRemoved(log)),
+                _ => None,
+            }
+        }
+    };
+    problem.map_or(Ok(()), |p| Err(Invalid(vec![p])))
 }
 
 fn check_duckdb(s: &TradeStoreSpec, problems: &mut Vec<Problem>) {
@@ -286,10 +360,11 @@ fn check_backup(ts: &TradeStore, problems: &mut Vec<Problem>) -> Option<croner::
             None
         }
     };
-    if let Some(v) = &b.target.volume
-        && v.claim_name == pvc_name(ts)
-    {
-        problems.push(Problem::BackupClaimIsData(v.claim_name.clone()));
+    if let Some(v) = &b.target.volume {
+        let log_claim = ts.spec.commit_log_storage.as_ref().map(|_| commit_log_pvc_name(ts));
+        let own = [(Some(pvc_name(ts)), "data"), (log_claim, "commit log")];
+        let taken = own.into_iter().find(|(claim, _)| claim.as_deref() == Some(v.claim_name.as_str()));
+        problems.extend(taken.map(|(_, which)| Problem::BackupClaimIsOwn(v.claim_name.clone(), which)));
     }
     if let Some(t) = &b.target.s3 {
         check_s3(t, problems);

@@ -1,5 +1,5 @@
-//! The build stage: pure functions from a validated store to the objects it owns (pod, data
-//! volume claim, Service, ConfigMap, token Secret) — no client, no I/O, unit-tested from fixture
+//! The build stage: pure functions from a validated store to the objects it owns (pod, volume
+//! claims, Service, ConfigMap, token Secret) — no client, no I/O, unit-tested from fixture
 //! specs against golden files.
 
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service};
@@ -22,7 +22,7 @@ pub use pod::{DEFAULT_CPU_REQUEST, DEFAULT_MEMORY_REQUEST, pod};
 pub use pod_hash::pod_spec_hash;
 pub use service::service;
 pub use token::{generate_token, token_secret};
-pub use volume::pvc;
+pub use volume::{commit_log_pvc, pvc};
 
 /// Everything the apply stage writes for one store, built at once from its validated spec.
 pub struct Desired {
@@ -32,6 +32,8 @@ pub struct Desired {
     pub service: Service,
     /// The data volume claim as first created.
     pub pvc: PersistentVolumeClaim,
+    /// The commit log's volume claim as first created (with `spec.commitLogStorage`).
+    pub commit_log_pvc: Option<PersistentVolumeClaim>,
     /// The pod as it is created.
     pub pod: Pod,
     /// The pod's spec hash (also its annotation).
@@ -46,6 +48,7 @@ impl Desired {
             config_map: config_map(ts),
             service: service(ts),
             pvc: pvc(ts),
+            commit_log_pvc: commit_log_pvc(ts),
             pod: pod(ts),
             pod_hash: pod_spec_hash(ts),
         }

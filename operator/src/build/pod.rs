@@ -13,15 +13,15 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 use tradestore_api::wire;
 use tradestore_api::wire::mount::{
-    BACKUP_DIR, CONFIG_DIR, CONFIG_FILE, CONFIG_PATH, DATA_DIR, TMP_DIR, TOKEN_DIR, TOKEN_FILE,
+    BACKUP_DIR, COMMIT_LOG_DIR, CONFIG_DIR, CONFIG_FILE, CONFIG_PATH, DATA_DIR, TMP_DIR, TOKEN_DIR, TOKEN_FILE,
 };
 
 use super::owner_ref;
 use super::pod_hash::pod_spec_hash;
 use crate::crd::{SecretKeyRef, TradeStore, TradeStoreSpec};
 use crate::names::{
-    SIDECAR_CONTAINER, SPEC_HASH_ANNOTATION, backup_claim, config_map_name, labels, pod_name, pvc_name,
-    token_secret_name,
+    SIDECAR_CONTAINER, SPEC_HASH_ANNOTATION, backup_claim, commit_log_pvc_name, config_map_name, labels, pod_name,
+    pvc_name, token_secret_name,
 };
 use crate::sidecar::PORT;
 
@@ -141,6 +141,13 @@ fn sidecar_container(ts: &TradeStore) -> Container {
         },
         VolumeMount { name: "tmp".into(), mount_path: TMP_DIR.into(), ..VolumeMount::default() },
     ];
+    if s.commit_log_storage.is_some() {
+        mounts.push(VolumeMount {
+            name: "commit-log".into(),
+            mount_path: COMMIT_LOG_DIR.into(),
+            ..VolumeMount::default()
+        });
+    }
     if backup_claim(s).is_some() {
         mounts.push(VolumeMount { name: "backup".into(), mount_path: BACKUP_DIR.into(), ..VolumeMount::default() });
     }
@@ -287,7 +294,7 @@ fn claim_volume(name: &str, claim: String) -> Volume {
     }
 }
 
-/// Data and backup claims, the config file, the token, and `/tmp`.
+/// Data, commit-log and backup claims, the config file, the token, and `/tmp`.
 fn volumes(ts: &TradeStore) -> Vec<Volume> {
     let mut volumes = vec![
         claim_volume("data", pvc_name(ts)),
@@ -313,6 +320,9 @@ fn volumes(ts: &TradeStore) -> Vec<Volume> {
         },
         Volume { name: "tmp".into(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Volume::default() },
     ];
+    if ts.spec.commit_log_storage.is_some() {
+        volumes.push(claim_volume("commit-log", commit_log_pvc_name(ts)));
+    }
     if let Some(claim) = backup_claim(&ts.spec) {
         volumes.push(claim_volume("backup", claim.into()));
     }

@@ -58,6 +58,11 @@ struct PodSpecInputs<'a> {
     integrity_check: Option<&'a IntegrityCheckSpec>,
     #[serde(skip_serializing_if = "Option::is_none")]
     bootstrap: Option<&'a BootstrapSpec>,
+    // Added with the commit-log volume, skipped when false for the same reason. Whether the
+    // volume exists shapes the pod (a mount, the config's `commit_log.dir`); its size and class
+    // do not, as `storage`'s do not.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    commit_log_volume: bool,
 }
 
 /// The backup settings the pod is built from (`finalSnapshotOnDelete` only matters to the
@@ -102,6 +107,7 @@ pub fn pod_spec_hash(ts: &TradeStore) -> String {
             }),
             integrity_check: s.integrity_check.as_ref(),
             bootstrap: s.bootstrap.as_ref(),
+            commit_log_volume: s.commit_log_storage.is_some(),
         },
         restart: ts.annotations().get(RESTART_ANNOTATION).map(String::as_str),
         token_secret: token_secret_name(ts),

@@ -41,6 +41,8 @@ use super::status::TradeStoreStatus;
     printcolumn(name = "Message", type_ = "string", json_path = ".status.message")
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("has(self.commitLogStorage) == has(oldSelf.commitLogStorage)")
+    .message("commitLogStorage can only be set when the store is created, and not removed: the commit log holds acknowledged changes the database file may not have yet"))]
 pub struct TradeStoreSpec {
     /// Sidecar container image. The image must run
     /// `/usr/local/bin/sidecar --config /etc/tradestore/sidecar.yaml serve` as a non-root user.
@@ -59,8 +61,17 @@ pub struct TradeStoreSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
 
-    /// The data volume holding the DuckDB file.
+    /// The data volume holding the DuckDB file (and the commit log, unless `commitLogStorage`).
     pub storage: StorageSpec,
+
+    /// A volume of its own for the sidecar's commit log (write-ahead log), as CloudNativePG's
+    /// `walStorage`: every acknowledged write is flushed there first, so a faster class (or one
+    /// that does not share I/O with the database file) shortens every write. Unset: the log is
+    /// `log/` on the data volume. Can only be set when the store is created, and never removed:
+    /// the log holds acknowledged changes the database file may not have yet. Retention follows
+    /// `storage.retentionPolicy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit_log_storage: Option<VolumeSpec>,
 
     /// DuckDB engine settings.
     #[serde(default)]
@@ -189,6 +200,20 @@ impl PullPolicy {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StorageSpec {
+    /// Size, class and access mode of the claim.
+    #[serde(flatten)]
+    pub volume: VolumeSpec,
+
+    /// What happens to the store's volumes (data and commit log) when the TradeStore is deleted:
+    /// Retain (default) keeps them (ownerless), Delete removes them.
+    #[serde(default)]
+    pub retention_policy: RetentionPolicy,
+}
+
+/// A volume claim of the store: `storage` (the data volume) and `commitLogStorage` have these.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeSpec {
     /// Requested size, e.g. `10Gi`. Growing it expands the volume when the storage class allows it;
     /// shrinking is refused.
     #[schemars(schema_with = "storage_size_schema")]
@@ -202,11 +227,6 @@ pub struct StorageSpec {
     /// pod ever mounts it. Fixed once the volume exists.
     #[serde(default)]
     pub access_mode: AccessMode,
-
-    /// What happens to the volume when the TradeStore is deleted: Retain (default) keeps it
-    /// (ownerless), Delete removes it.
-    #[serde(default)]
-    pub retention_policy: RetentionPolicy,
 }
 
 /// Volume access mode.
@@ -229,7 +249,7 @@ impl AccessMode {
     }
 }
 
-/// What to do with the data volume on deletion.
+/// What to do with the store's volumes on deletion.
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
 pub enum RetentionPolicy {
     /// Keep the volume; the operator removes its owner reference so garbage collection leaves it.

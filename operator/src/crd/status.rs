@@ -58,6 +58,9 @@ pub struct TradeStoreStatus {
     /// The data volume.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage: Option<StorageStatus>,
+    /// The commit log's own volume (only with `spec.commitLogStorage`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit_log_storage: Option<StorageStatus>,
     /// The sidecar's own report (`GET /v1/status`) when it was reachable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sidecar: Option<SidecarReport>,
@@ -159,7 +162,7 @@ pub struct FenceStatus {
     pub last_termination: Option<Termination>,
 }
 
-/// The data volume's state.
+/// A volume claim's state.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StorageStatus {

@@ -1,6 +1,6 @@
 //! Deletion and the finalizer: the final snapshot when `finalSnapshotOnDelete` asks for it
 //! ([`super::final_snapshot`]), then the pod stops gracefully (the sidecar drains and
-//! checkpoints), then the volume is kept or deleted, then the finalizer goes.
+//! checkpoints), then the volumes are kept or deleted, then the finalizer goes.
 //!
 //! Not kube's `finalizer()` helper: it removes the finalizer as soon as the cleanup returns `Ok`,
 //! but this cleanup takes several reconciliations (waiting for the pod to stop, retrying the final
@@ -22,7 +22,7 @@ use super::final_snapshot;
 use super::status_patch::patch_status;
 use super::{Context, Error, Result};
 use crate::crd::{Phase, RetentionPolicy, TradeStore};
-use crate::names::{pod_name, pvc_name};
+use crate::names::{commit_log_pvc_name, pod_name, pvc_name};
 
 /// Finalizer on every TradeStore: deletion waits for the pod to stop and applies the PVC
 /// retention policy.
@@ -91,23 +91,31 @@ async fn mark_terminating(ts: &TradeStore, api: &Api<TradeStore>) -> Result<Trad
     patch_status(api, ts, &st).await
 }
 
-/// `Retain`: the claim loses its owner reference so garbage collection leaves it; `Delete`: it
-/// is deleted. A claim the store does not own is left alone.
+/// The retention policy for every claim of the store: the data volume and the commit log's (by
+/// name, whatever the spec says now: a log claim the store owns goes the way its data goes).
 async fn apply_retention(ts: &TradeStore, ctx: &Context) -> Result<()> {
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &namespace(ts));
-    let name = pvc_name(ts);
-    let Some(pvc) = pvcs.get_opt(&name).await?.filter(|p| owned_by(&p.metadata, ts)) else {
+    for name in [pvc_name(ts), commit_log_pvc_name(ts)] {
+        retain_or_delete(ts, ctx, &pvcs, &name).await?;
+    }
+    Ok(())
+}
+
+/// `Retain`: the claim loses its owner reference so garbage collection leaves it; `Delete`: it
+/// is deleted. A claim the store does not own is left alone.
+async fn retain_or_delete(ts: &TradeStore, ctx: &Context, pvcs: &Api<PersistentVolumeClaim>, name: &str) -> Result<()> {
+    let Some(pvc) = pvcs.get_opt(name).await?.filter(|p| owned_by(&p.metadata, ts)) else {
         return Ok(());
     };
     match ts.spec.storage.retention_policy {
         RetentionPolicy::Retain => {
             let patch = json!({"metadata": {"ownerReferences": other_owners(&pvc.metadata, ts)}});
-            pvcs.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+            pvcs.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
             let note = format!("kept volume claim {name}");
             ctx.events.publish(ts, EventType::Normal, "VolumeRetained", "Delete", note).await;
         }
         RetentionPolicy::Delete => {
-            pvcs.delete(&name, &DeleteParams::default()).await?;
+            pvcs.delete(name, &DeleteParams::default()).await?;
             let note = format!("deleted volume claim {name}");
             ctx.events.publish(ts, EventType::Normal, "VolumeDeleted", "Delete", note).await;
         }

@@ -13,7 +13,7 @@ pub enum Error {
     /// The pod's name is taken by a pod this store does not own.
     #[error("conflict: pod {0} exists and is not owned by this TradeStore; not touching it")]
     ForeignPod(String),
-    /// The data volume claim is controlled by another object.
+    /// A volume claim of the store is controlled by another object.
     #[error("conflict: volume claim {0} is controlled by another object")]
     ForeignVolume(String),
     /// A referenced object is missing or wrong.

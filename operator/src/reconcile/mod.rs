@@ -128,12 +128,23 @@ async fn reconcile_live(ts: &TradeStore, api: &Api<TradeStore>, ctx: &Context) -
         Ok(store) => store,
         Err(invalid) => return status::report_invalid(ts, api, ctx, &old, &invalid, now).await,
     };
+    if let Err(invalid) = apply::volume::commit_log_layout(&store, ctx).await? {
+        status::report_invalid(ts, api, ctx, &old, &invalid, now).await?;
+        // Claims are not watched: look again after a resync (e.g. a stale claim was deleted).
+        return Ok(Action::requeue(ctx.settings.resync));
+    }
     let desired = Desired::of(&store);
 
     let mut st = old.clone();
     let token = apply::token::ensure(&store, ctx).await?;
     apply::config_and_service(&store, ctx, &desired).await?;
+    // The data claim first: it records the commit log's claim, so a commit-log claim without a
+    // data claim is always one left from an earlier database.
     st.storage = Some(apply::volume::ensure(&store, ctx, &desired.pvc, &old).await?);
+    st.commit_log_storage = match &desired.commit_log_pvc {
+        Some(pvc) => Some(apply::volume::ensure(&store, ctx, pvc, &old).await?),
+        None => None,
+    };
     let missing_claim = apply::volume::missing_backup_claim(&store, ctx).await?;
     let current = match apply::pod::current(&store, ctx).await {
         Err(Error::ForeignPod(pod)) => return status::report_foreign_pod(ts, api, ctx, &old, st, pod, now).await,

@@ -33,6 +33,8 @@ pub fn render(spec: &TradeStoreSpec) -> Config {
     };
     c.log.level = spec.log.level.clone();
     engine(spec, &mut c);
+    // Unset, the sidecar's default `<data_dir>/log` (on the data volume).
+    c.commit_log.dir = spec.commit_log_storage.as_ref().map(|_| mount::COMMIT_LOG_DIR.into());
     c.auth.token_file = Some(mount::TOKEN_PATH.into());
     c.auth.protect_reads = spec.auth.protect_reads;
     c.lifecycle.liveness_deadline = seconds(spec.probes.unresponsive_seconds.into());

@@ -3,14 +3,15 @@
 
 use std::path::PathBuf;
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::ResourceExt;
 use tradestore_api::config::{Config, LogFormat};
 use tradestore_operator::build;
 use tradestore_operator::crd::TradeStore;
 use tradestore_operator::names::{RESTART_ANNOTATION, SPEC_HASH_ANNOTATION};
 use tradestore_operator::sidecar::config;
-use tradestore_operator::validate::{parse_quantity, validate};
+use tradestore_operator::validate::{check_commit_log_layout, parse_quantity, validate};
 
 /// What validation finds wrong, one text per problem (none: valid).
 fn problems(ts: &TradeStore) -> Vec<String> {
@@ -21,7 +22,8 @@ fn problems(ts: &TradeStore) -> Vec<String> {
 }
 
 /// The specs under tests/fixtures, each with a golden file under tests/golden.
-const FIXTURES: [&str; 5] = ["minimal", "with-app", "classic-sidecar", "backup-volume", "s3-endpoint"];
+const FIXTURES: [&str; 6] =
+    ["minimal", "with-app", "classic-sidecar", "backup-volume", "s3-endpoint", "commit-log-volume"];
 
 fn dir(sub: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests").join(sub)
@@ -68,6 +70,9 @@ fn golden_objects_for_every_fixture() {
         let mut out = String::new();
         out += &format!("# pod\n{}", yaml(&build::pod(&ts)));
         out += &format!("---\n# pvc\n{}", yaml(&build::pvc(&ts)));
+        if let Some(log) = build::commit_log_pvc(&ts) {
+            out += &format!("---\n# commit-log pvc\n{}", yaml(&log));
+        }
         out += &format!("---\n# service\n{}", yaml(&build::service(&ts)));
         out += &format!("---\n# configmap\n{}", yaml(&build::config_map(&ts)));
         out += &format!("---\n# secret\n{}", yaml(&build::token_secret(&ts, "fixed-test-token-0123456789")));
@@ -246,7 +251,7 @@ fn pod_hash_follows_what_shapes_the_pod() {
     let mut same = ts.clone();
     same.spec.stopped = true;
     same.spec.fenced = true;
-    same.spec.storage.size = k8s_openapi::apimachinery::pkg::api::resource::Quantity("5Gi".into());
+    same.spec.storage.volume.size = k8s_openapi::apimachinery::pkg::api::resource::Quantity("5Gi".into());
     same.spec.restart_policy.max_restarts = 9;
     same.annotations_mut().insert("unrelated".into(), "x".into());
     same.annotations_mut().insert("tradestore.io/backup-request".into(), "x".into());
@@ -344,6 +349,125 @@ fn backup_volume_is_mounted_as_the_snapshot_directory() {
     // No backup volume without a volume target.
     let pod = build::pod(&fixture("with-app"));
     assert!(pod.spec.unwrap().volumes.unwrap().iter().all(|v| v.name != "backup"));
+}
+
+#[test]
+fn commit_log_volume_is_a_second_claim_mounted_as_the_log_directory() {
+    let ts = fixture("commit-log-volume");
+    let log = build::commit_log_pvc(&ts).expect("a commit-log claim");
+    let data = build::pvc(&ts);
+    assert_eq!(log.metadata.name.as_deref(), Some("fast-log-commit-log"));
+    // Labels and owner as the data claim's; size and class its own.
+    assert_eq!(log.metadata.labels, data.metadata.labels);
+    assert_eq!(log.metadata.owner_references, data.metadata.owner_references);
+    let spec = log.spec.unwrap();
+    assert_eq!(spec.storage_class_name.as_deref(), Some("fast"));
+    assert_eq!(spec.access_modes.unwrap(), ["ReadWriteOncePod"]);
+    assert_eq!(spec.resources.unwrap().requests.unwrap()["storage"].0, "2Gi");
+    // The data claim records where its commit log is.
+    assert_eq!(
+        data.annotations().get("tradestore.io/commit-log-claim").map(String::as_str),
+        Some("fast-log-commit-log")
+    );
+
+    let pod = build::pod(&ts);
+    let vol = pod.spec.as_ref().unwrap().volumes.as_ref().unwrap().iter().find(|v| v.name == "commit-log").cloned();
+    assert_eq!(vol.expect("commit-log volume").persistent_volume_claim.unwrap().claim_name, "fast-log-commit-log");
+    let mounts = sidecar(&pod).volume_mounts.unwrap();
+    let m = mounts.iter().find(|m| m.name == "commit-log").expect("commit-log mount");
+    assert_eq!(m.mount_path, tradestore_api::wire::mount::COMMIT_LOG_DIR);
+    assert_eq!(config::render(&ts.spec).commit_log_dir(), PathBuf::from(tradestore_api::wire::mount::COMMIT_LOG_DIR));
+
+    // The volume shapes the pod; its size does not (as the data volume's does not).
+    let h = build::pod_spec_hash(&ts);
+    let mut grown = ts.clone();
+    set_log_size(&mut grown, "4Gi");
+    assert_eq!(build::pod_spec_hash(&grown), h);
+    let mut without = ts.clone();
+    without.spec.commit_log_storage = None;
+    assert_ne!(build::pod_spec_hash(&without), h);
+
+    // Without it: one claim, no annotation, the log on the data volume.
+    let ts = fixture("minimal");
+    assert!(build::commit_log_pvc(&ts).is_none());
+    assert!(build::pvc(&ts).metadata.annotations.is_none());
+    assert!(build::pod(&ts).spec.unwrap().volumes.unwrap().iter().all(|v| v.name != "commit-log"));
+    assert_eq!(config::render(&ts.spec).commit_log_dir(), PathBuf::from("/var/lib/tradestore/log"));
+}
+
+#[test]
+fn commit_log_volume_validation() {
+    let cases: Vec<(&str, Edit<TradeStore>)> = vec![
+        ("spec.commitLogStorage.size \"-1Gi\" is not a positive quantity", Box::new(|t| set_log_size(t, "-1Gi"))),
+        ("spec.commitLogStorage.size \"0\" is not a positive quantity", Box::new(|t| set_log_size(t, "0"))),
+        ("spec.commitLogStorage.size \"lots\" is not a positive quantity", Box::new(|t| set_log_size(t, "lots"))),
+        (
+            "spec.commitLogStorage.size \"100Mi\" is too small: the commit log needs at least 128 MiB",
+            Box::new(|t| set_log_size(t, "100Mi")),
+        ),
+        (
+            "spec.backup.target.volume.claimName \"fast-log-commit-log\" is the commit log volume",
+            Box::new(|t| {
+                let mut backup = fixture("backup-volume").spec.backup.unwrap();
+                backup.target.volume.as_mut().unwrap().claim_name = "fast-log-commit-log".into();
+                t.spec.backup = Some(backup);
+            }),
+        ),
+    ];
+    for (needle, change) in cases {
+        let mut ts = fixture("commit-log-volume");
+        change(&mut ts);
+        let errs = problems(&ts).join("\n");
+        assert!(errs.contains(needle), "missing {needle:?} in {errs:?}");
+    }
+    let mut ts = fixture("commit-log-volume");
+    set_log_size(&mut ts, "128Mi");
+    assert!(problems(&ts).is_empty(), "{:?}", problems(&ts));
+}
+
+fn set_log_size(ts: &mut TradeStore, size: &str) {
+    ts.spec.commit_log_storage.as_mut().unwrap().size = Quantity(size.into());
+}
+
+/// A claim as the API server holds it, with the data claim's annotations.
+fn claim_with(annotations: &[(&str, &str)]) -> PersistentVolumeClaim {
+    let mut pvc = PersistentVolumeClaim::default();
+    pvc.metadata.name = Some("fast-log-data".into());
+    let annotations = annotations.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    pvc.metadata.annotations = Some(annotations);
+    pvc
+}
+
+#[test]
+fn where_the_commit_log_is_cannot_change_once_the_data_claim_exists() {
+    let layout = |ts: &TradeStore, data: Option<&PersistentVolumeClaim>, log_exists: bool| {
+        let store = validate(ts).expect("valid");
+        check_commit_log_layout(&store, data, log_exists).map_err(|e| e.to_string())
+    };
+    let with_log = fixture("commit-log-volume");
+    let mut without_log = with_log.clone();
+    without_log.spec.commit_log_storage = None;
+    let recorded = claim_with(&[("tradestore.io/commit-log-claim", "fast-log-commit-log")]);
+    let unrecorded = claim_with(&[]);
+
+    // A new store, and stores held to what their data claim records.
+    assert_eq!(layout(&with_log, None, false), Ok(()));
+    assert_eq!(layout(&without_log, None, true), Ok(()), "a stray claim the store does not use");
+    assert_eq!(layout(&with_log, Some(&recorded), false), Ok(()), "the log claim is created next");
+    assert_eq!(layout(&with_log, Some(&recorded), true), Ok(()));
+    assert_eq!(layout(&without_log, Some(&unrecorded), false), Ok(()));
+
+    let added = layout(&with_log, Some(&unrecorded), false).unwrap_err();
+    assert!(added.contains("spec.commitLogStorage cannot be added to an existing store"), "{added}");
+    assert!(added.contains("fast-log-data"), "{added}");
+    let removed = layout(&without_log, Some(&recorded), false).unwrap_err();
+    assert!(removed.contains("spec.commitLogStorage cannot be removed"), "{removed}");
+    assert!(removed.contains("fast-log-commit-log"), "{removed}");
+    let stale = layout(&with_log, None, true).unwrap_err();
+    assert!(
+        stale.contains("volume claim fast-log-commit-log exists but the data claim fast-log-data does not"),
+        "{stale}"
+    );
 }
 
 /// The rendered file of `ts`, as YAML values.
@@ -560,7 +684,7 @@ fn validation_reports_each_problem() {
             ..Default::default()
         },
     ];
-    ts.spec.storage.size = k8s_openapi::apimachinery::pkg::api::resource::Quantity("lots".into());
+    ts.spec.storage.volume.size = k8s_openapi::apimachinery::pkg::api::resource::Quantity("lots".into());
     let errs = problems(&ts).join("\n");
     for needle in ["maxWalBytes", "unresponsiveSeconds", "reserved", "image must be set", "port 8080", "storage.size"] {
         assert!(errs.contains(needle), "missing {needle:?} in:\n{errs}");

@@ -27,6 +27,7 @@ const NS: &str = "trading";
 const TS: &str = "/apis/tradestore.io/v1alpha1/namespaces/trading/tradestores/minimal";
 const POD: &str = "/api/v1/namespaces/trading/pods/minimal";
 const PVC: &str = "/api/v1/namespaces/trading/persistentvolumeclaims/minimal-data";
+const LOG_PVC: &str = "/api/v1/namespaces/trading/persistentvolumeclaims/minimal-commit-log";
 const CM: &str = "/api/v1/namespaces/trading/configmaps/minimal-config";
 const SVC: &str = "/api/v1/namespaces/trading/services/minimal";
 const SECRET: &str = "/api/v1/namespaces/trading/secrets/minimal-token";
@@ -527,6 +528,180 @@ async fn volume_grows_only_when_the_class_allows_it() {
     h.reconcile().await;
     assert_eq!(h.fake.get(PVC).unwrap()["spec"]["resources"]["requests"]["storage"], "3Gi");
     assert!(h.fake.events().contains(&("Warning".into(), "VolumeShrinkRefused".into())));
+}
+
+fn log_volume_spec() -> Value {
+    let mut spec = minimal_spec();
+    spec["commitLogStorage"] = json!({"size": "2Gi", "storageClassName": "fast"});
+    spec
+}
+
+fn config_file(h: &Harness) -> String {
+    h.fake.get(CM).unwrap()["data"]["sidecar.yaml"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn commit_log_volume_is_a_second_claim_of_the_store() {
+    let h = Harness::new(log_volume_spec());
+    h.create().await;
+    let data = h.fake.get(PVC).expect("data claim");
+    let log = h.fake.get(LOG_PVC).expect("commit-log claim");
+    assert_eq!(log["metadata"]["ownerReferences"][0]["uid"], "ts-uid-1");
+    assert_eq!(log["metadata"]["labels"], data["metadata"]["labels"]);
+    assert_eq!(log["spec"]["storageClassName"], "fast");
+    assert_eq!(log["spec"]["resources"]["requests"]["storage"], "2Gi");
+    assert_eq!(data["metadata"]["annotations"]["tradestore.io/commit-log-claim"], "minimal-commit-log");
+    let pod = h.fake.get(POD).unwrap();
+    let volumes = pod["spec"]["volumes"].as_array().unwrap();
+    assert!(volumes.iter().any(|v| v["persistentVolumeClaim"]["claimName"] == "minimal-commit-log"), "{volumes:?}");
+    assert!(config_file(&h).contains("dir: /var/lib/tradestore-commit-log"), "{}", config_file(&h));
+    assert_eq!(h.status()["commitLogStorage"]["claimName"], "minimal-commit-log");
+    assert_eq!(h.status()["storage"]["claimName"], "minimal-data");
+    let created = h.fake.event_notes("VolumeCreated");
+    assert!(created.iter().any(|n| n == "created volume claim minimal-commit-log (2Gi)"), "{created:?}");
+
+    // Unchanged: no writes to either claim.
+    h.pod_ready(0);
+    h.reconcile().await;
+    h.fake.clear_calls();
+    h.reconcile().await;
+    let writes = h.fake.writes();
+    assert!(writes.iter().all(|w| w.contains("/configmaps/") || w.contains("/services/")), "{writes:?}");
+}
+
+#[tokio::test]
+async fn commit_log_volume_grows_like_the_data_volume() {
+    let h = Harness::new(log_volume_spec());
+    h.fake.put(
+        "/apis/storage.k8s.io/v1/storageclasses/fast",
+        json!({"metadata": {"name": "fast"}, "provisioner": "p", "allowVolumeExpansion": true}),
+    );
+    h.create().await;
+    h.edit_spec(|s| s["commitLogStorage"]["size"] = json!("4Gi"));
+    h.reconcile().await;
+    assert_eq!(h.fake.get(LOG_PVC).unwrap()["spec"]["resources"]["requests"]["storage"], "4Gi");
+    assert_eq!(h.fake.get(PVC).unwrap()["spec"]["resources"]["requests"]["storage"], "1Gi");
+    assert!(
+        h.fake.event_notes("VolumeExpanding").iter().any(|n| n == "expanding volume claim minimal-commit-log to 4Gi")
+    );
+    let resize = h.fake.calls().into_iter().rev().find(|c| c.path == LOG_PVC && c.method == "PATCH").unwrap();
+    assert_eq!(resize.content_type, "application/merge-patch+json");
+
+    h.edit_spec(|s| {
+        s["commitLogStorage"]["size"] = json!("3Gi");
+        s["commitLogStorage"]["storageClassName"] = json!("slow");
+    });
+    h.reconcile().await;
+    let log = h.fake.get(LOG_PVC).unwrap();
+    assert_eq!(log["spec"]["resources"]["requests"]["storage"], "4Gi");
+    assert_eq!(log["spec"]["storageClassName"], "fast");
+    assert!(h.fake.event_notes("VolumeShrinkRefused").iter().any(|n| n.contains("minimal-commit-log is 4Gi")));
+    assert!(h.fake.event_notes("VolumeSpecImmutable").iter().any(|n| n.contains("minimal-commit-log")));
+}
+
+#[tokio::test]
+async fn commit_log_volume_cannot_be_added_to_an_existing_store() {
+    let h = Harness::new(minimal_spec());
+    h.create().await;
+    h.pod_ready(0);
+    h.reconcile().await;
+    let (hash, config) = (hash_of(&h.fake), config_file(&h));
+    h.edit_spec(|s| s["commitLogStorage"] = json!({"size": "2Gi"}));
+    assert_eq!(h.reconcile().await, Action::requeue(Duration::from_secs(60)), "looked at again after a resync");
+    assert_eq!(h.status()["phase"], "Invalid");
+    let msg = h.status()["message"].as_str().unwrap().to_string();
+    assert!(msg.contains("spec.commitLogStorage cannot be added to an existing store"), "{msg}");
+    assert_eq!(h.condition("Degraded"), ("True".into(), "InvalidSpec".into()));
+    assert!(h.fake.event_notes("InvalidSpec").iter().any(|n| n.contains("cannot be added")));
+    // Nothing moved: no log claim, the pod and its config file as they were.
+    assert!(h.fake.get(LOG_PVC).is_none());
+    assert_eq!((hash_of(&h.fake), config_file(&h)), (hash, config));
+
+    h.edit_spec(|s| {
+        s.as_object_mut().unwrap().remove("commitLogStorage");
+    });
+    h.reconcile().await;
+    assert_eq!(h.status()["phase"], "Running");
+}
+
+#[tokio::test]
+async fn commit_log_volume_cannot_be_removed() {
+    let h = Harness::new(log_volume_spec());
+    h.create().await;
+    let (hash, config) = (hash_of(&h.fake), config_file(&h));
+    h.edit_spec(|s| {
+        s.as_object_mut().unwrap().remove("commitLogStorage");
+    });
+    h.reconcile().await;
+    assert_eq!(h.status()["phase"], "Invalid");
+    let msg = h.status()["message"].as_str().unwrap().to_string();
+    assert!(msg.contains("spec.commitLogStorage cannot be removed") && msg.contains("minimal-commit-log"), "{msg}");
+    assert!(h.fake.get(LOG_PVC).is_some());
+    assert_eq!((hash_of(&h.fake), config_file(&h)), (hash, config));
+}
+
+#[tokio::test]
+async fn a_commit_log_claim_without_its_data_claim_is_not_taken_over() {
+    let h = Harness::new(log_volume_spec());
+    h.fake.put(
+        LOG_PVC,
+        json!({"metadata": {"name": "minimal-commit-log", "namespace": NS},
+               "spec": {"accessModes": ["ReadWriteOncePod"], "resources": {"requests": {"storage": "2Gi"}}}}),
+    );
+    h.create().await;
+    assert_eq!(h.status()["phase"], "Invalid");
+    let msg = h.status()["message"].as_str().unwrap().to_string();
+    assert!(msg.contains("volume claim minimal-commit-log exists but the data claim minimal-data does not"), "{msg}");
+    assert!(h.fake.get(PVC).is_none() && h.fake.get(POD).is_none());
+
+    // Deleted as the message says: the next look (a resync, claims are not watched) creates the store.
+    h.fake.remove(LOG_PVC);
+    h.reconcile().await;
+    assert!(h.fake.get(PVC).is_some() && h.fake.get(LOG_PVC).is_some() && h.fake.get(POD).is_some());
+    assert_eq!(h.status()["phase"], "Pending");
+}
+
+#[tokio::test]
+async fn retained_volumes_are_adopted_together() {
+    let h = Harness::new(log_volume_spec());
+    h.fake.graceful_pods(true);
+    h.create().await;
+    delete_store(&h).await;
+    assert!(h.fake.get(TS).is_none());
+    for claim in [PVC, LOG_PVC] {
+        assert_eq!(h.fake.get(claim).unwrap()["metadata"]["ownerReferences"], json!([]), "{claim} kept ownerless");
+    }
+    assert!(h.fake.event_notes("VolumeRetained").iter().any(|n| n == "kept volume claim minimal-commit-log"));
+
+    // The same store again: both claims come back; without the log volume it is refused.
+    let again = Harness::new(log_volume_spec());
+    for claim in [PVC, LOG_PVC] {
+        again.fake.put(claim, h.fake.get(claim).unwrap());
+    }
+    again.create().await;
+    for claim in [PVC, LOG_PVC] {
+        assert_eq!(again.fake.get(claim).unwrap()["metadata"]["ownerReferences"][0]["uid"], "ts-uid-1", "{claim}");
+    }
+    let without = Harness::new(minimal_spec());
+    for claim in [PVC, LOG_PVC] {
+        without.fake.put(claim, h.fake.get(claim).unwrap());
+    }
+    without.create().await;
+    assert_eq!(without.status()["phase"], "Invalid");
+    assert!(without.status()["message"].as_str().unwrap().contains("cannot be removed"));
+}
+
+#[tokio::test]
+async fn deletion_with_delete_policy_removes_both_volumes() {
+    let mut spec = log_volume_spec();
+    spec["storage"]["retentionPolicy"] = json!("Delete");
+    let h = Harness::new(spec);
+    h.fake.graceful_pods(true);
+    h.create().await;
+    delete_store(&h).await;
+    assert!(h.fake.get(TS).is_none());
+    assert!(h.fake.get(PVC).is_none() && h.fake.get(LOG_PVC).is_none());
+    assert!(h.fake.event_notes("VolumeDeleted").iter().any(|n| n == "deleted volume claim minimal-commit-log"));
 }
 
 async fn delete_store(h: &Harness) {

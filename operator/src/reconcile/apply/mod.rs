@@ -1,5 +1,5 @@
 //! The apply stage: one module per owned object that needs more than a server-side apply — the
-//! token Secret ([`token`]: created once, never applied again), the data volume ([`volume`]:
+//! token Secret ([`token`]: created once, never applied again), the volume claims ([`volume`]:
 //! created, adopted, grown) and the pod ([`pod`]: created, kept, replaced or removed). The
 //! ConfigMap and the Service are plain server-side applies, here.
 

@@ -1,6 +1,10 @@
-//! The data volume claim: created by server-side apply, adopted when retained from an earlier
-//! store of the same name, grown when the spec asks for more and the storage class allows it.
-//! Shrinking and changing immutable fields are refused with Warning events.
+//! The store's volume claims — the data volume, and the commit log's own with
+//! `spec.commitLogStorage` — alike: created by server-side apply, adopted when retained from an
+//! earlier store of the same name, grown when the spec asks for more and the storage class allows
+//! it. Shrinking and changing immutable fields are refused with Warning events. Before any of
+//! that, where the commit log is is held to what the data claim records ([`commit_log_layout`]).
+
+use std::cmp::Ordering;
 
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, PersistentVolumeClaimSpec};
 use k8s_openapi::api::storage::v1::StorageClass;
@@ -12,13 +16,24 @@ use serde_json::json;
 
 use super::{apply_params, has_foreign_controller, namespace, other_owners, owned_by};
 use crate::crd::{StorageStatus, TradeStore, TradeStoreStatus};
-use crate::names::{backup_claim, pvc_name};
+use crate::names::{backup_claim, commit_log_pvc_name, pvc_name};
 use crate::reconcile::{Context, Error, Result};
-use crate::validate::{Validated, parse_quantity};
+use crate::validate::{Invalid, Validated, check_commit_log_layout, parse_quantity};
 
-/// Creates the claim, or brings an existing one in line; returns its state for the status.
-/// Spec-change warnings are published only when the spec changed since the last status (`old`),
-/// so they are not repeated every resync.
+/// The data claim as it is (and, while it does not exist, whether a commit-log claim does), held
+/// to where the spec puts the commit log.
+pub(crate) async fn commit_log_layout(store: &Validated<'_>, ctx: &Context) -> Result<Result<(), Invalid>> {
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &namespace(store));
+    let data = pvcs.get_opt(&pvc_name(store)).await?;
+    let log_claim_exists = data.is_none()
+        && store.spec.commit_log_storage.is_some()
+        && pvcs.get_opt(&commit_log_pvc_name(store)).await?.is_some();
+    Ok(check_commit_log_layout(store, data.as_ref(), log_claim_exists))
+}
+
+/// Creates the claim `desired`, or brings the existing one in line; returns its state for the
+/// status. Spec-change warnings are published only when the spec changed since the last status
+/// (`old`), so they are not repeated every resync.
 pub(crate) async fn ensure(
     store: &Validated<'_>,
     ctx: &Context,
@@ -26,10 +41,11 @@ pub(crate) async fn ensure(
     old: &TradeStoreStatus,
 ) -> Result<StorageStatus> {
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &namespace(store));
-    let name = pvc_name(store);
+    let name = desired.name_any();
+    let want = desired.spec.clone().unwrap_or_default();
     let Some(cur) = pvcs.get_opt(&name).await? else {
         let created = pvcs.patch(&name, &apply_params(ctx), &Patch::Apply(desired)).await?;
-        let note = format!("created volume claim {name} ({})", store.spec.storage.size.0);
+        let note = format!("created volume claim {name} ({})", shown(requested_size(&want).as_ref()));
         ctx.events.publish(store, EventType::Normal, "VolumeCreated", "Create", note).await;
         return Ok(storage_status(&created));
     };
@@ -38,11 +54,12 @@ pub(crate) async fn ensure(
     }
     let spec_changed = old.observed_generation != store.metadata.generation;
     let cur_spec = cur.spec.clone().unwrap_or_default();
-    let requested = requested_size(&cur_spec);
+    let sizes = Sizes { requested: requested_size(&cur_spec), wanted: requested_size(&want) };
     if spec_changed {
-        refuse_shrink_and_immutable_changes(store, ctx, &name, &cur_spec, requested.as_ref()).await;
+        refuse_shrink_and_immutable_changes(store, ctx, &name, &cur_spec, &want, &sizes).await;
     }
-    let size = decide_size(store, ctx, &name, &cur_spec, requested.as_ref(), spec_changed).await?;
+    let size = decide_size(store, ctx, &name, &cur_spec, &sizes, spec_changed).await?;
+    let requested = sizes.requested;
     // Adopt a retained claim (e.g. the store was deleted with Retain and created again).
     let needs_owner = !owned_by(&cur.metadata, store);
     if needs_owner || size != requested {
@@ -56,6 +73,20 @@ fn requested_size(spec: &PersistentVolumeClaimSpec) -> Option<Quantity> {
     spec.resources.as_ref().and_then(|r| r.requests.as_ref()).and_then(|r| r.get("storage")).cloned()
 }
 
+/// What an existing claim requests, and what the spec asks of it.
+struct Sizes {
+    requested: Option<Quantity>,
+    wanted: Option<Quantity>,
+}
+
+impl Sizes {
+    /// How the wanted size compares with the requested one (None: either is unknown).
+    fn change(&self) -> Option<Ordering> {
+        let bytes = |q: &Option<Quantity>| q.as_ref().and_then(|q| parse_quantity(&q.0));
+        bytes(&self.wanted)?.partial_cmp(&bytes(&self.requested)?)
+    }
+}
+
 fn shown(q: Option<&Quantity>) -> &str {
     q.map(|q| q.0.as_str()).unwrap_or("?")
 }
@@ -65,16 +96,17 @@ async fn refuse_shrink_and_immutable_changes(
     ctx: &Context,
     name: &str,
     cur_spec: &PersistentVolumeClaimSpec,
-    requested: Option<&Quantity>,
+    want: &PersistentVolumeClaimSpec,
+    sizes: &Sizes,
 ) {
-    let want = &store.spec.storage;
-    if requested.and_then(|q| parse_quantity(&q.0)).is_some_and(|cur| store.storage_bytes() < cur) {
-        let note = format!("volume claim {name} is {} and cannot shrink to {}", shown(requested), want.size.0);
+    if sizes.change() == Some(Ordering::Less) {
+        let (cur, wanted) = (shown(sizes.requested.as_ref()), shown(sizes.wanted.as_ref()));
+        let note = format!("volume claim {name} is {cur} and cannot shrink to {wanted}");
         ctx.events.publish(store, EventType::Warning, "VolumeShrinkRefused", "Resize", note).await;
     }
     let modes = cur_spec.access_modes.clone().unwrap_or_default();
     let class_differs = want.storage_class_name.is_some() && want.storage_class_name != cur_spec.storage_class_name;
-    if class_differs || modes != vec![want.access_mode.as_str().to_string()] {
+    if class_differs || Some(&modes) != want.access_modes.as_ref() {
         let note = format!(
             "storage class and access mode of volume claim {name} cannot change; keeping {:?} {:?}",
             cur_spec.storage_class_name, modes
@@ -90,18 +122,17 @@ async fn decide_size(
     ctx: &Context,
     name: &str,
     cur_spec: &PersistentVolumeClaimSpec,
-    requested: Option<&Quantity>,
+    sizes: &Sizes,
     spec_changed: bool,
 ) -> Result<Option<Quantity>> {
-    let want = &store.spec.storage.size;
-    let grow = requested.and_then(|q| parse_quantity(&q.0)).is_some_and(|cur| store.storage_bytes() > cur);
-    if !grow {
+    let requested = sizes.requested.as_ref();
+    if sizes.change() != Some(Ordering::Greater) {
         return Ok(requested.cloned());
     }
     if expandable(ctx, cur_spec.storage_class_name.as_deref()).await? {
-        let note = format!("expanding volume claim {name} to {}", want.0);
+        let note = format!("expanding volume claim {name} to {}", shown(sizes.wanted.as_ref()));
         ctx.events.publish(store, EventType::Normal, "VolumeExpanding", "Resize", note).await;
-        return Ok(Some(want.clone()));
+        return Ok(sizes.wanted.clone());
     }
     if spec_changed {
         let note = format!(
