@@ -557,8 +557,9 @@ pub struct IntegrityCheckSpec {
     #[schemars(range(min = 10, max = 604800))]
     pub interval_seconds: i64,
     /// What the sidecar does when a check fails: Report (readiness, status and metrics show it)
-    /// or Recover (also stop once the Redis journal holds every change, quarantine the file and
-    /// restart into recovery from the newest verified snapshot plus the journal; needs `redis`).
+    /// or Recover (also quarantine the file once a rebuild can hold every change and restart into
+    /// recovery from the newest verified snapshot plus the commit log, and the Redis journal for
+    /// what the log lacks; needs `backup` or `redis`).
     #[serde(default)]
     pub on_failure: IntegrityFailurePolicy,
 }
@@ -570,7 +571,7 @@ pub enum IntegrityFailurePolicy {
     #[default]
     Report,
     /// Report it, then quarantine the file and recover from the newest verified snapshot plus
-    /// the Redis journal (each recovery is one container restart).
+    /// the commit log (each recovery is one container restart).
     Recover,
 }
 
