@@ -640,14 +640,20 @@ async fn commit_log_volume_cannot_be_removed() {
     assert_eq!((hash_of(&h.fake), config_file(&h)), (hash, config));
 }
 
+/// A volume claim left from before (retained), at `path`, not owned by any store.
+fn put_claim(h: &Harness, path: &str, size: &str) {
+    let name = path.rsplit('/').next().unwrap();
+    h.fake.put(
+        path,
+        json!({"metadata": {"name": name, "namespace": NS},
+               "spec": {"accessModes": ["ReadWriteOncePod"], "resources": {"requests": {"storage": size}}}}),
+    );
+}
+
 #[tokio::test]
 async fn a_commit_log_claim_without_its_data_claim_is_not_taken_over() {
     let h = Harness::new(log_volume_spec());
-    h.fake.put(
-        LOG_PVC,
-        json!({"metadata": {"name": "minimal-commit-log", "namespace": NS},
-               "spec": {"accessModes": ["ReadWriteOncePod"], "resources": {"requests": {"storage": "2Gi"}}}}),
-    );
+    put_claim(&h, LOG_PVC, "2Gi");
     h.create().await;
     assert_eq!(h.status()["phase"], "Invalid");
     let msg = h.status()["message"].as_str().unwrap().to_string();
@@ -691,18 +697,6 @@ async fn retained_volumes_are_adopted_together() {
     assert!(without.status()["message"].as_str().unwrap().contains("cannot be removed"));
 }
 
-#[tokio::test]
-async fn deletion_with_delete_policy_removes_both_volumes() {
-    let mut spec = log_volume_spec();
-    spec["storage"]["retentionPolicy"] = json!("Delete");
-    let h = Harness::new(spec);
-    h.fake.graceful_pods(true);
-    h.create().await;
-    delete_store(&h).await;
-    assert!(h.fake.get(TS).is_none());
-    assert!(h.fake.get(PVC).is_none() && h.fake.get(LOG_PVC).is_none());
-    assert!(h.fake.event_notes("VolumeDeleted").iter().any(|n| n == "deleted volume claim minimal-commit-log"));
-}
 
 async fn delete_store(h: &Harness) {
     h.fake.edit(TS, |o| o["metadata"]["deletionTimestamp"] = json!("2026-11-01T12:00:00Z"));
@@ -726,25 +720,24 @@ async fn deletion_waits_for_the_pod_and_retains_the_volume() {
 }
 
 #[tokio::test]
-async fn deletion_with_delete_policy_removes_the_volume() {
-    let mut spec = minimal_spec();
-    spec["storage"]["retentionPolicy"] = json!("Delete");
-    let h = Harness::new(spec);
-    h.fake.graceful_pods(true);
-    h.create().await;
-    delete_store(&h).await;
-    assert!(h.fake.get(TS).is_none());
-    assert!(h.fake.get(PVC).is_none());
+async fn deletion_with_delete_policy_removes_the_volumes() {
+    for (mut spec, with_log) in [(minimal_spec(), false), (log_volume_spec(), true)] {
+        spec["storage"]["retentionPolicy"] = json!("Delete");
+        let h = Harness::new(spec);
+        h.fake.graceful_pods(true);
+        h.create().await;
+        delete_store(&h).await;
+        assert!(h.fake.get(TS).is_none());
+        assert!(h.fake.get(PVC).is_none() && h.fake.get(LOG_PVC).is_none());
+        let log_deleted = h.fake.event_notes("VolumeDeleted").iter().any(|n| n == "deleted volume claim minimal-commit-log");
+        assert_eq!(log_deleted, with_log);
+    }
 }
 
 #[tokio::test]
 async fn retained_volume_is_adopted_by_a_new_store_of_the_same_name() {
     let h = Harness::new(minimal_spec());
-    h.fake.put(
-        PVC,
-        json!({"metadata": {"name": "minimal-data", "namespace": NS},
-               "spec": {"accessModes": ["ReadWriteOncePod"], "resources": {"requests": {"storage": "1Gi"}}}}),
-    );
+    put_claim(&h, PVC, "1Gi");
     h.create().await;
     let pvc = h.fake.get(PVC).unwrap();
     assert_eq!(pvc["metadata"]["ownerReferences"][0]["uid"], "ts-uid-1");
