@@ -185,3 +185,27 @@ async fn a_lost_or_damaged_file_comes_back_from_the_snapshot_and_the_local_log_a
     assert!(log.contains("cannot rebuild the database without losing changes"), "{log}");
     assert!(log.contains("there is no local commit log"), "{log}");
 }
+
+/// A store pointed at a log directory of its own while segments remain at the default
+/// place refuses to start (it would skip their changes), and starts with everything
+/// once they are moved.
+#[tokio::test]
+async fn a_log_left_at_the_default_place_is_not_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Sidecar::start(dir.path(), &[]).await;
+    write_trades(&s, (0..10).map(|i| format!("m{i}"))).await;
+    s.kill();
+    let elsewhere = dir.path().join("log-volume");
+    let env = [("TRADESTORE_COMMIT_LOG__DIR", elsewhere.to_str().unwrap())];
+    let mut refused = Sidecar::spawn_on(dir.path(), free_port(), &env);
+    assert!(!wait_exit(&mut refused).await.success());
+    let log = refused.log();
+    assert!(log.contains("still holds commit-log segments, which this start would skip"), "{log}");
+
+    std::fs::rename(dir.path().join("data").join("log"), &elsewhere).unwrap();
+    let s = Sidecar::start(dir.path(), &env).await;
+    assert_eq!(status(&s).await["last_seq"], 10);
+    for i in 0..10 {
+        assert_eq!(client().get(s.url(&format!("/v1/trades/m{i}"))).send().await.unwrap().status(), 200);
+    }
+}

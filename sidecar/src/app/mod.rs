@@ -22,7 +22,7 @@ use crate::error::Result;
 use crate::followers::clickhouse::{self, ClickhouseSync};
 use crate::followers::journal::{self, Journal};
 use crate::store::applier;
-use crate::store::log::CommitLog;
+use crate::store::log::{self, CommitLog};
 use crate::store::overlay::Overlay;
 use crate::store::reader::{Reader, load_hot_state};
 use crate::store::writer::{Parts, Writer, WriterHandle};
@@ -211,6 +211,7 @@ impl App {
 /// snapshot or recovers it when it must, migrates it, and replays what the journal
 /// holds beyond it.
 async fn open(cfg: &Config, backups: &Backups, redis: Option<&redis::Client>) -> Result<Opened> {
+    refuse_a_log_left_behind(cfg)?;
     let path = cfg.database_path();
     let local = recovery::local_log(&cfg.commit_log_dir());
     let rebuilt = match &cfg.snapshots.bootstrap_from {
@@ -234,6 +235,22 @@ async fn open(cfg: &Config, backups: &Backups, redis: Option<&redis::Client>) ->
     let seq = applier::applied_seq(&conn)? as i64;
     let recovery = rebuilt.or(caught_up).map(|report| recovery::finish(report, replay.changes, seq));
     Ok(Opened { conn, log, replay, schema_version, recovery })
+}
+
+/// A store told to keep its log elsewhere (`commit_log.dir`, e.g. a volume of its own)
+/// while segments remain at the default place would start without the changes they
+/// hold: refused, with what to do.
+fn refuse_a_log_left_behind(cfg: &Config) -> Result<()> {
+    let (dir, default) = (cfg.commit_log_dir(), cfg.data_dir.join("log"));
+    if dir == default || !log::has_segments(&default)? {
+        return Ok(());
+    }
+    Err(crate::error::Error::Config(format!(
+        "commit_log.dir is {} but {} still holds commit-log segments, which this start would skip: move them into \
+         commit_log.dir (or unset it), then start again",
+        dir.display(),
+        default.display()
+    )))
 }
 
 /// Opens the commit log and brings DuckDB up to date with it. Journal-based recovery

@@ -244,6 +244,15 @@ impl Drop for CommitLog {
     }
 }
 
+/// Whether `dir` holds any segment file (a missing directory holds none).
+pub fn has_segments(dir: &Path) -> io::Result<bool> {
+    match list(dir) {
+        Ok(segments) => Ok(!segments.is_empty()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// The segment files in `dir`, by first `seq`.
 fn list(dir: &Path) -> io::Result<Vec<SegmentFile>> {
     let mut segments = Vec::new();
