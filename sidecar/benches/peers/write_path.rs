@@ -78,6 +78,7 @@ pub struct Lag {
 /// the lag is what the histogram gained meanwhile.
 pub async fn apply_lag(s: &Sidecar, rate: f64, secs: f64) -> Lag {
     const LOOPS: usize = 16;
+    caught_up(s).await; // a backlog left by an earlier phase is not this lag
     let before = lag_buckets(s).await;
     let start = Instant::now();
     let tasks: Vec<_> = (0..LOOPS)
@@ -107,6 +108,19 @@ pub async fn apply_lag(s: &Sidecar, rate: f64, secs: f64) -> Lag {
     let gained: Vec<(f64, f64)> =
         lag_buckets(s).await.iter().zip(&before).map(|((le, now), (_, then))| (*le, now - then)).collect();
     Lag { sent, rate: achieved, p50_ms: quantile(&gained, 0.5) * 1e3, p99_ms: quantile(&gained, 0.99) * 1e3 }
+}
+
+/// Waits until DuckDB holds every acknowledged change.
+async fn caught_up(s: &Sidecar) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let st: Value = client().get(s.url("/v1/status")).send().await.unwrap().json().await.unwrap();
+        if st["commit_log"]["apply_backlog"] == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the applier did not catch up: {st}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// The cumulative `(le, count)` buckets of the applier lag histogram.
