@@ -697,7 +697,6 @@ async fn retained_volumes_are_adopted_together() {
     assert!(without.status()["message"].as_str().unwrap().contains("cannot be removed"));
 }
 
-
 async fn delete_store(h: &Harness) {
     h.fake.edit(TS, |o| o["metadata"]["deletionTimestamp"] = json!("2026-11-01T12:00:00Z"));
     h.reconcile().await; // deletes the pod
@@ -729,7 +728,8 @@ async fn deletion_with_delete_policy_removes_the_volumes() {
         delete_store(&h).await;
         assert!(h.fake.get(TS).is_none());
         assert!(h.fake.get(PVC).is_none() && h.fake.get(LOG_PVC).is_none());
-        let log_deleted = h.fake.event_notes("VolumeDeleted").iter().any(|n| n == "deleted volume claim minimal-commit-log");
+        let log_deleted =
+            h.fake.event_notes("VolumeDeleted").iter().any(|n| n == "deleted volume claim minimal-commit-log");
         assert_eq!(log_deleted, with_log);
     }
 }
