@@ -126,7 +126,7 @@ async fn a_damaged_file_is_quarantined_and_rebuilt_without_loss() {
     assert!(db.with_extension("quarantine").exists(), "quarantine marker written");
     env.truncate(4);
 
-    // The restart recovers: snapshot (100k) + the local commit log (the other 100k;
+    // The restart recovers: snapshot (150k) + the local commit log (the other 150k;
     // the journal is not needed), nothing lost.
     let mut s = Sidecar::start_on(dir.path(), port, &env).await;
     let st = status(&s).await;

@@ -213,14 +213,13 @@ impl App {
 async fn open(cfg: &Config, backups: &Backups, redis: Option<&redis::Client>) -> Result<Opened> {
     refuse_a_log_left_behind(cfg)?;
     let path = cfg.database_path();
-    let local = recovery::local_log(&cfg.commit_log_dir());
     let rebuilt = match &cfg.snapshots.bootstrap_from {
         Some(from) if !path.exists() => {
             tracing::info!(from, "no database file; bootstrapping from snapshot");
             backups.restore(from, &path).await?;
             None
         }
-        _ => recovery::run(cfg, backups, redis, &local).await?,
+        _ => recovery::run(cfg, backups, redis).await?,
     };
     let conn = db::open(&path, &cfg.duckdb)?;
     let applied = migrations::up(&conn, migrations::embedded(), None)?;
@@ -230,7 +229,7 @@ async fn open(cfg: &Config, backups: &Backups, redis: Option<&redis::Client>) ->
     }
     // Before the writer hands out sequence numbers: a store below its journal
     // must take the journal's changes first, or it would reuse their numbers.
-    let caught_up = recovery::catch_up(&conn, cfg, redis, &local)?;
+    let caught_up = recovery::catch_up(&conn, cfg, redis)?;
     let (log, replay) = open_commit_log(&conn, cfg)?;
     let seq = applier::applied_seq(&conn)? as i64;
     let recovery = rebuilt.or(caught_up).map(|report| recovery::finish(report, replay.changes, seq));

@@ -73,31 +73,32 @@ pub fn local_log(dir: &Path) -> Witness<Option<Span>> {
     Ok(report.span().map(|(after, to)| Span { after: after as i64, to: to as i64 }))
 }
 
+/// The span a witness holds, if it could say.
+fn held(local: &Witness<Option<Span>>) -> Option<Span> {
+    local.as_ref().ok().copied().flatten()
+}
+
 /// Whether snapshot + local log alone would rebuild every change up to `last_seq`:
 /// the log reaches back to the newest snapshot (`snapshot_seq`; without one, to the
 /// first change) and on to `last_seq`.
 pub fn log_rebuilds(local: &Witness<Option<Span>>, snapshot_seq: Option<i64>, last_seq: i64) -> bool {
     let base = snapshot_seq.unwrap_or(0);
-    local.as_ref().is_ok_and(|span| span.is_some_and(|s| s.after <= base && s.to >= last_seq))
+    held(local).is_some_and(|s| s.after <= base && s.to >= last_seq)
 }
 
 /// Rebuilds `cfg.database_path()` when it is missing (and something to recover from
 /// exists), cannot be opened, was quarantined, or — with `integrity.on_failure:
 /// recover` — fails the block scan at start; otherwise does nothing.
-pub async fn run(
-    cfg: &Config,
-    backups: &Backups,
-    redis: Option<&redis::Client>,
-    local: &Witness<Option<Span>>,
-) -> Result<Option<RecoveryReport>> {
+pub async fn run(cfg: &Config, backups: &Backups, redis: Option<&redis::Client>) -> Result<Option<RecoveryReport>> {
     let path = cfg.database_path();
     let scratch = path.with_extension("duckdb.recovering");
     remove_file_and_wal(&scratch)?; // left by an interrupted rebuild: derived data
     let Some(cause) = why_recover(cfg, &path)? else { return Ok(None) };
+    let local = &local_log(&cfg.commit_log_dir());
     let mut journal = redis.map(|c| Replay::connect(c, Keys::new(&cfg.redis.key_prefix), cfg.recovery.journal_wait));
     let meta = read_meta(&mut journal);
     let restored = backups.restore_newest(&scratch).await?;
-    let span = local.clone().ok().flatten();
+    let span = held(local);
     let nothing_anywhere = restored.is_none() && span.is_none() && (redis.is_none() || matches!(meta, Ok(None)));
     if cause.reason == MISSING && nothing_anywhere {
         remove_file_and_wal(&scratch)?;
@@ -160,7 +161,6 @@ pub fn catch_up(
     conn: &duckdb::Connection,
     cfg: &Config,
     redis: Option<&redis::Client>,
-    local: &Witness<Option<Span>>,
 ) -> Result<Option<RecoveryReport>> {
     let Some(client) = redis else { return Ok(None) };
     let marker = journal::diverged_marker(&cfg.database_path());
@@ -179,8 +179,12 @@ pub fn catch_up(
         }
     };
     let meta = journal.meta()?;
+    if meta.as_ref().is_none_or(|m| m.seq <= store) {
+        return Ok(None); // the usual start: read the log only when the journal is ahead
+    }
     // What the local log holds, it replays next, with every version's history.
-    let local_reach = reach(store, local.clone().ok().flatten().as_slice());
+    let local = &local_log(&cfg.commit_log_dir());
+    let local_reach = reach(store, held(local).as_slice());
     let Some(Meta { seq: ahead, .. }) = meta.filter(|m| m.seq > local_reach) else { return Ok(None) };
     let mut report = RecoveryReport {
         reason: format!("behind the journal: the file ends at seq {store}, the journal at {ahead}"),
@@ -272,7 +276,7 @@ fn journal_span(meta: &Witness<Option<Meta>>) -> Option<Span> {
 /// Ok when the local log and the journal, chained, provably hold every change above
 /// `base` up to `target` (the highest sequence known to exist; `None`: nothing says).
 fn prove(base: i64, target: Option<i64>, local: &Witness<Option<Span>>, meta: &Witness<Option<Meta>>) -> Witness<()> {
-    let span = local.clone().ok().flatten();
+    let span = held(local);
     let spans: Vec<Span> = span.into_iter().chain(journal_span(meta)).collect();
     // Without a log, the journal's own rules decide (an emptied Redis proves nothing).
     if span.is_some() && target.is_some_and(|t| reach(base, &spans) >= t) {
