@@ -52,7 +52,11 @@ if [[ $(id -u) -ne 0 ]]; then
   exit 1
 fi
 # Same package selection as the run above, so nothing is rebuilt with other features.
-cargo test --release --locked --workspace -- --ignored --exact a_full_disk_refuses_writes_and_loses_nothing_acknowledged
+full_disk=disk_full::a_full_disk_refuses_writes_and_loses_nothing_acknowledged
+cargo test --release --locked --workspace -- --ignored --exact "$full_disk" 2>&1 | tee "$TS_CACHE_DIR/last-root-test.log"
+test "${PIPESTATUS[0]}" -eq 0
+# A renamed test would match nothing and pass silently.
+grep -q "^test $full_disk \.\.\. ok$" "$TS_CACHE_DIR/last-root-test.log"
 
 step "benchmark smoke (PostgreSQL and wrk from Debian; correctness only, no timing)"
 BENCH_SMOKE=1 scripts/bench.sh

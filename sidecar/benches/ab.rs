@@ -10,7 +10,8 @@
 //! build's median round. Trades are sent with JSON-number amounts, which builds
 //! from before exact money (issue 10) and after it both accept.
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../tests/integration/common/mod.rs"]
+#[allow(dead_code)] // a bench uses only part of the tests' harness
 mod common;
 mod measure;
 

@@ -4,7 +4,8 @@
 //!
 //! `cargo bench -p tradestore-sidecar --bench log`; `BENCH_SECONDS` (default 3) per phase.
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../tests/integration/common/mod.rs"]
+#[allow(dead_code)] // a bench uses only part of the tests' harness
 mod common;
 mod measure;
 

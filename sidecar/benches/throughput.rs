@@ -4,7 +4,8 @@
 //! `BENCH_SECONDS` (default 5) sets each load phase's length; `BENCH_ROWS`
 //! (default 200000) the rows preloaded before the read phases.
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../tests/integration/common/mod.rs"]
+#[allow(dead_code)] // a bench uses only part of the tests' harness
 mod common;
 mod measure;
 

@@ -13,7 +13,8 @@
 //! lag at half the best rate, the replay after a SIGKILL with a full backlog, and the
 //! id index's memory per trade.
 
-#[path = "../../tests/common/mod.rs"]
+#[path = "../../tests/integration/common/mod.rs"]
+#[allow(dead_code)] // a bench uses only part of the tests' harness
 mod common;
 mod load;
 #[path = "../measure/mod.rs"]

@@ -2,14 +2,12 @@
 //! every scale, the hot state, Redis's state keys and ClickHouse's `FINAL` rows agree
 //! to the last digit (real `redis-server` and `clickhouse-server`).
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::clickhouse::ClickHouse;
-use common::servers::{Server, redis_conn};
-use common::{Sidecar, client, free_port, wait_status};
+use crate::common::clickhouse::ClickHouse;
+use crate::common::servers::{Server, redis_conn};
+use crate::common::{Sidecar, client, free_port, wait_status};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};

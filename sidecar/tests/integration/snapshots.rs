@@ -1,13 +1,11 @@
 //! Snapshots of a live store under concurrent writes, restore by command and by
 //! start-up bootstrap, and refusal of a corrupt snapshot.
 
-mod common;
-
 use std::collections::HashSet;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 
-use common::{Sidecar, binary, client, trade_for, wait_status};
+use crate::common::{Sidecar, binary, client, trade_for, wait_status};
 use serde_json::Value;
 
 fn ids_with_seq(db: &std::path::Path) -> Vec<(String, i64)> {

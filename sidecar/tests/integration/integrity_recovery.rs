@@ -3,13 +3,11 @@
 //! commit log reaches back to the snapshot) and stops by itself, and the restart (what
 //! the kubelet does) rebuilds it from the snapshot plus the log with nothing lost.
 
-mod common;
-
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::time::{Duration, Instant};
 
-use common::servers::Server;
-use common::{Sidecar, client, free_port, status, trade_for, wait_exit};
+use crate::common::servers::Server;
+use crate::common::{self, Sidecar, client, free_port, status, trade_for, wait_exit};
 use serde_json::{Value, json};
 
 /// Trades the damage test writes, the snapshot taken halfway.

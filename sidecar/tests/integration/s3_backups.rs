@@ -4,13 +4,11 @@
 //! bootstrap by snapshot id, a corrupt object refused, and an unreachable bucket
 //! reported without stopping writes.
 
-mod common;
-
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::servers::Server;
-use common::{Sidecar, binary, client, status, wait_status, write_trades};
+use crate::common::servers::Server;
+use crate::common::{self, Sidecar, binary, client, status, wait_status, write_trades};
 use object_store::aws::AmazonS3Builder;
 use object_store::{ObjectStoreExt, PutPayload};
 use serde_json::Value;

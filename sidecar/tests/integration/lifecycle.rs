@@ -1,13 +1,11 @@
 //! Process lifecycle: graceful shutdown under load, schema checks at start, and
 //! the `migrate` command.
 
-mod common;
-
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Sidecar, binary, client, open_db, trade_for};
+use crate::common::{self, Sidecar, binary, client, open_db, trade_for};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_under_load_exits_0_and_keeps_every_acknowledged_trade() {

@@ -1,8 +1,6 @@
 //! The HTTP API against the real binary and a real DuckDB file.
 
-mod common;
-
-use common::{Sidecar, client, get_json, open_db, trade_for};
+use crate::common::{self, Sidecar, client, get_json, open_db, trade_for};
 use serde_json::{Value, json};
 
 #[tokio::test]

@@ -2,14 +2,12 @@
 //! a torn end cut off at start with nothing acknowledged lost, and a flipped byte in
 //! the middle of a segment refused by `verify` and by start-up alike.
 
-mod common;
-
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::{Sidecar, binary, client, free_port, lose_commit_log, status, wait_exit, write_trades};
+use crate::common::{Sidecar, binary, client, free_port, lose_commit_log, status, wait_exit, write_trades};
 use serde_json::Value;
 
 /// Runs `sidecar log ...` on the store in `dir`.

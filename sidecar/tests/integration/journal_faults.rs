@@ -3,12 +3,10 @@
 //! down, and a store whose WAL lost its tail. Recovery must prove it is complete or
 //! refuse; a sequence number must never be given to two changes.
 
-mod common;
-
 use std::time::Duration;
 
-use common::servers::{Server, journal_seqs, redis_conn, redis_int};
-use common::{Sidecar, client, free_port, lose_commit_log, status, wait_exit, wait_status, write_trades};
+use crate::common::servers::{Server, journal_seqs, redis_conn, redis_int};
+use crate::common::{self, Sidecar, client, free_port, lose_commit_log, status, wait_exit, wait_status, write_trades};
 use serde_json::Value;
 
 fn ids(prefix: &str, range: std::ops::Range<usize>) -> impl Iterator<Item = String> {

@@ -1,6 +1,5 @@
 //! Test harness: runs the real `sidecar` binary on a temporary data directory and
 //! talks to it over HTTP.
-#![allow(dead_code)] // each test crate uses a different part of the harness
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

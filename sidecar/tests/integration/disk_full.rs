@@ -10,14 +10,12 @@
 //! tmpfs), so it is `#[ignore]`d for plain `cargo test`; `scripts/test.sh` runs it
 //! explicitly with `--ignored`.
 
-mod common;
-
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Sidecar, client, trade_for};
+use crate::common::{Sidecar, client, trade_for};
 use serde_json::{Value, json};
 
 struct Tmpfs(PathBuf);

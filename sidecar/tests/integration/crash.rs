@@ -6,13 +6,11 @@
 //! `TRADESTORE_CRASH_KILLS` sets the number of kills (default 50, as CI runs it; the long run in
 //! docs/testing.md uses 1,000). `TRADESTORE_CRASH_SEED` replays a run.
 
-mod common;
-
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Sidecar, client, free_port, open_db, trade_for};
+use crate::common::{Sidecar, client, free_port, open_db, trade_for};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;

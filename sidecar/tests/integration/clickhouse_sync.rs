@@ -3,13 +3,11 @@
 //! up; the sidecar SIGKILLed mid-sync → after restart ClickHouse's final view equals
 //! DuckDB's table row for row, with no duplicate.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::clickhouse::ClickHouse;
-use common::servers::Server;
-use common::{Sidecar, client, free_port, open_db, trade_for};
+use crate::common::clickhouse::ClickHouse;
+use crate::common::servers::Server;
+use crate::common::{Sidecar, client, free_port, open_db, trade_for};
 use serde_json::{Value, json};
 
 async fn wait_sync(s: &Sidecar, what: &str, want: impl Fn(&Value, i64) -> bool) {

@@ -1,11 +1,9 @@
 //! What a client can hold of the server: read timeouts, idle keep-alive, the
 //! connection cap under a small file descriptor limit, and stalled clients at SIGTERM.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{Sidecar, client, open_db, trade_for};
+use crate::common::{self, Sidecar, client, open_db, trade_for};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -2,10 +2,8 @@
 //! the stream exactly once, writes keep being acknowledged while Redis is down, and
 //! the journal catches up (and reports degraded meanwhile).
 
-mod common;
-
-use common::servers::{Server, journal_seqs};
-use common::{Sidecar, client, free_port, lose_commit_log, status, trade_for, wait_status};
+use crate::common::servers::{Server, journal_seqs};
+use crate::common::{Sidecar, client, free_port, lose_commit_log, status, trade_for, wait_status};
 use serde_json::{Value, json};
 
 async fn wait_journal(s: &Sidecar, want: impl Fn(&Value) -> bool) -> Value {
