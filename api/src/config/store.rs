@@ -22,10 +22,10 @@ pub const POOL_SIZE: RangeInclusive<u32> = 1..=256;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct DuckdbConfig {
-    /// `SET threads`; unset: [`DuckdbConfig::threads`] picks the CPUs the process may
-    /// use. (The seed says 4: on a 2-CPU container that oversubscribes, DuckDB's
-    /// scheduler spins, and a small statement costs about 3× the CPU; see
-    /// docs/benchmarks.md.)
+    /// `SET threads`; unset: [`DuckdbConfig::threads`] picks one fewer than the CPUs
+    /// the process may use. (The seed says 4: on a 2-CPU container that
+    /// oversubscribes, DuckDB's scheduler spins, and a small statement costs about 3×
+    /// the CPU; see docs/benchmarks.md.)
     pub threads: Option<u32>,
     /// `SET memory_limit`, e.g. `1GiB`; DuckDB's default (80% of RAM) when unset.
     pub memory_limit: Option<String>,
@@ -52,12 +52,16 @@ impl Default for DuckdbConfig {
 }
 
 impl DuckdbConfig {
-    /// The threads DuckDB runs with: `threads` if set, else the CPUs this process may
-    /// use (its affinity and cgroup CPU quota, as `available_parallelism` reads them).
+    /// The threads DuckDB runs with: `threads` if set, else one fewer than the CPUs
+    /// this process may use (its affinity and cgroup CPU quota, as
+    /// `available_parallelism` reads them), at least one. One CPU is left to the write
+    /// path (HTTP and the writer thread): DuckDB's work is mostly the applier's small
+    /// transactions, which a second thread makes dearer, not faster (on 2 CPUs, one
+    /// thread costs 20–35% less CPU a transaction and no more wall time).
     pub fn threads(&self) -> u32 {
         self.threads.unwrap_or_else(|| {
             let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-            (cpus as u32).clamp(*THREADS.start(), *THREADS.end())
+            (cpus as u32).saturating_sub(1).clamp(*THREADS.start(), *THREADS.end())
         })
     }
 

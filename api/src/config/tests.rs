@@ -6,9 +6,10 @@ use super::*;
 #[test]
 fn defaults_follow_the_seeds() {
     let c = Config::default();
-    // Not the seed's 4: unset, DuckDB gets the CPUs the process may use.
+    // Not the seed's 4: unset, DuckDB gets one CPU fewer than the process may use.
     assert_eq!(c.duckdb.threads, None);
-    assert!((1..=256).contains(&c.duckdb.threads()));
+    let cpus = std::thread::available_parallelism().unwrap().get() as u32;
+    assert_eq!(c.duckdb.threads(), cpus.saturating_sub(1).max(1));
     let set = DuckdbConfig { threads: Some(3), ..DuckdbConfig::default() };
     assert_eq!(set.threads(), 3);
     assert_eq!(c.writer.queue_batches, 10);

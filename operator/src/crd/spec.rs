@@ -265,7 +265,7 @@ pub enum RetentionPolicy {
 #[x_kube(validation = kube::core::Rule::new("self.maxWalBytes >= self.checkpointThresholdBytes")
     .message("maxWalBytes must be >= checkpointThresholdBytes"))]
 pub struct DuckdbSpec {
-    /// `SET threads`; unset: the CPUs the container may use (its CPU limit).
+    /// `SET threads`; unset: one fewer than the CPUs the container may use (its CPU limit), at least 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = *THREADS.start(), max = *THREADS.end()))]
     pub threads: Option<i32>,

@@ -4,6 +4,7 @@
 use std::time::Instant;
 
 use duckdb::Connection;
+use tradestore_sidecar::store::model::{Side, Status, Trade};
 use tradestore_sidecar::store::money::Amount;
 
 use super::{Row, summarize};
@@ -85,23 +86,27 @@ pub fn appender_phase(conn: &Connection, secs: f64, money: Money, seq0: usize) -
     summarize(format!("raw DuckDB: Appender, 10k rows per commit{}", money.label()), appended, start.elapsed(), vec![])
 }
 
-/// The Appender fed column batches of 10k trades per commit, as the sidecar's applier
-/// feeds it (`store::db::append`): the ceiling of any batching on this schema.
-pub fn column_batch_phase(conn: &Connection, secs: f64, seq0: usize) -> Row {
-    use tradestore_sidecar::store::model::{Side, Status, Trade};
-    let trade = |n: usize| Trade {
-        id: format!("col-{n}"),
-        symbol: format!("SYM{}", n % 5),
+/// A new trade (a filled buy, version 1) with `id` at `seq`, as the applier appends it.
+pub fn new_trade(id: String, seq: i64) -> Trade {
+    Trade {
+        id,
+        symbol: format!("SYM{}", seq % 5),
         side: Side::Buy,
         quantity: Amount::parse("1.25").unwrap(),
         price: Amount::parse("101.5").unwrap(),
         status: Status::Filled,
         ts: 0,
         version: 1,
-        seq: (seq0 + n + 1) as i64,
+        seq,
         created_at: 0,
         updated_at: 0,
-    };
+    }
+}
+
+/// The Appender fed column batches of 10k trades per commit, as the sidecar's applier
+/// feeds it (`store::db::append`): the ceiling of any batching on this schema.
+pub fn column_batch_phase(conn: &Connection, secs: f64, seq0: usize) -> Row {
+    let trade = |n: usize| new_trade(format!("col-{n}"), (seq0 + n + 1) as i64);
     let (start, mut appended) = (Instant::now(), 0);
     while start.elapsed().as_secs_f64() < secs {
         let trades: Vec<Trade> = (appended..appended + 10_000).map(trade).collect();

@@ -9,8 +9,8 @@
 //! holds what was acknowledged, so [`reader`] (a pool of read connections plus the
 //! in-memory [`state`] the writer keeps) reads its writes.
 
-pub(crate) mod applier;
-pub(crate) mod change;
+pub mod applier;
+pub mod change;
 pub mod db;
 pub(crate) mod index;
 pub mod log;
