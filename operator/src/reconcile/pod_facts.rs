@@ -23,9 +23,24 @@ pub(crate) fn sidecar_restart_count(pod: &Pod) -> i32 {
 
 /// Whether the sidecar container reports ready (its `/readyz` passes). This, not the pod's Ready
 /// condition, makes the store Ready: a user container that is not ready yet does not make the
-/// database unavailable to it.
+/// database unavailable to it. A pod on a node that stopped reporting is not ready whatever its
+/// container statuses say: they are the kubelet's last report.
 pub(crate) fn sidecar_ready(pod: &Pod) -> bool {
-    pod_phase(pod) == "Running" && sidecar_statuses(pod).any(|c| c.ready)
+    pod_phase(pod) == "Running" && !node_not_ready(pod) && sidecar_statuses(pod).any(|c| c.ready)
+}
+
+/// Whether the node controller marked the pod not ready because its node stopped reporting (the
+/// kubelet is down or cut off). It sets only the pod's `Ready` condition to False and leaves
+/// `ContainersReady` and the container statuses as the kubelet last reported them; the kubelet
+/// itself never reports `Ready=False` with `ContainersReady=True` for a pod without readiness
+/// gates (the operator's pods have none). Seen on kind (e2e t14): the store stayed Ready for
+/// minutes after its node was stopped, until this check.
+pub(crate) fn node_not_ready(pod: &Pod) -> bool {
+    let status = |type_: &str| {
+        let conds = pod.status.as_ref().and_then(|s| s.conditions.as_ref());
+        conds.and_then(|cs| cs.iter().find(|c| c.type_ == type_)).map(|c| c.status.as_str())
+    };
+    status("Ready") == Some("False") && status("ContainersReady") == Some("True")
 }
 
 /// The pod's phase (`Pending`, `Running`, `Succeeded`, `Failed`, `Unknown`).

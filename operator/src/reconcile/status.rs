@@ -131,7 +131,11 @@ fn ready_reason(store: &Validated<'_>, outcome: &PodOutcome, st: &TradeStoreStat
         Phase::Fenced if store.spec.fenced => ("Fenced", "spec.fenced is true: no pod may run".into()),
         Phase::Fenced => ("TooManyRestarts", st.fence.as_ref().map(|f| f.message.clone()).unwrap_or_default()),
         Phase::Updating => ("RollingOut", "the pod is being replaced".into()),
-        _ => ("PodNotReady", "waiting for the pod to become ready".into()),
+        // Why the pod is not ready, when the operator knows more than that it is not.
+        _ => match &outcome.progressing {
+            Some((reason @ "NodeNotReady", msg)) => (reason, msg.clone()),
+            _ => ("PodNotReady", "waiting for the pod to become ready".into()),
+        },
     }
 }
 

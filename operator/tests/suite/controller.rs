@@ -807,6 +807,32 @@ async fn readiness_follows_the_sidecar_container_not_the_app() {
 }
 
 #[tokio::test]
+async fn a_pod_on_a_node_that_stopped_reporting_is_not_ready_and_kept() {
+    let h = Harness::new(minimal_spec());
+    h.create().await;
+    h.pod_ready(0);
+    h.reconcile().await;
+    assert_eq!(h.condition("Ready").0, "True");
+    let uid = h.fake.get(POD).unwrap()["metadata"]["uid"].clone();
+    // What the node controller writes (MarkPodsNotReady): only the pod's Ready condition; the
+    // container statuses stay as the kubelet last reported them.
+    h.fake.edit(POD, |p| {
+        p["status"]["conditions"] =
+            json!([{"type": "Ready", "status": "False"}, {"type": "ContainersReady", "status": "True"}]);
+    });
+    h.reconcile().await;
+    assert_eq!(h.condition("Ready"), ("False".into(), "NodeNotReady".into()));
+    assert_eq!(h.status()["phase"], "Pending");
+    let pod = h.fake.get(POD).expect("the pod is kept");
+    assert_eq!(pod["metadata"]["uid"], uid, "the same pod");
+    assert!(pod["metadata"].get("deletionTimestamp").is_none(), "the pod is not deleted");
+    // The kubelet reports again: ready.
+    h.pod_ready(0);
+    h.reconcile().await;
+    assert_eq!(h.condition("Ready").0, "True");
+}
+
+#[tokio::test]
 async fn a_pod_that_ended_is_replaced_and_counted() {
     let h = Harness::new(minimal_spec());
     h.create().await;

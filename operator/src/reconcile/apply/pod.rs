@@ -15,7 +15,7 @@ use super::{apply_params, is_terminating, namespace, owned_by};
 use crate::build::Desired;
 use crate::crd::{Phase, PodStatusRef, TradeStore, TradeStoreStatus};
 use crate::names::{SPEC_HASH_ANNOTATION, pod_name};
-use crate::reconcile::pod_facts::{pod_phase, sidecar_ready};
+use crate::reconcile::pod_facts::{node_not_ready, pod_phase, sidecar_ready};
 use crate::reconcile::restarts::add_restarts;
 use crate::reconcile::{Context, Error, Result};
 use crate::validate::Validated;
@@ -170,6 +170,19 @@ async fn replace_ended(ts: &TradeStore, ctx: &Context, pod: &Pod, phase: &str) -
 fn observe(pod: &Pod, ctx: &Context) -> PodOutcome {
     if sidecar_ready(pod) {
         return PodOutcome { phase: Phase::Running, ready: true, progressing: None, requeue: ctx.settings.resync };
+    }
+    if node_not_ready(pod) {
+        // The pod is left alone: its sidecar may still run and write on a node that only lost
+        // its network (docs/operator.md, Node problems).
+        return PodOutcome {
+            phase: Phase::Pending,
+            ready: false,
+            progressing: Some((
+                "NodeNotReady",
+                "the pod's node stopped reporting; the pod stays until it is known to be gone".into(),
+            )),
+            requeue: ctx.settings.poll.max(Duration::from_secs(5)),
+        };
     }
     PodOutcome {
         phase: Phase::Pending,
