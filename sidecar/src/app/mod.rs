@@ -18,7 +18,7 @@ use crate::config::{Config, Secrets};
 use crate::durability::backup::{self, Backups};
 use crate::durability::integrity;
 use crate::durability::recovery;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::followers::clickhouse::{self, ClickhouseSync};
 use crate::followers::journal::{self, Journal};
 use crate::store::applier;
@@ -231,8 +231,10 @@ async fn open(cfg: &Config, backups: &Backups, redis: Option<&redis::Client>) ->
     // must take the journal's changes first, or it would reuse their numbers.
     let caught_up = recovery::catch_up(&conn, cfg, redis)?;
     let (log, replay) = open_commit_log(&conn, cfg)?;
-    let seq = applier::applied_seq(&conn)? as i64;
-    let recovery = rebuilt.or(caught_up).map(|report| recovery::finish(report, replay.changes, seq));
+    let recovery = rebuilt
+        .or(caught_up)
+        .map(|report| Ok::<_, Error>(recovery::finish(report, replay.changes, applier::applied_seq(&conn)? as i64)))
+        .transpose()?;
     Ok(Opened { conn, log, replay, schema_version, recovery })
 }
 
@@ -244,7 +246,7 @@ fn refuse_a_log_left_behind(cfg: &Config) -> Result<()> {
     if dir == default || !log::has_segments(&default)? {
         return Ok(());
     }
-    Err(crate::error::Error::Config(format!(
+    Err(Error::Config(format!(
         "commit_log.dir is {} but {} still holds commit-log segments, which this start would skip: move them into \
          commit_log.dir (or unset it), then start again",
         dir.display(),

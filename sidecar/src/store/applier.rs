@@ -27,8 +27,8 @@ use crate::store::overlay::Overlay;
 use crate::telemetry::health::Health;
 use crate::telemetry::metrics::Metrics;
 
-/// Most changes one DuckDB transaction takes: large enough that the per-commit cost
-/// (about 1 ms) vanishes, small enough that one transaction stays well under a second.
+/// Most changes one DuckDB transaction takes: large enough that the per-transaction
+/// cost (a few ms of CPU here: `benches/apply.rs`) vanishes, small enough that one transaction stays well under a second.
 const MAX_RUN: usize = 50_000;
 
 /// Most changes one start-up replay transaction takes: past DuckDB's row group
@@ -392,6 +392,9 @@ impl Applier {
         self.overlay.applied(changes.iter().map(|(_, c)| c.trade()), last as i64);
         self.progress.applied.store(last as i64, Ordering::SeqCst);
         self.metrics.applied_seq.set(last as i64);
+        // The writer sets it only before a group: without this an idle store would
+        // keep showing the backlog of its last burst.
+        self.metrics.apply_backlog.set((self.metrics.last_seq.get() - last as i64).max(0));
         self.committed.send_replace(last as i64);
     }
 

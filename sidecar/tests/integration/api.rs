@@ -106,6 +106,17 @@ async fn insert_get_list_patch_cancel() {
         .unwrap();
     assert_eq!(r.status(), 409);
 
+    // A burst, then a request the writer sees while DuckDB lacks the burst (it waits
+    // `writer.apply_delay` to gather): the backlog gauge goes up, and must come down to
+    // 0 once DuckDB holds everything, not stay at the last burst's figure.
+    let ids: Vec<String> = (0..20).map(|i| format!("B-{i}")).collect();
+    common::write_trades(&s, ids).await;
+    let dup = c.post(s.url("/v1/trades")).json(&trade_for("B-0")).send().await.unwrap();
+    assert_eq!(dup.status(), 409);
+    common::wait_status(&s, "DuckDB to hold the burst", |st| st["applied_seq"] == st["last_seq"]).await;
+    let m = c.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(m.lines().any(|l| l == "tradestore_applier_backlog 0"), "an idle store has no backlog: {m}");
+
     // The hot state equals DuckDB's trade_state view, and survives a restart.
     let before: Value = c.get(s.url("/v1/state")).send().await.unwrap().json().await.unwrap();
     // DuckDB takes acknowledged changes in behind the acknowledgements (the commit log
