@@ -108,9 +108,10 @@ pub struct WriterConfig {
     pub max_apply_backlog: usize,
     /// How long the applier gathers acknowledged changes before one DuckDB
     /// transaction takes them (at most [`MAX_APPLY_DELAY`]; `0s`: at once). A DuckDB
-    /// commit costs about 1 ms of CPU whatever it holds; gathering keeps that off the
-    /// core the write path needs. Lists and state wait for DuckDB, so they can see a
-    /// write this much later; reads of one trade never do.
+    /// transaction costs several ms of CPU whatever it holds (`benches/apply.rs`);
+    /// gathering keeps that off the cores the write path needs. A list or history
+    /// read that waits for DuckDB cuts the gathering short, so reads never pay it;
+    /// followers (Redis, ClickHouse) and the apply lag do.
     #[serde(with = "humantime_serde")]
     pub apply_delay: Duration,
 }
@@ -125,7 +126,7 @@ impl Default for WriterConfig {
             max_batch_requests: 256,
             recent_trades: 10_000,
             max_apply_backlog: 100_000,
-            apply_delay: Duration::from_millis(10),
+            apply_delay: Duration::from_millis(20),
         }
     }
 }

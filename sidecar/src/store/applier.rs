@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::time::{Duration, Instant};
 
 use duckdb::{Connection, params, params_from_iter};
@@ -278,6 +278,9 @@ pub(crate) struct Applier {
     apply_delay: Duration,
 }
 
+/// How often a gathering applier looks whether a read waits for it.
+const HURRY_POLL: Duration = Duration::from_millis(1);
+
 /// How often the history is trimmed to its retention.
 const TRIM_EVERY: Duration = Duration::from_secs(60);
 
@@ -314,14 +317,18 @@ impl Applier {
             history_trimmed: Instant::now() - TRIM_EVERY,
             apply_delay: cfg.writer.apply_delay,
         };
-        let join = std::thread::Builder::new().name("applier".into()).spawn(move || applier.run(rx))?;
+        let join = std::thread::Builder::new().name("applier".into()).spawn(move || {
+            yield_to_the_write_path();
+            applier.run(rx)
+        })?;
         Ok((tx, progress, join))
     }
 
     /// Applies until the writer hangs up, then checkpoints once more.
     fn run(mut self, rx: Receiver<Job>) {
         while let Ok(first) = rx.recv() {
-            let jobs = gather(first, &rx, self.apply_delay);
+            let applied = self.progress.applied();
+            let jobs = gather(first, &rx, self.apply_delay, || self.overlay.awaited_beyond(applied));
             if !self.apply_jobs(jobs) {
                 return; // fatal: the process is stopping
             }
@@ -460,19 +467,47 @@ impl Applier {
     }
 }
 
+/// How much lower the applier thread's CPU priority is than the process's (nice).
+/// The write path (HTTP workers, the writer's flush) waits on every request; the
+/// applier only has to keep up on average, and when it falls behind the backlog
+/// bound stops the writer, which frees the CPU for it. On a machine with few cores a
+/// DuckDB transaction (several ms of CPU) otherwise preempts a request in flight.
+const APPLIER_NICE: i32 = 5;
+
+/// Lowers the calling thread's priority by [`APPLIER_NICE`] (Linux's nice value is
+/// per thread). Raising it back needs a capability, lowering it does not; a refusal
+/// is logged and changes nothing else.
+fn yield_to_the_write_path() {
+    // SAFETY: plain syscalls on this thread's own id.
+    let outcome = unsafe {
+        let tid = libc::gettid() as libc::id_t;
+        let now = libc::getpriority(libc::PRIO_PROCESS, tid);
+        libc::setpriority(libc::PRIO_PROCESS, tid, now + APPLIER_NICE)
+    };
+    if outcome != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "could not lower the applier's priority");
+    }
+}
+
 /// The jobs one transaction takes: `first` and whatever arrives within `delay` of it,
-/// up to [`MAX_RUN`] changes. Behind a backlog the channel holds plenty and nothing
-/// waits; a hang-up ends the wait with what came.
-fn gather(first: Job, rx: &Receiver<Job>, delay: Duration) -> Vec<Job> {
+/// up to [`MAX_RUN`] changes, or until `hurry` says a read waits for DuckDB (a list
+/// must not pay the gathering). Behind a backlog the channel holds plenty and
+/// nothing waits; a hang-up ends the wait with what came.
+fn gather(first: Job, rx: &Receiver<Job>, delay: Duration, hurry: impl Fn() -> bool) -> Vec<Job> {
     let until = Instant::now() + delay;
     let mut n = job_len(&first);
     let mut jobs = vec![first];
-    // Past the deadline `recv_timeout` still takes what is queued.
-    while n < MAX_RUN
-        && let Ok(job) = rx.recv_timeout(until.saturating_duration_since(Instant::now()))
-    {
-        n += job_len(&job);
-        jobs.push(job);
+    while n < MAX_RUN {
+        // Past the deadline, or in a hurry, `recv_timeout` still takes what is queued.
+        let wait = if hurry() { Duration::ZERO } else { until.saturating_duration_since(Instant::now()) };
+        match rx.recv_timeout(wait.min(HURRY_POLL)) {
+            Ok(job) => {
+                n += job_len(&job);
+                jobs.push(job);
+            }
+            Err(RecvTimeoutError::Timeout) if !wait.is_zero() => {}
+            Err(_) => break,
+        }
     }
     jobs
 }
@@ -489,6 +524,7 @@ mod tests {
     use super::*;
     use crate::store::change::tests::trade;
     use crate::store::model::Status;
+    use std::sync::atomic::AtomicBool;
 
     fn changes(seq: u64) -> Job {
         let changes = vec![(seq, Change::Insert(trade("a", 1, seq as i64, Status::Filled)))];
@@ -514,9 +550,17 @@ mod tests {
             std::thread::sleep(Duration::from_millis(300));
             tx.send(changes(4)).unwrap();
         });
-        assert_eq!(seqs(&gather(changes(1), &rx, Duration::from_millis(150))), [1, 2, 3], "waits for 3, not 4");
+        assert_eq!(
+            seqs(&gather(changes(1), &rx, Duration::from_millis(150), || false)),
+            [1, 2, 3],
+            "waits for 3, not 4"
+        );
         late.join().unwrap();
-        assert_eq!(seqs(&gather(changes(5), &rx, Duration::ZERO)), [5, 4], "no delay: what is queued, at once");
+        assert_eq!(
+            seqs(&gather(changes(5), &rx, Duration::ZERO, || false)),
+            [5, 4],
+            "no delay: what is queued, at once"
+        );
     }
 
     #[test]
@@ -524,8 +568,30 @@ mod tests {
         let (tx, rx) = channel::<Job>();
         drop(tx);
         let start = Instant::now();
-        assert_eq!(seqs(&gather(changes(1), &rx, Duration::from_secs(30))), [1]);
+        assert_eq!(seqs(&gather(changes(1), &rx, Duration::from_secs(30), || false)), [1]);
         assert!(start.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_waiting_read_ends_the_gathering() {
+        let (tx, rx) = channel();
+        tx.send(changes(2)).unwrap();
+        let waiting = Arc::new(AtomicBool::new(false));
+        let late = std::thread::spawn({
+            let waiting = waiting.clone();
+            move || {
+                std::thread::sleep(Duration::from_millis(20));
+                tx.send(changes(3)).unwrap();
+                std::thread::sleep(Duration::from_millis(40));
+                waiting.store(true, Ordering::SeqCst);
+                tx // kept open: only the read may end the wait
+            }
+        });
+        let start = Instant::now();
+        let jobs = gather(changes(1), &rx, Duration::from_secs(30), || waiting.load(Ordering::SeqCst));
+        assert_eq!(seqs(&jobs), [1, 2, 3]);
+        assert!(start.elapsed() < Duration::from_secs(5), "waited out the delay: {:?}", start.elapsed());
+        drop(late.join().unwrap());
     }
 
     fn store() -> (tempfile::TempDir, Connection) {

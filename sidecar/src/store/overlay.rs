@@ -13,6 +13,9 @@ pub struct Overlay {
     trades: RwLock<HashMap<String, Trade>>,
     /// The last acknowledged `seq`: what a consistent read waits for DuckDB to reach.
     acked: AtomicI64,
+    /// The highest `seq` a read is waiting for DuckDB to reach: the applier stops
+    /// gathering when it is above what DuckDB holds.
+    awaited: AtomicI64,
 }
 
 impl Overlay {
@@ -33,6 +36,18 @@ impl Overlay {
     /// The last acknowledged `seq`.
     pub fn acked_seq(&self) -> i64 {
         self.acked.load(Ordering::SeqCst)
+    }
+
+    /// A read waits for DuckDB to hold everything acknowledged; returns that `seq`.
+    pub fn await_acked(&self) -> i64 {
+        let target = self.acked_seq();
+        self.awaited.fetch_max(target, Ordering::SeqCst);
+        target
+    }
+
+    /// True when a read waits for a change DuckDB does not hold at `applied`.
+    pub fn awaited_beyond(&self, applied: i64) -> bool {
+        self.awaited.load(Ordering::SeqCst) > applied
     }
 
     /// Forgets images DuckDB now holds: those at or below `applied` (a later change of

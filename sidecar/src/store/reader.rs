@@ -175,7 +175,7 @@ impl Reader {
     /// Waits until DuckDB holds every change acknowledged before this call, so a query
     /// shows what clients were told is stored (the apply lag: milliseconds).
     pub(crate) async fn caught_up(&self) -> Result<()> {
-        let target = self.overlay.acked_seq();
+        let target = self.overlay.await_acked();
         let mut applied = self.applied.clone();
         match tokio::time::timeout(CATCH_UP_WAIT, applied.wait_for(|a| *a >= target)).await {
             Ok(Ok(_)) => Ok(()),

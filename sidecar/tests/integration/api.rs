@@ -556,3 +556,25 @@ async fn client_mistakes_are_counted_and_never_logged_as_errors() {
     assert!(!log.contains("ERROR"), "client mistakes logged as errors:\n{log}");
     assert!(log.contains("WARN") && log.contains("status=401"), "a wrong token is worth a warning:\n{log}");
 }
+
+/// A list must show every acknowledged trade, so it waits for DuckDB; it must not also
+/// wait out the applier's gathering (`writer.apply_delay`, here the longest allowed).
+#[tokio::test]
+async fn a_list_right_after_a_write_does_not_wait_out_the_apply_delay() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Sidecar::start(dir.path(), &[("TRADESTORE_WRITER__APPLY_DELAY", "1s")]).await;
+    let c = client();
+    for round in 0..5 {
+        let id = format!("L-{round}");
+        let r = c.post(s.url("/v1/trades")).json(&trade_for(&id)).send().await.unwrap();
+        assert_eq!(r.status(), 201);
+        let symbol = r.json::<Value>().await.unwrap()["symbol"].as_str().unwrap().to_string();
+        let start = std::time::Instant::now();
+        let page = get_json(&c, s.url("/v1/trades"), &[("symbol", &symbol), ("limit", "10000")]).await;
+        let took = start.elapsed();
+        let ids: Vec<&str> = page["trades"].as_array().unwrap().iter().map(|t| t["id"].as_str().unwrap()).collect();
+        assert!(ids.contains(&id.as_str()), "the list shows the acknowledged trade: {page}");
+        // Well under the 1 s delay it would otherwise wait (~1 s each round).
+        assert!(took < std::time::Duration::from_millis(600), "round {round}: the list took {took:?}");
+    }
+}
