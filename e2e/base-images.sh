@@ -34,8 +34,27 @@ log() { printf '[base-images %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 
 docker version >/dev/null 2>&1 || { docker_up; trap docker_down EXIT; }
 
-key="$(sha256sum "${BASH_SOURCE[0]}" | cut -c1-12)"
 have() { docker image inspect "$1" >/dev/null 2>&1; }
+
+# Bump when the recipes below change in a way the key does not see.
+BASE_REVISION=1
+# The host's apt sources for Debian (this machine reaches Debian's packages, nothing else).
+sources=""
+for f in /etc/apt/sources.list.d/debian.sources /etc/apt/sources.list; do
+  [[ -s $f ]] && { sources=$f; break; }
+done
+[[ -n $sources ]] || { echo "base-images.sh: no Debian apt sources on this host" >&2; exit 1; }
+# Like the registry's -slim: no man pages, docs or locales; apt lists removed. ($1 is the hook's
+# argument, the root directory, hence the single quotes.)
+# shellcheck disable=SC2016
+MMDEBSTRAP_ARGS=(--quiet --variant=minbase --format=tar
+  --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/doc/*'
+  --dpkgopt='path-include=/usr/share/doc/*/copyright' --dpkgopt='path-exclude=/usr/share/locale/*'
+  --dpkgopt='path-exclude=/usr/share/info/*'
+  --customize-hook='rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*.bin')
+# The cache key: the recipe, not this file (a comment edit must not rebuild the base, which would
+# also invalidate every BuildKit cache entry built on it).
+key="$( { echo "$BASE_REVISION"; printf '%s\n' "${MMDEBSTRAP_ARGS[@]}"; cat "$sources"; } | sha256sum | cut -c1-12)"
 
 # ---- debian:bookworm-slim ----
 DEBIAN_REF=docker.io/library/debian:bookworm-slim
@@ -47,21 +66,10 @@ else
     DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mmdebstrap >/dev/null
   }
-  # The host's apt sources for Debian (this machine reaches Debian's packages, nothing else).
-  sources=""
-  for f in /etc/apt/sources.list.d/debian.sources /etc/apt/sources.list; do
-    [[ -s $f ]] && { sources=$f; break; }
-  done
-  [[ -n $sources ]] || { echo "base-images.sh: no Debian apt sources on this host" >&2; exit 1; }
   work="$(mktemp -d)"
   trap 'rm -rf "$work"; docker_down' EXIT
   log "mmdebstrap --variant=minbase bookworm (sources: $sources)"
-  # Like the registry's -slim: no man pages, docs or locales; apt lists removed.
-  mmdebstrap --quiet --variant=minbase --format=tar \
-    --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/doc/*' \
-    --dpkgopt='path-include=/usr/share/doc/*/copyright' --dpkgopt='path-exclude=/usr/share/locale/*' \
-    --dpkgopt='path-exclude=/usr/share/info/*' \
-    --customize-hook='rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*.bin' \
+  mmdebstrap "${MMDEBSTRAP_ARGS[@]}" \
     bookworm "$work/rootfs.tar" "$sources"
   docker import --change 'CMD ["bash"]' --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
     "$work/rootfs.tar" "$debian_key_ref" >/dev/null
