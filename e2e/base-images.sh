@@ -83,7 +83,13 @@ if ((builder)); then
   RUST_REF=docker.io/library/rust:1-bookworm
   sysroot="$(rustc --print sysroot)"
   rust_version="$(rustc --version | cut -d' ' -f2)"
-  rust_key_ref="tradestore.local/base/rust:$rust_version-bookworm-$key"
+  # A machine behind a TLS-inspecting proxy trusts extra CAs (/usr/local/share/ca-certificates):
+  # the builder's cargo and npm reach the registries through it, so it gets them too. (The
+  # runtime images keep Debian's bundle.)
+  extra_cas=(/usr/local/share/ca-certificates/*.crt)
+  [[ -e ${extra_cas[0]} ]] || extra_cas=()
+  cas_key="$(cat "${extra_cas[@]}" /dev/null | sha256sum | cut -c1-8)"
+  rust_key_ref="tradestore.local/base/rust:$rust_version-bookworm-$key-$cas_key"
   if have "$rust_key_ref"; then
     log "$RUST_REF: cached ($rust_key_ref)"
   else
@@ -94,12 +100,17 @@ if ((builder)); then
     mkdir -p "$ctx/rust"
     cp -al "$sysroot/." "$ctx/rust/" 2>/dev/null || cp -a "$sysroot/." "$ctx/rust/"
     rm -rf "$ctx/rust/share/doc"
+    mkdir -p "$ctx/ca"
+    ((${#extra_cas[@]} == 0)) || cp "${extra_cas[@]}" "$ctx/ca/"
     docker build --network host -t "$rust_key_ref" -f - "$ctx" <<'EOF'
 FROM docker.io/library/debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates gcc libc6-dev make pkg-config git \
  && rm -rf /var/lib/apt/lists/*
+COPY ca/ /usr/local/share/ca-certificates/
+RUN update-ca-certificates
 COPY rust/ /usr/local/rust/
-ENV RUSTUP_HOME=/usr/local/rustup CARGO_HOME=/usr/local/cargo PATH=/usr/local/cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+ENV RUSTUP_HOME=/usr/local/rustup CARGO_HOME=/usr/local/cargo PATH=/usr/local/cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt
 RUN mkdir -p /usr/local/cargo/bin && for b in /usr/local/rust/bin/*; do ln -s "$b" /usr/local/cargo/bin/; done \
  && cargo --version && rustc --version
 EOF
