@@ -77,6 +77,9 @@ else
   log "$debian_key_ref imported ($(docker image inspect -f '{{.Size}}' "$debian_key_ref" | numfmt --to=iec))"
 fi
 docker tag "$debian_key_ref" "$DEBIAN_REF"
+# Bases of other keys are stale.
+docker image ls --format '{{.Repository}}:{{.Tag}}' tradestore.local/base/debian | grep -vxF "$debian_key_ref" |
+  xargs -r "$TS_DOCKER_CLI" rmi >/dev/null || true
 
 # ---- rust:1-bookworm (on request) ----
 if ((builder)); then
@@ -117,5 +120,7 @@ EOF
     rm -rf "$ctx"
   fi
   docker tag "$rust_key_ref" "$RUST_REF"
+  docker image ls --format '{{.Repository}}:{{.Tag}}' tradestore.local/base/rust | grep -vxF "$rust_key_ref" |
+    xargs -r "$TS_DOCKER_CLI" rmi >/dev/null || true
 fi
 log "done"

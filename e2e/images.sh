@@ -108,6 +108,15 @@ for name in sidecar operator; do
   mv "$out/$name.tar.tmp" "$out/$name.tar"
 done
 
+# The data root is kept across runs: drop the images of earlier tags (each commit makes a new
+# one, ~370 MB) and cap BuildKit's cache, so it does not grow without bound.
+for name in sidecar operator; do
+  docker image ls --format '{{.Repository}}:{{.Tag}}' "tradestore/$name" | grep -vxF "${ref[$name]}" |
+    xargs -r "$TS_DOCKER_CLI" rmi >/dev/null || true
+done
+docker image prune -f >/dev/null || true
+docker builder prune -f --keep-storage "${TS_DOCKER_BUILD_CACHE:-8GB}" >/dev/null || true
+
 printf 'SIDECAR_IMAGE=%s\nOPERATOR_IMAGE=%s\nIMAGE_TAG=%s\n' "${ref[sidecar]}" "${ref[operator]}" "$tag" >"$out/images.env"
 if ((load)); then
   e2e/cluster/load-image.sh "$out/sidecar.tar" "${ref[sidecar]}"
