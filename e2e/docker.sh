@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# A private Docker Engine for building the images (sourced by e2e/images.sh and e2e/run.sh).
+# A private Docker Engine for building the images (sourced by e2e/images.sh, e2e/base-images.sh).
 #
 #   source e2e/docker.sh
 #   docker_up      # install Debian's docker.io if missing, start dockerd unless it already answers
