@@ -1,27 +1,34 @@
 #!/usr/bin/env bash
-# Build the sidecar and operator images offline from the already built release binaries
-# (no Docker, no registry) and, with --load, import them into the local e2e cluster.
+# Build the sidecar and operator images with a real engine (Docker's BuildKit) from
+# sidecar/Containerfile and operator/Containerfile, using the release binaries already built on
+# this host, and with --load import them into the local e2e cluster.
 #
 #   e2e/images.sh [--build] [--load] [--out DIR]
 #
 #   --build   run `cargo build --release -p tradestore-sidecar -p tradestore-operator` first
 #   --load    import both images into the running e2e cluster (e2e/cluster/load-image.sh)
-#   --out     where the docker-archive tarballs go (default $TS_CACHE_DIR/images)
+#   --out     where the `docker save` tarballs go (default $TS_CACHE_DIR/images)
 #
-# The file tree is the one sidecar/Containerfile and operator/Containerfile produce (see
-# docs/e2e.md, "Images"): binary in /usr/local/bin, libduckdb in /usr/local/lib (the sidecar's
-# RUNPATH is $ORIGIN/../lib), glibc/libstdc++/libgcc_s at their Debian 12 paths, the CA bundle,
-# e2e/image/{passwd,group,nsswitch.conf}, user 65532:65532. The libraries come from this
-# Debian 12 host instead of debian:bookworm-slim. The script fails if `ldd` finds a library
-# that is not in the lists below (keep them equal to the Containerfiles' ARG LIBS).
+# Steps: start the project's dockerd if none answers (e2e/docker.sh; stopped again at the end
+# unless TS_KEEP_DOCKER=1), make the base images offline (e2e/base-images.sh, cached), lay the
+# binaries (+ libduckdb) out in a small build context under prebuilt/<name>/, and run
+#   docker build --build-arg BINARIES=prebuilt -f <name>/Containerfile <context>
+# The Containerfiles are the only image definition: a user with a registry builds the same files
+# without the build arg and gets the binaries compiled in the Rust builder stage.
 #
-# Tags: tradestore/{sidecar,operator}:<workspace version>-<git short hash>[-dirty], or $TS_IMAGE_TAG.
+# Checks: every library `ldd` resolves for a host binary is in that Containerfile's ARG LIBS (so
+# the image's libraries cover it; libduckdb aside), and each image runs its binary's --version
+# (loader, libraries and RUNPATH in place) before it is saved.
+#
+# Tags: tradestore/{sidecar,operator}:<workspace version>-g<git short hash>[-dirty], or $TS_IMAGE_TAG.
 # The chosen references are written to $OUT/images.env (SIDECAR_IMAGE=..., OPERATOR_IMAGE=...).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 # shellcheck source=scripts/env.sh
 source scripts/env.sh
+# shellcheck source=e2e/docker.sh
+source e2e/docker.sh
 
 build=0 load=0 out="$TS_CACHE_DIR/images"
 while (($#)); do
@@ -29,12 +36,13 @@ while (($#)); do
     --build) build=1; shift ;;
     --load) load=1; shift ;;
     --out) out="$2"; shift 2 ;;
-    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "images.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
 
-log() { printf '[images %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+start=$SECONDS
+log() { printf '[images %(%H:%M:%S)T +%ss] %s\n' -1 "$((SECONDS - start))" "$*" >&2; }
 
 if ((build)); then
   log "cargo build --release -p tradestore-sidecar -p tradestore-operator"
@@ -50,75 +58,68 @@ else
 fi
 [[ $tag != latest ]] || { echo "images.sh: refusing the tag 'latest' (it implies imagePullPolicy Always)" >&2; exit 2; }
 
-LIBDIR=/lib/x86_64-linux-gnu
-# Keep equal to ARG LIBS (+ the loader) in the libs stage of sidecar/Containerfile and operator/Containerfile.
-SIDECAR_LIBS=(/lib64/ld-linux-x86-64.so.2 "$LIBDIR/libc.so.6" "$LIBDIR/libm.so.6" "$LIBDIR/libdl.so.2"
-  "$LIBDIR/libpthread.so.0" "$LIBDIR/libgcc_s.so.1" "$LIBDIR/libstdc++.so.6")
-OPERATOR_LIBS=(/lib64/ld-linux-x86-64.so.2 "$LIBDIR/libc.so.6" "$LIBDIR/libm.so.6" "$LIBDIR/libgcc_s.so.1")
-
-# The Containerfiles' ARG LIBS must name the same libraries (same definition, two builds).
-containerfile_libs() { sed -n 's/^ARG LIBS="\(.*\)"$/\1/p' "$1"; }
-same_libs() { # CONTAINERFILE LIB...
-  local file=$1; shift
-  local want have
-  want="$(printf '%s\n' "${@##*/}" | grep -v '^ld-linux' | sort | tr '\n' ' ')"
-  have="$(containerfile_libs "$file" | tr ' ' '\n' | sort | tr '\n' ' ')"
-  [[ $want == "$have" ]] || { echo "images.sh: $file ARG LIBS ($have) != images.sh list ($want)" >&2; exit 1; }
-}
-same_libs sidecar/Containerfile "${SIDECAR_LIBS[@]}"
-same_libs operator/Containerfile "${OPERATOR_LIBS[@]}"
-
-# check_libs BINARY LIB...: every library ldd resolves (except libduckdb) is in the list.
+# check_libs BINARY CONTAINERFILE: every library ldd resolves (but libduckdb and the loader) is
+# named in the Containerfile's ARG LIBS.
 check_libs() {
-  local bin=$1; shift
-  local want=" $* " lib
+  local bin=$1 file=$2 libs lib
+  libs=" $(sed -n 's/^ARG LIBS="\(.*\)"$/\1/p' "$file") "
+  [[ -n ${libs// /} ]] || { echo "images.sh: no ARG LIBS in $file" >&2; exit 1; }
   while read -r lib; do
-    [[ $lib == */libduckdb.so ]] && continue
-    lib="$(realpath -s "$lib")"
-    case "$lib" in /usr/lib/x86_64-linux-gnu/*) lib="$LIBDIR/${lib##*/}" ;; esac
-    [[ $want == *" $lib "* ]] || { echo "images.sh: $bin needs $lib, which the image lists lack" >&2; exit 1; }
+    case "${lib##*/}" in libduckdb.so | ld-linux-x86-64.so.2) continue ;; esac
+    [[ $libs == *" ${lib##*/} "* ]] ||
+      { echo "images.sh: $bin needs ${lib##*/}, which ARG LIBS in $file lacks" >&2; exit 1; }
   done < <(ldd "$bin" | awk '/=> \// {print $3} /^\t\// {print $1}')
-}
-
-# stage NAME BINARY LIBS...: the rootfs tree of one image in $work/NAME.
-work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
-stage() {
-  local name=$1 bin=$2; shift 2
-  local r="$work/$name"
-  mkdir -p "$r/usr/local/bin" "$r/etc/ssl/certs" "$r/lib64" "$r$LIBDIR"
-  cp "$bin" "$r/usr/local/bin/$name"
-  local lib
-  for lib in "$@"; do cp -L "$lib" "$r$lib"; done
-  cp /etc/ssl/certs/ca-certificates.crt "$r/etc/ssl/certs/"
-  cp e2e/image/passwd e2e/image/group e2e/image/nsswitch.conf "$r/etc/"
-  echo "$r"
 }
 
 bin_dir="$CARGO_TARGET_DIR/release"
 for b in sidecar operator; do
   [[ -x $bin_dir/$b ]] || { echo "images.sh: $bin_dir/$b missing; run with --build" >&2; exit 1; }
+  check_libs "$bin_dir/$b" "$b/Containerfile"
 done
-check_libs "$bin_dir/sidecar" "${SIDECAR_LIBS[@]}"
-check_libs "$bin_dir/operator" "${OPERATOR_LIBS[@]}"
+
+if ! docker version >/dev/null 2>&1; then
+  docker_up
+  trap docker_down EXIT
+fi
+e2e/base-images.sh
+
+# The build context: what the Containerfiles COPY in the prebuilt path, nothing else (no .git,
+# no sources). A fixed place, so BuildKit's context transfer sends only what changed.
+ctx="$out/context"
+mkdir -p "$ctx/e2e/image" "$ctx/prebuilt/sidecar/usr/local/bin" "$ctx/prebuilt/sidecar/usr/local/lib" \
+  "$ctx/prebuilt/operator/usr/local/bin"
+cp e2e/image/passwd e2e/image/group e2e/image/nsswitch.conf "$ctx/e2e/image/"
+cp "$bin_dir/sidecar" "$ctx/prebuilt/sidecar/usr/local/bin/sidecar"
+cp "$DUCKDB_LIB_DIR/libduckdb.so" "$ctx/prebuilt/sidecar/usr/local/lib/libduckdb.so"
+cp "$bin_dir/operator" "$ctx/prebuilt/operator/usr/local/bin/operator"
 
 mkdir -p "$out"
-sidecar_ref="tradestore/sidecar:$tag"
-operator_ref="tradestore/operator:$tag"
+declare -A ref=([sidecar]="tradestore/sidecar:$tag" [operator]="tradestore/operator:$tag")
+for name in sidecar operator; do
+  log "docker build -f $name/Containerfile --build-arg BINARIES=prebuilt -t ${ref[$name]}"
+  # --network host: the libs stage runs apt-get; the project's dockerd has no bridge or NAT.
+  docker build --network host --build-arg BINARIES=prebuilt -f "$name/Containerfile" \
+    -t "${ref[$name]}" "$ctx"
+  # The image's own loader, libraries and RUNPATH, with nothing from the host.
+  v="$(docker run --rm --network none "${ref[$name]}" --version)" ||
+    { echo "images.sh: ${ref[$name]} does not run its binary" >&2; exit 1; }
+  log "${ref[$name]} runs: ${v%%$'\n'*}"
+  docker save -o "$out/$name.tar.tmp" "${ref[$name]}"
+  mv "$out/$name.tar.tmp" "$out/$name.tar"
+done
 
-r="$(stage sidecar "$bin_dir/sidecar" "${SIDECAR_LIBS[@]}")"
-mkdir -p "$r/usr/local/lib"
-cp "$DUCKDB_LIB_DIR/libduckdb.so" "$r/usr/local/lib/libduckdb.so"
-e2e/cluster/make-image.sh -t "$sidecar_ref" -o "$out/sidecar.tar" --rootfs "$r" \
-  --user 65532:65532 --entrypoint /usr/local/bin/sidecar
+# The data root is kept across runs: drop the images of earlier tags (each commit makes a new
+# one, ~370 MB) and cap BuildKit's cache, so it does not grow without bound.
+for name in sidecar operator; do
+  docker image ls --format '{{.Repository}}:{{.Tag}}' "tradestore/$name" | grep -vxF "${ref[$name]}" |
+    xargs -r "$TS_DOCKER_CLI" rmi >/dev/null || true
+done
+docker image prune -f >/dev/null || true
+docker builder prune -f --keep-storage "${TS_DOCKER_BUILD_CACHE:-8GB}" >/dev/null || true
 
-r="$(stage operator "$bin_dir/operator" "${OPERATOR_LIBS[@]}")"
-e2e/cluster/make-image.sh -t "$operator_ref" -o "$out/operator.tar" --rootfs "$r" \
-  --user 65532:65532 --entrypoint /usr/local/bin/operator --cmd run
-
-printf 'SIDECAR_IMAGE=%s\nOPERATOR_IMAGE=%s\nIMAGE_TAG=%s\n' "$sidecar_ref" "$operator_ref" "$tag" >"$out/images.env"
+printf 'SIDECAR_IMAGE=%s\nOPERATOR_IMAGE=%s\nIMAGE_TAG=%s\n' "${ref[sidecar]}" "${ref[operator]}" "$tag" >"$out/images.env"
 if ((load)); then
-  e2e/cluster/load-image.sh "$out/sidecar.tar" "$sidecar_ref"
-  e2e/cluster/load-image.sh "$out/operator.tar" "$operator_ref"
+  e2e/cluster/load-image.sh "$out/sidecar.tar" "${ref[sidecar]}"
+  e2e/cluster/load-image.sh "$out/operator.tar" "${ref[operator]}"
 fi
-log "SIDECAR_IMAGE=$sidecar_ref OPERATOR_IMAGE=$operator_ref ($out/images.env)"
+log "SIDECAR_IMAGE=${ref[sidecar]} OPERATOR_IMAGE=${ref[operator]} ($out/images.env)"

@@ -2,7 +2,8 @@
 # The end-to-end run on the local cluster (e2e/cluster/), as CI runs it:
 #   1. bring the cluster up (e2e/cluster/up.sh; ~15 s when its binaries are cached),
 #   2. build the release binaries and the e2e test binary,
-#   3. build both images offline and load them (e2e/images.sh --load),
+#   3. build both images with Docker from their Containerfiles, from the host-built binaries, and
+#      load them (e2e/images.sh --load: its own dockerd, stopped after; base images made offline),
 #   4. helm install charts/tradestore-operator into $TS_E2E_NAMESPACE (pullPolicy Never),
 #   5. run the suite: cargo test --release -p tradestore-e2e -- --ignored --test-threads=1, then
 #      upgrade the release to rbac.scope=namespace and run t01/t06/t07 in the watched namespace,
@@ -72,7 +73,7 @@ trap cleanup EXIT
 log "cluster up"
 e2e/cluster/up.sh
 # shellcheck source=/dev/null
-source /var/lib/tradestore-e2e/env
+source "${TS_STATE:-/var/lib/tradestore-e2e}/env"
 
 if [[ ${E2E_SKIP_BUILD:-0} == 1 ]]; then
   log "E2E_SKIP_BUILD=1: using the binaries already in $CARGO_TARGET_DIR/release; building the e2e tests"
@@ -92,7 +93,7 @@ for l in sys.stdin:
         print(m["executable"])')"
 [[ -x $suite_bin ]] || { log "could not find the e2e suite binary"; exit 1; }
 
-log "images"
+log "images (docker build from the Containerfiles)"
 e2e/images.sh --load
 # shellcheck source=/dev/null
 source "$TS_CACHE_DIR/images/images.env"

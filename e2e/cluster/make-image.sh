@@ -26,14 +26,17 @@
 # PATH=... is given. Ownership is root and timestamps are fixed, so the same
 # inputs give the same image ID.
 #
-# Example (a dynamically linked Rust binary and a debug shell):
-#   e2e/cluster/make-image.sh -t tradestore/sidecar:e2e -o /tmp/sidecar.tar \
-#     --add target/release/tradestore-sidecar:/usr/local/bin/tradestore-sidecar \
-#     --libs --busybox --entrypoint /usr/local/bin/tradestore-sidecar --user 65534 --load
+# Used for the cluster's own images (images/build.sh: pause, busybox, redis). The project's
+# sidecar and operator images come from their Containerfiles (e2e/images.sh, Docker).
+#
+# Example (a dynamically linked binary and a debug shell):
+#   e2e/cluster/make-image.sh -t example/tool:e2e -o /tmp/tool.tar \
+#     --add /usr/bin/jq:/usr/local/bin/jq \
+#     --libs --busybox --entrypoint /usr/local/bin/jq --user 65534 --load
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
-usage() { sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,35p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 die() { echo "make-image: $*" >&2; exit 1; }
 
 ref="" out="" libs=0 busybox=0 cacerts=0 rootfs="" load=0
