@@ -317,10 +317,7 @@ impl Applier {
             history_trimmed: Instant::now() - TRIM_EVERY,
             apply_delay: cfg.writer.apply_delay,
         };
-        let join = std::thread::Builder::new().name("applier".into()).spawn(move || {
-            yield_to_the_write_path();
-            applier.run(rx)
-        })?;
+        let join = std::thread::Builder::new().name("applier".into()).spawn(move || applier.run(rx))?;
         Ok((tx, progress, join))
     }
 
@@ -464,28 +461,6 @@ impl Applier {
                 e => tracing::warn!(error = %e, "checkpoint failed; will retry after the next apply"),
             },
         }
-    }
-}
-
-/// How much lower the applier thread's CPU priority is than the process's (nice).
-/// The write path (HTTP workers, the writer's flush) waits on every request; the
-/// applier only has to keep up on average, and when it falls behind the backlog
-/// bound stops the writer, which frees the CPU for it. On a machine with few cores a
-/// DuckDB transaction (several ms of CPU) otherwise preempts a request in flight.
-const APPLIER_NICE: i32 = 5;
-
-/// Lowers the calling thread's priority by [`APPLIER_NICE`] (Linux's nice value is
-/// per thread). Raising it back needs a capability, lowering it does not; a refusal
-/// is logged and changes nothing else.
-fn yield_to_the_write_path() {
-    // SAFETY: plain syscalls on this thread's own id.
-    let outcome = unsafe {
-        let tid = libc::gettid() as libc::id_t;
-        let now = libc::getpriority(libc::PRIO_PROCESS, tid);
-        libc::setpriority(libc::PRIO_PROCESS, tid, now + APPLIER_NICE)
-    };
-    if outcome != 0 {
-        tracing::warn!(error = %std::io::Error::last_os_error(), "could not lower the applier's priority");
     }
 }
 
