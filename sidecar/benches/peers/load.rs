@@ -64,6 +64,54 @@ pub fn run_measured(mut cmd: Command) -> (String, Measured) {
     (text, Measured { elapsed, server_cpu_us: server_cpu.max(0.0), ..Default::default() })
 }
 
+/// Where a process's CPU went, by thread role: µs of user + system time so far.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Threads {
+    /// The applier (log → DuckDB transactions).
+    pub applier: f64,
+    /// The writer (deciding, the log append and its `fdatasync`).
+    pub writer: f64,
+    /// The HTTP workers (tokio: TCP, hyper, JSON, auth).
+    pub http: f64,
+    /// Everything else (DuckDB's own threads, the blocking pool, followers).
+    pub other: f64,
+}
+
+impl Threads {
+    /// The sidecar `pid`'s threads, by their names (`/proc/<pid>/task/*/comm`).
+    pub fn of(pid: u32) -> Threads {
+        let mut t = Threads::default();
+        let tick_us = 1e6 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return t };
+        for task in tasks.flatten() {
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+            // utime and stime are fields 14 and 15; the name before them may hold spaces.
+            let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+            let ticks: f64 = after_name.split_whitespace().skip(11).take(2).filter_map(|v| v.parse::<f64>().ok()).sum();
+            let slot = match comm.trim() {
+                "applier" => &mut t.applier,
+                "writer" => &mut t.writer,
+                c if c.starts_with("tokio-rt-worker") => &mut t.http,
+                _ => &mut t.other,
+            };
+            *slot += ticks * tick_us;
+        }
+        t
+    }
+
+    /// µs per operation spent between `before` and `self`, over `ops` operations.
+    pub fn per_op_since(&self, before: &Threads, ops: u64) -> Threads {
+        let per = |a: f64, b: f64| (a - b) / ops.max(1) as f64;
+        Threads {
+            applier: per(self.applier, before.applier),
+            writer: per(self.writer, before.writer),
+            http: per(self.http, before.http),
+            other: per(self.other, before.other),
+        }
+    }
+}
+
 fn cpu_us(u: &libc::rusage) -> f64 {
     let t = |tv: libc::timeval| tv.tv_sec as f64 * 1e6 + tv.tv_usec as f64;
     t(u.ru_utime) + t(u.ru_stime)

@@ -26,13 +26,15 @@ mod wrk;
 use std::fmt::Write;
 
 use common::{Sidecar, TOKEN, client};
-use load::Measured;
+use load::{Measured, Threads};
 use measure::raw::{Money, appender_phase, column_batch_phase, insert_phase, raw_db};
 use measure::rss_mib;
 
 struct Step {
     clients: usize,
     sidecar: Measured,
+    /// The sidecar's CPU per trade by thread role.
+    threads: Threads,
     postgres: Measured,
 }
 
@@ -68,6 +70,20 @@ fn table(steps: &[Step]) -> String {
     t
 }
 
+/// Where the sidecar's CPU went per trade, by thread: steadier than throughput on a
+/// shared machine, since it does not count what other processes take.
+fn thread_table(steps: &[Step]) -> String {
+    let mut t = String::from(
+        "| clients | applier µs/trade | writer µs/trade | HTTP workers µs/trade | other µs/trade |\n|---:|---:|---:|---:|---:|\n",
+    );
+    for s in steps {
+        let th = &s.threads;
+        writeln!(t, "| {} | {:.1} | {:.1} | {:.1} | {:.1} |", s.clients, th.applier, th.writer, th.http, th.other)
+            .unwrap();
+    }
+    t
+}
+
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     if std::env::args().any(|a| a == "--list") {
@@ -93,9 +109,11 @@ async fn main() {
     let (mut acknowledged, mut failed) = (0, 0);
     let mut steps = Vec::new();
     for (&clients, postgres) in counts.iter().zip(pg_runs) {
+        let before = Threads::of(s.child.id());
         let run = wrk::run(&s.url("/v1/trades"), TOKEN, clients, secs, true, &format!("c{clients}"));
+        let threads = Threads::of(s.child.id()).per_op_since(&before, run.acknowledged);
         (acknowledged, failed) = (acknowledged + run.acknowledged, failed + run.failed);
-        steps.push(Step { clients, sidecar: run.measured, postgres });
+        steps.push(Step { clients, sidecar: run.measured, threads, postgres });
     }
     let busiest = *counts.last().unwrap();
     let ceiling = wrk::run(&s.url("/healthz"), TOKEN, busiest, secs.min(3.0), false, "probe").measured;
@@ -119,6 +137,7 @@ async fn main() {
     let columns = column_batch_phase(&raw, secs.min(3.0), n as usize);
 
     println!("\n{}", table(&steps));
+    println!("{}", thread_table(&steps));
     println!(
         "wrk's own ceiling (GET /healthz, {busiest} connections): {:.0} req/s, p50 {} ms",
         ceiling.ops_per_sec(),
