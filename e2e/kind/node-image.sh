@@ -34,7 +34,7 @@ kind_dir="$(go mod download -json "sigs.k8s.io/kind@$KIND_VERSION" | python3 -c 
 
 bin="$(e2e/cluster/build-k8s.sh)"
 k8s="$bin/k8s"
-key="$( { cat "$k8s" | sha256sum; echo "$KIND_VERSION"; cat e2e/kind/node/Containerfile; find e2e/kind/node/overlay -type f -print0 | sort -z | xargs -0 cat; cat e2e/cluster/images/pause.c; } | sha256sum | cut -c1-12)"
+key="$( { sha256sum <"$k8s"; echo "$KIND_VERSION"; cat e2e/kind/node/Containerfile; find e2e/kind/node/overlay -type f -print0 | sort -z | xargs -0 cat; cat e2e/cluster/images/pause.c; } | sha256sum | cut -c1-12)"
 ref="tradestore.local/kind-node:$K8S_VERSION-$key"
 if docker image inspect "$ref" >/dev/null 2>&1; then
   log "cached: $ref"
