@@ -101,6 +101,27 @@ EOF
   esac
   refs+=("$img")
 done
+# Storage: rancher's local-path-provisioner v0.0.30 (the Go proxy refuses later tags) with kind's
+# own manifest (from its Go source), the helper pod on the cluster's static busybox image.
+LPP_VERSION=v0.0.30
+lpp_ref="tradestore.local/local-path-provisioner:$LPP_VERSION"
+helper_ref="tradestore.local/busybox:e2e"
+GOBIN="$TS_CACHE_DIR/bin" CGO_ENABLED=0 go install "github.com/rancher/local-path-provisioner@$LPP_VERSION"
+mkdir -p "$ctx/lpp/usr/local/bin"
+cp "$TS_CACHE_DIR/bin/local-path-provisioner" "$ctx/lpp/usr/local/bin/"
+docker build -q -t "$lpp_ref" -f - "$ctx/lpp" >/dev/null <<'EOF'
+FROM scratch
+COPY usr/local/bin/ /usr/local/bin/
+ENV PATH=/usr/local/bin
+ENTRYPOINT ["/usr/local/bin/local-path-provisioner"]
+EOF
+e2e/cluster/images/build.sh "$ctx/cluster-images" 2>/dev/null
+docker load -i "$ctx/cluster-images/busybox.tar" >/dev/null
+refs+=("$lpp_ref" "$helper_ref")
+mkdir -p "$ctx/overlay/kind/manifests"
+python3 e2e/kind/storage-manifest.py "$kind_dir/pkg/build/nodeimage/const_storage.go" "$lpp_ref" "$helper_ref" \
+  >"$ctx/overlay/kind/manifests/default-storage.yaml"
+
 log "saving ${#refs[@]} images into the node image's /kind/images"
 docker save -o "$ctx/images/control-plane.tar" "${refs[@]}"
 
