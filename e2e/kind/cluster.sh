@@ -47,7 +47,7 @@ kubeadmConfigPatches:
   kind: KubeProxyConfiguration
   oomScoreAdj: 0
 EOF
-  kind_pod_network
+  kind_pod_network || return 1
   local cp_ip
   cp_ip="$(kind_node_ip "$KIND_CLUSTER-control-plane")"
   ip route replace "$KIND_SERVICE_CIDR" via "$cp_ip" && _kind_route_added=1

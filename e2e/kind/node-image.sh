@@ -126,7 +126,7 @@ log "saving ${#refs[@]} images into the node image's /kind/images"
 docker save -o "$ctx/images/control-plane.tar" "${refs[@]}"
 
 log "docker build the node image $ref"
-docker build --network host -t "$ref" -f e2e/kind/node/Containerfile "$ctx" >&2
+docker build --network host --build-arg "K8S_VERSION=$K8S_VERSION" -t "$ref" -f e2e/kind/node/Containerfile "$ctx" >&2
 # Drop older node images.
 docker image ls --format '{{.Repository}}:{{.Tag}}' tradestore.local/kind-node | grep -vxF "$ref" |
   xargs -r "$TS_DOCKER_CLI" rmi >/dev/null || true
