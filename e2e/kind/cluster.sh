@@ -47,9 +47,12 @@ kubeadmConfigPatches:
   kind: KubeProxyConfiguration
   oomScoreAdj: 0
 EOF
-  kind_pod_network || return 1
   local cp_ip
   cp_ip="$(kind_node_ip "$KIND_CLUSTER-control-plane")"
+  # kind's kubeconfig names a port published on 127.0.0.1; the node's own address needs no
+  # port forwarding (the API server's certificate includes it).
+  kubectl config set-cluster "kind-$KIND_CLUSTER" --server="https://$cp_ip:6443" >/dev/null
+  kind_pod_network || return 1
   ip route replace "$KIND_SERVICE_CIDR" via "$cp_ip" && _kind_route_added=1
   _klog "route $KIND_SERVICE_CIDR via $cp_ip (the control-plane node)"
 }
