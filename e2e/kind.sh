@@ -38,14 +38,17 @@ source e2e/kind/cluster.sh
 
 if ((KIND_OFFLINE)); then
   docker_up
-  export PATH="$TS_CACHE_DIR/bin:$PATH"
+  # kubectl (and kubeadm in the node image) from the project's multi-call Kubernetes binary.
+  export TS_CACHE="${TS_CACHE:-$TS_CACHE_DIR}"
+  k8s_bin="$(e2e/cluster/build-k8s.sh)"
+  export PATH="$TS_CACHE_DIR/bin:$k8s_bin:$PATH"
   if ! command -v kind >/dev/null || [[ $(kind version) != "kind $KIND_VERSION "* ]]; then
     log "go install sigs.k8s.io/kind@$KIND_VERSION"
     [[ -x /usr/local/go/bin/go ]] && export PATH="$PATH:/usr/local/go/bin"
     GOBIN="$TS_CACHE_DIR/bin" GOFLAGS=-modcacherw go install "sigs.k8s.io/kind@$KIND_VERSION"
   fi
 fi
-for t in docker kind cargo python3; do
+for t in docker kind kubectl cargo python3; do
   command -v "$t" >/dev/null || { echo "kind.sh: $t not found" >&2; exit 1; }
 done
 
