@@ -121,6 +121,7 @@ export TRADESTORE_E2E_REDIS_IMAGE="$REDIS_IMAGE"
 export TRADESTORE_E2E_ACCESS_MODE=ReadWriteOnce
 # SIGKILL/pause of a container goes through containerd inside the pod's node.
 export TRADESTORE_E2E_CTR="docker exec {node} ctr"
-export TRADESTORE_E2E_KIND_CLUSTER="$KIND_CLUSTER"
+# Node faults (t14): docker stop/start of a node container, drain.
+export TRADESTORE_E2E_NODE_TOOL="$ROOT/e2e/kind/node.sh"
 cargo test --release --locked --workspace --test suite -- --ignored --test-threads=1 --nocapture "$@"
 log "suite passed"
