@@ -78,6 +78,9 @@ kind_pod_network() {
   {"type": "portmap", "capabilities": {"portMappings": true}}
 ]}
 EOF
+    # The node routes for other nodes' pods and for Services reached from the host (its own
+    # network namespace; the host's ip_forward is not touched).
+    docker exec "$n" sysctl -qw net.ipv4.ip_forward=1
     for other in "${!cidrs[@]}"; do
       [[ $other == "$n" ]] && continue
       ocidr=${cidrs[$other]} oip=${ips[$other]}
