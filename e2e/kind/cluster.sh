@@ -28,8 +28,8 @@ kind_cluster_up() {
   local image=$1 i workers=""
   for ((i = 0; i < KIND_WORKERS; i++)); do workers+=$'\n'"- role: worker"; done
   export KIND_EXPERIMENTAL_DOCKER_NETWORK="$KIND_NETWORK"
-  _klog "kind create cluster $KIND_CLUSTER (1 control plane + $KIND_WORKERS workers, $image)"
-  kind create cluster --name "$KIND_CLUSTER" --image "$image" --retain --wait 0s --config - <<EOF
+  local config
+  config="$(cat <<EOF
 kind: Cluster
 apiVersion: kind.x-k8s.io/v1alpha4
 networking:
@@ -47,6 +47,18 @@ kubeadmConfigPatches:
   kind: KubeProxyConfiguration
   oomScoreAdj: 0
 EOF
+)"
+  # Seen once in three: kubeadm init's `systemctl daemon-reload` failed in the fresh node (systemd
+  # still starting) and the kubelet never started. A second attempt on new nodes is made.
+  local attempt
+  for attempt in 1 2; do
+    _klog "kind create cluster $KIND_CLUSTER (1 control plane + $KIND_WORKERS workers, $image), attempt $attempt"
+    if kind create cluster --name "$KIND_CLUSTER" --image "$image" --wait 0s --config - <<<"$config"; then
+      break
+    fi
+    ((attempt < 2)) || return 1
+    kind delete cluster --name "$KIND_CLUSTER" >/dev/null 2>&1 || true
+  done
   local cp_ip
   cp_ip="$(kind_node_ip "$KIND_CLUSTER-control-plane")"
   # kind's kubeconfig names a port published on 127.0.0.1; the node's own address needs no
