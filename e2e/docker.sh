@@ -6,12 +6,16 @@
 #   docker ...     # Debian's docker CLI (20.10, BuildKit built in) against that daemon
 #   docker_down    # stop dockerd if docker_up started it (TS_KEEP_DOCKER=1 leaves it running)
 #
+# Containers run through e2e/kind/runc-nosysresource (runc minus CAP_SYS_RESOURCE, which this
+# VM's bounding set lacks): privileged containers such as kind's nodes fail with plain runc.
+#
 # The daemon is the project's own, not the machine's: no systemd, its own socket, exec root and
 # pid file under /run/tradestore-docker, its data root (images, BuildKit cache) under
 # $TS_DOCKER_ROOT (default $TS_CACHE_DIR/docker, kept across runs so builds stay warm). It touches
 # no host networking: no iptables rules, no NAT, no ip_forward change, no docker0 bridge; builds
 # that need the network (apt-get in a RUN step) run with `docker build --network host`.
 
+_ts_docker_here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 TS_DOCKER_ROOT="${TS_DOCKER_ROOT:-${TS_CACHE_DIR:?source scripts/env.sh first}/docker}"
 TS_DOCKER_RUN="${TS_DOCKER_RUN:-/run/tradestore-docker}"
 export DOCKER_HOST="unix://$TS_DOCKER_RUN/docker.sock"
@@ -46,6 +50,7 @@ docker_up() {
     --storage-driver overlay2 --exec-opt native.cgroupdriver=cgroupfs \
     --iptables=false --ip-masq=false --ip-forward=false --bridge=none \
     --oom-score-adjust=0 --userland-proxy=false \
+    --add-runtime "ts-runc=$_ts_docker_here/kind/runc-nosysresource" --default-runtime ts-runc \
     >>"$logf" 2>&1 </dev/null &
   _ts_docker_started=1
   local i

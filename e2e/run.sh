@@ -115,7 +115,8 @@ export TRADESTORE_E2E_OPERATOR_IMAGE="$OPERATOR_IMAGE"
 export TRADESTORE_E2E_OPERATOR_NAMESPACE="$NS"
 export TRADESTORE_E2E_OPERATOR_SA="$RELEASE"
 export TRADESTORE_E2E_IMAGE_PULL_POLICY=Never
-"$suite_bin" --ignored --test-threads=1 --nocapture "$@"
+# t14 (a lost node) needs several nodes and node fault tools: e2e/kind.sh runs it.
+"$suite_bin" --ignored --test-threads=1 --nocapture --skip t14_ "$@"
 log "suite passed"
 
 # Second pass: the chart with namespace-scoped RBAC (a Role in one watched namespace), and the

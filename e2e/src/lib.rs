@@ -14,7 +14,7 @@
 //! | `TRADESTORE_E2E_OPERATOR_NAMESPACE` | `tradestore-system` | where the chart is installed |
 //! | `TRADESTORE_E2E_OPERATOR_SA` | `tradestore-operator` | the chart's ServiceAccount |
 //! | `TRADESTORE_E2E_LEASE` | `tradestore-operator` | the leader-election Lease |
-//! | `TRADESTORE_E2E_CTR` | `ctr --address $TRADESTORE_E2E_CONTAINERD_SOCK` | command prefix reaching the node's containerd (SIGKILL of a container) |
+//! | `TRADESTORE_E2E_CTR` | `ctr --address $TRADESTORE_E2E_CONTAINERD_SOCK` | command prefix reaching the node's containerd (SIGKILL of a container); `{node}` is replaced by the pod's node name (kind: `docker exec {node} ctr`) |
 //! | `TRADESTORE_E2E_KEEP` | unset | `1`: keep the test namespaces |
 //! | `TRADESTORE_E2E_NAMESPACE` | unset | run every test in this (existing or new) namespace instead of a fresh one each, and delete only the test's TradeStores afterwards (for an operator that watches fixed namespaces) |
 //! | `TRADESTORE_E2E_RBAC_SCOPE` | `cluster` | `namespace`: the chart was installed with `rbac.scope=namespace` (t07 checks that the operator has no rights outside its namespaces) |
@@ -297,8 +297,11 @@ impl Env {
                  `docker exec NODE ctr`) or TRADESTORE_E2E_CONTAINERD_SOCK"
             );
         }
-        let mut cmd = tokio::process::Command::new(&self.settings.ctr[0]);
-        cmd.args(&self.settings.ctr[1..]).args(["-n", "k8s.io", "tasks"]).args(args).arg(&id);
+        // `{node}` in the prefix: the pod's node (several nodes, e.g. `docker exec {node} ctr` on kind).
+        let node = pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
+        let ctr: Vec<String> = self.settings.ctr.iter().map(|a| a.replace("{node}", &node)).collect();
+        let mut cmd = tokio::process::Command::new(&ctr[0]);
+        cmd.args(&ctr[1..]).args(["-n", "k8s.io", "tasks"]).args(args).arg(&id);
         let out = cmd.output().await.context("running ctr")?;
         if !out.status.success() {
             bail!("ctr tasks {} {id}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));

@@ -793,3 +793,136 @@ async fn t13_commit_log_on_its_own_volume() -> Result<()> {
     })
     .await
 }
+
+/// Runs the node fault tool (`TRADESTORE_E2E_NODE_TOOL OP NODE`, e.g. `e2e/kind/node.sh stop NODE`).
+async fn node_tool(op: &str, node: &str) -> Result<()> {
+    let tool = std::env::var("TRADESTORE_E2E_NODE_TOOL").context("TRADESTORE_E2E_NODE_TOOL is not set")?;
+    let out = tokio::process::Command::new(&tool).args([op, node]).output().await.context("running the node tool")?;
+    ensure!(out.status.success(), "{tool} {op} {node}: {}", String::from_utf8_lossy(&out.stderr));
+    say(format!("node {node}: {op}"));
+    Ok(())
+}
+
+async fn node_ready(env: &Env, node: &str) -> Result<bool> {
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(env.client.clone());
+    let n = nodes.get(node).await?;
+    Ok(n.status.and_then(|s| s.conditions).unwrap_or_default().iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+async fn set_out_of_service(env: &Env, node: &str, on: bool) -> Result<()> {
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(env.client.clone());
+    let n = nodes.get(node).await?;
+    let mut taints: Vec<Value> = n
+        .spec
+        .and_then(|s| s.taints)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|t| t.key != "node.kubernetes.io/out-of-service")
+        .map(|t| serde_json::to_value(t).unwrap_or(Value::Null))
+        .collect();
+    if on {
+        taints
+            .push(json!({"key": "node.kubernetes.io/out-of-service", "value": "nodeshutdown", "effect": "NoExecute"}));
+    }
+    let patch = json!({"spec": {"taints": taints}});
+    nodes.patch(node, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await?;
+    say(format!("node {node}: out-of-service taint {}", if on { "set" } else { "removed" }));
+    Ok(())
+}
+
+/// docs/operator.md "Node problems", on a multi-node cluster with node fault tools (e2e/kind.sh):
+/// the node of a store's pod is stopped (`docker stop`); the store goes not Ready (phase Pending,
+/// Ready=False/NodeNotReady) and the operator leaves the pod alone; the administrator's
+/// out-of-service taint makes Kubernetes delete the pod, the operator creates it again, and with a
+/// node-local volume it stays Pending until the node is back; the node started again and the taint
+/// removed, the store is Ready on that node with every acknowledged trade.
+#[tokio::test]
+#[ignore = "needs a multi-node cluster with node fault tools (TRADESTORE_E2E_NODE_TOOL): run e2e/kind.sh"]
+async fn t14_store_on_a_lost_node() -> Result<()> {
+    with_env("lost", |env| async move {
+        env.create_store("desk", json!({})).await?;
+        env.wait_ready("desk", READY).await?;
+        let sc = env.sidecar("desk").await?;
+        sc.wait_serving(SHORT).await?;
+        let ids = sc.write_many("before-loss", "NVDA", 30).await?;
+        let pod = env.pod("desk").await?.context("no pod")?;
+        let uid = pod.uid().unwrap_or_default();
+        let node = pod.spec.as_ref().and_then(|s| s.node_name.clone()).context("pod not scheduled")?;
+        say(format!("the store's pod runs on {node}"));
+
+        let t0 = std::time::Instant::now();
+        node_tool("stop", &node).await?;
+        let result = async {
+            wait_for("node NotReady", Duration::from_secs(180), Duration::from_secs(1), || async {
+                if node_ready(&env, &node).await? { Err(anyhow!("still Ready")) } else { Ok(Some(())) }
+            })
+            .await?;
+            say(format!("{node} NotReady after {:.0?}", t0.elapsed()));
+            let ts = wait_for("store not Ready (NodeNotReady)", READY, Duration::from_secs(1), || async {
+                let ts = env.store("desk").await?;
+                let ready = condition(&ts, "Ready").unwrap_or(Value::Null);
+                if ready["status"] == "False" && ready["reason"] == "NodeNotReady" {
+                    Ok(Some(ts))
+                } else {
+                    Err(anyhow!("phase {:?}, Ready {ready}", phase(&ts)))
+                }
+            })
+            .await?;
+            ensure!(phase(&ts) == "Pending", "phase {:?}, want Pending", phase(&ts));
+            say(format!("store not Ready (NodeNotReady, phase Pending) after {:.0?}", t0.elapsed()));
+            // The operator never deletes that pod.
+            tokio::time::sleep(Duration::from_secs(15)).await;
+            let p = env.pod("desk").await?.context("the pod was deleted")?;
+            ensure!(p.uid().as_deref() == Some(uid.as_str()), "the pod was replaced while its node was lost");
+
+            // The administrator's decision: the node is down for good.
+            set_out_of_service(&env, &node, true).await?;
+            let p = wait_for("pod recreated and Pending", READY, Duration::from_secs(1), || async {
+                match env.pod("desk").await? {
+                    Some(p) if p.uid().as_deref() != Some(uid.as_str()) => {
+                        let unschedulable = p
+                            .status
+                            .as_ref()
+                            .and_then(|s| s.conditions.as_ref())
+                            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "PodScheduled" && c.status == "False"));
+                        if unschedulable { Ok(Some(p)) } else { Err(anyhow!("new pod not yet marked unschedulable")) }
+                    }
+                    Some(_) => Err(anyhow!("old pod still there")),
+                    None => Err(anyhow!("no pod yet")),
+                }
+            })
+            .await?;
+            let msg = p
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .into_iter()
+                .find(|c| c.type_ == "PodScheduled")
+                .and_then(|c| c.message)
+                .unwrap_or_default();
+            say(format!("new pod Pending: {msg}"));
+            Ok::<_, anyhow::Error>(())
+        }
+        .await;
+        // Always bring the node back and clear the taint.
+        let back = node_tool("start", &node).await;
+        let _ = set_out_of_service(&env, &node, false).await;
+        result?;
+        back?;
+        wait_for("node Ready again", Duration::from_secs(180), Duration::from_secs(1), || async {
+            if node_ready(&env, &node).await? { Ok(Some(())) } else { Err(anyhow!("NotReady")) }
+        })
+        .await?;
+        env.wait_ready("desk", Duration::from_secs(240)).await?;
+        let p = env.pod("desk").await?.context("no pod")?;
+        ensure!(
+            p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node.as_str()),
+            "the pod should run on the node that holds its volume"
+        );
+        sc.wait_serving(SHORT).await?;
+        sc.check_all(&ids, "NVDA").await?;
+        say(format!("store Ready again on {node} with all {} trades, {:.0?} after the stop", ids.len(), t0.elapsed()));
+        Ok(())
+    })
+    .await
+}

@@ -9,7 +9,8 @@
 //
 // Components: kube-apiserver, kube-controller-manager, kube-scheduler,
 // kubelet, kube-proxy, kubectl, etcd, cri-cleanup / cri-pods (cri.go)
-// hostpath-provisioner (provisioner.go) and cluster-dns (dns.go).
+// hostpath-provisioner (provisioner.go) and cluster-dns (dns.go); for the kind node image
+// (kind.go) kubeadm and coredns (cluster-dns with CoreDNS's probe ports).
 package main
 
 import (
@@ -43,10 +44,11 @@ var cobraComponents = map[string]func() *cobra.Command{
 	},
 	"kubelet":    kubelet.NewKubeletCommand,
 	"kube-proxy": proxy.NewProxyCommand,
+	"kubeadm":    newKubeadmCommand,
 }
 
 func usage() {
-	names := []string{"kubectl", "etcd", "cri-cleanup", "cri-pods", "hostpath-provisioner", "cluster-dns"}
+	names := []string{"kubectl", "etcd", "cri-cleanup", "cri-pods", "hostpath-provisioner", "cluster-dns", "coredns"}
 	for n := range cobraComponents {
 		names = append(names, n)
 	}
@@ -76,6 +78,8 @@ func main() {
 		os.Exit(provisionerMain(os.Args[1:]))
 	case "cluster-dns":
 		os.Exit(dnsMain(os.Args[1:]))
+	case "coredns":
+		os.Exit(corednsMain(os.Args[1:]))
 	case "etcd":
 		etcdmain.Main(os.Args)
 		os.Exit(0)
@@ -92,7 +96,7 @@ func main() {
 
 func known(name string) bool {
 	switch name {
-	case "etcd", "kubectl", "cri-cleanup", "cri-pods", "hostpath-provisioner", "cluster-dns":
+	case "etcd", "kubectl", "cri-cleanup", "cri-pods", "hostpath-provisioner", "cluster-dns", "coredns":
 		return true
 	}
 	_, ok := cobraComponents[name]
