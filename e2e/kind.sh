@@ -123,15 +123,6 @@ export TRADESTORE_E2E_ACCESS_MODE=ReadWriteOnce
 export TRADESTORE_E2E_CTR="docker exec {node} ctr"
 # Node faults (t14): docker stop/start of a node container, drain.
 export TRADESTORE_E2E_NODE_TOOL="$ROOT/e2e/kind/node.sh"
-# The e2e crate's suite binary only (operator/tests/suite is another target named suite), built
-# with --workspace like scripts/test.sh so it is reused, as e2e/run.sh does.
-suite_bin="$(cargo test --release --locked --workspace --test suite --no-run --message-format=json |
-  python3 -c 'import json,sys
-for l in sys.stdin:
-    m = json.loads(l)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "suite" \
-        and "tradestore-e2e" in m["package_id"]:
-        print(m["executable"])')"
-[[ -x $suite_bin ]] || { log "could not find the e2e suite binary"; exit 1; }
+suite_bin="$(e2e_suite_binary)" || { log "could not find the e2e suite binary"; exit 1; }
 "$suite_bin" --ignored --test-threads=1 --nocapture "$@"
 log "suite passed"

@@ -81,17 +81,7 @@ else
   log "building binaries and the e2e tests"
   cargo build --release --locked -p tradestore-sidecar -p tradestore-operator
 fi
-# The suite's test binary, run directly below (no second cargo invocation, no cargo lock waits).
-# --workspace resolves features as scripts/test.sh's `cargo test --workspace` does, so
-# the binary it built is reused (with -p alone the crate would build again).
-suite_bin="$(cargo test --release --locked --workspace --test suite --no-run --message-format=json |
-  python3 -c 'import json,sys
-for l in sys.stdin:
-    m = json.loads(l)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "suite" \
-        and "tradestore-e2e" in m["package_id"]:
-        print(m["executable"])')"
-[[ -x $suite_bin ]] || { log "could not find the e2e suite binary"; exit 1; }
+suite_bin="$(e2e_suite_binary)" || { log "could not find the e2e suite binary"; exit 1; }
 
 log "images (docker build from the Containerfiles)"
 e2e/images.sh --load

@@ -36,3 +36,19 @@ ensure_kubernetes_validate() {
   fi
   export PATH="$PATH:$venv/bin"
 }
+
+# Builds (if needed) and prints the e2e crate's suite test binary, run directly by run.sh and
+# kind.sh (no second cargo invocation, no cargo lock waits). --workspace resolves features as
+# scripts/test.sh's `cargo test --workspace` does, so the binary it built is reused (with -p
+# alone the crate would build again); operator/tests/suite is another target named suite.
+e2e_suite_binary() {
+  local bin
+  bin="$(cargo test --release --locked --workspace --test suite --no-run --message-format=json |
+    python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "suite" \
+        and "tradestore-e2e" in m["package_id"]:
+        print(m["executable"])')"
+  [[ -x $bin ]] && echo "$bin"
+}
