@@ -23,6 +23,9 @@ async fn journal_follows_commits_and_catches_up_after_redis_outage() {
     for i in 0..60 {
         assert_eq!(c.post(s.url("/v1/trades")).json(&trade_for(&format!("j{i}"))).send().await.unwrap().status(), 201);
     }
+    // The journal carries each trade's newest state: a cancel of j0 applied before the
+    // journal read j0's insert would leave no entry at seq 1 (module doc). Wait for it.
+    wait_journal(&s, |j| j["watermark"] == 60).await;
     assert_eq!(c.delete(s.url("/v1/trades/j0")).send().await.unwrap().status(), 200);
     wait_journal(&s, |j| j["watermark"] == 61 && j["healthy"] == true && j["lag"] == 0).await;
     assert_eq!(journal_seqs(rport).await, (1..=61).collect::<Vec<i64>>());
