@@ -1,13 +1,12 @@
 #!/usr/bin/env bash
 # Build the sidecar and operator images with a real engine (Docker's BuildKit) from
 # sidecar/Containerfile and operator/Containerfile, using the release binaries already built on
-# this host, and with --load import them into the local e2e cluster.
+# this host, into the project's dockerd (e2e/kind.sh loads them into the kind nodes from there).
 #
-#   e2e/images.sh [--build] [--load] [--out DIR]
+#   e2e/images.sh [--build] [--out DIR]
 #
 #   --build   run `cargo build --release -p tradestore-sidecar -p tradestore-operator` first
-#   --load    import both images into the running e2e cluster (e2e/cluster/load-image.sh)
-#   --out     where the `docker save` tarballs go (default $TS_CACHE_DIR/images)
+#   --out     where the build context and images.env go (default $TS_CACHE_DIR/images)
 #
 # Steps: start the project's dockerd if none answers (e2e/docker.sh; stopped again at the end
 # unless TS_KEEP_DOCKER=1), make the base images offline (e2e/base-images.sh, cached), lay the
@@ -30,11 +29,10 @@ source scripts/env.sh
 # shellcheck source=e2e/docker.sh
 source e2e/docker.sh
 
-build=0 load=0 out="$TS_CACHE_DIR/images"
+build=0 out="$TS_CACHE_DIR/images"
 while (($#)); do
   case "$1" in
     --build) build=1; shift ;;
-    --load) load=1; shift ;;
     --out) out="$2"; shift 2 ;;
     -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "images.sh: unknown argument $1" >&2; exit 2 ;;
@@ -104,8 +102,6 @@ for name in sidecar operator; do
   v="$(docker run --rm --network none "${ref[$name]}" --version)" ||
     { echo "images.sh: ${ref[$name]} does not run its binary" >&2; exit 1; }
   log "${ref[$name]} runs: ${v%%$'\n'*}"
-  docker save -o "$out/$name.tar.tmp" "${ref[$name]}"
-  mv "$out/$name.tar.tmp" "$out/$name.tar"
 done
 
 # The data root is kept across runs: drop the images of earlier tags (each commit makes a new
@@ -118,8 +114,4 @@ docker image prune -f >/dev/null || true
 docker builder prune -f --keep-storage "${TS_DOCKER_BUILD_CACHE:-8GB}" >/dev/null || true
 
 printf 'SIDECAR_IMAGE=%s\nOPERATOR_IMAGE=%s\nIMAGE_TAG=%s\n' "${ref[sidecar]}" "${ref[operator]}" "$tag" >"$out/images.env"
-if ((load)); then
-  e2e/cluster/load-image.sh "$out/sidecar.tar" "${ref[sidecar]}"
-  e2e/cluster/load-image.sh "$out/operator.tar" "${ref[operator]}"
-fi
 log "SIDECAR_IMAGE=${ref[sidecar]} OPERATOR_IMAGE=${ref[operator]} ($out/images.env)"

@@ -4,11 +4,11 @@
 #   e2e/kind/node-image.sh        # prints the image reference; cached by key
 #
 # Parts, all from Debian's packages and the Go module proxy:
-#   * the project's multi-call Kubernetes binary (e2e/cluster/build-k8s.sh, with kubeadm and a
+#   * the project's multi-call Kubernetes binary (e2e/k8s/build.sh, with kubeadm and a
 #     CoreDNS stand-in): kubelet, kubeadm, kubectl on the node; and the control-plane images
 #     kubeadm asks for (`kubeadm config images list`), each tagged with the exact name:
 #     kube-apiserver, kube-controller-manager, kube-scheduler, etcd, coredns (FROM scratch + that
-#     binary), kube-proxy (Debian + iptables + conntrack + it), pause (e2e/cluster/images/pause.c);
+#     binary), kube-proxy (Debian + iptables + conntrack + it), pause (e2e/kind/node/pause.c);
 #   * kind v0.33.0's node files (images/base/files of the sigs.k8s.io/kind module);
 #   * Debian 12's systemd, containerd 1.6, runc 1.1, CNI plugins (e2e/kind/node/Containerfile).
 # The control-plane images are saved into /kind/images and imported by containerd at boot.
@@ -19,8 +19,8 @@ cd "$ROOT"
 source scripts/env.sh
 # shellcheck source=e2e/docker.sh
 source e2e/docker.sh
-# shellcheck source=e2e/cluster/lib.sh
-source e2e/cluster/lib.sh
+# shellcheck source=e2e/tools.sh
+source e2e/tools.sh
 
 KIND_VERSION="${KIND_VERSION:-v0.33.0}"
 log() { printf '[kind-node %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
@@ -29,12 +29,12 @@ docker version >/dev/null 2>&1 || { docker_up; trap docker_down EXIT; }
 e2e/base-images.sh >&2
 
 ensure_go
-export GOMODCACHE="$TS_CACHE/go/mod" GOCACHE="$TS_CACHE/go/build" GOFLAGS="-modcacherw" GOTOOLCHAIN=local
+export GOFLAGS="-modcacherw"
 kind_dir="$(go mod download -json "sigs.k8s.io/kind@$KIND_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')"
 
-bin="$(e2e/cluster/build-k8s.sh)"
+bin="$(e2e/k8s/build.sh)"
 k8s="$bin/k8s"
-key="$( { sha256sum <"$k8s"; echo "$KIND_VERSION"; cat e2e/kind/node/Containerfile; find e2e/kind/node/overlay -type f -print0 | sort -z | xargs -0 cat; cat e2e/cluster/images/pause.c; } | sha256sum | cut -c1-12)"
+key="$( { sha256sum <"$k8s"; echo "$KIND_VERSION"; cat e2e/kind/node/Containerfile; find e2e/kind/node/overlay -type f -print0 | sort -z | xargs -0 cat; cat e2e/kind/node/pause.c e2e/test-images/busybox.Containerfile "$0"; } | sha256sum | cut -c1-12)"
 ref="tradestore.local/kind-node:$K8S_VERSION-$key"
 if docker image inspect "$ref" >/dev/null 2>&1; then
   log "cached: $ref"
@@ -61,7 +61,7 @@ for c in kube-apiserver kube-controller-manager kube-scheduler kube-proxy etcd; 
   ln -s k8s "$ctx/cp/usr/local/bin/$c"
 done
 ln -s usr/local/bin/k8s "$ctx/cp/coredns"
-gcc -static -Os -s -o "$ctx/cp/pause" e2e/cluster/images/pause.c
+gcc -static -Os -s -o "$ctx/cp/pause" e2e/kind/node/pause.c
 refs=()
 for img in "${want[@]}"; do
   name="${img##*/}"; name="${name%%:*}"
@@ -102,7 +102,7 @@ EOF
   refs+=("$img")
 done
 # Storage: rancher's local-path-provisioner v0.0.30 (the Go proxy refuses later tags) with kind's
-# own manifest (from its Go source), the helper pod on the cluster's static busybox image.
+# own manifest (from its Go source), the helper pod on the suite's static busybox image (e2e/test-images).
 LPP_VERSION=v0.0.30
 lpp_ref="tradestore.local/local-path-provisioner:$LPP_VERSION"
 helper_ref="tradestore.local/busybox:e2e"
@@ -115,8 +115,7 @@ COPY usr/local/bin/ /usr/local/bin/
 ENV PATH=/usr/local/bin
 ENTRYPOINT ["/usr/local/bin/local-path-provisioner"]
 EOF
-e2e/cluster/images/build.sh "$ctx/cluster-images" 2>/dev/null
-docker load -i "$ctx/cluster-images/busybox.tar" >/dev/null
+e2e/test-images/build.sh >/dev/null
 refs+=("$lpp_ref" "$helper_ref")
 mkdir -p "$ctx/overlay/kind/manifests"
 python3 e2e/kind/storage-manifest.py "$kind_dir/pkg/build/nodeimage/const_storage.go" "$lpp_ref" "$helper_ref" \

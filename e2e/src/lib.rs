@@ -1,7 +1,7 @@
 //! Helpers of the TradeStore end-to-end suite (`e2e/tests/suite.rs`).
 //!
 //! The suite runs against whatever `KUBECONFIG` points at, with the chart already installed
-//! (`e2e/run.sh` does both). Settings come from the environment:
+//! (`e2e/kind.sh` does both). Settings come from the environment:
 //!
 //! | variable | default | |
 //! |---|---|---|
@@ -18,6 +18,7 @@
 //! | `TRADESTORE_E2E_KEEP` | unset | `1`: keep the test namespaces |
 //! | `TRADESTORE_E2E_NAMESPACE` | unset | run every test in this (existing or new) namespace instead of a fresh one each, and delete only the test's TradeStores afterwards (for an operator that watches fixed namespaces) |
 //! | `TRADESTORE_E2E_RBAC_SCOPE` | `cluster` | `namespace`: the chart was installed with `rbac.scope=namespace` (t07 checks that the operator has no rights outside its namespaces) |
+//! | `TRADESTORE_E2E_FAULT_NODE` | unset | a node kept for t14, tainted `tradestore.io/e2e-node-faults:NoSchedule` so that nothing else runs there: t14 stops it while the other tests run (unset: t14 stops whatever node its store is on, and must run alone) |
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -46,6 +47,7 @@ pub struct Settings {
     pub keep: bool,
     pub fixed_namespace: Option<String>,
     pub rbac_scope: String,
+    pub fault_node: Option<String>,
 }
 
 fn env_or(name: &str, default: &str) -> String {
@@ -55,7 +57,7 @@ fn env_or(name: &str, default: &str) -> String {
 impl Settings {
     pub fn from_env() -> Result<Self> {
         let sidecar_image = std::env::var("TRADESTORE_E2E_SIDECAR_IMAGE")
-            .context("TRADESTORE_E2E_SIDECAR_IMAGE is not set (e2e/run.sh sets it from e2e/images.sh)")?;
+            .context("TRADESTORE_E2E_SIDECAR_IMAGE is not set (e2e/kind.sh sets it from e2e/images.sh)")?;
         let broken_image = env_or("TRADESTORE_E2E_BROKEN_IMAGE", &env_or("TRADESTORE_E2E_OPERATOR_IMAGE", ""));
         let ctr = match std::env::var("TRADESTORE_E2E_CTR").ok().filter(|v| !v.is_empty()) {
             Some(c) => c.split_whitespace().map(String::from).collect(),
@@ -78,15 +80,23 @@ impl Settings {
             keep: std::env::var("TRADESTORE_E2E_KEEP").is_ok_and(|v| v == "1"),
             fixed_namespace: std::env::var("TRADESTORE_E2E_NAMESPACE").ok().filter(|v| !v.is_empty()),
             rbac_scope: env_or("TRADESTORE_E2E_RBAC_SCOPE", "cluster"),
+            fault_node: std::env::var("TRADESTORE_E2E_FAULT_NODE").ok().filter(|v| !v.is_empty()),
         })
     }
 }
 
-/// Prints a timestamped progress line (visible with `--nocapture`, which run.sh passes).
+/// `spec.storage.size` of the test stores.
+pub const STORE_SIZE: &str = "1Gi";
+
+/// Prints a timestamped progress line (visible with `--nocapture`, which kind.sh passes), tagged
+/// with the test it comes from: the harness names each test's thread after it, and kind.sh runs
+/// several tests at once.
 pub fn say(msg: impl AsRef<str>) {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let s = now.as_secs() % 86400;
-    println!("[e2e {:02}:{:02}:{:02}] {}", s / 3600, (s / 60) % 60, s % 60, msg.as_ref());
+    let thread = std::thread::current();
+    let test = thread.name().and_then(|n| n.split('_').next()).unwrap_or("-");
+    println!("[e2e {:02}:{:02}:{:02} {test}] {}", s / 3600, (s / 60) % 60, s % 60, msg.as_ref());
 }
 
 /// Polls `f` every `every` until it returns `Ok(Some(v))` or `timeout` passes; the last error or
@@ -185,7 +195,7 @@ impl Env {
         let mut spec = json!({
             "image": self.settings.sidecar_image,
             "imagePullPolicy": self.settings.pull_policy,
-            "storage": {"size": "1Gi"},
+            "storage": {"size": STORE_SIZE},
             "duckdb": {"threads": 1},
             "resources": {"requests": {"cpu": "10m", "memory": "64Mi"}},
         });

@@ -1,13 +1,15 @@
 //! The TradeStore end-to-end suite. Every test needs a cluster with the chart installed, so every
 //! test is `#[ignore]`d: `cargo test --workspace` never touches a cluster. Run them with
-//! `e2e/run.sh` (local cluster) or `e2e/kind.sh`, or by hand against any cluster:
+//! `e2e/kind.sh`, or by hand against any cluster:
 //!
 //! ```sh
 //! TRADESTORE_E2E_SIDECAR_IMAGE=... cargo test --release -p tradestore-e2e -- --ignored --test-threads=1 --nocapture
 //! ```
 //!
-//! Names are numbered so that `--test-threads=1` runs them in this order; the leader fail-over
-//! test comes last because it disturbs the operator.
+//! Each test works in a namespace of its own, so kind.sh runs them several at a time: t14 stops a
+//! node kept for it (`TRADESTORE_E2E_FAULT_NODE`), and t08, which freezes the operator's leader and
+//! so would stall the others, runs alone afterwards. Names are numbered so that `--test-threads=1`
+//! runs them in this order.
 
 use std::time::Duration;
 
@@ -18,7 +20,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, 
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
-use tradestore_e2e::{Env, condition, last_exit_code, phase, pod_ready, restart_count, say, wait_for};
+use tradestore_e2e::{Env, STORE_SIZE, condition, last_exit_code, phase, pod_ready, restart_count, say, wait_for};
 
 const READY: Duration = Duration::from_secs(120);
 const SHORT: Duration = Duration::from_secs(60);
@@ -41,7 +43,7 @@ where
 }
 
 #[tokio::test]
-#[ignore = "needs a Kubernetes cluster with the chart installed: run e2e/run.sh"]
+#[ignore = "needs a Kubernetes cluster with the chart installed: run e2e/kind.sh"]
 async fn t01_create_ready_write_read() -> Result<()> {
     with_env("ready", |env| async move {
         env.create_store("desk", json!({})).await?;
@@ -91,7 +93,7 @@ async fn t01_create_ready_write_read() -> Result<()> {
 }
 
 #[tokio::test]
-#[ignore = "needs a Kubernetes cluster with the chart installed: run e2e/run.sh"]
+#[ignore = "needs a Kubernetes cluster with the chart installed: run e2e/kind.sh"]
 async fn t02_sigkill_and_pod_delete_keep_acknowledged_trades() -> Result<()> {
     with_env("kill", |env| async move {
         env.create_store("desk", json!({"restartPolicy": {"maxRestarts": 10}})).await?;
@@ -171,7 +173,7 @@ async fn t02_sigkill_and_pod_delete_keep_acknowledged_trades() -> Result<()> {
 }
 
 #[tokio::test]
-#[ignore = "needs a Kubernetes cluster with the chart installed: run e2e/run.sh"]
+#[ignore = "needs a Kubernetes cluster with the chart installed: run e2e/kind.sh"]
 async fn t03_crash_loop_is_fenced() -> Result<()> {
     with_env("fence", |env| async move {
         let broken = env.settings.broken_image.clone();
@@ -222,7 +224,7 @@ async fn t03_crash_loop_is_fenced() -> Result<()> {
 }
 
 #[tokio::test]
-#[ignore = "needs a Kubernetes cluster with the chart installed: run e2e/run.sh"]
+#[ignore = "needs a Kubernetes cluster with the chart installed: run e2e/kind.sh"]
 async fn t04_spec_change_rolls_out() -> Result<()> {
     with_env("rollout", |env| async move {
         env.create_store("desk", json!({})).await?;
@@ -259,7 +261,7 @@ async fn t04_spec_change_rolls_out() -> Result<()> {
 }
 
 #[tokio::test]
-#[ignore = "needs a Kubernetes cluster with the chart installed: run e2e/run.sh"]
+#[ignore = "needs a Kubernetes cluster with the chart installed: run e2e/kind.sh"]
 async fn t05_invalid_spec_rejected_by_api_server() -> Result<()> {
     with_env("invalid", |env| async move {
         let api = env.stores();
@@ -315,7 +317,7 @@ async fn t05_invalid_spec_rejected_by_api_server() -> Result<()> {
 }
 
 #[tokio::test]
-#[ignore = "needs a Kubernetes cluster with the chart installed: run e2e/run.sh"]
+#[ignore = "needs a Kubernetes cluster with the chart installed: run e2e/kind.sh"]
 async fn t06_delete_removes_owned_objects_and_applies_retention() -> Result<()> {
     with_env("delete", |env| async move {
         env.create_store("keep", json!({"storage": {"retentionPolicy": "Retain"}})).await?;
@@ -369,7 +371,7 @@ async fn t06_delete_removes_owned_objects_and_applies_retention() -> Result<()> 
 }
 
 #[tokio::test]
-#[ignore = "needs a Kubernetes cluster with the chart installed: run e2e/run.sh"]
+#[ignore = "needs a Kubernetes cluster with the chart installed: run e2e/kind.sh"]
 async fn t07_operator_runs_under_its_own_least_privilege_service_account() -> Result<()> {
     with_env("rbac", |env| async move {
         let s = &env.settings;
@@ -431,7 +433,7 @@ async fn lease_holder(env: &Env) -> Result<String> {
 }
 
 #[tokio::test]
-#[ignore = "needs a Kubernetes cluster with the chart installed: run e2e/run.sh"]
+#[ignore = "needs a Kubernetes cluster with the chart installed: run e2e/kind.sh"]
 async fn t08_leader_killed_other_replica_takes_over() -> Result<()> {
     with_env("leader", |env| async move {
         let pods: Api<Pod> = Api::namespaced(env.client.clone(), &env.settings.operator_namespace);
@@ -500,7 +502,7 @@ async fn t08_leader_killed_other_replica_takes_over() -> Result<()> {
 }
 
 #[tokio::test]
-#[ignore = "needs a Kubernetes cluster with the chart installed: run e2e/run.sh"]
+#[ignore = "needs a Kubernetes cluster with the chart installed: run e2e/kind.sh"]
 async fn t09_app_container_talks_to_native_sidecar() -> Result<()> {
     with_env("app", |env| async move {
         // The trading app: writes one trade to $TRADESTORE_URL with $TRADESTORE_API_TOKEN (both
@@ -535,7 +537,7 @@ exec sleep 1000000"#;
 }
 
 #[tokio::test]
-#[ignore = "needs a Kubernetes cluster with the chart installed: run e2e/run.sh"]
+#[ignore = "needs a Kubernetes cluster with the chart installed: run e2e/kind.sh"]
 async fn t10_stop_resume_and_volume_changes() -> Result<()> {
     with_env("stop", |env| async move {
         env.create_store("desk", json!({})).await?;
@@ -589,7 +591,7 @@ async fn t10_stop_resume_and_volume_changes() -> Result<()> {
 }
 
 #[tokio::test]
-#[ignore = "needs a Kubernetes cluster with the chart installed: run e2e/run.sh"]
+#[ignore = "needs a Kubernetes cluster with the chart installed: run e2e/kind.sh"]
 async fn t11_backup_then_restore_into_a_new_store() -> Result<()> {
     with_env("backup", |env| async move {
         // A backup volume the two stores use one after the other (ReadWriteOnce: the first store
@@ -597,7 +599,7 @@ async fn t11_backup_then_restore_into_a_new_store() -> Result<()> {
         let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(env.client.clone(), &env.ns);
         let claim: PersistentVolumeClaim = serde_json::from_value(json!({
             "metadata": {"name": "backups", "namespace": env.ns},
-            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": STORE_SIZE}}},
         }))?;
         pvcs.create(&PostParams::default(), &claim).await?;
         // A schedule that does not fire during the test: only the requested snapshot exists.
@@ -682,7 +684,7 @@ async fn t11_backup_then_restore_into_a_new_store() -> Result<()> {
 }
 
 #[tokio::test]
-#[ignore = "needs a Kubernetes cluster with the chart installed: run e2e/run.sh"]
+#[ignore = "needs a Kubernetes cluster with the chart installed: run e2e/kind.sh"]
 async fn t12_redis_journal_wired_from_a_secret() -> Result<()> {
     with_env("redis", |env| async move {
         // A Redis server in the namespace, reached through its Service name.
@@ -752,7 +754,7 @@ async fn t12_redis_journal_wired_from_a_secret() -> Result<()> {
 }
 
 #[tokio::test]
-#[ignore = "needs a Kubernetes cluster with the chart installed: run e2e/run.sh"]
+#[ignore = "needs a Kubernetes cluster with the chart installed: run e2e/kind.sh"]
 async fn t13_commit_log_on_its_own_volume() -> Result<()> {
     with_env("wal", |env| async move {
         env.create_store("desk", json!({"commitLogStorage": {"size": "1Gi"}})).await?;
@@ -830,6 +832,27 @@ async fn set_out_of_service(env: &Env, node: &str, on: bool) -> Result<()> {
     Ok(())
 }
 
+/// The taint e2e/kind.sh puts on the node kept for t14 (`TRADESTORE_E2E_FAULT_NODE`).
+const FAULT_NODE_TAINT: &str = "tradestore.io/e2e-node-faults";
+
+/// With a node kept for faults, puts store `name` there, so that stopping it disturbs no other
+/// test: its data claim is made first with that node selected (`volume.kubernetes.io/selected-node`,
+/// which the local-path provisioner honours; the operator adopts the claim), and the store
+/// tolerates the node's taint. Returns the store's spec additions.
+async fn keep_to_fault_node(env: &Env, name: &str) -> Result<Value> {
+    let Some(node) = &env.settings.fault_node else { return Ok(json!({})) };
+    let mode = env.settings.access_mode.clone().unwrap_or_else(|| "ReadWriteOnce".into());
+    let claim: PersistentVolumeClaim = serde_json::from_value(json!({
+        "metadata": {"name": format!("{name}-data"), "annotations": {"volume.kubernetes.io/selected-node": node}},
+        "spec": {"accessModes": [mode], "resources": {"requests": {"storage": STORE_SIZE}}},
+    }))?;
+    Api::<PersistentVolumeClaim>::namespaced(env.client.clone(), &env.ns)
+        .create(&PostParams::default(), &claim)
+        .await?;
+    say(format!("{name}-data made on {node}, the node kept for faults"));
+    Ok(json!({"tolerations": [{"key": FAULT_NODE_TAINT, "operator": "Exists", "effect": "NoSchedule"}]}))
+}
+
 /// docs/operator.md "Node problems", on a multi-node cluster with node fault tools (e2e/kind.sh):
 /// the node of a store's pod is stopped (`docker stop`); the store goes not Ready (phase Pending,
 /// Ready=False/NodeNotReady) and the operator leaves the pod alone; the administrator's
@@ -840,7 +863,8 @@ async fn set_out_of_service(env: &Env, node: &str, on: bool) -> Result<()> {
 #[ignore = "needs a multi-node cluster with node fault tools (TRADESTORE_E2E_NODE_TOOL): run e2e/kind.sh"]
 async fn t14_store_on_a_lost_node() -> Result<()> {
     with_env("lost", |env| async move {
-        env.create_store("desk", json!({})).await?;
+        let placement = keep_to_fault_node(&env, "desk").await?;
+        env.create_store("desk", placement).await?;
         env.wait_ready("desk", READY).await?;
         let sc = env.sidecar("desk").await?;
         sc.wait_serving(SHORT).await?;

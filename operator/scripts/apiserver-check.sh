@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Checks the CRD and the operator against a real, throwaway kube-apiserver (etcd + apiserver only:
 # no scheduler, kubelet or controller-manager, so pods never run; their status is patched by hand
-# to simulate readiness and restarts). Uses the Kubernetes binary the e2e cluster builds
-# (e2e/cluster/build-k8s.sh); skips when there is none. Not part of CI.
+# to simulate readiness and restarts). Uses the multi-call Kubernetes binary of the kind node
+# image (e2e/k8s/build.sh); skips when there is none. Not part of CI.
 #
 #   operator/scripts/apiserver-check.sh        # prints "apiserver-check: N passed, N failed"
 #
@@ -15,7 +15,7 @@ source scripts/env.sh
 CACHE="${TS_CACHE_DIR:-$HOME/.cache/tradestore}"
 BIN="${TS_K8S_BIN:-$(ls -d "$CACHE"/k8s-v*/bin 2>/dev/null | head -1)}"
 if [[ -z "$BIN" || ! -x "$BIN/kube-apiserver" ]]; then
-  echo "apiserver-check: skipped (no Kubernetes binary; build it with e2e/cluster/build-k8s.sh)"
+  echo "apiserver-check: skipped (no Kubernetes binary; build it with e2e/k8s/build.sh)"
   exit 0
 fi
 BASE="${TS_CHECK_PORT_BASE:-26000}"

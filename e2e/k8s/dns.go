@@ -1,7 +1,7 @@
 package main
 
-// "k8s cluster-dns": a minimal cluster DNS server (a stand-in for CoreDNS,
-// which is not built here). It answers, from informer caches:
+// A minimal cluster DNS server (the CoreDNS stand-in of kind.go; CoreDNS is
+// not built here). It answers, from informer caches:
 //
 //	<svc>.<ns>.svc.<domain>              A: the ClusterIP, or for a headless
 //	                                     Service its ready endpoint addresses

@@ -2,7 +2,7 @@
 // the Kubernetes control plane, kubelet, kube-proxy, kubectl and etcd.
 // Generated replace list: every k8s.io staging module pinned to the
 // published v0.33.13 module (k8s.io/kubernetes points them at ./staging).
-module tradestore.local/e2e/cluster/k8s
+module tradestore.local/e2e/k8s
 
 go 1.24.0
 
@@ -14,7 +14,6 @@ require (
 	k8s.io/apimachinery v0.33.13
 	k8s.io/client-go v0.33.13
 	k8s.io/component-base v0.33.13
-	k8s.io/cri-client v0.0.0
 	k8s.io/kubectl v0.0.0
 	k8s.io/kubernetes v1.33.13
 )
@@ -180,6 +179,7 @@ require (
 	k8s.io/component-helpers v0.33.13 // indirect
 	k8s.io/controller-manager v0.33.13 // indirect
 	k8s.io/cri-api v0.33.13 // indirect
+	k8s.io/cri-client v0.0.0 // indirect
 	k8s.io/csi-translation-lib v0.0.0 // indirect
 	k8s.io/dynamic-resource-allocation v0.0.0 // indirect
 	k8s.io/endpointslice v0.0.0 // indirect

@@ -1,6 +1,7 @@
 // Command k8s is a multi-call binary (in the spirit of the old "hyperkube")
-// bundling the Kubernetes components the TradeStore e2e cluster needs, so
-// that the shared packages are compiled once and linked once.
+// bundling the Kubernetes components of the offline kind node image
+// (e2e/kind/node-image.sh), so that the shared packages are compiled once and
+// linked once.
 //
 // Usage:
 //
@@ -8,9 +9,8 @@
 //	<component> [flags...]          (when invoked through a symlink)
 //
 // Components: kube-apiserver, kube-controller-manager, kube-scheduler,
-// kubelet, kube-proxy, kubectl, etcd, cri-cleanup / cri-pods (cri.go)
-// hostpath-provisioner (provisioner.go) and cluster-dns (dns.go); for the kind node image
-// (kind.go) kubeadm and coredns (cluster-dns with CoreDNS's probe ports).
+// kubelet, kube-proxy, kubectl, etcd, kubeadm (kind.go) and coredns (a
+// stand-in: dns.go's cluster DNS with CoreDNS's probe ports, kind.go).
 package main
 
 import (
@@ -48,7 +48,7 @@ var cobraComponents = map[string]func() *cobra.Command{
 }
 
 func usage() {
-	names := []string{"kubectl", "etcd", "cri-cleanup", "cri-pods", "hostpath-provisioner", "cluster-dns", "coredns"}
+	names := []string{"kubectl", "etcd", "coredns"}
 	for n := range cobraComponents {
 		names = append(names, n)
 	}
@@ -72,12 +72,6 @@ func main() {
 	}
 
 	switch name {
-	case "cri-cleanup", "cri-pods":
-		os.Exit(criMain(name, os.Args[1:]))
-	case "hostpath-provisioner":
-		os.Exit(provisionerMain(os.Args[1:]))
-	case "cluster-dns":
-		os.Exit(dnsMain(os.Args[1:]))
 	case "coredns":
 		os.Exit(corednsMain(os.Args[1:]))
 	case "etcd":
@@ -96,7 +90,7 @@ func main() {
 
 func known(name string) bool {
 	switch name {
-	case "etcd", "kubectl", "cri-cleanup", "cri-pods", "hostpath-provisioner", "cluster-dns", "coredns":
+	case "etcd", "kubectl", "coredns":
 		return true
 	}
 	_, ok := cobraComponents[name]
