@@ -38,13 +38,15 @@ source scripts/env.sh
 # shellcheck source=e2e/tools.sh
 source e2e/tools.sh
 ensure_helm
-# shellcheck source=e2e/docker.sh
-source e2e/docker.sh
 # shellcheck source=e2e/kind/cluster.sh
 source e2e/kind/cluster.sh
 ((KIND_WORKERS >= 2)) || { echo "kind.sh: KIND_WORKERS must be at least 2 (t14 stops one kept for it)" >&2; exit 2; }
 
+export KIND_OFFLINE # e2e/kind/node.sh (t14) reaches the same docker
 if ((KIND_OFFLINE)); then
+  # The project's own dockerd (a user's docker otherwise: DOCKER_HOST and PATH as they are).
+  # shellcheck source=e2e/docker.sh
+  source e2e/docker.sh
   docker_up
   # kubectl (and kubeadm in the node image) from the project's multi-call Kubernetes binary.
   k8s_bin="$(e2e/k8s/build.sh)"
@@ -70,7 +72,7 @@ cleanup() {
     log "KEEP_CLUSTER=1: cluster $KIND_CLUSTER stays (KUBECONFIG=$KUBECONFIG)"
   else
     kind_cluster_down
-    docker_down
+    if ((KIND_OFFLINE)); then docker_down; fi
   fi
   log "done: exit $rc after $((SECONDS - start)) s"
   exit "$rc"

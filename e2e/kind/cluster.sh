@@ -1,14 +1,16 @@
 # shellcheck shell=bash
-# kind cluster helpers for e2e/kind.sh (sourced; needs e2e/docker.sh's daemon and DOCKER_HOST).
+# kind cluster helpers for e2e/kind.sh (sourced; needs docker: the project's daemon of
+# e2e/docker.sh offline, the user's otherwise).
 #
 #   kind_cluster_up NODE_IMAGE     create $KIND_CLUSTER: 1 control plane + $KIND_WORKERS workers on
 #                                  the docker network $KIND_NETWORK, pod networking, route to Services
 #   kind_cluster_down              delete it, remove the host route
 #   kind_node_stop/start/pause/unpause NODE, kind_node_drain NODE: fault tools for the suite
 #
-# Networking without kindnetd (not on the Go proxy): the bridge + host-local CNI plugins (Debian's)
-# on every node with that node's podCIDR, and on every node a route to each other node's podCIDR
-# via that node's IP. The host gets one route, the Service CIDR via the control-plane node
+# Networking without kindnetd (not on the Go proxy), the same with kind's own node image: on every
+# node the ptp + host-local + portmap CNI plugins (what kindnetd configures; Debian's plugins in the
+# offline node image, kind's in kindest/node, which has no bridge plugin) with that node's podCIDR,
+# and on every node a route to each other node's podCIDR via that node's IP. The host gets one route, the Service CIDR via the control-plane node
 # (kube-proxy there DNATs, and masquerades what comes from outside the pod CIDR); nothing else on
 # the host changes (no iptables rule, ip_forward as it is).
 
@@ -85,7 +87,7 @@ kind_pod_network() {
   for n in "${!cidrs[@]}"; do
     docker exec -i "$n" sh -c 'mkdir -p /etc/cni/net.d && cat >/etc/cni/net.d/10-tradestore.conflist' <<EOF
 {"cniVersion": "0.4.0", "name": "tradestore", "plugins": [
-  {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false, "hairpinMode": true,
+  {"type": "ptp", "ipMasq": false,
    "ipam": {"type": "host-local", "ranges": [[{"subnet": "${cidrs[$n]}"}]], "routes": [{"dst": "0.0.0.0/0"}]}},
   {"type": "portmap", "capabilities": {"portMappings": true}}
 ]}

@@ -6,12 +6,14 @@
 # stop/start: `docker stop`/`docker start` of the node container (start re-adds the routes between
 # the nodes' pod CIDRs, which live in the node's network namespace); pause/unpause: `docker pause`
 # (the node freezes: kubelet and pods stop, nothing is torn down); drain: `kubectl drain`.
-# Uses DOCKER_HOST/KUBECONFIG as e2e/kind.sh sets them.
+# Uses the docker and KUBECONFIG e2e/kind.sh uses (KIND_OFFLINE=1: the project's dockerd).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 TS_CACHE_DIR="${TS_CACHE_DIR:-${HOME:-/root}/.cache/tradestore}"
-# shellcheck source=e2e/docker.sh
-source "$ROOT/e2e/docker.sh"
+if [[ ${KIND_OFFLINE:-0} == 1 ]]; then
+  # shellcheck source=e2e/docker.sh
+  source "$ROOT/e2e/docker.sh"
+fi
 # shellcheck source=e2e/kind/cluster.sh
 source "$ROOT/e2e/kind/cluster.sh"
 op="${1:?usage: node.sh stop|start|pause|unpause|drain NODE}" node="${2:?node name}"
