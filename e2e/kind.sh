@@ -94,7 +94,8 @@ else
   SIDECAR_IMAGE="tradestore/sidecar:$tag" OPERATOR_IMAGE="tradestore/operator:$tag"
   docker build -f sidecar/Containerfile -t "$SIDECAR_IMAGE" .
   docker build -f operator/Containerfile -t "$OPERATOR_IMAGE" .
-  node_image="${KIND_NODE_IMAGE:-kindest/node:v1.33.1}"
+  # kind's own node image for its version (kind v0.33.0: kindest/node:v1.37.0), unless named.
+  node_image="${KIND_NODE_IMAGE:-}"
   APP_IMAGE="${TRADESTORE_E2E_APP_IMAGE:-docker.io/library/busybox:1.36}"
   REDIS_IMAGE="${TRADESTORE_E2E_REDIS_IMAGE:-docker.io/library/redis:7}"
   for img in "$APP_IMAGE" "$REDIS_IMAGE"; do

@@ -2,7 +2,7 @@
 # kind cluster helpers for e2e/kind.sh (sourced; needs docker: the project's daemon of
 # e2e/docker.sh offline, the user's otherwise).
 #
-#   kind_cluster_up NODE_IMAGE     create $KIND_CLUSTER: 1 control plane + $KIND_WORKERS workers on
+#   kind_cluster_up [NODE_IMAGE]   create $KIND_CLUSTER (kind's default node image when empty): 1 control plane + $KIND_WORKERS workers on
 #                                  the docker network $KIND_NETWORK, pod networking, route to Services
 #   kind_cluster_down              delete it, remove the host route
 #   kind_node_stop/start/pause/unpause NODE, kind_node_drain NODE: fault tools for the suite
@@ -27,7 +27,8 @@ kind_nodes() { kind get nodes --name "$KIND_CLUSTER" 2>/dev/null | sort; }
 kind_node_ip() { docker inspect -f "{{(index .NetworkSettings.Networks \"$KIND_NETWORK\").IPAddress}}" "$1"; }
 
 kind_cluster_up() {
-  local image=$1 i workers=""
+  local image=${1:-} i workers="" image_args=()
+  [[ -z $image ]] || image_args=(--image "$image")
   for ((i = 0; i < KIND_WORKERS; i++)); do workers+=$'\n'"- role: worker"; done
   export KIND_EXPERIMENTAL_DOCKER_NETWORK="$KIND_NETWORK"
   local config
@@ -54,8 +55,8 @@ EOF
   # still starting) and the kubelet never started. A second attempt on new nodes is made.
   local attempt
   for attempt in 1 2; do
-    _klog "kind create cluster $KIND_CLUSTER (1 control plane + $KIND_WORKERS workers, $image), attempt $attempt"
-    if kind create cluster --name "$KIND_CLUSTER" --image "$image" --wait 0s --config - <<<"$config"; then
+    _klog "kind create cluster $KIND_CLUSTER (1 control plane + $KIND_WORKERS workers, ${image:-the default node image of kind}), attempt $attempt"
+    if kind create cluster --name "$KIND_CLUSTER" "${image_args[@]}" --wait 0s --config - <<<"$config"; then
       break
     fi
     ((attempt < 2)) || return 1
