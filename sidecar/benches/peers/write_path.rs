@@ -66,12 +66,15 @@ async fn post_batch(c: &reqwest::Client, url: &str, trades: &[Value]) -> bool {
 }
 
 /// The applier's lag (acknowledgement to DuckDB), by the upper bounds of the
-/// `applier_lag_seconds` buckets its median and 99th percentile fall in.
+/// `applier_lag_seconds` buckets its median and 99th percentile fall in, and the
+/// DuckDB checkpoints in the window: each holds the applier up for as long as it
+/// writes (docs/benchmarks.md, session 10), so they tell the tail's cause.
 pub struct Lag {
     pub sent: u64,
     pub rate: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
+    pub checkpoints: f64,
 }
 
 /// Trades posted one per request at `rate` per second for `secs` (16 paced loops);
@@ -80,6 +83,7 @@ pub async fn apply_lag(s: &Sidecar, rate: f64, secs: f64) -> Lag {
     const LOOPS: usize = 16;
     caught_up(s).await; // a backlog left by an earlier phase is not this lag
     let before = lag_buckets(s).await;
+    let checkpoints_before = checkpoints(s).await;
     let start = Instant::now();
     let tasks: Vec<_> = (0..LOOPS)
         .map(|w| {
@@ -107,7 +111,18 @@ pub async fn apply_lag(s: &Sidecar, rate: f64, secs: f64) -> Lag {
     tokio::time::sleep(Duration::from_millis(200)).await; // the last transaction lands
     let gained: Vec<(f64, f64)> =
         lag_buckets(s).await.iter().zip(&before).map(|((le, now), (_, then))| (*le, now - then)).collect();
-    Lag { sent, rate: achieved, p50_ms: quantile(&gained, 0.5) * 1e3, p99_ms: quantile(&gained, 0.99) * 1e3 }
+    Lag {
+        sent,
+        rate: achieved,
+        p50_ms: quantile(&gained, 0.5) * 1e3,
+        p99_ms: quantile(&gained, 0.99) * 1e3,
+        checkpoints: checkpoints(s).await - checkpoints_before,
+    }
+}
+
+/// Checkpoints so far: DuckDB's own (at `checkpoint_threshold`) and the applier's.
+async fn checkpoints(s: &Sidecar) -> f64 {
+    metric(s, "duckdb_auto_checkpoints_total").await + metric(s, "duckdb_checkpoints_total").await
 }
 
 /// Waits until DuckDB holds every acknowledged change.
