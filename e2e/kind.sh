@@ -15,11 +15,11 @@
 #       node image: e2e/kind/node-image.sh (built offline); busybox/redis: e2e/images/test-images.sh
 #       kind itself: `go install sigs.k8s.io/kind@v0.33.0` (Go module proxy)
 # Steps: images; `kind create cluster`, images loaded into every node; helm install with
-# rbac.scope=cluster; the suite (tests several at a time, t14 stopping a worker kept for it, then
-# t08 alone: it freezes the operator's leader); helm upgrade to rbac.scope=namespace and t01/t06/t07 in the watched namespace;
+# rbac.scope=cluster; the suite (tests several at a time, t14/t15 stopping and draining a worker
+# kept for them, then t08 alone: it freezes the operator's leader); helm upgrade to rbac.scope=namespace and t01/t06/t07 in the watched namespace;
 # on failure diagnostics into $TS_CACHE_DIR/e2e-artifacts/<time>/; the cluster deleted (trap).
 # E2E_SKIP_BUILD=1 (offline) uses the sidecar/operator binaries already in $CARGO_TARGET_DIR/release;
-# E2E_TEST_THREADS (default 3) tests run at once beside t14; E2E_SKIP_SCOPED=1 skips the second pass.
+# E2E_TEST_THREADS (default 3) tests run at once beside t14/t15; E2E_SKIP_SCOPED=1 skips the second pass.
 # Needs root for one host route: the tests reach Services by ClusterIP, routed via the control-plane
 # node's IP on the docker network (removed at the end).
 set -euo pipefail
@@ -40,9 +40,9 @@ source e2e/tools.sh
 ensure_helm
 # shellcheck source=e2e/kind/cluster.sh
 source e2e/kind/cluster.sh
-((KIND_WORKERS >= 2)) || { echo "kind.sh: KIND_WORKERS must be at least 2 (t14 stops one kept for it)" >&2; exit 2; }
+((KIND_WORKERS >= 2)) || { echo "kind.sh: KIND_WORKERS must be at least 2 (one is kept for node faults: t14, t15)" >&2; exit 2; }
 
-export KIND_OFFLINE # e2e/kind/node.sh (t14) reaches the same docker
+export KIND_OFFLINE # e2e/kind/node.sh (t14, t15) reaches the same docker
 if ((KIND_OFFLINE)); then
   # The project's own dockerd (a user's docker otherwise: DOCKER_HOST and PATH as they are).
   # shellcheck source=e2e/docker.sh
@@ -107,8 +107,9 @@ log "cluster"
 kind_cluster_up "$node_image"
 kind load docker-image --name "$KIND_CLUSTER" "$SIDECAR_IMAGE" "$OPERATOR_IMAGE" "$APP_IMAGE" "$REDIS_IMAGE"
 kubectl wait --for=condition=Ready nodes --all --timeout=180s
-# t14 stops a node while the other tests run: the last worker is kept for it (nothing else is
-# scheduled there; t14's store tolerates the taint and has its volume made there).
+# t14 and t15 stop and drain a node while the other tests run: the last worker is kept for them
+# (nothing else is scheduled there; their stores tolerate the taint and have their volumes made
+# there).
 fault_node="$KIND_CLUSTER-worker$KIND_WORKERS"
 kubectl taint node "$fault_node" tradestore.io/e2e-node-faults=true:NoSchedule --overwrite >/dev/null
 
@@ -135,7 +136,7 @@ export TRADESTORE_E2E_REDIS_IMAGE="$REDIS_IMAGE"
 export TRADESTORE_E2E_ACCESS_MODE=ReadWriteOnce
 # SIGKILL/pause of a container goes through containerd inside the pod's node.
 export TRADESTORE_E2E_CTR="docker exec {node} ctr"
-# Node faults (t14): docker stop/start of a node container, drain.
+# Node faults (t14, t15): docker stop/start of a node container, drain, uncordon.
 export TRADESTORE_E2E_NODE_TOOL="$ROOT/e2e/kind/node.sh"
 export TRADESTORE_E2E_FAULT_NODE="$fault_node"
 suite_bin="$(e2e_suite_binary)" || { log "could not find the e2e suite binary"; exit 1; }
@@ -145,12 +146,13 @@ if (($#)); then
   log "suite passed (filter: $*)"
   exit 0
 fi
-# Every test has a namespace of its own, and t14's node is its own. t14, the longest (it waits for
-# its node to go NotReady), starts at once beside the others instead of last in name order; t08
-# freezes the operator's leader, which would stall the others, so it runs alone after them.
-suite --test-threads=1 t14_ &
+# Every test has a namespace of its own; t14 (stops a node) and t15 (drains it) share the worker
+# kept for node faults, one after the other, in a process of their own that starts at once beside
+# the others instead of last in name order (t14 is the longest: it waits for its node to go
+# NotReady). t08 freezes the operator's leader, which would stall the others: alone, after them.
+suite --test-threads=1 t14_ t15_ &
 lost_node_test=$!
-suite --test-threads="${E2E_TEST_THREADS:-3}" --skip t08_ --skip t14_
+suite --test-threads="${E2E_TEST_THREADS:-3}" --skip t08_ --skip t14_ --skip t15_
 wait "$lost_node_test"
 suite --test-threads=1 t08_
 log "suite passed"

@@ -5,7 +5,7 @@
 #   kind_cluster_up [NODE_IMAGE]   create $KIND_CLUSTER (kind's default node image when empty): 1 control plane + $KIND_WORKERS workers on
 #                                  the docker network $KIND_NETWORK, pod networking, route to Services
 #   kind_cluster_down              delete it, remove the host route
-#   kind_node_stop/start/pause/unpause NODE, kind_node_drain NODE: fault tools for the suite
+#   kind_node_stop/start/pause/unpause/drain/uncordon NODE: fault tools for the suite
 #
 # Networking without kindnetd (not on the Go proxy), the same with kind's own node image: on every
 # node the ptp + host-local + portmap CNI plugins (what kindnetd configures; Debian's plugins in the
@@ -120,3 +120,4 @@ kind_node_start() {
 kind_node_pause() { docker pause "$1" >/dev/null; }
 kind_node_unpause() { docker unpause "$1" >/dev/null; }
 kind_node_drain() { kubectl drain "$1" --ignore-daemonsets --delete-emptydir-data --timeout=120s; }
+kind_node_uncordon() { kubectl uncordon "$1"; }

@@ -18,7 +18,7 @@
 //! | `TRADESTORE_E2E_KEEP` | unset | `1`: keep the test namespaces |
 //! | `TRADESTORE_E2E_NAMESPACE` | unset | run every test in this (existing or new) namespace instead of a fresh one each, and delete only the test's TradeStores afterwards (for an operator that watches fixed namespaces) |
 //! | `TRADESTORE_E2E_RBAC_SCOPE` | `cluster` | `namespace`: the chart was installed with `rbac.scope=namespace` (t07 checks that the operator has no rights outside its namespaces) |
-//! | `TRADESTORE_E2E_FAULT_NODE` | unset | a node kept for t14, tainted `tradestore.io/e2e-node-faults:NoSchedule` so that nothing else runs there: t14 stops it while the other tests run (unset: t14 stops whatever node its store is on, and must run alone) |
+//! | `TRADESTORE_E2E_FAULT_NODE` | unset | a node kept for t14 and t15, tainted `tradestore.io/e2e-node-faults:NoSchedule` so that nothing else runs there: they stop and drain it while the other tests run (unset: they stop or drain whatever node their store is on, and must run alone) |
 
 use std::future::Future;
 use std::time::{Duration, Instant};

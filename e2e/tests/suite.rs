@@ -6,8 +6,8 @@
 //! TRADESTORE_E2E_SIDECAR_IMAGE=... cargo test --release -p tradestore-e2e -- --ignored --test-threads=1 --nocapture
 //! ```
 //!
-//! Each test works in a namespace of its own, so kind.sh runs them several at a time: t14 stops a
-//! node kept for it (`TRADESTORE_E2E_FAULT_NODE`), and t08, which freezes the operator's leader and
+//! Each test works in a namespace of its own, so kind.sh runs them several at a time: t14 and t15
+//! stop and drain a node kept for them (`TRADESTORE_E2E_FAULT_NODE`), and t08, which freezes the operator's leader and
 //! so would stall the others, runs alone afterwards. Names are numbered so that `--test-threads=1`
 //! runs them in this order.
 
@@ -901,29 +901,7 @@ async fn t14_store_on_a_lost_node() -> Result<()> {
 
             // The administrator's decision: the node is down for good.
             set_out_of_service(&env, &node, true).await?;
-            let p = wait_for("pod recreated and Pending", READY, Duration::from_secs(1), || async {
-                match env.pod("desk").await? {
-                    Some(p) if p.uid().as_deref() != Some(uid.as_str()) => {
-                        let unschedulable = p
-                            .status
-                            .as_ref()
-                            .and_then(|s| s.conditions.as_ref())
-                            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "PodScheduled" && c.status == "False"));
-                        if unschedulable { Ok(Some(p)) } else { Err(anyhow!("new pod not yet marked unschedulable")) }
-                    }
-                    Some(_) => Err(anyhow!("old pod still there")),
-                    None => Err(anyhow!("no pod yet")),
-                }
-            })
-            .await?;
-            let msg = p
-                .status
-                .and_then(|s| s.conditions)
-                .unwrap_or_default()
-                .into_iter()
-                .find(|c| c.type_ == "PodScheduled")
-                .and_then(|c| c.message)
-                .unwrap_or_default();
+            let msg = wait_recreated_unschedulable(&env, "desk", &uid).await?;
             say(format!("new pod Pending: {msg}"));
             Ok::<_, anyhow::Error>(())
         }
@@ -946,6 +924,75 @@ async fn t14_store_on_a_lost_node() -> Result<()> {
         sc.wait_serving(SHORT).await?;
         sc.check_all(&ids, "NVDA").await?;
         say(format!("store Ready again on {node} with all {} trades, {:.0?} after the stop", ids.len(), t0.elapsed()));
+        Ok(())
+    })
+    .await
+}
+
+/// Waits until the operator has created pod `name` again (a uid other than `old_uid`) and the
+/// scheduler has marked it unschedulable; returns the scheduler's message.
+async fn wait_recreated_unschedulable(env: &Env, name: &str, old_uid: &str) -> Result<String> {
+    let p = wait_for("pod recreated and Pending", READY, Duration::from_secs(1), || async {
+        match env.pod(name).await? {
+            Some(p) if p.uid().as_deref() != Some(old_uid) => {
+                let unschedulable = p
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|cs| cs.iter().any(|c| c.type_ == "PodScheduled" && c.status == "False"));
+                if unschedulable { Ok(Some(p)) } else { Err(anyhow!("new pod not yet marked unschedulable")) }
+            }
+            Some(_) => Err(anyhow!("old pod still there")),
+            None => Err(anyhow!("no pod yet")),
+        }
+    })
+    .await?;
+    Ok(p.status
+        .and_then(|s| s.conditions)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|c| c.type_ == "PodScheduled")
+        .and_then(|c| c.message)
+        .unwrap_or_default())
+}
+
+/// docs/operator.md "Node problems", a drain (`kubectl drain`: cordon + evictions): the store's pod
+/// is evicted like any other, the operator creates it again, and on a node-local volume it waits
+/// unschedulable until the node is uncordoned; then it is Ready on that node with every trade.
+#[tokio::test]
+#[ignore = "needs a multi-node cluster with node fault tools (TRADESTORE_E2E_NODE_TOOL): run e2e/kind.sh"]
+async fn t15_store_on_a_drained_node() -> Result<()> {
+    with_env("drain", |env| async move {
+        let placement = keep_to_fault_node(&env, "desk").await?;
+        env.create_store("desk", placement).await?;
+        env.wait_ready("desk", READY).await?;
+        let sc = env.sidecar("desk").await?;
+        sc.wait_serving(SHORT).await?;
+        let ids = sc.write_many("before-drain", "AMZN", 30).await?;
+        let pod = env.pod("desk").await?.context("no pod")?;
+        let uid = pod.uid().unwrap_or_default();
+        let node = pod.spec.as_ref().and_then(|s| s.node_name.clone()).context("pod not scheduled")?;
+        let drained = node_tool("drain", &node).await;
+        let result = async {
+            drained?;
+            let msg = wait_recreated_unschedulable(&env, "desk", &uid).await?;
+            say(format!("new pod Pending while {node} is cordoned: {msg}"));
+            Ok::<_, anyhow::Error>(())
+        }
+        .await;
+        // Always make the node schedulable again.
+        let back = node_tool("uncordon", &node).await;
+        result?;
+        back?;
+        env.wait_ready("desk", READY).await?;
+        let p = env.pod("desk").await?.context("no pod")?;
+        ensure!(
+            p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node.as_str()),
+            "the pod should run on the node that holds its volume"
+        );
+        sc.wait_serving(SHORT).await?;
+        sc.check_all(&ids, "AMZN").await?;
+        say(format!("store Ready again on {node} with all {} trades", ids.len()));
         Ok(())
     })
     .await
