@@ -17,7 +17,7 @@
 #
 # Checks: every library `ldd` resolves for a host binary is in that Containerfile's ARG LIBS (so
 # the image's libraries cover it; libduckdb aside), and each image runs its binary's --version
-# (loader, libraries and RUNPATH in place) before it is saved.
+# (loader, libraries and RUNPATH in place).
 #
 # Tags: tradestore/{sidecar,operator}:<workspace version>-g<git short hash>[-dirty], or $TS_IMAGE_TAG.
 # The chosen references are written to $OUT/images.env (SIDECAR_IMAGE=..., OPERATOR_IMAGE=...).
@@ -34,7 +34,7 @@ while (($#)); do
   case "$1" in
     --build) build=1; shift ;;
     --out) out="$2"; shift 2 ;;
-    -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "images.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
