@@ -853,6 +853,51 @@ async fn keep_to_fault_node(env: &Env, name: &str) -> Result<Value> {
     Ok(json!({"tolerations": [{"key": FAULT_NODE_TAINT, "operator": "Exists", "effect": "NoSchedule"}]}))
 }
 
+/// A store `desk` for a node fault test, Ready with 30 acknowledged trades of `symbol`.
+struct FaultStore {
+    sc: tradestore_e2e::Sidecar,
+    ids: Vec<String>,
+    /// Its pod's uid and node.
+    uid: String,
+    node: String,
+}
+
+/// Creates the store of a node fault test (on the node kept for faults, when there is one).
+async fn fault_store(env: &Env, symbol: &str) -> Result<FaultStore> {
+    let placement = keep_to_fault_node(env, "desk").await?;
+    env.create_store("desk", placement).await?;
+    env.wait_ready("desk", READY).await?;
+    let sc = env.sidecar("desk").await?;
+    sc.wait_serving(SHORT).await?;
+    let ids = sc.write_many("before-fault", symbol, 30).await?;
+    let pod = env.pod("desk").await?.context("no pod")?;
+    let uid = pod.uid().unwrap_or_default();
+    let node = pod.spec.as_ref().and_then(|s| s.node_name.clone()).context("pod not scheduled")?;
+    say(format!("the store's pod runs on {node}"));
+    Ok(FaultStore { sc, ids, uid, node })
+}
+
+/// The store is Ready again on `node`, which holds its volume, with every acknowledged trade.
+async fn back_on_its_node(
+    env: &Env,
+    sc: &tradestore_e2e::Sidecar,
+    node: &str,
+    ids: &[String],
+    symbol: &str,
+    timeout: Duration,
+) -> Result<()> {
+    env.wait_ready("desk", timeout).await?;
+    let p = env.pod("desk").await?.context("no pod")?;
+    ensure!(
+        p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node),
+        "the pod should run on the node that holds its volume"
+    );
+    sc.wait_serving(SHORT).await?;
+    sc.check_all(ids, symbol).await?;
+    say(format!("store Ready again on {node} with all {} trades", ids.len()));
+    Ok(())
+}
+
 /// docs/operator.md "Node problems", on a multi-node cluster with node fault tools (e2e/kind.sh):
 /// the node of a store's pod is stopped (`docker stop`); the store goes not Ready (phase Pending,
 /// Ready=False/NodeNotReady) and the operator leaves the pod alone; the administrator's
@@ -863,16 +908,7 @@ async fn keep_to_fault_node(env: &Env, name: &str) -> Result<Value> {
 #[ignore = "needs a multi-node cluster with node fault tools (TRADESTORE_E2E_NODE_TOOL): run e2e/kind.sh"]
 async fn t14_store_on_a_lost_node() -> Result<()> {
     with_env("lost", |env| async move {
-        let placement = keep_to_fault_node(&env, "desk").await?;
-        env.create_store("desk", placement).await?;
-        env.wait_ready("desk", READY).await?;
-        let sc = env.sidecar("desk").await?;
-        sc.wait_serving(SHORT).await?;
-        let ids = sc.write_many("before-loss", "NVDA", 30).await?;
-        let pod = env.pod("desk").await?.context("no pod")?;
-        let uid = pod.uid().unwrap_or_default();
-        let node = pod.spec.as_ref().and_then(|s| s.node_name.clone()).context("pod not scheduled")?;
-        say(format!("the store's pod runs on {node}"));
+        let FaultStore { sc, ids, uid, node } = fault_store(&env, "NVDA").await?;
 
         let t0 = std::time::Instant::now();
         node_tool("stop", &node).await?;
@@ -915,15 +951,8 @@ async fn t14_store_on_a_lost_node() -> Result<()> {
             if node_ready(&env, &node).await? { Ok(Some(())) } else { Err(anyhow!("NotReady")) }
         })
         .await?;
-        env.wait_ready("desk", Duration::from_secs(240)).await?;
-        let p = env.pod("desk").await?.context("no pod")?;
-        ensure!(
-            p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node.as_str()),
-            "the pod should run on the node that holds its volume"
-        );
-        sc.wait_serving(SHORT).await?;
-        sc.check_all(&ids, "NVDA").await?;
-        say(format!("store Ready again on {node} with all {} trades, {:.0?} after the stop", ids.len(), t0.elapsed()));
+        back_on_its_node(&env, &sc, &node, &ids, "NVDA", Duration::from_secs(240)).await?;
+        say(format!("{:.0?} after the stop", t0.elapsed()));
         Ok(())
     })
     .await
@@ -963,15 +992,7 @@ async fn wait_recreated_unschedulable(env: &Env, name: &str, old_uid: &str) -> R
 #[ignore = "needs a multi-node cluster with node fault tools (TRADESTORE_E2E_NODE_TOOL): run e2e/kind.sh"]
 async fn t15_store_on_a_drained_node() -> Result<()> {
     with_env("drain", |env| async move {
-        let placement = keep_to_fault_node(&env, "desk").await?;
-        env.create_store("desk", placement).await?;
-        env.wait_ready("desk", READY).await?;
-        let sc = env.sidecar("desk").await?;
-        sc.wait_serving(SHORT).await?;
-        let ids = sc.write_many("before-drain", "AMZN", 30).await?;
-        let pod = env.pod("desk").await?.context("no pod")?;
-        let uid = pod.uid().unwrap_or_default();
-        let node = pod.spec.as_ref().and_then(|s| s.node_name.clone()).context("pod not scheduled")?;
+        let FaultStore { sc, ids, uid, node } = fault_store(&env, "AMZN").await?;
         let drained = node_tool("drain", &node).await;
         let result = async {
             drained?;
@@ -984,16 +1005,7 @@ async fn t15_store_on_a_drained_node() -> Result<()> {
         let back = node_tool("uncordon", &node).await;
         result?;
         back?;
-        env.wait_ready("desk", READY).await?;
-        let p = env.pod("desk").await?.context("no pod")?;
-        ensure!(
-            p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node.as_str()),
-            "the pod should run on the node that holds its volume"
-        );
-        sc.wait_serving(SHORT).await?;
-        sc.check_all(&ids, "AMZN").await?;
-        say(format!("store Ready again on {node} with all {} trades", ids.len()));
-        Ok(())
+        back_on_its_node(&env, &sc, &node, &ids, "AMZN", READY).await
     })
     .await
 }
