@@ -40,8 +40,9 @@ ensure_kubernetes_validate() {
 }
 
 # Builds (if needed) and prints the e2e crate's suite test binary, run directly by kind.sh (no
-# second cargo invocation, no cargo lock waits). --workspace resolves features as scripts/test.sh's `cargo test --workspace` does, so the binary it built is reused (with -p
-# alone the crate would build again); operator/tests/suite is another target named suite.
+# second cargo invocation, no cargo lock waits). --workspace resolves features as scripts/test.sh's
+# `cargo test --workspace` does, so the binary it built is reused (with -p alone the crate would
+# build again); operator/tests/suite is another target named suite.
 e2e_suite_binary() {
   local bin
   bin="$(cargo test --release --locked --workspace --test suite --no-run --message-format=json |
@@ -58,7 +59,7 @@ for l in sys.stdin:
 # operator's logs, every test namespace's pod descriptions and logs, and each kind node's kubelet
 # journal go to $TS_CACHE_DIR/e2e-artifacts/<UTC time>/ (e2e-artifacts/latest names the last one).
 e2e_collect() {
-  local ops=$1 dir p ns n
+  local ops=$1 dir ns n
   dir="$TS_CACHE_DIR/e2e-artifacts/$(date -u +%Y%m%dT%H%M%SZ)"
   mkdir -p "$dir"
   echo "e2e: collecting diagnostics into $dir" >&2

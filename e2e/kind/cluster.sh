@@ -2,17 +2,19 @@
 # kind cluster helpers for e2e/kind.sh (sourced; needs docker: the project's daemon of
 # e2e/docker.sh offline, the user's otherwise).
 #
-#   kind_cluster_up [NODE_IMAGE]   create $KIND_CLUSTER (kind's default node image when empty): 1 control plane + $KIND_WORKERS workers on
-#                                  the docker network $KIND_NETWORK, pod networking, route to Services
+#   kind_cluster_up [NODE_IMAGE]   create $KIND_CLUSTER: 1 control plane + $KIND_WORKERS workers on
+#                                  the docker network $KIND_NETWORK (kind's default node image when
+#                                  none is named), pod networking, route to Services
 #   kind_cluster_down              delete it, remove the host route
 #   kind_node_stop/start/pause/unpause/drain/uncordon NODE: fault tools for the suite
 #
 # Networking without kindnetd (not on the Go proxy), the same with kind's own node image: on every
 # node the ptp + host-local + portmap CNI plugins (what kindnetd configures; Debian's plugins in the
 # offline node image, kind's in kindest/node, which has no bridge plugin) with that node's podCIDR,
-# and on every node a route to each other node's podCIDR via that node's IP. The host gets one route, the Service CIDR via the control-plane node
-# (kube-proxy there DNATs, and masquerades what comes from outside the pod CIDR); nothing else on
-# the host changes (no iptables rule, ip_forward as it is).
+# and on every node a route to each other node's podCIDR via that node's IP. The host gets one
+# route, the Service CIDR via the control-plane node (kube-proxy there DNATs, and masquerades what
+# comes from outside the pod CIDR); nothing else on the host changes (no iptables rule, ip_forward
+# as it is).
 
 KIND_CLUSTER="${KIND_CLUSTER:-tradestore-e2e}"
 KIND_WORKERS="${KIND_WORKERS:-3}"
