@@ -27,10 +27,12 @@ impl Overlay {
     /// Records acknowledged images (called before the acknowledgement goes out).
     pub fn acknowledged<'a>(&self, images: impl IntoIterator<Item = &'a Trade>) {
         let mut trades = self.trades.write();
+        let mut last = 0;
         for t in images {
-            self.acked.fetch_max(t.seq, Ordering::SeqCst);
+            last = last.max(t.seq);
             trades.insert(t.id.clone(), t.clone());
         }
+        self.acked.fetch_max(last, Ordering::SeqCst);
     }
 
     /// The last acknowledged `seq`.

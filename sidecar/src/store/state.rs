@@ -95,11 +95,15 @@ impl HotState {
             }
         }
         if after.status == Status::Filled {
-            let entry = self
-                .symbols
-                .entry(after.symbol.clone())
-                .or_insert_with(|| SymbolState { symbol: after.symbol.clone(), ..Default::default() });
-            entry.add(after, 1);
+            // Looked up before `entry`, which would allocate the key for every trade.
+            match self.symbols.get_mut(&after.symbol) {
+                Some(entry) => entry.add(after, 1),
+                None => {
+                    let mut entry = SymbolState { symbol: after.symbol.clone(), ..Default::default() };
+                    entry.add(after, 1);
+                    self.symbols.insert(after.symbol.clone(), entry);
+                }
+            }
         }
         self.last_seq = self.last_seq.max(after.seq);
         self.remember(after.clone());

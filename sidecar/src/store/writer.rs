@@ -185,8 +185,8 @@ pub(crate) struct Parts {
 /// The outcome of planning one request against the batch's view of the table.
 struct Planned {
     result: Result<Vec<Trade>>,
-    /// (row before, row after) per change, in sequence order.
-    changes: Vec<(Option<Trade>, Trade)>,
+    /// (row before, the change) per change, in sequence order.
+    changes: Vec<(Option<Trade>, Change)>,
     /// A follower's watermark to record (sink, seq): answered once it is in DuckDB.
     watermark: Option<(String, i64)>,
 }
@@ -231,9 +231,10 @@ impl Writer {
 
     fn run(mut self, rx: Receiver<Msg>) {
         let mut stop: Option<oneshot::Sender<()>> = None;
+        let mut alone = true;
         while stop.is_none() {
             self.health.beat();
-            let first = match next_message(&rx) {
+            let first = match next_message(&rx, alone) {
                 Ok(Msg::Write(r)) => r,
                 Ok(Msg::Shutdown(done)) => {
                     stop = Some(done);
@@ -262,9 +263,10 @@ impl Writer {
                 }
             }
             self.metrics.queue_depth.sub(batch.len() as i64);
+            alone = batch.len() == 1;
             match self.wait_for_applier() {
                 Ok(()) => self.commit_group(batch),
-                Err(why) => refuse_all(batch, &why),
+                Err(why) => refuse_all(batch.into_iter().map(|r| r.reply), &why),
             }
             self.trim_log();
             self.health.beat();
@@ -335,19 +337,18 @@ impl Writer {
     fn commit_group(&mut self, batch: Vec<Request>) {
         let start = Instant::now();
         let first_seq = self.next_seq;
-        let ops: Vec<&WriteOp> = batch.iter().map(|r| &r.op).collect();
-        let planned = match self.plan_group(&ops) {
+        let (ops, replies): (Vec<WriteOp>, Vec<Reply>) = batch.into_iter().map(|r| (r.op, r.reply)).unzip();
+        let mut planned = match self.plan_group(ops) {
             Ok(planned) => planned,
             Err(e) => {
                 self.next_seq = first_seq;
-                refuse_all(batch, &self.storage_error(e).to_string());
+                refuse_all(replies, &self.storage_error(e).to_string());
                 return;
             }
         };
-        let changes: Vec<Change> =
-            planned.iter().flat_map(|p| &p.changes).map(|(before, after)| change(before, after)).collect();
-        if !changes.is_empty() {
-            let records: Vec<_> = changes.iter().map(|c| c.to_record(c.trade().seq as u64)).collect();
+        let records: Vec<_> =
+            planned.iter().flat_map(|p| &p.changes).map(|(_, c)| c.to_record(c.trade().seq as u64)).collect();
+        if !records.is_empty() {
             if let Err(e) = self.log.append(&records) {
                 self.next_seq = first_seq;
                 let text = e.to_string();
@@ -357,23 +358,24 @@ impl Writer {
                     tracing::error!(error = %text, "commit log write failed; stopping");
                     self.health.set_fatal(text.clone());
                 }
-                refuse_all(batch, &format!("storage error: {text}"));
+                refuse_all(replies, &format!("storage error: {text}"));
                 return;
             }
             self.metrics.commit_duration.observe(start.elapsed().as_secs_f64());
         }
-        self.metrics.batch_requests.observe(batch.len() as f64);
+        self.metrics.batch_requests.observe(replies.len() as f64);
         self.after_ack(&planned);
+        let changes: Vec<(u64, Change)> =
+            planned.iter_mut().flat_map(|p| p.changes.drain(..)).map(|(_, c)| (c.trade().seq as u64, c)).collect();
         if !changes.is_empty() {
-            let changes = changes.into_iter().map(|c| (c.trade().seq as u64, c)).collect();
             self.to_applier(Job::Changes { changes, acked: Instant::now() });
         }
-        for (req, p) in batch.into_iter().zip(planned) {
+        for (reply, p) in replies.into_iter().zip(planned) {
             match p.watermark {
                 // Answered by the applier once the watermark is in DuckDB.
-                Some((sink, seq)) => self.to_applier(Job::Watermark { sink, seq, reply: req.reply }),
+                Some((sink, seq)) => self.to_applier(Job::Watermark { sink, seq, reply }),
                 None => {
-                    let _ = req.reply.send(p.result);
+                    let _ = reply.send(p.result);
                 }
             }
         }
@@ -400,10 +402,10 @@ impl Writer {
     }
 
     /// Decides `ops` in order against the current state, each seeing the ones before.
-    fn plan_group(&mut self, ops: &[&WriteOp]) -> Result<Vec<Planned>> {
+    fn plan_group(&mut self, ops: Vec<WriteOp>) -> Result<Vec<Planned>> {
         let now = now_micros();
         let mut lookup: Vec<&str> = Vec::new();
-        for op in ops {
+        for op in &ops {
             match op {
                 WriteOp::Update { id, .. } | WriteOp::Cancel { id, .. } => lookup.push(id),
                 WriteOp::Insert(trades) => lookup.extend(
@@ -412,13 +414,15 @@ impl Writer {
                 WriteOp::SetWatermark { .. } => {}
             }
         }
-        // The group's view of the table: current rows overlaid with the group's changes.
+        // The group's view of the table: current rows overlaid with the group's changes
+        // (the last request's changes need not be: no later request reads them).
         let mut view: HashMap<String, Trade> = self.load(&lookup)?;
+        let last = ops.len() - 1;
         let mut planned = Vec::with_capacity(ops.len());
-        for op in ops {
+        for (i, op) in ops.into_iter().enumerate() {
             let p = self.plan(op, &view, now);
-            for (_, after) in &p.changes {
-                view.insert(after.id.clone(), after.clone());
+            for (_, after) in p.changes.iter().filter(|_| i < last) {
+                view.insert(after.trade().id.clone(), after.trade().clone());
             }
             planned.push(p);
         }
@@ -426,15 +430,16 @@ impl Writer {
     }
 
     /// Decides one request against the batch's current view, assigning sequence numbers.
-    fn plan(&mut self, op: &WriteOp, view: &HashMap<String, Trade>, now: i64) -> Planned {
+    fn plan(&mut self, op: WriteOp, view: &HashMap<String, Trade>, now: i64) -> Planned {
         let refuse = |e: Error| Planned { result: Err(e), changes: vec![], watermark: None };
         match op {
             WriteOp::Insert(trades) => {
                 let mut changes = Vec::with_capacity(trades.len());
                 let mut ids = HashSet::new();
+                let several = trades.len() > 1;
                 let seq0 = self.next_seq;
-                for (i, t) in trades.iter().enumerate() {
-                    let id = t.id.clone().unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+                for (i, mut t) in trades.into_iter().enumerate() {
+                    let id = t.id.take().unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
                     if let Some(cur) = view.get(&id) {
                         self.next_seq = seq0;
                         return refuse(Error::Conflict {
@@ -442,7 +447,7 @@ impl Writer {
                             current: Some(Box::new(cur.clone())),
                         });
                     }
-                    if !ids.insert(id.clone()) {
+                    if several && !ids.insert(id.clone()) {
                         self.next_seq = seq0;
                         return refuse(Error::Invalid(crate::store::model::FieldError {
                             field: format!("trades[{i}].id"),
@@ -450,11 +455,12 @@ impl Writer {
                         }));
                     }
                     let seq = self.take_seq();
-                    changes.push((None, t.clone().into_trade(id, seq, now)));
+                    changes.push((None, Change::Insert(t.into_trade(id, seq, now))));
                 }
-                Planned { result: Ok(changes.iter().map(|(_, t)| t.clone()).collect()), changes, watermark: None }
+                let result = changes.iter().map(|(_, c)| c.trade().clone()).collect();
+                Planned { result: Ok(result), changes, watermark: None }
             }
-            WriteOp::Update { id, patch } => match view.get(id) {
+            WriteOp::Update { id, patch } => match view.get(&id) {
                 None => refuse(Error::NotFound(format!("trade {id}"))),
                 Some(cur) if cur.status == Status::Cancelled => refuse(Error::Conflict {
                     reason: format!("trade {id} is cancelled"),
@@ -466,16 +472,16 @@ impl Writer {
                 }),
                 // Nothing would change: answer with the trade as it is (same version and
                 // seq) instead of minting a version that differs only in its number.
-                Some(cur) if changes_nothing(patch, cur) => unchanged(cur),
+                Some(cur) if changes_nothing(&patch, cur) => unchanged(cur),
                 Some(cur) => {
                     let after = patch.apply(cur, self.take_seq(), now);
                     changed(cur, after)
                 }
             },
             WriteOp::SetWatermark { sink, seq } => {
-                Planned { result: Ok(vec![]), changes: vec![], watermark: Some((sink.clone(), *seq)) }
+                Planned { result: Ok(vec![]), changes: vec![], watermark: Some((sink, seq)) }
             }
-            WriteOp::Cancel { id, expected_version } => match view.get(id) {
+            WriteOp::Cancel { id, expected_version } => match view.get(&id) {
                 None => refuse(Error::NotFound(format!("trade {id}"))),
                 Some(cur) if expected_version.is_some_and(|v| v != cur.version) => refuse(Error::Conflict {
                     reason: format!("trade {id} is at version {}, not {}", cur.version, expected_version.unwrap_or(0)),
@@ -531,12 +537,12 @@ impl Writer {
     fn after_ack(&mut self, planned: &[Planned]) {
         let mut state = self.state.write();
         let mut inserted = 0;
-        for (before, after) in planned.iter().flat_map(|p| &p.changes) {
+        for (before, after) in planned.iter().flat_map(|p| &p.changes).map(|(b, c)| (b, c.trade())) {
             inserted += i64::from(before.is_none());
             self.index.record(&after.id, after.version, after.status == Status::Cancelled, before.is_none());
             state.apply(before.as_ref(), after);
         }
-        self.overlay.acknowledged(planned.iter().flat_map(|p| &p.changes).map(|(_, after)| after));
+        self.overlay.acknowledged(planned.iter().flat_map(|p| &p.changes).map(|(_, c)| c.trade()));
         self.metrics.trade_rows.add(inserted);
         self.metrics.last_seq.set(self.next_seq - 1);
         self.metrics.log_segments.set(self.log.segment_count() as i64);
@@ -544,17 +550,20 @@ impl Writer {
     }
 }
 
-/// How long the idle writer polls its channel before it sleeps on it. With few clients the
-/// next request comes a round trip (~0.1 ms) after the last reply, and a sleeping writer costs
-/// that request a futex wake-up on top; past this it sleeps, so an idle store spins only
-/// 200 µs per 250 ms wait.
+/// How long the idle writer polls its channel before it sleeps on it, after a group of one
+/// request. With a single client the next request comes a round trip (~0.1 ms) after the
+/// last reply, and a sleeping writer costs that request a futex wake-up on top; past this
+/// it sleeps, so an idle store spins only 200 µs per 250 ms wait. After a larger group it
+/// does not spin: several clients keep both CPUs busy, and polling took the CPU the HTTP
+/// workers needed to bring the next requests (a fifth of the writer's samples at 64
+/// clients, `perf`; docs/benchmarks.md, session 11).
 const SPIN: Duration = Duration::from_micros(200);
 
-/// The next message: polled for [`SPIN`], then waited for up to 250 ms (the health beat and
-/// the log trimming run between waits).
-fn next_message(rx: &Receiver<Msg>) -> std::result::Result<Msg, RecvTimeoutError> {
+/// The next message: polled for [`SPIN`] when `spin` (the last group was one request),
+/// then waited for up to 250 ms (the health beat and the log trimming run between waits).
+fn next_message(rx: &Receiver<Msg>, spin: bool) -> std::result::Result<Msg, RecvTimeoutError> {
     let start = Instant::now();
-    while start.elapsed() < SPIN {
+    while spin && start.elapsed() < SPIN {
         match rx.try_recv() {
             Ok(msg) => return Ok(msg),
             Err(TryRecvError::Disconnected) => return Err(RecvTimeoutError::Disconnected),
@@ -564,19 +573,10 @@ fn next_message(rx: &Receiver<Msg>) -> std::result::Result<Msg, RecvTimeoutError
     rx.recv_timeout(Duration::from_millis(250))
 }
 
-/// Answers every request of `batch` with 503 and `why`: nothing of it was written.
-fn refuse_all(batch: Vec<Request>, why: &str) {
-    for req in batch {
-        let _ = req.reply.send(Err(Error::Unavailable(why.to_string())));
-    }
-}
-
-/// The log's record of a change from `before` to `after`.
-fn change(before: &Option<Trade>, after: &Trade) -> Change {
-    match before {
-        None => Change::Insert(after.clone()),
-        Some(_) if after.status == Status::Cancelled => Change::Cancel(after.clone()),
-        Some(_) => Change::Update(after.clone()),
+/// Answers every request of a group with 503 and `why`: nothing of it was written.
+fn refuse_all(replies: impl IntoIterator<Item = Reply>, why: &str) {
+    for reply in replies {
+        let _ = reply.send(Err(Error::Unavailable(why.to_string())));
     }
 }
 
@@ -585,9 +585,11 @@ fn unchanged(cur: &Trade) -> Planned {
     Planned { result: Ok(vec![cur.clone()]), changes: vec![], watermark: None }
 }
 
-/// A request that takes `cur` to `after`.
+/// A request that takes `cur` to `after`: a cancel when it ends cancelled, else an update.
 fn changed(cur: &Trade, after: Trade) -> Planned {
-    Planned { result: Ok(vec![after.clone()]), changes: vec![(Some(cur.clone()), after)], watermark: None }
+    let result = Ok(vec![after.clone()]);
+    let change = if after.status == Status::Cancelled { Change::Cancel(after) } else { Change::Update(after) };
+    Planned { result, changes: vec![(Some(cur.clone()), change)], watermark: None }
 }
 
 /// The id index from the table: every trade's version and whether it is cancelled.
