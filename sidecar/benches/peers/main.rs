@@ -1,6 +1,6 @@
 //! The sidecar against what users would pick instead, in one run on one machine:
-//! PostgreSQL (pgbench, one prepared single-row INSERT per transaction, `fsync=on`,
-//! `synchronous_commit=on`) and raw DuckDB, the sidecar driven by wrk with one trade
+//! PostgreSQL (pgbench over TCP loopback like wrk, one prepared single-row INSERT per
+//! transaction, `fsync=on`, `synchronous_commit=on`; over a Unix socket too) and raw DuckDB, the sidecar driven by wrk with one trade
 //! per request — at the same client counts, client and server sharing the machine.
 //!
 //! `scripts/bench.sh` installs PostgreSQL and wrk from Debian and runs this.
@@ -29,6 +29,7 @@ use common::{Sidecar, TOKEN, client};
 use load::{Measured, Threads};
 use measure::raw::{Money, appender_phase, column_batch_phase, insert_phase, raw_db};
 use measure::rss_mib;
+use postgres::Transport::{Tcp, Unix};
 
 struct Step {
     clients: usize,
@@ -36,6 +37,8 @@ struct Step {
     /// The sidecar's CPU per trade by thread role.
     threads: Threads,
     postgres: Measured,
+    /// PostgreSQL over its Unix socket (shown, not the ratio's base).
+    postgres_unix: Measured,
 }
 
 fn ms(us: f64) -> String {
@@ -45,13 +48,14 @@ fn ms(us: f64) -> String {
 fn table(steps: &[Step]) -> String {
     let mut t = String::from(
         "| clients | sidecar trades/s | p50 ms | p99 ms | p99.9 ms | CPU µs/trade | PostgreSQL tx/s | p50 ms | p99 ms | \
-         p99.9 ms | CPU µs/tx | sidecar ÷ PostgreSQL |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+         p99.9 ms | CPU µs/tx | sidecar ÷ PostgreSQL | PostgreSQL over a Unix socket tx/s |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for s in steps {
         let (a, b) = (&s.sidecar, &s.postgres);
         writeln!(
             t,
-            "| {} | {:.0} | {} | {} | {} | {:.0} | {:.0} | {} | {} | {} | {:.0} | {:.2}× |",
+            "| {} | {:.0} | {} | {} | {} | {:.0} | {:.0} | {} | {} | {} | {:.0} | {:.2}× | {:.0} |",
             s.clients,
             a.ops_per_sec(),
             ms(a.p50_us),
@@ -63,7 +67,8 @@ fn table(steps: &[Step]) -> String {
             ms(b.p99_us),
             ms(b.p999_us),
             b.cpu_us_per_op,
-            a.ops_per_sec() / b.ops_per_sec()
+            a.ops_per_sec() / b.ops_per_sec(),
+            s.postgres_unix.ops_per_sec()
         )
         .unwrap();
     }
@@ -95,7 +100,8 @@ async fn main() {
     let counts: &[usize] = if smoke { &[1, 16] } else { &[1, 16, 64, 256] };
 
     let pg = postgres::Postgres::start();
-    let pg_runs: Vec<Measured> = counts.iter().map(|&c| pg.pgbench(c, secs)).collect();
+    let pg_runs: Vec<(Measured, Measured)> =
+        counts.iter().map(|&c| (pg.pgbench(c, secs, Tcp), pg.pgbench(c, secs, Unix))).collect();
     let pg_rows: u64 = pg.sql("SELECT count(*) FROM trades").trim().parse().unwrap();
     drop(pg);
 
@@ -108,12 +114,12 @@ async fn main() {
     let s = Sidecar::start(dir.path(), &settings).await;
     let (mut acknowledged, mut failed) = (0, 0);
     let mut steps = Vec::new();
-    for (&clients, postgres) in counts.iter().zip(pg_runs) {
+    for (&clients, (postgres, postgres_unix)) in counts.iter().zip(pg_runs) {
         let before = Threads::of(s.child.id());
         let run = wrk::run(&s.url("/v1/trades"), TOKEN, clients, secs, true, &format!("c{clients}"));
         let threads = Threads::of(s.child.id()).per_op_since(&before, run.acknowledged);
         (acknowledged, failed) = (acknowledged + run.acknowledged, failed + run.failed);
-        steps.push(Step { clients, sidecar: run.measured, threads, postgres });
+        steps.push(Step { clients, sidecar: run.measured, threads, postgres, postgres_unix });
     }
     let busiest = *counts.last().unwrap();
     let ceiling = wrk::run(&s.url("/healthz"), TOKEN, busiest, secs.min(3.0), false, "probe").measured;
