@@ -28,8 +28,8 @@ pub use http::{AuthConfig, HttpConfig, LifecycleConfig, MIN_BODY_BYTES, MIN_LIVE
 pub use log::{LogConfig, LogFormat};
 pub use schedule::ScheduleError;
 pub use store::{
-    CommitLogConfig, DuckdbConfig, HistoryConfig, MAX_APPLY_DELAY, MIN_CHECKPOINT_THRESHOLD_BYTES, MIN_SEGMENT_BYTES,
-    POOL_SIZE, ReaderConfig, THREADS, WriterConfig,
+    CommitLogConfig, DuckdbConfig, HistoryConfig, MAX_APPLY_DELAY, MAX_IDLE_CHECKPOINT_AFTER,
+    MIN_CHECKPOINT_THRESHOLD_BYTES, MIN_SEGMENT_BYTES, POOL_SIZE, ReaderConfig, THREADS, WriterConfig,
 };
 
 use crate::wire;

@@ -14,6 +14,8 @@ pub const THREADS: RangeInclusive<u32> = 1..=256;
 /// Smallest `duckdb.checkpoint_threshold_bytes`: below it DuckDB would checkpoint after
 /// nearly every commit.
 pub const MIN_CHECKPOINT_THRESHOLD_BYTES: u64 = 64 * 1024;
+/// Longest accepted `duckdb.idle_checkpoint_after`.
+pub const MAX_IDLE_CHECKPOINT_AFTER: Duration = Duration::from_secs(3600);
 /// Accepted `reader.pool_size`.
 pub const POOL_SIZE: RangeInclusive<u32> = 1..=256;
 
@@ -37,6 +39,12 @@ pub struct DuckdbConfig {
     pub checkpoint_every_commits: u64,
     /// Hard ceiling: the writer checkpoints whenever the WAL file exceeds this (seed: 256 MB).
     pub max_wal_bytes: u64,
+    /// The applier runs `CHECKPOINT` once it has had nothing to apply for this long and
+    /// DuckDB's WAL holds anything: a checkpoint stops applying while it runs, so it is
+    /// better taken in a lull than by DuckDB at a commit of the next burst. `0s` turns
+    /// it off (PostgreSQL's `checkpoint_timeout` is the nearest relative).
+    #[serde(with = "humantime_serde")]
+    pub idle_checkpoint_after: Duration,
 }
 
 impl Default for DuckdbConfig {
@@ -47,6 +55,7 @@ impl Default for DuckdbConfig {
             checkpoint_threshold_bytes: 16 * 1024 * 1024,
             checkpoint_every_commits: 5_000,
             max_wal_bytes: 256 * 1024 * 1024,
+            idle_checkpoint_after: Duration::from_secs(1),
         }
     }
 }
@@ -76,6 +85,9 @@ impl DuckdbConfig {
         }
         if self.max_wal_bytes < self.checkpoint_threshold_bytes {
             return bad("duckdb.max_wal_bytes must be >= duckdb.checkpoint_threshold_bytes");
+        }
+        if self.idle_checkpoint_after > MAX_IDLE_CHECKPOINT_AFTER {
+            return bad(format!("duckdb.idle_checkpoint_after must be at most {MAX_IDLE_CHECKPOINT_AFTER:?}"));
         }
         if let Some(m) = &self.memory_limit {
             let bytes = parse_size(m).map_err(|e| ConfigError::Invalid(format!("duckdb.memory_limit: {e}")))?;

@@ -38,6 +38,10 @@ fn each_rule_names_its_key() {
         ("duckdb.threads", Box::new(|c| c.duckdb.threads = Some(257))),
         ("writer.apply_delay must be at most 1s", Box::new(|c| c.writer.apply_delay = Duration::from_millis(1001))),
         (
+            "duckdb.idle_checkpoint_after must be at most 3600s",
+            Box::new(|c| c.duckdb.idle_checkpoint_after = Duration::from_secs(3601)),
+        ),
+        (
             "duckdb.checkpoint_threshold_bytes must be at least 65536",
             Box::new(|c| c.duckdb.checkpoint_threshold_bytes = 1),
         ),

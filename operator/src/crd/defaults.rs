@@ -118,6 +118,7 @@ impl Default for DuckdbSpec {
             checkpoint_threshold_bytes: default_checkpoint_threshold(),
             checkpoint_every_commits: default_checkpoint_every(),
             max_wal_bytes: default_max_wal(),
+            idle_checkpoint_after_millis: None,
         }
     }
 }

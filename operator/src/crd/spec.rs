@@ -289,6 +289,14 @@ pub struct DuckdbSpec {
     #[serde(default = "default_max_wal")]
     #[schemars(range(min = MIN_CHECKPOINT_THRESHOLD_BYTES))]
     pub max_wal_bytes: i64,
+
+    /// Explicit CHECKPOINT once nothing was applied for this many milliseconds and the
+    /// WAL holds anything, so checkpoints fall in lulls rather than into a burst's
+    /// commits (0 turns it off); unset: the sidecar's default, 1000. No CRD default, so
+    /// stores created before the field keep their pod-spec hash (no restart on upgrade).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 3600000))]
+    pub idle_checkpoint_after_millis: Option<i64>,
 }
 
 /// Load limits of the sidecar.

@@ -76,6 +76,9 @@ fn engine(spec: &TradeStoreSpec, c: &mut Config) {
     c.duckdb.checkpoint_threshold_bytes = count(d.checkpoint_threshold_bytes);
     c.duckdb.checkpoint_every_commits = count(d.checkpoint_every_commits);
     c.duckdb.max_wal_bytes = count(d.max_wal_bytes);
+    if let Some(ms) = d.idle_checkpoint_after_millis {
+        c.duckdb.idle_checkpoint_after = Duration::from_millis(count(ms));
+    }
     c.writer.queue_batches = count(l.queue_batches);
     c.writer.max_batch_requests = count(l.max_batch_requests);
     c.writer.recent_trades = count(l.recent_trades);

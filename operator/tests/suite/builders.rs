@@ -649,6 +649,9 @@ fn the_spec_reaches_the_sidecar_settings() {
         (Some(8), Some("1536MiB"), 32 << 20)
     );
     assert_eq!((c.duckdb.checkpoint_every_commits, c.duckdb.max_wal_bytes), (10_000, 512 << 20));
+    assert_eq!(c.duckdb.idle_checkpoint_after.as_millis(), 250);
+    let unset = config::render(&fixture("minimal").spec);
+    assert_eq!(unset.duckdb.idle_checkpoint_after, Config::default().duckdb.idle_checkpoint_after);
     assert_eq!((c.writer.queue_batches, c.writer.max_batch_requests, c.writer.recent_trades), (20, 512, 5000));
     assert_eq!((c.reader.pool_size, c.reader.acquire_timeout.as_millis(), c.reader.max_list_limit), (16, 500, 1000));
     assert_eq!((c.http.max_body_bytes, c.http.max_batch_trades, c.http.write_timeout.as_secs()), (1 << 20, 2000, 5));

@@ -266,6 +266,8 @@ pub(crate) struct Applier {
     committed: watch::Sender<i64>,
     checkpoint_every_commits: u64,
     max_wal_bytes: u64,
+    /// `duckdb.idle_checkpoint_after` (zero: never).
+    idle_checkpoint_after: Duration,
     commits_since_checkpoint: u64,
     /// WAL size seen after the last commit (or checkpoint), to notice DuckDB's own checkpoints.
     wal_seen: u64,
@@ -310,6 +312,7 @@ impl Applier {
             committed,
             checkpoint_every_commits: cfg.duckdb.checkpoint_every_commits,
             max_wal_bytes: cfg.duckdb.max_wal_bytes,
+            idle_checkpoint_after: cfg.duckdb.idle_checkpoint_after,
             commits_since_checkpoint: 0,
             wal_seen: db::wal_size(&cfg.database_path()),
             wrote_since_wal_seen: false,
@@ -323,7 +326,7 @@ impl Applier {
 
     /// Applies until the writer hangs up, then checkpoints once more.
     fn run(mut self, rx: Receiver<Job>) {
-        while let Ok(first) = rx.recv() {
+        while let Some(first) = self.next_job(&rx) {
             let applied = self.progress.applied();
             let jobs = gather(first, &rx, self.apply_delay, || self.overlay.awaited_beyond(applied));
             if !self.apply_jobs(jobs) {
@@ -336,6 +339,27 @@ impl Applier {
             Ok(()) => tracing::info!("final checkpoint done"),
             Err(e) => tracing::error!(error = %e, "final checkpoint failed; the WAL will be replayed on start"),
         }
+    }
+
+    /// The next job. One that does not come within `idle_checkpoint_after` finds the
+    /// applier checkpointing meanwhile, once, if DuckDB's WAL holds anything: the
+    /// checkpoint stops applying while it runs (docs/benchmarks.md, session 10), so in a
+    /// lull it costs no one anything, and DuckDB's own at a commit of the next burst
+    /// comes that much later. None once the writer hung up.
+    fn next_job(&mut self, rx: &Receiver<Job>) -> Option<Job> {
+        if !self.idle_checkpoint_after.is_zero() {
+            match rx.recv_timeout(self.idle_checkpoint_after) {
+                Ok(job) => return Some(job),
+                Err(RecvTimeoutError::Disconnected) => return None,
+                Err(RecvTimeoutError::Timeout) => {
+                    let wal = db::wal_size(&self.db_path);
+                    if wal > 0 {
+                        self.checkpoint(wal, "idle");
+                    }
+                }
+            }
+        }
+        rx.recv().ok()
     }
 
     /// Applies one run, retrying while it fails (readiness says so and the writer
@@ -438,9 +462,13 @@ impl Applier {
         self.note_duckdb_checkpoint(wal);
         let by_count =
             self.checkpoint_every_commits > 0 && self.commits_since_checkpoint >= self.checkpoint_every_commits;
-        if !(by_count || wal > self.max_wal_bytes) {
-            return;
+        if by_count || wal > self.max_wal_bytes {
+            self.checkpoint(wal, if by_count { "commits" } else { "wal size" });
         }
+    }
+
+    /// Runs `CHECKPOINT` (the WAL is `wal` bytes; `why` is for the log).
+    fn checkpoint(&mut self, wal: u64, why: &'static str) {
         let start = Instant::now();
         match self.conn.execute_batch("CHECKPOINT") {
             Ok(()) => {
@@ -450,7 +478,7 @@ impl Applier {
                 self.metrics.last_checkpoint.set(chrono::Utc::now().timestamp());
                 self.wal_seen = db::wal_size(&self.db_path);
                 self.metrics.wal_bytes.set(self.wal_seen as i64);
-                tracing::debug!(elapsed_ms = start.elapsed().as_millis() as u64, wal_before = wal, "checkpoint");
+                tracing::debug!(elapsed_ms = start.elapsed().as_millis() as u64, wal_before = wal, why, "checkpoint");
             }
             Err(e) => match Error::from(e) {
                 // A checkpoint that failed on a full disk invalidates the database.

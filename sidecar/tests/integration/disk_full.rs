@@ -120,6 +120,7 @@ async fn a_full_disk_refuses_writes_and_loses_nothing_acknowledged() {
         SMALL_SEGMENTS,
         SMALL_BATCHES,
         ("TRADESTORE_DUCKDB__CHECKPOINT_EVERY_COMMITS", "0"),
+        ("TRADESTORE_DUCKDB__IDLE_CHECKPOINT_AFTER", "0s"),
         ("TRADESTORE_DUCKDB__CHECKPOINT_THRESHOLD_BYTES", "1073741824"),
         ("TRADESTORE_DUCKDB__MAX_WAL_BYTES", "1073741824"),
     ];
@@ -164,6 +165,7 @@ async fn a_full_disk_refuses_writes_and_loses_nothing_acknowledged() {
         SMALL_BATCHES,
         NO_APPLY_DELAY,
         ("TRADESTORE_DUCKDB__CHECKPOINT_EVERY_COMMITS", "60"),
+        ("TRADESTORE_DUCKDB__IDLE_CHECKPOINT_AFTER", "0s"),
         ("TRADESTORE_DUCKDB__CHECKPOINT_THRESHOLD_BYTES", "1073741824"),
         ("TRADESTORE_DUCKDB__MAX_WAL_BYTES", "1073741824"),
     ];

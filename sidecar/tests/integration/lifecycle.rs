@@ -125,6 +125,7 @@ async fn write_with_checkpoint_threshold(threshold: &str) -> (serde_json::Value,
         ("TRADESTORE_DUCKDB__CHECKPOINT_THRESHOLD_BYTES", threshold),
         ("TRADESTORE_DUCKDB__MAX_WAL_BYTES", "1073741824"),
         ("TRADESTORE_DUCKDB__CHECKPOINT_EVERY_COMMITS", "0"),
+        ("TRADESTORE_DUCKDB__IDLE_CHECKPOINT_AFTER", "0s"),
         // A DuckDB commit per batch: DuckDB checkpoints by itself only at a commit that
         // finds no other transaction open (a status read holds one), so one big gathered
         // commit may find none free.
@@ -158,4 +159,31 @@ async fn checkpoints_duckdb_runs_by_itself_show_in_status() {
     assert_eq!(st["last_checkpoint_unix"], 0, "{st}");
     assert!(st["wal_bytes"].as_u64().unwrap() > 65536, "the WAL kept growing: {st}");
     assert!(m.contains("tradestore_duckdb_auto_checkpoints_total 0"), "{m}");
+}
+
+/// A store that has had nothing to apply for `duckdb.idle_checkpoint_after` checkpoints
+/// by itself: its WAL is empty afterwards although no size or count trigger was near,
+/// and only once, not again at every idle wait.
+#[tokio::test]
+async fn an_idle_applier_checkpoints_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("TRADESTORE_DUCKDB__CHECKPOINT_THRESHOLD_BYTES", "1073741824"),
+        ("TRADESTORE_DUCKDB__MAX_WAL_BYTES", "1073741824"),
+        ("TRADESTORE_DUCKDB__CHECKPOINT_EVERY_COMMITS", "0"),
+        ("TRADESTORE_DUCKDB__IDLE_CHECKPOINT_AFTER", "300ms"),
+        ("TRADESTORE_INTEGRITY__INTERVAL", "0s"),
+    ];
+    let s = Sidecar::start(dir.path(), &env).await;
+    let trades: Vec<_> = (0..500).map(|i| trade_for(&format!("idle-{i}"))).collect();
+    let r =
+        client().post(s.url("/v1/trades/batch")).json(&serde_json::json!({ "trades": trades })).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    let st = common::wait_status(&s, "an idle checkpoint", |st| st["last_checkpoint_unix"].as_i64() > Some(0)).await;
+    assert_eq!(st["applied_seq"], 500, "{st}");
+    assert_eq!(st["wal_bytes"], 0, "the checkpoint folded the WAL into the file: {st}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let m = client().get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(m.contains("tradestore_duckdb_checkpoints_total 1\n"), "one checkpoint for one lull:\n{m}");
+    assert!(m.contains("tradestore_duckdb_auto_checkpoints_total 0"), "DuckDB ran none of its own:\n{m}");
 }
