@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use warp::http::StatusCode;
 use warp::reply::Response;
@@ -11,7 +11,7 @@ use warp::reply::Response;
 use super::{JsonBody, auth, observed, parse_json, path_id, path_symbol, reply};
 use crate::app::App;
 use crate::error::Error;
-use crate::store::model::{FieldError, NewTrade, TradePatch, parse_micros};
+use crate::store::model::{FieldError, NewTrade, Trade, TradePatch, parse_micros};
 use crate::store::reader::{ListQuery, decode_cursor};
 use crate::store::writer::WriteOp;
 
@@ -19,6 +19,14 @@ use crate::store::writer::WriteOp;
 #[serde(deny_unknown_fields)]
 struct Batch {
     trades: Vec<NewTrade>,
+}
+
+/// The answer to a batch, serialized as it is: through `json!` every stored trade first
+/// became a map of its own (`perf` on 1,000-trade batches: those maps and their
+/// allocations were a large part of the HTTP workers' time).
+#[derive(Serialize)]
+struct Stored {
+    trades: Vec<Trade>,
 }
 
 fn invalid(field: &str, message: impl Into<String>) -> Error {
@@ -35,7 +43,7 @@ fn authorize_read(app: &App, header: &Option<String>) -> Result<(), Error> {
     if app.cfg.auth.protect_reads { authorize_write(app, header) } else { Ok(()) }
 }
 
-async fn write(app: &App, op: WriteOp) -> Result<Vec<crate::store::model::Trade>, Error> {
+async fn write(app: &App, op: WriteOp) -> Result<Vec<Trade>, Error> {
     app.writer.submit(op, app.cfg.http.write_timeout).await
 }
 
@@ -68,7 +76,7 @@ pub async fn insert_batch(app: Arc<App>, authz: Option<String>, body: JsonBody) 
                 t.validate().map_err(|e| Error::Invalid(e.within(&format!("trades[{i}]"))))?;
             }
             let trades = write(&app, WriteOp::Insert(b.trades)).await?;
-            Ok(json!({ "trades": trades }))
+            Ok(Stored { trades })
         }
         .await;
         reply::result(StatusCode::CREATED, result)
