@@ -421,8 +421,10 @@ impl Writer {
         let mut planned = Vec::with_capacity(ops.len());
         for (i, op) in ops.into_iter().enumerate() {
             let p = self.plan(op, &view, now);
-            for (_, after) in p.changes.iter().filter(|_| i < last) {
-                view.insert(after.trade().id.clone(), after.trade().clone());
+            if i < last {
+                for (_, change) in &p.changes {
+                    view.insert(change.trade().id.clone(), change.trade().clone());
+                }
             }
             planned.push(p);
         }
