@@ -121,5 +121,16 @@ kind_node_start() {
 }
 kind_node_pause() { docker pause "$1" >/dev/null; }
 kind_node_unpause() { docker unpause "$1" >/dev/null; }
-kind_node_drain() { kubectl drain "$1" --ignore-daemonsets --delete-emptydir-data --timeout=120s; }
+# local-path-provisioner makes and removes a volume's directory with a helper pod that
+# has no controller, which `kubectl drain` refuses to evict (one deleting an earlier
+# test's volume failed a drain once); they finish in seconds, so the drain waits them out.
+kind_node_drain() {
+  local tries=0
+  while kubectl get pods -n local-path-storage -o name \
+    --field-selector "spec.nodeName=$1,status.phase!=Succeeded,status.phase!=Failed" | grep -q helper-pod; do
+    ((tries++ < 60)) || break
+    sleep 1
+  done
+  kubectl drain "$1" --ignore-daemonsets --delete-emptydir-data --timeout=120s
+}
 kind_node_uncordon() { kubectl uncordon "$1"; }

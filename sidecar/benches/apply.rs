@@ -1,6 +1,6 @@
 //! What the applier's DuckDB transactions cost: CPU and wall time of one
-//! [`applier::apply`] (new trades appended to `trades` and `trade_history`, the applied
-//! `seq` recorded, one transaction) by changes per transaction and DuckDB threads.
+//! [`applier::apply`] (new trades appended to `trades`, the applied `seq` recorded, one
+//! transaction; new trades supersede nothing, so `trade_history` is not written) by changes per transaction and DuckDB threads.
 //! The fixed part is what `writer.apply_delay` amortises and what `duckdb.threads`
 //! changes.
 //!
@@ -30,7 +30,7 @@ fn cpu_seconds() -> f64 {
 }
 
 fn insert(seq: u64) -> (u64, Change) {
-    (seq, Change::Insert(new_trade(format!("apply-{seq:012}"), seq as i64)))
+    (seq, Change::insert(new_trade(format!("apply-{seq:012}"), seq as i64)))
 }
 
 /// (CPU µs, wall µs) per transaction of `per_tx` changes on a fresh store.

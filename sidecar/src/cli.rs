@@ -168,7 +168,9 @@ fn dump_log(cfg: &Config, from: u64, limit: usize) -> Result<()> {
         }
         for r in records.iter().take(limit - printed) {
             let change = Change::from_record(r).map_err(Error::Internal)?;
-            let line = serde_json::json!({ "seq": r.seq, "change": change.kind_name(), "trade": change.trade() });
+            let line = serde_json::json!({
+                "seq": r.seq, "change": change.kind_name(), "trade": change.trade(), "before": change.before
+            });
             writeln!(out, "{line}")?;
             printed += 1;
         }

@@ -104,12 +104,15 @@ pub fn new_trade(id: String, seq: i64) -> Trade {
 }
 
 /// The Appender fed column batches of 10k trades per commit, as the sidecar's applier
-/// feeds it (`store::db::append`): the ceiling of any batching on this schema.
+/// feeds it (`store::db::append`): the ceiling of any batching on this schema. The
+/// trades are made before the clock starts ([`super::MADE_ROWS_PER_SEC`]).
 pub fn column_batch_phase(conn: &Connection, secs: f64, seq0: usize) -> Row {
+    const ROWS: usize = 10_000;
     let trade = |n: usize| new_trade(format!("col-{n}"), (seq0 + n + 1) as i64);
+    let made = (super::MADE_ROWS_PER_SEC * secs) as usize / ROWS;
+    let batches: Vec<Vec<Trade>> = (0..made).map(|b| (b * ROWS..(b + 1) * ROWS).map(trade).collect()).collect();
     let (start, mut appended) = (Instant::now(), 0);
-    while start.elapsed().as_secs_f64() < secs {
-        let trades: Vec<Trade> = (appended..appended + 10_000).map(trade).collect();
+    for trades in batches.iter().take_while(|_| start.elapsed().as_secs_f64() < secs) {
         conn.execute_batch("BEGIN").unwrap();
         tradestore_sidecar::store::db::append(conn, "trades", &trades.iter().collect::<Vec<_>>()).unwrap();
         conn.execute_batch("COMMIT").unwrap();

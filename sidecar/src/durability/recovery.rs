@@ -368,7 +368,8 @@ fn replay(conn: &duckdb::Connection, journal: &mut Replay, mut after: i64) -> Re
 }
 
 /// Upserts the newest state of each trade in `trades` (sequence order), in one
-/// transaction: appended to a temporary table and merged with one `INSERT OR REPLACE`.
+/// transaction: appended to a temporary table and merged with one `INSERT OR REPLACE`;
+/// the versions it replaces go to the history first.
 fn upsert(conn: &duckdb::Connection, trades: &[Trade]) -> Result<()> {
     let mut newest: HashMap<&str, &Trade> = HashMap::with_capacity(trades.len());
     for t in trades {
@@ -377,7 +378,10 @@ fn upsert(conn: &duckdb::Connection, trades: &[Trade]) -> Result<()> {
     conn.execute_batch("CREATE OR REPLACE TEMP TABLE replay AS SELECT * FROM trades LIMIT 0; BEGIN TRANSACTION")?;
     let result = (|| {
         db::append(conn, "replay", &newest.values().copied().collect::<Vec<_>>())?;
-        conn.execute_batch("INSERT OR REPLACE INTO trades SELECT * FROM replay")?;
+        conn.execute_batch(
+            "INSERT INTO trade_history SELECT t.* FROM trades t JOIN replay r ON t.id = r.id \
+             WHERE t.version < r.version; INSERT OR REPLACE INTO trades SELECT * FROM replay",
+        )?;
         Ok::<_, Error>(())
     })();
     match result {

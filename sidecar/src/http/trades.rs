@@ -26,7 +26,7 @@ struct Batch {
 /// allocations were a large part of the HTTP workers' time).
 #[derive(Serialize)]
 struct Stored {
-    trades: Vec<Trade>,
+    trades: Vec<Arc<Trade>>,
 }
 
 fn invalid(field: &str, message: impl Into<String>) -> Error {
@@ -43,7 +43,7 @@ fn authorize_read(app: &App, header: &Option<String>) -> Result<(), Error> {
     if app.cfg.auth.protect_reads { authorize_write(app, header) } else { Ok(()) }
 }
 
-async fn write(app: &App, op: WriteOp) -> Result<Vec<Trade>, Error> {
+async fn write(app: &App, op: WriteOp) -> Result<Vec<Arc<Trade>>, Error> {
     app.writer.submit(op, app.cfg.http.write_timeout).await
 }
 

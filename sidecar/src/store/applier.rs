@@ -3,8 +3,8 @@
 //! The changes are durable already (they are in the log); DuckDB is where they are
 //! queried. One transaction takes a run of consecutive changes: new trades go in
 //! through the Appender (DuckDB's bulk path), changed ones are updated once each in
-//! their final state, every image is appended to `trade_history`, and
-//! `log_state.applied_seq` moves to the last change — all or nothing, so a crash
+//! their final state, the versions they superseded are appended to `trade_history`,
+//! and `log_state.applied_seq` moves to the last change — all or nothing, so a crash
 //! anywhere leaves DuckDB at a change boundary the log replays from.
 
 use std::collections::{HashMap, HashSet};
@@ -19,7 +19,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::store::change::Change;
+use crate::store::change::{Change, Kind};
 use crate::store::db;
 use crate::store::log::CommitLog;
 use crate::store::model::{Trade, now_micros};
@@ -42,7 +42,7 @@ pub(crate) enum Job {
     Changes { changes: Vec<(u64, Change)>, acked: Instant },
     /// A follower's watermark: applied with the next transaction, answered after it
     /// (the follower takes the answer as "durable").
-    Watermark { sink: String, seq: i64, reply: oneshot::Sender<Result<Vec<Trade>>> },
+    Watermark { sink: String, seq: i64, reply: oneshot::Sender<Result<Vec<Arc<Trade>>>> },
 }
 
 /// How far DuckDB is behind the log, shared by the applier (who moves it) and the
@@ -99,11 +99,11 @@ fn apply_after(
         // Under memory pressure DuckDB 1.5.6 can fail a COMMIT that touched several
         // tables after part of it became durable (measured: trades rows in, the
         // `log_state` update not), and can keep the keys of a rolled-back append in
-        // its index. Both surface as a duplicate key; the log's after-images can set
-        // the rows right whatever DuckDB kept.
+        // its index. Both surface as a duplicate key; the log's images can set the
+        // rows right whatever DuckDB kept.
         Err(e) if is_constraint(&e) => {
             tracing::warn!(error = %e, "DuckDB holds part of a run it did not record as applied; replacing those rows");
-            in_transaction(conn, None, |applied| repair(conn, not_yet_applied(changes, applied), watermarks, applied))
+            in_transaction(conn, None, |applied| repair(conn, not_yet_applied(changes, applied), watermarks))
         }
         outcome => outcome,
     }
@@ -135,28 +135,32 @@ fn not_yet_applied(changes: &[(u64, Change)], applied: u64) -> &[(u64, Change)] 
 
 /// Applies `changes` whatever part of them DuckDB kept: every trade they touch is
 /// set to its final state (updated when the table has it, appended when not; a
-/// delete and re-append of one key in one transaction trips DuckDB's index), and
-/// history past `applied` is dropped before the images are appended.
-fn repair(conn: &Connection, changes: &[(u64, Change)], watermarks: &[(String, i64)], applied: u64) -> Result<()> {
+/// delete and re-append of one key in one transaction trips DuckDB's index), and the
+/// superseded versions the history lacks are appended.
+fn repair(conn: &Connection, changes: &[(u64, Change)], watermarks: &[(String, i64)]) -> Result<()> {
     let (new, changed) = final_rows(changes);
     let touched: Vec<&Trade> = new.into_iter().chain(changed).collect();
-    let present = present(conn, &touched)?;
-    let (there, missing): (Vec<&Trade>, Vec<&Trade>) = touched.into_iter().partition(|t| present.contains(&t.id));
+    let in_trades: HashSet<String> = held(conn, "trades", &touched)?.into_iter().map(|(id, _)| id).collect();
+    let (there, missing): (Vec<&Trade>, Vec<&Trade>) = touched.into_iter().partition(|t| in_trades.contains(&t.id));
     update(conn, &there)?;
     db::append(conn, "trades", &missing)?;
-    conn.execute("DELETE FROM trade_history WHERE seq > ?", params![applied as i64])?;
+    let versions = history_images(changes);
+    let in_history = held(conn, "trade_history", &versions)?;
+    let lacking: Vec<&Trade> =
+        versions.into_iter().filter(|t| !in_history.contains(&(t.id.clone(), t.version))).collect();
+    db::append(conn, "trade_history", &lacking)?;
     record(conn, changes, watermarks)
 }
 
-/// The ids of `trades` the table holds.
-fn present(conn: &Connection, trades: &[&Trade]) -> Result<HashSet<String>> {
+/// The (id, version) rows `table` holds for the ids of `trades`.
+fn held(conn: &Connection, table: &str, trades: &[&Trade]) -> Result<HashSet<(String, i64)>> {
     let mut found = HashSet::new();
     for chunk in trades.chunks(1_000) {
         let marks = vec!["?"; chunk.len()].join(",");
-        let mut stmt = conn.prepare(&format!("SELECT id FROM trades WHERE id IN ({marks})"))?;
-        let ids = stmt.query_map(params_from_iter(chunk.iter().map(|t| &t.id)), |r| r.get::<_, String>(0))?;
-        for id in ids {
-            found.insert(id?);
+        let mut stmt = conn.prepare(&format!("SELECT id, version FROM {table} WHERE id IN ({marks})"))?;
+        let rows = stmt.query_map(params_from_iter(chunk.iter().map(|t| &t.id)), |r| Ok((r.get(0)?, r.get(1)?)))?;
+        for row in rows {
+            found.insert(row?);
         }
     }
     Ok(found)
@@ -166,14 +170,20 @@ fn write(conn: &Connection, changes: &[(u64, Change)], watermarks: &[(String, i6
     let (new, changed) = final_rows(changes);
     db::append(conn, "trades", &new)?;
     update(conn, &changed)?;
+    db::append(conn, "trade_history", &history_images(changes))?;
     record(conn, changes, watermarks)
 }
 
-/// What every apply records besides the trades: each image in the history, the
-/// followers' watermarks, and how far DuckDB now is.
+/// What `changes` add to `trade_history`: the versions they replaced (a new trade
+/// replaced none: an insert-only run writes no history, and the current versions are
+/// `trades`), see [`Change::history_image`].
+fn history_images(changes: &[(u64, Change)]) -> Vec<&Trade> {
+    changes.iter().filter_map(|(_, c)| c.history_image()).collect()
+}
+
+/// What every apply records besides the trades and their history: the followers'
+/// watermarks, and how far DuckDB now is.
 fn record(conn: &Connection, changes: &[(u64, Change)], watermarks: &[(String, i64)]) -> Result<()> {
-    let images: Vec<&Trade> = changes.iter().map(|(_, c)| c.trade()).collect();
-    db::append(conn, "trade_history", &images)?;
     for (sink, seq) in watermarks {
         conn.execute(
             "INSERT INTO sync_state VALUES (?, ?, now()::TIMESTAMP) ON CONFLICT (sink) DO UPDATE \
@@ -189,21 +199,19 @@ fn record(conn: &Connection, changes: &[(u64, Change)], watermarks: &[(String, i
 }
 
 /// Each trade the changes touch, once, in its final state: those the changes create
-/// (first seen as an insert) and those already in the table.
+/// (first seen as an insert), in log order, and those already in the table, in the
+/// order they were first changed. Only a trade an update or cancel touches can appear
+/// twice in a run, so only those are hashed: a run of new trades hashes nothing.
 fn final_rows(changes: &[(u64, Change)]) -> (Vec<&Trade>, Vec<&Trade>) {
-    let mut created = HashSet::new();
+    let is_insert = |c: &&(u64, Change)| c.1.kind == Kind::Insert;
     let mut last: HashMap<&str, &Trade> = HashMap::new();
-    let mut order = Vec::new();
-    for (_, c) in changes {
-        let t = c.trade();
-        if matches!(c, Change::Insert(_)) {
-            created.insert(t.id.as_str());
-        }
-        if last.insert(t.id.as_str(), t).is_none() {
-            order.push(t.id.as_str());
-        }
+    for (_, c) in changes.iter().filter(|c| !is_insert(c)) {
+        last.insert(&c.trade().id, c.trade());
     }
-    order.into_iter().map(|id| last[id]).partition(|t| created.contains(t.id.as_str()))
+    let mut final_image = |t: &Trade| if last.is_empty() { None } else { last.remove(t.id.as_str()) };
+    let new = changes.iter().filter(is_insert).map(|(_, c)| final_image(c.trade()).unwrap_or(c.trade())).collect();
+    let changed = changes.iter().filter(|c| !is_insert(c)).filter_map(|(_, c)| final_image(c.trade())).collect();
+    (new, changed)
 }
 
 fn update(conn: &Connection, rows: &[&Trade]) -> Result<()> {
@@ -227,7 +235,8 @@ fn update(conn: &Connection, rows: &[&Trade]) -> Result<()> {
     Ok(())
 }
 
-/// Deletes the history versions written before `cutoff` (µs since the epoch).
+/// Deletes the superseded versions written before `cutoff` (µs since the epoch); a
+/// trade's current version is its `trades` row and stays.
 fn trim_history(conn: &Connection, cutoff: i64) -> Result<usize> {
     Ok(conn.execute("DELETE FROM trade_history WHERE updated_at < make_timestamp(?)", params![cutoff])?)
 }
@@ -530,7 +539,7 @@ mod tests {
     use std::sync::atomic::AtomicBool;
 
     fn changes(seq: u64) -> Job {
-        let changes = vec![(seq, Change::Insert(trade("a", 1, seq as i64, Status::Filled)))];
+        let changes = vec![(seq, Change::insert(trade("a", 1, seq as i64, Status::Filled)))];
         Job::Changes { changes, acked: Instant::now() }
     }
 
@@ -610,20 +619,24 @@ mod tests {
         stmt.query_map([], db::trade_from_row).unwrap().map(|r| r.unwrap()).collect()
     }
 
+    /// (id, version) of every row of `trade_history`.
+    fn history(conn: &Connection) -> Vec<(String, i64)> {
+        rows(conn, "trade_history").into_iter().map(|t| (t.id, t.version)).collect()
+    }
+
     #[test]
-    fn runs_of_changes_leave_the_final_rows_every_version_and_the_applied_seq() {
+    fn runs_of_changes_leave_the_final_rows_every_superseded_version_and_the_applied_seq() {
         let (_d, conn) = store();
         assert_eq!(applied_seq(&conn).unwrap(), 0);
-        let first = vec![
-            (1, Change::Insert(trade("a", 1, 1, Status::Filled))),
-            (2, Change::Insert(trade("b", 1, 2, Status::Pending))),
-            (3, Change::Update(trade("a", 2, 3, Status::Pending))),
-        ];
+        let (a1, b1) = (trade("a", 1, 1, Status::Filled), trade("b", 1, 2, Status::Pending));
+        let a2 = trade("a", 2, 3, Status::Pending);
+        let first =
+            vec![(1, Change::insert(a1.clone())), (2, Change::insert(b1.clone())), (3, Change::modify(a1, a2.clone()))];
         apply(&conn, &first, &[]).unwrap();
         let second = vec![
-            (4, Change::Cancel(trade("b", 2, 4, Status::Cancelled))),
-            (5, Change::Update(trade("a", 3, 5, Status::Filled))),
-            (6, Change::Insert(trade("c", 1, 6, Status::Filled))),
+            (4, Change::modify(b1, trade("b", 2, 4, Status::Cancelled))),
+            (5, Change::modify(a2, trade("a", 3, 5, Status::Filled))),
+            (6, Change::insert(trade("c", 1, 6, Status::Filled))),
         ];
         apply(&conn, &second, &[("clickhouse".into(), 3)]).unwrap();
         assert_eq!(applied_seq(&conn).unwrap(), 6);
@@ -635,9 +648,7 @@ mod tests {
                 trade("c", 1, 6, Status::Filled)
             ]
         );
-        let history: Vec<(String, i64)> = rows(&conn, "trade_history").into_iter().map(|t| (t.id, t.version)).collect();
-        let expected = [("a", 1), ("a", 2), ("a", 3), ("b", 1), ("b", 2), ("c", 1)];
-        assert_eq!(history, expected.map(|(id, v)| (id.to_string(), v)));
+        assert_eq!(history(&conn), [("a", 1), ("a", 2), ("b", 1)].map(|(id, v)| (id.to_string(), v)));
         let wm: i64 =
             conn.query_row("SELECT watermark FROM sync_state WHERE sink = 'clickhouse'", [], |r| r.get(0)).unwrap();
         assert_eq!(wm, 3);
@@ -646,52 +657,82 @@ mod tests {
     #[test]
     fn a_failing_run_changes_nothing_not_even_the_applied_seq() {
         let (_d, conn) = store();
-        apply(&conn, &[(1, Change::Insert(trade("a", 1, 1, Status::Filled)))], &[]).unwrap();
+        apply(&conn, &[(1, Change::insert(trade("a", 1, 1, Status::Filled)))], &[]).unwrap();
         // An update of a trade that is not there: the log and the table disagree.
         let bad = vec![
-            (2, Change::Insert(trade("b", 1, 2, Status::Filled))),
-            (3, Change::Update(trade("zz", 2, 3, Status::Filled))),
+            (2, Change::insert(trade("b", 1, 2, Status::Filled))),
+            (3, Change::modify(trade("zz", 1, 1, Status::Filled), trade("zz", 2, 3, Status::Filled))),
         ];
         let err = apply(&conn, &bad, &[]).unwrap_err().to_string();
         assert!(err.contains("trade zz is not in the table"), "{err}");
         assert_eq!(applied_seq(&conn).unwrap(), 1);
         assert_eq!(rows(&conn, "trades"), vec![trade("a", 1, 1, Status::Filled)]);
-        assert_eq!(rows(&conn, "trade_history").len(), 1);
+        assert_eq!(history(&conn), [], "nothing superseded");
     }
 
     #[test]
     fn a_run_duckdb_kept_part_of_without_recording_it_is_replaced_exactly() {
         let (_d, conn) = store();
-        apply(&conn, &[(1, Change::Insert(trade("a", 1, 1, Status::Filled)))], &[]).unwrap();
+        let (a1, b1) = (trade("a", 1, 1, Status::Filled), trade("b", 1, 2, Status::Filled));
+        apply(&conn, &[(1, Change::insert(a1.clone())), (2, Change::insert(b1.clone()))], &[]).unwrap();
         // What a COMMIT that failed late left (DuckDB 1.5.6 under memory pressure):
-        // rows of the next run are in, `log_state` still says 1.
-        let b = trade("b", 1, 2, Status::Filled);
-        db::append(&conn, "trades", &[&b]).unwrap();
-        conn.execute_batch("UPDATE trades SET version = 2, seq = 3 WHERE id = 'a'").unwrap();
-        db::append(&conn, "trade_history", &[&b]).unwrap();
+        // rows of the next run are in, `log_state` still says 2.
+        let c = trade("c", 1, 3, Status::Filled);
+        db::append(&conn, "trades", &[&c]).unwrap();
+        conn.execute_batch("UPDATE trades SET version = 2, seq = 4 WHERE id = 'a'").unwrap();
+        db::append(&conn, "trade_history", &[&a1]).unwrap();
         let run = vec![
-            (2, Change::Insert(trade("b", 1, 2, Status::Filled))),
-            (3, Change::Update(trade("a", 2, 3, Status::Pending))),
-            (4, Change::Insert(trade("c", 1, 4, Status::Filled))),
+            (3, Change::insert(c.clone())),
+            (4, Change::modify(a1, trade("a", 2, 4, Status::Pending))),
+            (5, Change::modify(b1, trade("b", 2, 5, Status::Pending))),
+            (6, Change::insert(trade("d", 1, 6, Status::Filled))),
         ];
         apply(&conn, &run, &[]).unwrap();
-        assert_eq!(applied_seq(&conn).unwrap(), 4);
+        assert_eq!(applied_seq(&conn).unwrap(), 6);
         assert_eq!(
             rows(&conn, "trades"),
-            vec![trade("a", 2, 3, Status::Pending), trade("b", 1, 2, Status::Filled), trade("c", 1, 4, Status::Filled)]
+            vec![
+                trade("a", 2, 4, Status::Pending),
+                trade("b", 2, 5, Status::Pending),
+                c,
+                trade("d", 1, 6, Status::Filled)
+            ]
         );
-        let history: Vec<(String, i64)> = rows(&conn, "trade_history").into_iter().map(|t| (t.id, t.version)).collect();
-        assert_eq!(history, [("a", 1), ("a", 2), ("b", 1), ("c", 1)].map(|(id, v)| (id.to_string(), v)));
+        assert_eq!(history(&conn), [("a", 1), ("b", 1)].map(|(id, v)| (id.to_string(), v)), "a1 once, b1 added");
+    }
+
+    #[test]
+    fn records_of_an_older_log_add_their_own_images_to_the_history() {
+        let (_d, conn) = store();
+        let older = |kind, t: &Trade| Change { kind, before: None, after: Arc::new(t.clone()), after_only: true };
+        // What an older build left applied: every version in the history, the current one too.
+        let a1 = trade("a", 1, 1, Status::Filled);
+        apply(&conn, &[(1, older(Kind::Insert, &a1))], &[]).unwrap();
+        // ... and a log tail it did not apply: a change of `a`, and a trade created and
+        // changed within one run.
+        let (a2, b1, b2) =
+            (trade("a", 2, 2, Status::Pending), trade("b", 1, 3, Status::Filled), trade("b", 2, 4, Status::Cancelled));
+        let tail = [(2, older(Kind::Update, &a2)), (3, older(Kind::Insert, &b1)), (4, older(Kind::Cancel, &b2))];
+        apply(&conn, &tail, &[]).unwrap();
+        assert_eq!(rows(&conn, "trades"), vec![a2.clone(), b2.clone()]);
+        assert_eq!(rows(&conn, "trade_history"), vec![a1, a2, b1, b2], "every version, as older builds kept them");
     }
 
     #[test]
     fn history_keeps_the_versions_written_within_its_retention() {
         let (_d, conn) = store();
         let old = Trade { updated_at: 1_000_000, ..trade("a", 1, 1, Status::Filled) };
-        let new = Trade { updated_at: 3_000_000, ..trade("a", 2, 2, Status::Pending) };
-        apply(&conn, &[(1, Change::Insert(old)), (2, Change::Update(new.clone()))], &[]).unwrap();
+        let mid = Trade { updated_at: 3_000_000, ..trade("a", 2, 2, Status::Pending) };
+        let new = Trade { updated_at: 4_000_000, ..trade("a", 3, 3, Status::Filled) };
+        let run = [
+            (1, Change::insert(old.clone())),
+            (2, Change::modify(old, mid.clone())),
+            (3, Change::modify(mid.clone(), new.clone())),
+        ];
+        apply(&conn, &run, &[]).unwrap();
         assert_eq!(trim_history(&conn, 2_000_000).unwrap(), 1);
-        assert_eq!(rows(&conn, "trade_history"), vec![new.clone()]);
-        assert_eq!(rows(&conn, "trades"), vec![new], "the trade itself stays");
+        assert_eq!(rows(&conn, "trade_history"), vec![mid]);
+        assert_eq!(trim_history(&conn, 5_000_000).unwrap(), 1);
+        assert_eq!(rows(&conn, "trades"), vec![new], "the current version stays whatever its age");
     }
 }

@@ -1,6 +1,7 @@
 //! The store: the DuckDB file and the only code that touches it.
 //!
-//! [`money`] and [`model`] are the values (exact decimals, trades and their rules);
+//! [`money`] and [`model`] are the values (exact decimals, trades and their rules;
+//! [`by_id`] keeps shared trades in a set by id);
 //! [`db`] opens the file and maps rows; [`migrations`] brings its schema up to date;
 //! [`writer`] is the single writer with group commit, and the only writer: it decides
 //! each change exactly against the id [`index`], makes it durable in the commit
@@ -10,6 +11,7 @@
 //! in-memory [`state`] the writer keeps) reads its writes.
 
 pub mod applier;
+pub(crate) mod by_id;
 pub mod change;
 pub mod db;
 pub(crate) mod index;

@@ -226,7 +226,9 @@ impl Scaled {
     }
 }
 
-/// Display and serialization of each amount type, as its decimal text at its scale.
+/// Display and serialization of each amount type: its decimal text at its scale in
+/// human-readable formats (JSON), its integer units in binary ones (the commit log's
+/// records, where the text's division and digits cost the writer for nothing).
 macro_rules! decimal_text {
     ($($t:ty => |$v:ident| $units:expr, $scale:expr;)*) => {$(
         impl $t {
@@ -244,7 +246,12 @@ macro_rules! decimal_text {
 
         impl Serialize for $t {
             fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.serialize_str(self.text().as_str())
+                if s.is_human_readable() {
+                    s.serialize_str(self.text().as_str())
+                } else {
+                    let $v = self;
+                    s.serialize_i128($units)
+                }
             }
         }
     )*};
@@ -256,8 +263,16 @@ decimal_text! {
 }
 
 impl<'de> Deserialize<'de> for Amount {
-    /// A decimal string or a JSON number, taken from its exact text.
+    /// A decimal string or a JSON number, taken from its exact text; in a binary
+    /// format, the integer units it was serialized as.
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Amount, D::Error> {
+        if !d.is_human_readable() {
+            let units = i128::deserialize(d)?;
+            return i64::try_from(units)
+                .ok()
+                .and_then(Amount::from_units)
+                .ok_or_else(|| D::Error::custom(format!("{units} units are out of an amount's range")));
+        }
         let raw = Box::<serde_json::value::RawValue>::deserialize(d)?;
         let raw = raw.get();
         let text = match raw.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {

@@ -142,14 +142,20 @@ impl Reader {
         .await
     }
 
-    /// Every version of trade `id` the history holds, oldest first, with every change
-    /// acknowledged before the call. The history has no index (it is append-only and
-    /// bounded by `history.retention`): a scan of it, for an audit, not a hot path.
+    /// Every version of trade `id` the store holds, oldest first, with every change
+    /// acknowledged before the call: the superseded ones the history keeps, and the
+    /// current one (`UNION` drops the copy of it that histories written by older builds
+    /// hold). The history has no index (it is append-only and bounded by
+    /// `history.retention`): a scan of it, for an audit, not a hot path.
     pub(crate) async fn history(&self, id: &str) -> Result<Vec<Trade>> {
         self.caught_up().await?;
         let id = id.to_string();
         self.with_conn(move |conn| {
-            let sql = format!("SELECT {} FROM trade_history WHERE id = ? ORDER BY version", db::TRADE_COLUMNS);
+            let cols = db::TRADE_COLUMNS;
+            let sql = format!(
+                "SELECT {cols} FROM trade_history WHERE id = $1 UNION SELECT {cols} FROM trades WHERE id = $1 \
+                 ORDER BY version"
+            );
             let mut stmt = conn.prepare_cached(&sql)?;
             let versions = stmt.query_map([&id], db::trade_from_row)?.collect::<duckdb::Result<Vec<_>>>()?;
             if versions.is_empty() {
@@ -260,7 +266,7 @@ pub(crate) fn load_hot_state(conn: &Connection, recent: usize) -> Result<HotStat
     );
     let mut stmt = conn.prepare(&sql)?;
     for t in stmt.query_map([], db::trade_from_row)? {
-        state.remember(t?);
+        state.remember(Arc::new(t?));
     }
     Ok(state)
 }

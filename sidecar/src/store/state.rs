@@ -4,10 +4,12 @@
 //! The writer changes it only after a transaction committed, so readers see exactly
 //! the committed state, never a half-applied batch.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::sync::Arc;
 
 use serde::Serialize;
 
+use crate::store::by_id::ById;
 use crate::store::model::{Side, Status, Trade};
 use crate::store::money::{Sum8, Sum16};
 
@@ -67,8 +69,10 @@ impl SymbolState {
 #[derive(Debug, Default)]
 pub struct HotState {
     symbols: BTreeMap<String, SymbolState>,
-    recent: VecDeque<Trade>,
-    recent_index: HashMap<String, i64>,
+    /// Shared with the overlay and the answer that acknowledged them: not copied.
+    recent: VecDeque<Arc<Trade>>,
+    /// The newest of them for each id.
+    recent_index: HashSet<ById>,
     recent_capacity: usize,
     last_seq: i64,
 }
@@ -79,14 +83,14 @@ impl HotState {
         HotState {
             symbols: symbols.into_iter().map(|s| (s.symbol.clone(), s)).collect(),
             recent: VecDeque::with_capacity(recent_capacity),
-            recent_index: HashMap::new(),
+            recent_index: HashSet::new(),
             recent_capacity,
             last_seq,
         }
     }
 
     /// Applies one committed change: `before` is the row as it was (None for an insert).
-    pub fn apply(&mut self, before: Option<&Trade>, after: &Trade) {
+    pub fn apply(&mut self, before: Option<&Trade>, after: &Arc<Trade>) {
         if let Some(b) = before.filter(|b| b.status == Status::Filled) {
             let entry = self.symbols.entry(b.symbol.clone()).or_default();
             entry.add(b, -1);
@@ -111,17 +115,19 @@ impl HotState {
 
     /// Adds a trade to the recent window without touching the aggregates
     /// (used when loading the window at start).
-    pub(crate) fn remember(&mut self, t: Trade) {
+    pub(crate) fn remember(&mut self, t: Arc<Trade>) {
         if self.recent_capacity == 0 {
             return;
         }
+        // The oldest leaves; its id stays indexed if a newer change of it is in the window.
         if self.recent.len() == self.recent_capacity
             && let Some(old) = self.recent.pop_front()
-            && self.recent_index.get(&old.id) == Some(&old.seq)
+            && let Some(newest) = self.recent_index.take(old.id.as_str())
+            && newest.0.seq != old.seq
         {
-            self.recent_index.remove(&old.id);
+            self.recent_index.insert(newest);
         }
-        self.recent_index.insert(t.id.clone(), t.seq);
+        self.recent_index.replace(ById(t.clone()));
         self.recent.push_back(t);
     }
 
@@ -137,10 +143,7 @@ impl HotState {
 
     /// The latest version of a recently changed trade, if still in the window.
     pub(crate) fn recent_trade(&self, id: &str) -> Option<Trade> {
-        let seq = *self.recent_index.get(id)?;
-        // `recent` is ordered by seq, so a binary search finds the entry.
-        let i = self.recent.binary_search_by_key(&seq, |t| t.seq).ok()?;
-        Some(self.recent[i].clone())
+        self.recent_index.get(id).map(|t| Trade::clone(&t.0))
     }
 
     /// Sequence of the last committed change.
@@ -173,10 +176,10 @@ mod tests {
     #[test]
     fn aggregates_positions_and_average_prices() {
         let mut s = HotState::new(vec![], 0, 10);
-        s.apply(None, &trade("a", "X", Side::Buy, "10", "100", Status::Filled, 1));
-        s.apply(None, &trade("b", "X", Side::Buy, "30", "200", Status::Filled, 2));
-        s.apply(None, &trade("c", "X", Side::Sell, "5", "300", Status::Filled, 3));
-        s.apply(None, &trade("d", "X", Side::Buy, "99", "1", Status::Pending, 4));
+        s.apply(None, &Arc::new(trade("a", "X", Side::Buy, "10", "100", Status::Filled, 1)));
+        s.apply(None, &Arc::new(trade("b", "X", Side::Buy, "30", "200", Status::Filled, 2)));
+        s.apply(None, &Arc::new(trade("c", "X", Side::Sell, "5", "300", Status::Filled, 3)));
+        s.apply(None, &Arc::new(trade("d", "X", Side::Buy, "99", "1", Status::Pending, 4)));
         let x = s.symbol("X").unwrap();
         let shown = |v: Option<Sum8>| v.map(|v| v.to_string());
         assert_eq!(x.position.to_string(), "35");
@@ -189,9 +192,9 @@ mod tests {
     #[test]
     fn a_flat_book_reads_exactly_zero() {
         let mut s = HotState::new(vec![], 0, 10);
-        s.apply(None, &trade("a", "X", Side::Buy, "0.1", "1.1", Status::Filled, 1));
-        s.apply(None, &trade("b", "X", Side::Buy, "0.2", "1.2", Status::Filled, 2));
-        s.apply(None, &trade("c", "X", Side::Sell, "0.3", "1.3", Status::Filled, 3));
+        s.apply(None, &Arc::new(trade("a", "X", Side::Buy, "0.1", "1.1", Status::Filled, 1)));
+        s.apply(None, &Arc::new(trade("b", "X", Side::Buy, "0.2", "1.2", Status::Filled, 2)));
+        s.apply(None, &Arc::new(trade("c", "X", Side::Sell, "0.3", "1.3", Status::Filled, 3)));
         let x = s.symbol("X").unwrap();
         assert_eq!((x.position, x.buy_quantity.to_string()), (Sum8(0), "0.3".to_string()));
         assert_eq!(x.buy_notional.to_string(), "0.35", "0.1 × 1.1 + 0.2 × 1.2");
@@ -206,16 +209,16 @@ mod tests {
     fn updates_and_cancels_move_the_aggregate() {
         let mut s = HotState::new(vec![], 0, 10);
         let a = trade("a", "X", Side::Buy, "10", "100", Status::Filled, 1);
-        s.apply(None, &a);
+        s.apply(None, &Arc::new(a.clone()));
         let mut a2 = a.clone();
         a2.quantity = Amount::whole(4);
         a2.seq = 2;
-        s.apply(Some(&a), &a2);
+        s.apply(Some(&a), &Arc::new(a2.clone()));
         assert_eq!(s.symbol("X").unwrap().position, Sum8(4 * 100_000_000));
         let mut a3 = a2.clone();
         a3.status = Status::Cancelled;
         a3.seq = 3;
-        s.apply(Some(&a2), &a3);
+        s.apply(Some(&a2), &Arc::new(a3));
         assert!(s.symbol("X").is_none(), "no filled trades left");
         assert_eq!(s.recent_trade("a").unwrap().seq, 3);
     }
@@ -224,9 +227,22 @@ mod tests {
     fn recent_window_forgets_old_trades() {
         let mut s = HotState::new(vec![], 0, 2);
         for (i, id) in ["a", "b", "c"].into_iter().enumerate() {
-            s.apply(None, &trade(id, "X", Side::Buy, "1", "1", Status::Filled, i as i64 + 1));
+            s.apply(None, &Arc::new(trade(id, "X", Side::Buy, "1", "1", Status::Filled, i as i64 + 1)));
         }
         assert!(s.recent_trade("a").is_none());
         assert!(s.recent_trade("c").is_some());
+    }
+
+    #[test]
+    fn a_trade_changed_within_the_window_stays_until_its_newest_version_leaves() {
+        let mut s = HotState::new(vec![], 0, 2);
+        let t = |id, seq| Arc::new(trade(id, "X", Side::Buy, "1", "1", Status::Filled, seq));
+        s.apply(None, &t("a", 1));
+        s.apply(None, &t("a", 2));
+        s.apply(None, &t("b", 3));
+        assert_eq!(s.recent_trade("a").map(|a| a.seq), Some(2), "a's first version left, its newest did not");
+        s.apply(None, &t("c", 4));
+        assert!(s.recent_trade("a").is_none());
+        assert_eq!(s.recent_trade("b").map(|b| b.seq), Some(3));
     }
 }

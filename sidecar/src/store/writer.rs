@@ -23,7 +23,7 @@ use tokio::sync::{oneshot, watch};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::store::applier::{Applier, Job, Progress};
-use crate::store::change::Change;
+use crate::store::change::{Change, Kind};
 use crate::store::db;
 use crate::store::index::{IdIndex, Known};
 use crate::store::log::{CommitLog, LogError};
@@ -72,7 +72,7 @@ impl WriteOp {
     }
 }
 
-type Reply = oneshot::Sender<Result<Vec<Trade>>>;
+type Reply = oneshot::Sender<Result<Vec<Arc<Trade>>>>;
 
 struct Request {
     op: WriteOp,
@@ -95,7 +95,7 @@ pub struct WriterHandle {
 impl WriterHandle {
     /// Queues a write and waits for its durable commit (or `timeout`).
     /// A full queue is refused at once with [`Error::Unavailable`].
-    pub async fn submit(&self, op: WriteOp, timeout: Duration) -> Result<Vec<Trade>> {
+    pub async fn submit(&self, op: WriteOp, timeout: Duration) -> Result<Vec<Arc<Trade>>> {
         if self.closed.load(Ordering::SeqCst) {
             self.metrics.writes_rejected.with_label_values(&["shutting_down"]).inc();
             return Err(Error::Unavailable("shutting down; not accepting writes".into()));
@@ -184,9 +184,9 @@ pub(crate) struct Parts {
 
 /// The outcome of planning one request against the batch's view of the table.
 struct Planned {
-    result: Result<Vec<Trade>>,
-    /// (row before, the change) per change, in sequence order.
-    changes: Vec<(Option<Trade>, Change)>,
+    result: Result<Vec<Arc<Trade>>>,
+    /// Its changes, in sequence order.
+    changes: Vec<Change>,
     /// A follower's watermark to record (sink, seq): answered once it is in DuckDB.
     watermark: Option<(String, i64)>,
 }
@@ -347,7 +347,7 @@ impl Writer {
             }
         };
         let records: Vec<_> =
-            planned.iter().flat_map(|p| &p.changes).map(|(_, c)| c.to_record(c.trade().seq as u64)).collect();
+            planned.iter().flat_map(|p| &p.changes).map(|c| c.to_record(c.trade().seq as u64)).collect();
         if !records.is_empty() {
             if let Err(e) = self.log.append(&records) {
                 self.next_seq = first_seq;
@@ -366,7 +366,7 @@ impl Writer {
         self.metrics.batch_requests.observe(replies.len() as f64);
         self.after_ack(&planned);
         let changes: Vec<(u64, Change)> =
-            planned.iter_mut().flat_map(|p| p.changes.drain(..)).map(|(_, c)| (c.trade().seq as u64, c)).collect();
+            planned.iter_mut().flat_map(|p| p.changes.drain(..)).map(|c| (c.trade().seq as u64, c)).collect();
         if !changes.is_empty() {
             self.to_applier(Job::Changes { changes, acked: Instant::now() });
         }
@@ -422,7 +422,7 @@ impl Writer {
         for (i, op) in ops.into_iter().enumerate() {
             let p = self.plan(op, &view, now);
             if i < last {
-                for (_, change) in &p.changes {
+                for change in &p.changes {
                     view.insert(change.trade().id.clone(), change.trade().clone());
                 }
             }
@@ -457,9 +457,9 @@ impl Writer {
                         }));
                     }
                     let seq = self.take_seq();
-                    changes.push((None, Change::Insert(t.into_trade(id, seq, now))));
+                    changes.push(Change::insert(t.into_trade(id, seq, now)));
                 }
-                let result = changes.iter().map(|(_, c)| c.trade().clone()).collect();
+                let result = changes.iter().map(|c| c.after.clone()).collect();
                 Planned { result: Ok(result), changes, watermark: None }
             }
             WriteOp::Update { id, patch } => match view.get(&id) {
@@ -539,12 +539,13 @@ impl Writer {
     fn after_ack(&mut self, planned: &[Planned]) {
         let mut state = self.state.write();
         let mut inserted = 0;
-        for (before, after) in planned.iter().flat_map(|p| &p.changes).map(|(b, c)| (b, c.trade())) {
-            inserted += i64::from(before.is_none());
-            self.index.record(&after.id, after.version, after.status == Status::Cancelled, before.is_none());
-            state.apply(before.as_ref(), after);
+        for c in planned.iter().flat_map(|p| &p.changes) {
+            let (after, new) = (c.trade(), c.kind == Kind::Insert);
+            inserted += i64::from(new);
+            self.index.record(&after.id, after.version, after.status == Status::Cancelled, new);
+            state.apply(c.before.as_ref(), &c.after);
         }
-        self.overlay.acknowledged(planned.iter().flat_map(|p| &p.changes).map(|(_, c)| c.trade()));
+        self.overlay.acknowledged(planned.iter().flat_map(|p| &p.changes).map(|c| &c.after));
         self.metrics.trade_rows.add(inserted);
         self.metrics.last_seq.set(self.next_seq - 1);
         self.metrics.log_segments.set(self.log.segment_count() as i64);
@@ -584,14 +585,13 @@ fn refuse_all(replies: impl IntoIterator<Item = Reply>, why: &str) {
 
 /// A request that leaves `cur` as it is: answered with it, nothing written.
 fn unchanged(cur: &Trade) -> Planned {
-    Planned { result: Ok(vec![cur.clone()]), changes: vec![], watermark: None }
+    Planned { result: Ok(vec![Arc::new(cur.clone())]), changes: vec![], watermark: None }
 }
 
-/// A request that takes `cur` to `after`: a cancel when it ends cancelled, else an update.
+/// A request that takes `cur` to `after`.
 fn changed(cur: &Trade, after: Trade) -> Planned {
-    let result = Ok(vec![after.clone()]);
-    let change = if after.status == Status::Cancelled { Change::Cancel(after) } else { Change::Update(after) };
-    Planned { result, changes: vec![(Some(cur.clone()), change)], watermark: None }
+    let change = Change::modify(cur.clone(), after);
+    Planned { result: Ok(vec![change.after.clone()]), changes: vec![change], watermark: None }
 }
 
 /// The id index from the table: every trade's version and whether it is cancelled.

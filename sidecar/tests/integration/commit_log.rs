@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use crate::common::{Sidecar, binary, client, free_port, lose_commit_log, status, wait_exit, write_trades};
 use serde_json::Value;
+use tradestore_sidecar::store::log::{CommitLog, Record};
 
 /// Runs `sidecar log ...` on the store in `dir`.
 fn log_command(dir: &Path, args: &[&str]) -> Output {
@@ -48,12 +49,14 @@ async fn verify_and_dump_read_the_log_and_a_flipped_byte_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = Sidecar::start(dir.path(), &[]).await;
     write_trades(&s, (0..50).map(|i| format!("t{i}"))).await;
+    let patch = serde_json::json!({"expected_version": 1, "price": "7.5"});
+    assert_eq!(client().patch(s.url("/v1/trades/t3")).json(&patch).send().await.unwrap().status(), 200);
     assert!(s.terminate(Duration::from_secs(30)).success());
 
     let out = log_command(dir.path(), &["verify"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!((report["first_seq"].as_u64(), report["last_seq"].as_u64()), (Some(1), Some(50)), "{report}");
+    assert_eq!((report["first_seq"].as_u64(), report["last_seq"].as_u64()), (Some(1), Some(51)), "{report}");
     assert!(report["torn"].is_null(), "{report}");
 
     let out = log_command(dir.path(), &["dump", "--from", "5", "--limit", "3"]);
@@ -65,6 +68,13 @@ async fn verify_and_dump_read_the_log_and_a_flipped_byte_is_refused() {
         .map(|l| (l["seq"].as_u64().unwrap(), l["change"].as_str().unwrap(), l["trade"]["id"].as_str().unwrap()))
         .collect();
     assert_eq!(got, [(5, "insert", "t4"), (6, "insert", "t5"), (7, "insert", "t6")]);
+    assert!(lines[0]["before"].is_null(), "an insert replaced nothing: {}", lines[0]);
+    let out = log_command(dir.path(), &["dump", "--from", "51"]);
+    let update: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((update["change"].as_str(), update["trade"]["id"].as_str()), (Some("update"), Some("t3")), "{update}");
+    let versions = (update["before"]["version"].as_i64(), update["trade"]["version"].as_i64());
+    assert_eq!(versions, (Some(1), Some(2)), "the version it replaced, and the new one: {update}");
+    assert_eq!(update["trade"]["price"], "7.5");
 
     // One byte in the first group: valid groups follow, so this is corruption, not a
     // torn write. Both the command and the store refuse, naming the segment.
@@ -206,4 +216,43 @@ async fn a_log_left_at_the_default_place_is_not_skipped() {
     for i in 0..10 {
         assert_eq!(client().get(s.url(&format!("/v1/trades/m{i}"))).send().await.unwrap().status(), 200);
     }
+}
+
+/// A log tail an older build wrote (JSON after-images, record kinds 1–3) and never
+/// applied is replayed by this build with every version in the history, as that build
+/// would have left it: it appended every image, and its records carry no before-image.
+#[tokio::test]
+async fn an_older_builds_log_tail_is_replayed_with_every_version_in_the_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let record = |kind: u8, id: &str, version: i64, seq: u64, status: &str| {
+        let at = "2026-12-01T10:00:00.000001Z";
+        let t = serde_json::json!({"id": id, "symbol": "OLD", "side": "buy", "quantity": "1.5", "price": "2",
+            "status": status, "ts": at, "version": version, "seq": seq, "created_at": at, "updated_at": at});
+        Record { seq, kind, payload: serde_json::to_vec(&t).unwrap() }
+    };
+    let records = [
+        record(1, "a", 1, 1, "filled"),
+        record(2, "a", 2, 2, "pending"),
+        record(1, "b", 1, 3, "filled"),
+        record(3, "b", 2, 4, "cancelled"),
+    ];
+    let mut log = CommitLog::open(&dir.path().join("data").join("log"), 1 << 20, 0).unwrap().log;
+    log.append(&records).unwrap();
+    drop(log);
+
+    let s = Sidecar::start(dir.path(), &[]).await;
+    assert_eq!(status(&s).await["last_seq"], 4);
+    for (id, want) in [("a", [(1, "filled"), (2, "pending")]), ("b", [(1, "filled"), (2, "cancelled")])] {
+        let h: Value =
+            client().get(s.url(&format!("/v1/trades/{id}/history"))).send().await.unwrap().json().await.unwrap();
+        let got: Vec<(i64, &str)> = h["versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| (t["version"].as_i64().unwrap(), t["status"].as_str().unwrap()))
+            .collect();
+        assert_eq!(got, want, "{h}");
+    }
+    let r = client().patch(s.url("/v1/trades/a")).json(&serde_json::json!({"expected_version": 2, "price": "3"}));
+    assert_eq!(r.send().await.unwrap().status(), 200, "and it goes on from there");
 }

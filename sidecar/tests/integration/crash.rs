@@ -147,6 +147,22 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_trade() {
     }
     let dup_seq: i64 = conn.query_row("SELECT count(*) - count(DISTINCT seq) FROM trades", [], |r| r.get(0)).unwrap();
     assert_eq!(dup_seq, 0, "commit sequence numbers are unique");
+    // Every trade's versions: the current one in `trades`, each it superseded once in
+    // the history (applied from the before-images the log carries, across every kill).
+    let broken: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM (SELECT t.version, count(h.version) AS kept, count(DISTINCT h.version) AS once, \
+             coalesce(max(h.version), 0) AS top FROM trades t LEFT JOIN trade_history h ON h.id = t.id \
+             GROUP BY t.id, t.version) WHERE kept <> version - 1 OR once <> kept OR top <> version - 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(broken, 0, "trades whose history is not exactly their superseded versions");
+    let stray: i64 = conn
+        .query_row("SELECT count(*) FROM trade_history WHERE id NOT IN (SELECT id FROM trades)", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(stray, 0, "history of trades that do not exist");
     println!(
         "crash test: {} rows, {} acknowledged, {} batches, {} cancels",
         rows.len(),

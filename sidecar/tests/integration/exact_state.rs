@@ -98,7 +98,7 @@ fn run(ops: &[Op], hot: &mut HotState) -> BTreeMap<String, Trade> {
             }
             _ => continue,
         };
-        hot.apply(before.as_ref(), &after);
+        hot.apply(before.as_ref(), &std::sync::Arc::new(after.clone()));
         rows.insert(after.id.clone(), after);
     }
     rows

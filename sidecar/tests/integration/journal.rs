@@ -109,6 +109,10 @@ async fn a_lost_or_corrupt_file_comes_back_from_snapshot_plus_journal() {
     assert_eq!((st["recovery"]["replayed"].as_i64(), st["recovery"]["log_replayed"].as_i64()), (Some(32), Some(0)));
     assert_eq!(st["last_seq"], 82);
     assert_eq!(versions(&s, &ids).await, before);
+    // The journal holds r1's newest version only; the snapshot's one stays in the history.
+    let h: Value = c.get(s.url("/v1/trades/r1/history")).send().await.unwrap().json().await.unwrap();
+    let kept: Vec<i64> = h["versions"].as_array().unwrap().iter().map(|t| t["version"].as_i64().unwrap()).collect();
+    assert_eq!(kept, [1, 2], "{h}");
 
     // The file is corrupt, and the log lost again.
     s.kill();
