@@ -67,7 +67,10 @@ mkdir -p "${KUBECONFIG%/*}"
 cleanup() {
   local rc=$?
   if [[ -n ${lost_node_test:-} ]]; then kill "$lost_node_test" 2>/dev/null || true; fi
-  if ((rc != 0)); then e2e_collect "$NS"; fi
+  if ((rc != 0)); then
+    e2e_collect "$NS"
+    if [[ -s ${suite_log:-} ]]; then e2e_failures "$suite_log"; fi
+  fi
   if [[ ${KEEP_CLUSTER:-0} == 1 ]]; then
     log "KEEP_CLUSTER=1: cluster $KIND_CLUSTER stays (KUBECONFIG=$KUBECONFIG)"
   else
@@ -140,7 +143,11 @@ export TRADESTORE_E2E_CTR="docker exec {node} ctr"
 export TRADESTORE_E2E_NODE_TOOL="$ROOT/e2e/kind/node.sh"
 export TRADESTORE_E2E_FAULT_NODE="$fault_node"
 suite_bin="$(e2e_suite_binary)" || { log "could not find the e2e suite binary"; exit 1; }
-suite() { "$suite_bin" --ignored --nocapture "$@"; }
+# The suite's output also goes to a log whose failures cleanup prints last, where a CI tail shows
+# them; anyhow's backtraces (RUST_BACKTRACE set by a caller) would only push them out of view.
+suite_log="$TS_CACHE_DIR/kind/suite.log"
+: >"$suite_log"
+suite() { RUST_LIB_BACKTRACE=0 "$suite_bin" --ignored --nocapture "$@" 2>&1 | tee -a "$suite_log"; }
 if (($#)); then
   suite --test-threads=1 "$@"
   log "suite passed (filter: $*)"

@@ -80,6 +80,13 @@ e2e_collect() {
   echo "$dir" >"$TS_CACHE_DIR/e2e-artifacts/latest"
 }
 
+# e2e_failures SUITE_LOG: each failed test's error (the test harness prints `Error: ...` and its
+# causes when a test returns one) and panics, with the lines the tests said just before.
+e2e_failures() {
+  echo "e2e: failures (from $1):" >&2
+  grep -E -B3 -A8 '^Error: |panicked at ' "$1" | grep -v -E '^ +[0-9]+: |^ +at ' | head -80 >&2 || true
+}
+
 # _e2e_pod_logs NAMESPACE PREFIX: pod descriptions and every container's logs (and the previous
 # container's, after a restart) of the namespace into PREFIX-*.
 _e2e_pod_logs() {

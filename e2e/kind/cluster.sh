@@ -121,16 +121,21 @@ kind_node_start() {
 }
 kind_node_pause() { docker pause "$1" >/dev/null; }
 kind_node_unpause() { docker unpause "$1" >/dev/null; }
-# local-path-provisioner makes and removes a volume's directory with a helper pod that
-# has no controller, which `kubectl drain` refuses to evict (one deleting an earlier
-# test's volume failed a drain once); they finish in seconds, so the drain waits them out.
+# local-path-provisioner makes and removes a volume's directory with a helper pod that has no
+# controller, which `kubectl drain` refuses to evict. One deleting an earlier test's volume can
+# start at any moment, so no wait before the drain closes the race; they finish in seconds, so a drain refused for one is run again (it is idempotent: cordon, evictions).
 kind_node_drain() {
-  local tries=0
-  while kubectl get pods -n local-path-storage -o name \
-    --field-selector "spec.nodeName=$1,status.phase!=Succeeded,status.phase!=Failed" | grep -q helper-pod; do
-    ((tries++ < 60)) || break
-    sleep 1
+  local out try
+  for try in $(seq 10); do
+    if out=$(kubectl drain "$1" --ignore-daemonsets --delete-emptydir-data --timeout=120s 2>&1); then
+      echo "$out"
+      return 0
+    fi
+    echo "$out" >&2
+    grep -q 'local-path-storage/helper-pod' <<<"$out" || return 1
+    echo "drain $1: refused for a local-path helper pod (try $try), again in 3 s" >&2
+    sleep 3
   done
-  kubectl drain "$1" --ignore-daemonsets --delete-emptydir-data --timeout=120s
+  return 1
 }
 kind_node_uncordon() { kubectl uncordon "$1"; }
