@@ -1,6 +1,7 @@
-//! Running a load generator (pgbench, wrk) as a child process and measuring what it
-//! cost: throughput, latency percentiles, and CPU per operation on the server side —
-//! the whole machine's busy time during the run minus the load generator's own.
+//! Running a load generator (pgbench, wrk, the bench's own HTTP client) as a child
+//! process and measuring what it cost: throughput, latency percentiles, and CPU per
+//! operation on the server side — the whole machine's busy time during the run minus
+//! the load generator's own — and the generator's.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -14,8 +15,12 @@ pub struct Measured {
     pub p999_us: f64,
     /// Server CPU (machine busy time minus the load generator's) per operation, µs.
     pub cpu_us_per_op: f64,
+    /// The load generator's own CPU per operation, µs: on a machine client and server
+    /// share, what it takes the server does not get.
+    pub generator_cpu_us_per_op: f64,
     /// Machine busy time minus the load generator's, µs.
     server_cpu_us: f64,
+    generator_cpu_us: f64,
 }
 
 impl Measured {
@@ -34,6 +39,7 @@ impl Measured {
     pub fn set_ops(&mut self, ops: u64) {
         self.ops = ops;
         self.cpu_us_per_op = self.server_cpu_us / ops.max(1) as f64;
+        self.generator_cpu_us_per_op = self.generator_cpu_us / ops.max(1) as f64;
     }
 }
 
@@ -58,10 +64,39 @@ pub fn run_measured(mut cmd: Command) -> (String, Measured) {
     let reaped = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
     assert_eq!(reaped, pid, "wait4");
     let elapsed = start.elapsed();
-    let server_cpu = machine_busy_us() - busy - cpu_us(&usage);
+    let generator_cpu_us = cpu_us(&usage);
+    let server_cpu = machine_busy_us() - busy - generator_cpu_us;
     let text = out.join().unwrap();
     assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "{cmd:?} failed: {text}");
-    (text, Measured { elapsed, server_cpu_us: server_cpu.max(0.0), ..Default::default() })
+    (text, Measured { elapsed, server_cpu_us: server_cpu.max(0.0), generator_cpu_us, ..Default::default() })
+}
+
+/// What one run of an HTTP load generator (wrk, [`super::http_load`]) did.
+pub struct Run {
+    pub measured: Measured,
+    /// Requests answered 2xx: every one is an acknowledged trade for a POST.
+    pub acknowledged: u64,
+    pub failed: u64,
+}
+
+/// Runs an HTTP load generator that ends by printing `tradestore requests=N
+/// status_errors=N socket_errors=N p50=µs p99=µs p999=µs`.
+pub fn run_generator(cmd: Command) -> Run {
+    let (out, mut m) = run_measured(cmd);
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("tradestore "))
+        .unwrap_or_else(|| panic!("the load generator printed no summary: {out}"));
+    let field = |name: &str| -> u64 {
+        line.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {line}"))
+    };
+    let acknowledged = field("requests") - field("status_errors");
+    (m.p50_us, m.p99_us, m.p999_us) = (field("p50") as f64, field("p99") as f64, field("p999") as f64);
+    m.set_ops(acknowledged);
+    Run { measured: m, acknowledged, failed: field("status_errors") + field("socket_errors") }
 }
 
 /// Where a process's CPU went, by thread role: µs of user + system time so far.

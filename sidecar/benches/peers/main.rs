@@ -1,7 +1,10 @@
 //! The sidecar against what users would pick instead, in one run on one machine:
 //! PostgreSQL (pgbench over TCP loopback like wrk, one prepared single-row INSERT per
-//! transaction, `fsync=on`, `synchronous_commit=on`; over a Unix socket too) and raw DuckDB, the sidecar driven by wrk with one trade
-//! per request — at the same client counts, client and server sharing the machine.
+//! transaction, `fsync=on`, `synchronous_commit=on`; over a Unix socket too) and raw
+//! DuckDB, the sidecar driven by the bench's own HTTP client ([`http_load`]) with one
+//! trade per request — at the same client counts, client and server sharing the
+//! machine. wrk drives it once more at 64 clients as a cross-check, and both
+//! generators' ceilings on a trivial route show they are not what limits.
 //!
 //! `scripts/bench.sh` installs PostgreSQL and wrk from Debian and runs this.
 //! `BENCH_SECONDS` (default 10) per phase; `BENCH_SIDECAR_X` sets the sidecar's
@@ -16,6 +19,7 @@
 #[path = "../../tests/integration/common/mod.rs"]
 #[allow(dead_code)] // a bench uses only part of the tests' harness
 mod common;
+mod http_load;
 mod load;
 #[path = "../measure/mod.rs"]
 mod measure;
@@ -47,26 +51,28 @@ fn ms(us: f64) -> String {
 
 fn table(steps: &[Step]) -> String {
     let mut t = String::from(
-        "| clients | sidecar trades/s | p50 ms | p99 ms | p99.9 ms | CPU µs/trade | PostgreSQL tx/s | p50 ms | p99 ms | \
-         p99.9 ms | CPU µs/tx | sidecar ÷ PostgreSQL | PostgreSQL over a Unix socket tx/s |\n\
-         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| clients | sidecar trades/s | p50 ms | p99 ms | p99.9 ms | CPU µs/trade | client µs/trade | PostgreSQL tx/s | \
+         p50 ms | p99 ms | p99.9 ms | CPU µs/tx | pgbench µs/tx | sidecar ÷ PostgreSQL | PostgreSQL over a Unix socket tx/s |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for s in steps {
         let (a, b) = (&s.sidecar, &s.postgres);
         writeln!(
             t,
-            "| {} | {:.0} | {} | {} | {} | {:.0} | {:.0} | {} | {} | {} | {:.0} | {:.2}× | {:.0} |",
+            "| {} | {:.0} | {} | {} | {} | {:.0} | {:.1} | {:.0} | {} | {} | {} | {:.0} | {:.1} | {:.2}× | {:.0} |",
             s.clients,
             a.ops_per_sec(),
             ms(a.p50_us),
             ms(a.p99_us),
             ms(a.p999_us),
             a.cpu_us_per_op,
+            a.generator_cpu_us_per_op,
             b.ops_per_sec(),
             ms(b.p50_us),
             ms(b.p99_us),
             ms(b.p999_us),
             b.cpu_us_per_op,
+            b.generator_cpu_us_per_op,
             a.ops_per_sec() / b.ops_per_sec(),
             s.postgres_unix.ops_per_sec()
         )
@@ -89,11 +95,18 @@ fn thread_table(steps: &[Step]) -> String {
     t
 }
 
-#[tokio::main(flavor = "multi_thread")]
-async fn main() {
-    if std::env::args().any(|a| a == "--list") {
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--list") {
         return; // `cargo test --benches` probes benches with --list
     }
+    if args.get(1).is_some_and(|a| a == http_load::ARG) {
+        return http_load::main(&args[2..]);
+    }
+    tokio::runtime::Runtime::new().unwrap().block_on(bench());
+}
+
+async fn bench() {
     let smoke = std::env::var("BENCH_SMOKE").is_ok_and(|v| v == "1");
     let secs: f64 =
         if smoke { 1.0 } else { std::env::var("BENCH_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(10.0) };
@@ -116,13 +129,17 @@ async fn main() {
     let mut steps = Vec::new();
     for (&clients, (postgres, postgres_unix)) in counts.iter().zip(pg_runs) {
         let before = Threads::of(s.child.id());
-        let run = wrk::run(&s.url("/v1/trades"), TOKEN, clients, secs, true, &format!("c{clients}"));
+        let run = http_load::run(&s.url("/v1/trades"), TOKEN, clients, secs, true, &format!("c{clients}"));
         let threads = Threads::of(s.child.id()).per_op_since(&before, run.acknowledged);
         (acknowledged, failed) = (acknowledged + run.acknowledged, failed + run.failed);
         steps.push(Step { clients, sidecar: run.measured, threads, postgres, postgres_unix });
     }
     let busiest = *counts.last().unwrap();
-    let ceiling = wrk::run(&s.url("/healthz"), TOKEN, busiest, secs.min(3.0), false, "probe").measured;
+    let ceiling = http_load::run(&s.url("/healthz"), TOKEN, busiest, secs.min(3.0), false, "probe").measured;
+    let wrk_ceiling = wrk::run(&s.url("/healthz"), TOKEN, busiest, secs.min(3.0), false, "probe").measured;
+    let check = *counts.iter().rfind(|&&c| c <= 64).unwrap();
+    let by_wrk = wrk::run(&s.url("/v1/trades"), TOKEN, check, secs, true, "wrk");
+    (acknowledged, failed) = (acknowledged + by_wrk.acknowledged, failed + by_wrk.failed);
     let batches = write_path::batches(&s, 4, secs, "batch").await;
     let best = steps.iter().map(|s| s.sidecar.ops_per_sec()).fold(0.0, f64::max);
     let lag = write_path::apply_lag(&s, best / 2.0, secs).await;
@@ -144,11 +161,20 @@ async fn main() {
 
     println!("\n{}", table(&steps));
     println!("{}", thread_table(&steps));
+    let show = |m: &Measured| {
+        format!(
+            "{:.0}/s, p50 {} ms, the generator's CPU {:.1} µs a request",
+            m.ops_per_sec(),
+            ms(m.p50_us),
+            m.generator_cpu_us_per_op
+        )
+    };
     println!(
-        "wrk's own ceiling (GET /healthz, {busiest} connections): {:.0} req/s, p50 {} ms",
-        ceiling.ops_per_sec(),
-        ms(ceiling.p50_us)
+        "the load generators' ceilings (GET /healthz, {busiest} connections): the bench's client {}; wrk {}",
+        show(&ceiling),
+        show(&wrk_ceiling)
     );
+    println!("wrk as the client instead ({check} connections, one trade a request): {} trades", show(&by_wrk.measured));
     println!(
         "raw DuckDB, same machine: INSERT+COMMIT per trade {:.0}/s (p50 {} ms), Appender in 10k-row commits {:.0}/s \
          row by row, {:.0}/s in column batches",
@@ -185,8 +211,8 @@ async fn main() {
     println!("{secs} s per phase; CPU = the machine's busy time during a phase minus the load generator's");
     assert_eq!(failed, 0, "requests failed: the figures are not valid");
     // A request in flight when wrk stops is stored but never acknowledged: at most one
-    // per connection per phase.
-    let in_flight: u64 = counts.iter().map(|&c| c as u64).sum();
+    // per connection (the bench's client finishes the request under way).
+    let in_flight = check as u64;
     assert!(
         (acknowledged..=acknowledged + in_flight).contains(&rows),
         "{rows} trades stored, {acknowledged} acknowledged (+ at most {in_flight} in flight at the phase ends)"

@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use super::load::{Measured, run_measured};
+use super::load::{Run, run_generator};
 
 /// The Lua side: unique ids per thread and phase, and a last line with what the
 /// harness parses (wrk's own summary rounds percentiles and omits p99.9).
@@ -36,14 +36,6 @@ function done(summary, latency, requests)
 end
 "#;
 
-/// What one wrk run did.
-pub struct Run {
-    pub measured: Measured,
-    /// Requests answered 2xx: every one is an acknowledged trade for a POST.
-    pub acknowledged: u64,
-    pub failed: u64,
-}
-
 /// `clients` connections on `url` for `secs`; `post` sends trades tagged `phase`.
 pub fn run(url: &str, token: &str, clients: usize, secs: f64, post: bool, phase: &str) -> Run {
     let dir = tempfile::tempdir().unwrap();
@@ -57,17 +49,5 @@ pub fn run(url: &str, token: &str, clients: usize, secs: f64, post: bool, phase:
         .args(["-s"])
         .arg(&script);
     cmd.arg(url).arg("--").arg(phase);
-    let (out, mut m) = run_measured(cmd);
-    let line =
-        out.lines().find(|l| l.starts_with("tradestore ")).unwrap_or_else(|| panic!("wrk printed no summary: {out}"));
-    let field = |name: &str| -> u64 {
-        line.split_whitespace()
-            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in {line}"))
-    };
-    let acknowledged = field("requests") - field("status_errors");
-    (m.p50_us, m.p99_us, m.p999_us) = (field("p50") as f64, field("p99") as f64, field("p999") as f64);
-    m.set_ops(acknowledged);
-    Run { measured: m, acknowledged, failed: field("status_errors") + field("socket_errors") }
+    run_generator(cmd)
 }
