@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The benchmark suite: the sidecar against PostgreSQL and raw DuckDB in one run
 # (sidecar/benches/peers), after installing what it needs from Debian: PostgreSQL 15
-# (the peer) and wrk (the HTTP load generator). Run it on a quiet machine.
+# (the peer) and wrk (a second HTTP load generator, beside the bench's own). Run it on a quiet machine.
 #   BENCH_SECONDS=10   seconds per phase
 #   BENCH_SMOKE=1      1 s phases, correctness only (what CI runs)
 set -euo pipefail

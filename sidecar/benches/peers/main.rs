@@ -174,7 +174,7 @@ async fn bench() {
         show(&ceiling),
         show(&wrk_ceiling)
     );
-    println!("wrk as the client instead ({check} connections, one trade a request): {} trades", show(&by_wrk.measured));
+    println!("wrk as the client instead ({check} connections, one trade a request): {}", show(&by_wrk.measured));
     println!(
         "raw DuckDB, same machine: INSERT+COMMIT per trade {:.0}/s (p50 {} ms), Appender in 10k-row commits {:.0}/s \
          row by row, {:.0}/s in column batches",

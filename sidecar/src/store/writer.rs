@@ -559,7 +559,10 @@ impl Writer {
 /// it sleeps, so an idle store spins only 200 µs per 250 ms wait. After a larger group it
 /// does not spin: several clients keep both CPUs busy, and polling took the CPU the HTTP
 /// workers needed to bring the next requests (a fifth of the writer's samples at 64
-/// clients, `perf`; docs/benchmarks.md, session 11).
+/// clients, `perf`; docs/benchmarks.md, session 11). It polls with `sched_yield`, not a
+/// busy loop: while an applier transaction holds the other CPU, the client's request and
+/// its HTTP worker run on this one instead of waiting out the poll (1 client +10%,
+/// session 13).
 const SPIN: Duration = Duration::from_micros(200);
 
 /// The next message: polled for [`SPIN`] when `spin` (the last group was one request),
@@ -570,7 +573,7 @@ fn next_message(rx: &Receiver<Msg>, spin: bool) -> std::result::Result<Msg, Recv
         match rx.try_recv() {
             Ok(msg) => return Ok(msg),
             Err(TryRecvError::Disconnected) => return Err(RecvTimeoutError::Disconnected),
-            Err(TryRecvError::Empty) => std::hint::spin_loop(),
+            Err(TryRecvError::Empty) => std::thread::yield_now(),
         }
     }
     rx.recv_timeout(Duration::from_millis(250))
