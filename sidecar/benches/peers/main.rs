@@ -147,6 +147,7 @@ async fn bench() {
     let status: serde_json::Value = client().get(s.url("/v1/status")).send().await.unwrap().json().await.unwrap();
     let rows = status["trade_rows"].as_u64().unwrap();
     let index_bytes = write_path::metric(&s, "writer_index_bytes").await;
+    let hot_state_bytes = write_path::metric(&s, "hot_state_bytes").await;
     let rss = rss_mib(s.child.id());
     drop(s);
     let killed = tempfile::tempdir().unwrap();
@@ -191,7 +192,8 @@ async fn bench() {
          | apply lag at half the best single-trade rate ({:.0} trades/s) | p50 ≤ {} ms, p99 ≤ {} ms (histogram buckets); {} DuckDB checkpoints meanwhile | p99 ≤ 50 ms |\n\
          | start-up replay after SIGKILL with {} changes not yet in DuckDB | {:.0} changes in {:.3} s = {:.0} changes/s | ≥ 200,000/s |\n\
          | SIGKILL with that backlog → ready | {:.2} s | ≤ 2 s |\n\
-         | id index (the writer's view of every trade) | {per_trade:.1} bytes/trade = {:.1} MiB per million trades | ≤ 48 bytes/trade |",
+         | id index (the writer's view of every trade) | {per_trade:.1} bytes/trade = {:.1} MiB per million trades | ≤ 48 bytes/trade |\n\
+         | hot state (symbol aggregates, the recent-trades window) | {:.1} MiB, whatever the trade count | in the table |",
         write_path::BATCH,
         batches.trades_per_sec,
         batches.trades_per_sec / columns.ops_per_sec,
@@ -207,6 +209,7 @@ async fn bench() {
         restart.replayed / restart.replay_secs,
         restart.ready.as_secs_f64(),
         per_trade * 1e6 / (1024.0 * 1024.0),
+        hot_state_bytes / (1024.0 * 1024.0),
     );
     println!("{secs} s per phase; CPU = the machine's busy time during a phase minus the load generator's");
     assert_eq!(failed, 0, "requests failed: the figures are not valid");

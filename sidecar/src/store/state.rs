@@ -75,12 +75,26 @@ pub struct HotState {
     recent_index: HashSet<ById>,
     recent_capacity: usize,
     last_seq: i64,
+    /// Bytes the symbols' entries and the window's trades hold, kept as they come and go
+    /// (see [`HotState::heap_bytes`]).
+    held: usize,
+}
+
+/// What one symbol's entry holds: key and aggregate, and the symbol's text twice.
+fn symbol_bytes(s: &SymbolState) -> usize {
+    size_of::<(String, SymbolState)>() + 2 * s.symbol.capacity()
+}
+
+/// What a trade in the window holds: the trade, its `Arc`'s two counts, its strings.
+fn trade_bytes(t: &Trade) -> usize {
+    size_of::<Trade>() + 2 * size_of::<usize>() + t.id.capacity() + t.symbol.capacity()
 }
 
 impl HotState {
     /// Starts from aggregates loaded from the database.
     pub fn new(symbols: Vec<SymbolState>, last_seq: i64, recent_capacity: usize) -> Self {
         HotState {
+            held: symbols.iter().map(symbol_bytes).sum(),
             symbols: symbols.into_iter().map(|s| (s.symbol.clone(), s)).collect(),
             recent: VecDeque::with_capacity(recent_capacity),
             recent_index: HashSet::new(),
@@ -89,13 +103,25 @@ impl HotState {
         }
     }
 
+    /// The memory it holds, about: its symbols' entries, the trades of its window, and
+    /// the window's queue and id set. It grows with the symbols and up to
+    /// `recent_trades`, not with the trade count (the tables' B-tree and hash
+    /// overheads beyond a slot each are left out).
+    pub fn heap_bytes(&self) -> usize {
+        self.held
+            + self.recent.capacity() * size_of::<Arc<Trade>>()
+            + self.recent_index.capacity() * (size_of::<ById>() + 1)
+    }
+
     /// Applies one committed change: `before` is the row as it was (None for an insert).
     pub fn apply(&mut self, before: Option<&Trade>, after: &Arc<Trade>) {
         if let Some(b) = before.filter(|b| b.status == Status::Filled) {
             let entry = self.symbols.entry(b.symbol.clone()).or_default();
             entry.add(b, -1);
-            if entry.trade_count == 0 {
-                self.symbols.remove(&b.symbol);
+            if entry.trade_count == 0
+                && let Some(gone) = self.symbols.remove(&b.symbol)
+            {
+                self.held -= symbol_bytes(&gone);
             }
         }
         if after.status == Status::Filled {
@@ -105,6 +131,7 @@ impl HotState {
                 None => {
                     let mut entry = SymbolState { symbol: after.symbol.clone(), ..Default::default() };
                     entry.add(after, 1);
+                    self.held += symbol_bytes(&entry);
                     self.symbols.insert(after.symbol.clone(), entry);
                 }
             }
@@ -122,11 +149,15 @@ impl HotState {
         // The oldest leaves; its id stays indexed if a newer change of it is in the window.
         if self.recent.len() == self.recent_capacity
             && let Some(old) = self.recent.pop_front()
-            && let Some(newest) = self.recent_index.take(old.id.as_str())
-            && newest.0.seq != old.seq
         {
-            self.recent_index.insert(newest);
+            self.held -= trade_bytes(&old);
+            if let Some(newest) = self.recent_index.take(old.id.as_str())
+                && newest.0.seq != old.seq
+            {
+                self.recent_index.insert(newest);
+            }
         }
+        self.held += trade_bytes(&t);
         self.recent_index.replace(ById(t.clone()));
         self.recent.push_back(t);
     }
@@ -221,6 +252,29 @@ mod tests {
         s.apply(Some(&a2), &Arc::new(a3));
         assert!(s.symbol("X").is_none(), "no filled trades left");
         assert_eq!(s.recent_trade("a").unwrap().seq, 3);
+    }
+
+    #[test]
+    fn its_memory_follows_the_symbols_and_the_window_not_the_trade_count() {
+        let mut s = HotState::new(vec![], 0, 3);
+        let empty = s.heap_bytes();
+        let t =
+            |i: i64, symbol: &str| Arc::new(trade(&format!("t{i:04}"), symbol, Side::Buy, "1", "1", Status::Filled, i));
+        for i in 1..=3 {
+            s.apply(None, &t(i, "X"));
+        }
+        let full = s.heap_bytes();
+        assert!(full > empty + 3 * size_of::<Trade>(), "{empty} → {full}");
+        for i in 4..=100 {
+            s.apply(None, &t(i, "X"));
+        }
+        assert_eq!(s.heap_bytes(), full, "a full window of like trades and the same symbol: no growth");
+        s.apply(None, &t(101, "Y"));
+        let with_y = s.heap_bytes();
+        assert_eq!(with_y, full + symbol_bytes(&s.symbol("Y").unwrap()), "one more symbol");
+        let y = trade("t0101", "Y", Side::Buy, "1", "1", Status::Filled, 101);
+        s.apply(Some(&y), &Arc::new(Trade { status: Status::Cancelled, seq: 102, ..y.clone() }));
+        assert_eq!(s.heap_bytes(), full, "Y's last filled trade cancelled: its entry is gone");
     }
 
     #[test]

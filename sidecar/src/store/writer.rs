@@ -200,6 +200,8 @@ impl Writer {
         let Parts { log, overlay, state, metrics, health, committed, retain } = parts;
         let rows: i64 = conn.query_row("SELECT count(*) FROM trades", [], |r| r.get(0))?;
         let index = load_index(&conn, rows as usize)?;
+        metrics.index_bytes.set(index.heap_bytes() as i64);
+        metrics.hot_state_bytes.set(state.read().heap_bytes() as i64);
         metrics.trade_rows.set(rows);
         metrics.last_seq.set(log.next_seq() as i64 - 1);
         metrics.log_segments.set(log.segment_count() as i64);
@@ -550,6 +552,7 @@ impl Writer {
         self.metrics.last_seq.set(self.next_seq - 1);
         self.metrics.log_segments.set(self.log.segment_count() as i64);
         self.metrics.index_bytes.set(self.index.heap_bytes() as i64);
+        self.metrics.hot_state_bytes.set(state.heap_bytes() as i64);
     }
 }
 

@@ -42,6 +42,8 @@ pub struct Metrics {
     pub commits: IntCounter,
     /// Bytes the writer's id index holds (docs/benchmarks.md: memory per trade).
     pub index_bytes: IntGauge,
+    /// Bytes the hot state holds: its symbols and its window of recent trades.
+    pub hot_state_bytes: IntGauge,
     /// Writes refused before reaching the writer, by reason.
     pub writes_rejected: IntCounterVec,
     /// Requests waiting in the writer queue.
@@ -183,6 +185,8 @@ impl Metrics {
             ),
             commits: r.counter("writer_commits_total", "Committed transactions"),
             index_bytes: r.gauge("writer_index_bytes", "Memory the id index holds (every trade's version)"),
+            hot_state_bytes: r
+                .gauge("hot_state_bytes", "Memory the hot state holds (symbol aggregates, recent trades)"),
             writes_rejected: r.counter_vec(
                 "writer_rejected_total",
                 "Writes refused before reaching the writer",
