@@ -121,7 +121,9 @@ impl HotState {
             if entry.trade_count == 0
                 && let Some(gone) = self.symbols.remove(&b.symbol)
             {
-                self.held -= symbol_bytes(&gone);
+                // Saturating: an entry `or_default` made above (a change of a symbol the
+                // state did not hold, which the integrity check reports) was never counted.
+                self.held = self.held.saturating_sub(symbol_bytes(&gone));
             }
         }
         if after.status == Status::Filled {
