@@ -40,6 +40,8 @@ struct Step {
     sidecar: Measured,
     /// The sidecar's CPU per trade by thread role.
     threads: Threads,
+    /// The commit log's mean flush (µs, write + `fdatasync`) and requests a flush.
+    flush: (f64, f64),
     postgres: Measured,
     /// PostgreSQL over its Unix socket (shown, not the ratio's base).
     postgres_unix: Measured,
@@ -82,15 +84,23 @@ fn table(steps: &[Step]) -> String {
 }
 
 /// Where the sidecar's CPU went per trade, by thread: steadier than throughput on a
-/// shared machine, since it does not count what other processes take.
+/// shared machine, since it does not count what other processes take. Beside it the
+/// commit log's flushes: how long one took under that load, and how many requests it
+/// answered — a client waits for about one and a half flushes, so they bound what
+/// few clients can do.
 fn thread_table(steps: &[Step]) -> String {
     let mut t = String::from(
-        "| clients | applier µs/trade | writer µs/trade | HTTP workers µs/trade | other µs/trade |\n|---:|---:|---:|---:|---:|\n",
+        "| clients | applier µs/trade | writer µs/trade | HTTP workers µs/trade | other µs/trade | log flush µs (mean) | requests a flush |\n\
+         |---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for s in steps {
-        let th = &s.threads;
-        writeln!(t, "| {} | {:.1} | {:.1} | {:.1} | {:.1} |", s.clients, th.applier, th.writer, th.http, th.other)
-            .unwrap();
+        let (th, (flush_us, per_flush)) = (&s.threads, s.flush);
+        writeln!(
+            t,
+            "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {flush_us:.0} | {per_flush:.1} |",
+            s.clients, th.applier, th.writer, th.http, th.other
+        )
+        .unwrap();
     }
     t
 }
@@ -128,11 +138,12 @@ async fn bench() {
     let (mut acknowledged, mut failed) = (0, 0);
     let mut steps = Vec::new();
     for (&clients, (postgres, postgres_unix)) in counts.iter().zip(pg_runs) {
-        let before = Threads::of(s.child.id());
+        let (before, flushes) = (Threads::of(s.child.id()), write_path::Flushes::of(&s).await);
         let run = http_load::run(&s.url("/v1/trades"), TOKEN, clients, secs, true, &format!("c{clients}"));
         let threads = Threads::of(s.child.id()).per_op_since(&before, run.acknowledged);
+        let flush = write_path::Flushes::of(&s).await.since(&flushes);
         (acknowledged, failed) = (acknowledged + run.acknowledged, failed + run.failed);
-        steps.push(Step { clients, sidecar: run.measured, threads, postgres, postgres_unix });
+        steps.push(Step { clients, sidecar: run.measured, threads, flush, postgres, postgres_unix });
     }
     let busiest = *counts.last().unwrap();
     let ceiling = http_load::run(&s.url("/healthz"), TOKEN, busiest, secs.min(3.0), false, "probe").measured;

@@ -192,6 +192,31 @@ pub async fn metric(s: &Sidecar, name: &str) -> f64 {
     text.lines().find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok()).unwrap_or(f64::NAN)
 }
 
+/// The commit log's flushes so far (`writer_commit_duration_seconds`: the write and
+/// `fdatasync` of one group; `writer_batch_requests`: the requests it answered).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Flushes {
+    pub count: f64,
+    pub seconds: f64,
+    pub requests: f64,
+}
+
+impl Flushes {
+    pub async fn of(s: &Sidecar) -> Flushes {
+        Flushes {
+            count: metric(s, "writer_commit_duration_seconds_count").await,
+            seconds: metric(s, "writer_commit_duration_seconds_sum").await,
+            requests: metric(s, "writer_batch_requests_sum").await,
+        }
+    }
+
+    /// The mean flush (µs) and requests a flush between `before` and `self`.
+    pub fn since(&self, before: &Flushes) -> (f64, f64) {
+        let n = (self.count - before.count).max(1.0);
+        ((self.seconds - before.seconds) * 1e6 / n, (self.requests - before.requests) / n)
+    }
+}
+
 /// What a SIGKILL with a full backlog cost: the changes DuckDB lacked at the kill,
 /// the start-up replay of them, and the time from the restart to ready.
 pub struct Restart {
