@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError, channel};
 use std::time::{Duration, Instant};
 
 use duckdb::{Connection, params, params_from_iter};
@@ -505,21 +505,31 @@ impl Applier {
 /// up to [`MAX_RUN`] changes, or until `hurry` says a read waits for DuckDB (a list
 /// must not pay the gathering). Behind a backlog the channel holds plenty and
 /// nothing waits; a hang-up ends the wait with what came.
+///
+/// It sleeps between looks instead of waiting on the channel: the writer sends a job
+/// per group, thousands a second, and a receiver waiting on the channel is woken by
+/// each of them — a context switch on both sides per group, which on two CPUs is CPU
+/// the requests need (docs/benchmarks.md, session 15).
 fn gather(first: Job, rx: &Receiver<Job>, delay: Duration, hurry: impl Fn() -> bool) -> Vec<Job> {
     let until = Instant::now() + delay;
     let mut n = job_len(&first);
     let mut jobs = vec![first];
     while n < MAX_RUN {
-        // Past the deadline, or in a hurry, `recv_timeout` still takes what is queued.
-        let wait = if hurry() { Duration::ZERO } else { until.saturating_duration_since(Instant::now()) };
-        match rx.recv_timeout(wait.min(HURRY_POLL)) {
+        match rx.try_recv() {
             Ok(job) => {
                 n += job_len(&job);
                 jobs.push(job);
+                continue;
             }
-            Err(RecvTimeoutError::Timeout) if !wait.is_zero() => {}
-            Err(_) => break,
+            Err(TryRecvError::Disconnected) => break,
+            Err(TryRecvError::Empty) => {}
         }
+        // Past the deadline, or in a hurry, what was queued has just been taken.
+        let wait = if hurry() { Duration::ZERO } else { until.saturating_duration_since(Instant::now()) };
+        if wait.is_zero() {
+            break;
+        }
+        std::thread::sleep(wait.min(HURRY_POLL));
     }
     jobs
 }
