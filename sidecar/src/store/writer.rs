@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender, TryRecvError, TrySendError, sync_channel};
 use std::time::{Duration, Instant};
 
+use duckdb::arrow::array::{Array, BooleanArray, Int64Array, StringArray};
 use duckdb::{Connection, params_from_iter};
 use parking_lot::RwLock;
 use tokio::sync::{oneshot, watch};
@@ -603,13 +604,22 @@ fn changed(cur: &Trade, after: Trade) -> Planned {
 }
 
 /// The id index from the table: every trade's version and whether it is cancelled.
+/// Read column by column from DuckDB's Arrow batches, the ids in place: a store of
+/// millions of trades spent most of its start-up here row by row (docs/benchmarks.md,
+/// session 15).
 fn load_index(conn: &Connection, rows: usize) -> Result<IdIndex> {
     let mut index = IdIndex::with_capacity(rows);
-    let mut stmt = conn.prepare("SELECT id, version, status FROM trades")?;
-    let mut it = stmt.query([])?;
-    while let Some(r) = it.next()? {
-        let (id, version, status): (String, i64, String) = (r.get(0)?, r.get(1)?, r.get(2)?);
-        index.record(&id, version, status == Status::Cancelled.as_str(), true);
+    let sql = format!("SELECT id, version, status = '{}' FROM trades", Status::Cancelled.as_str());
+    let mut stmt = conn.prepare(&sql)?;
+    for batch in stmt.query_arrow([])? {
+        let column = |i: usize| batch.column(i).as_any();
+        let unexpected = || Error::Internal("the id index query returned unexpected column types".into());
+        let ids = column(0).downcast_ref::<StringArray>().ok_or_else(unexpected)?;
+        let versions = column(1).downcast_ref::<Int64Array>().ok_or_else(unexpected)?;
+        let cancelled = column(2).downcast_ref::<BooleanArray>().ok_or_else(unexpected)?;
+        for i in 0..batch.num_rows() {
+            index.record(ids.value(i), versions.value(i), cancelled.value(i), true);
+        }
     }
     Ok(index)
 }

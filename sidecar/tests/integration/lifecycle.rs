@@ -187,3 +187,32 @@ async fn an_idle_applier_checkpoints_once() {
     assert!(m.contains("tradestore_duckdb_checkpoints_total 1\n"), "one checkpoint for one lull:\n{m}");
     assert!(m.contains("tradestore_duckdb_auto_checkpoints_total 0"), "DuckDB ran none of its own:\n{m}");
 }
+
+/// After a restart the writer decides from the id index it loaded from DuckDB (not from
+/// the log, which a clean stop leaves empty): a duplicate id, a stale version and a
+/// cancelled trade are refused as before, and a current version is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_the_index_knows_every_trade_version_and_cancellation() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Sidecar::start(dir.path(), &[]).await;
+    let c = client();
+    common::write_trades(&s, ["kept", "patched", "cancelled"].map(String::from)).await;
+    let r = c.patch(s.url("/v1/trades/patched")).json(&serde_json::json!({"expected_version": 1, "price": "7"}));
+    assert_eq!(r.send().await.unwrap().status(), 200);
+    assert_eq!(c.delete(s.url("/v1/trades/cancelled")).send().await.unwrap().status(), 200);
+    assert!(s.terminate(Duration::from_secs(30)).success());
+
+    let s = Sidecar::start(dir.path(), &[]).await;
+    let insert = c.post(s.url("/v1/trades")).json(&trade_for("kept")).send().await.unwrap();
+    assert_eq!(insert.status(), 409, "a duplicate id");
+    let patch = |id: &str, version: i64| {
+        c.patch(s.url(&format!("/v1/trades/{id}")))
+            .json(&serde_json::json!({"expected_version": version, "price": "8"}))
+    };
+    assert_eq!(patch("patched", 1).send().await.unwrap().status(), 409, "a stale version");
+    assert_eq!(patch("cancelled", 2).send().await.unwrap().status(), 409, "a cancelled trade");
+    let r = patch("patched", 2).send().await.unwrap();
+    assert_eq!(r.status(), 200, "the current version");
+    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["version"], 3);
+    assert_eq!(c.post(s.url("/v1/trades")).json(&trade_for("new")).send().await.unwrap().status(), 201);
+}
