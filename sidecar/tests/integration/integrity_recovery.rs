@@ -155,9 +155,9 @@ async fn a_damaged_file_is_quarantined_and_rebuilt_without_loss() {
 
 /// Trades the out-of-memory test's store holds: enough that counting the distinct
 /// `seq`s (one of the invariants) needs more than 16 MiB allows, few enough that the
-/// store still opens in it. DuckDB 1.5.6 with 2 threads, 20 starts each: 1.5M, 2M and
-/// 3M trades all started, and every check ran out of memory. (With 4 threads, 2 of 8
-/// starts of 2M already failed: opening the store is what ran out.)
+/// store still opens in it. DuckDB 1.5.6 with 2 threads: 1.5M, 2M and 3M trades (6, 20
+/// and 10 starts) all started, and every check ran out of memory. (With 4 threads, 2 of
+/// 8 starts of 2M already failed: opening the store is what ran out.)
 const OOM_TRADES: i64 = 2_000_000;
 
 /// Fills a stopped store's database with `OOM_TRADES` more filled trades at once, with
