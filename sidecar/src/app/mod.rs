@@ -22,6 +22,7 @@ use crate::error::{Error, Result};
 use crate::followers::clickhouse::{self, ClickhouseSync};
 use crate::followers::journal::{self, Journal};
 use crate::store::applier;
+use crate::store::change::Change;
 use crate::store::log::{self, CommitLog};
 use crate::store::overlay::Overlay;
 use crate::store::reader::{Reader, load_hot_state};
@@ -71,10 +72,18 @@ struct Opened {
     recovery: Option<RecoveryReport>,
 }
 
-/// Changes the log replayed into DuckDB at start, and how long that took.
+/// What the start-up replay of the commit log did: the changes it applied to DuckDB,
+/// those it left to the writer as its backlog, and how long it took.
 struct Replay {
-    changes: u64,
+    into_duckdb: u64,
+    backlog: Vec<(u64, Change)>,
     took: std::time::Duration,
+}
+
+impl Replay {
+    fn changes(&self) -> u64 {
+        self.into_duckdb + self.backlog.len() as u64
+    }
 }
 
 /// The followers, built but not started (they start once the [`App`] exists).
@@ -99,15 +108,17 @@ impl App {
         let redis =
             cfg.redis.url.as_deref().map(|url| journal::stream::client(url, cfg.redis_password(env)?)).transpose()?;
         let Opened { conn, log, replay, schema_version, recovery } = open(&cfg, &backups, redis.as_ref()).await?;
-        metrics.log_replayed.set(replay.changes as i64);
+        metrics.log_replayed.set(replay.changes() as i64);
         metrics.log_replay_seconds.set(replay.took.as_secs_f64());
+        let (replayed, into_duckdb) = (replay.changes(), replay.into_duckdb);
         let state = Arc::new(RwLock::new(load_hot_state(&conn, cfg.writer.recent_trades)?));
         let health = Arc::new(Health::new(cfg.lifecycle.liveness_deadline));
         health.beat();
-        let last_seq = state.read().last_seq();
         // `committed` follows what DuckDB holds (the applier moves it), which is what
         // the followers read and what a list must wait for.
-        let (committed_tx, committed) = watch::channel(last_seq);
+        let (committed_tx, committed) = watch::channel(state.read().last_seq());
+        // The store holds what its log holds, DuckDB maybe not all of it yet.
+        let last_seq = log.next_seq() as i64 - 1;
         let overlay = Arc::new(Overlay::default());
         let (pool, timeout) = (cfg.reader.pool_size, cfg.reader.acquire_timeout);
         let reader = Reader::new(conn.try_clone()?, pool, timeout, state.clone(), overlay.clone(), committed.clone())?;
@@ -116,6 +127,7 @@ impl App {
         let durable_watermark = clickhouse::durable_watermark(&conn)?;
         let parts = Parts {
             log,
+            backlog: replay.backlog,
             overlay,
             state,
             metrics: metrics.clone(),
@@ -124,6 +136,10 @@ impl App {
             retain: backups.watch_covered(),
         };
         let (writer, join) = Writer::spawn(conn, &cfg, parts)?;
+        if replayed > 0 {
+            let ms = (metrics.log_replay_seconds.get() * 1e3) as u64;
+            tracing::info!(replayed, into_duckdb, ms, "commit log replayed");
+        }
         let sync = match &cfg.clickhouse.url {
             None => None,
             Some(_) => Some(ClickhouseSync::new(
@@ -233,7 +249,7 @@ async fn open(cfg: &Config, backups: &Backups, redis: Option<&redis::Client>) ->
     let (log, replay) = open_commit_log(&conn, cfg)?;
     let recovery = rebuilt
         .or(caught_up)
-        .map(|report| Ok::<_, Error>(recovery::finish(report, replay.changes, applier::applied_seq(&conn)? as i64)))
+        .map(|report| Ok::<_, Error>(recovery::finish(report, replay.changes(), log.next_seq() as i64 - 1)))
         .transpose()?;
     Ok(Opened { conn, log, replay, schema_version, recovery })
 }
@@ -254,11 +270,13 @@ fn refuse_a_log_left_behind(cfg: &Config) -> Result<()> {
     )))
 }
 
-/// Opens the commit log and brings DuckDB up to date with it. Journal-based recovery
+/// Opens the commit log and takes back what DuckDB lacks of it. Journal-based recovery
 /// and catch-up write DuckDB directly, so `log_state.applied_seq` first moves up to
 /// the newest `seq` the table holds (a no-op otherwise: the applier keeps them equal);
 /// the log then replays what DuckDB lacks, or starts after it when it holds nothing
-/// newer (a log lost with its volume, or a store older than the log).
+/// newer (a log lost with its volume, or a store older than the log). Up to a
+/// backlog's worth of the newest changes is left to the writer (see
+/// [`applier::replay`]).
 fn open_commit_log(conn: &duckdb::Connection, cfg: &Config) -> Result<(CommitLog, Replay)> {
     conn.execute_batch(
         "UPDATE log_state SET applied_seq = greatest(applied_seq, (SELECT coalesce(max(seq), 0) FROM trades))",
@@ -270,11 +288,7 @@ fn open_commit_log(conn: &duckdb::Connection, cfg: &Config) -> Result<(CommitLog
         tracing::warn!(segment = %t.segment.display(), offset = t.offset, reason = %t.reason, "commit log: cut off a torn end");
     }
     let start = std::time::Instant::now();
-    let changes = applier::replay(conn, &opened.log)?;
-    let took = start.elapsed();
-    if changes > 0 {
-        let ms = took.as_millis() as u64;
-        tracing::info!(replayed = changes, from = applied + 1, ms, "commit log replayed into DuckDB");
-    }
-    Ok((opened.log, Replay { changes, took }))
+    let replayed = applier::replay(conn, &opened.log, cfg.writer.max_apply_backlog as u64)?;
+    let replay = Replay { into_duckdb: replayed.applied, backlog: replayed.backlog, took: start.elapsed() };
+    Ok((opened.log, replay))
 }

@@ -116,6 +116,10 @@ impl Checker {
     }
 
     async fn database_checks(&self) -> Result<i64> {
+        // A start hands the applier the backlog the log replayed (the writer's
+        // `take_back`): the hot state shows it at once, DuckDB a moment later. The
+        // comparison needs both at one seq; if DuckDB lags on, it retries and skips.
+        let _ = self.reader.caught_up().await;
         let (reader, snapshots) = (self.reader.clone(), self.snapshots.clone());
         self.reader
             .with_conn(move |conn| {

@@ -241,26 +241,46 @@ fn trim_history(conn: &Connection, cutoff: i64) -> Result<usize> {
     Ok(conn.execute("DELETE FROM trade_history WHERE updated_at < make_timestamp(?)", params![cutoff])?)
 }
 
-/// Replays the log records DuckDB lacks (after [`applied_seq`]), in runs of
-/// [`MAX_RUN`]; returns how many. Start-up calls this before anything is served.
-pub fn replay(conn: &Connection, log: &CommitLog) -> Result<u64> {
+/// What the start-up replay of the log did: the changes it applied to DuckDB, and the
+/// newest ones it left for the writer to take back as its backlog.
+pub struct Replayed {
+    pub applied: u64,
+    pub backlog: Vec<(u64, Change)>,
+}
+
+/// Replays the log records DuckDB lacks (after [`applied_seq`]) at start, before
+/// anything is served. The newest `keep` are not applied here but returned: the writer
+/// takes them back as acknowledged and not yet applied, as they were before the
+/// restart, so the store serves while the applier moves them into DuckDB. The rest
+/// (what exceeds a backlog the applier would have been allowed, e.g. after a restore
+/// from a snapshot) goes into DuckDB first, in runs of [`MAX_REPLAY_RUN`].
+pub fn replay(conn: &Connection, log: &CommitLog, keep: u64) -> Result<Replayed> {
+    let into_db = (log.next_seq() - 1).saturating_sub(keep);
     let mut reader = log.read_from(applied_seq(conn)? + 1);
-    let (mut run, mut replayed) = (Vec::new(), 0);
+    let (mut run, mut backlog, mut applied) = (Vec::new(), Vec::new(), 0);
     loop {
         let records = reader.next_records().map_err(|e| Error::Internal(e.to_string()))?;
         let done = records.is_empty();
         for r in &records {
-            run.push((r.seq, Change::from_record(r).map_err(Error::Internal)?));
+            let change = (r.seq, Change::from_record(r).map_err(Error::Internal)?);
+            if r.seq <= into_db { run.push(change) } else { backlog.push(change) }
         }
         if done || run.len() >= MAX_REPLAY_RUN {
             apply(conn, &run, &[])?;
-            replayed += run.len() as u64;
+            applied += run.len() as u64;
             run.clear();
         }
         if done {
-            return Ok(replayed);
+            break;
         }
     }
+    // An update read from an older build's record has no before-image, and the hot
+    // state cannot take it back without one: such a backlog goes into DuckDB now.
+    if backlog.iter().any(|(_, c)| c.after_only && c.kind != Kind::Insert) {
+        apply(conn, &backlog, &[])?;
+        applied += std::mem::take(&mut backlog).len() as u64;
+    }
+    Ok(Replayed { applied, backlog })
 }
 
 /// The applier's side of the channel; lives on its own thread.

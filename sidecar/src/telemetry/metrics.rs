@@ -27,7 +27,8 @@ pub struct Metrics {
     pub apply_duration: Histogram,
     /// From a group's acknowledgement to DuckDB holding it.
     pub apply_lag: Histogram,
-    /// Changes the commit log replayed into DuckDB at start, and how long that took.
+    /// Changes the commit log replayed at start (into DuckDB or as the applier's
+    /// backlog), and how long that took.
     pub log_replayed: IntGauge,
     pub log_replay_seconds: Gauge,
     /// The last commit-log `seq` DuckDB holds.
@@ -173,7 +174,10 @@ impl Metrics {
                 "From a commit-log group's acknowledgement until DuckDB holds it (one observation per group)",
                 &[0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0],
             ),
-            log_replayed: r.gauge("log_replayed_changes", "Changes the commit log replayed into DuckDB at start"),
+            log_replayed: r.gauge(
+                "log_replayed_changes",
+                "Changes the commit log replayed at start (into DuckDB, or as the applier's backlog)",
+            ),
             log_replay_seconds: r.float_gauge("log_replay_seconds", "Time the start-up replay of the commit log took"),
             applied_seq: r.gauge("applier_applied_seq", "Last commit-log seq DuckDB holds"),
             apply_backlog: r.gauge("applier_backlog", "Acknowledged changes not yet in DuckDB"),

@@ -165,7 +165,7 @@ async fn a_lost_or_damaged_file_comes_back_from_the_snapshot_and_the_local_log_a
     assert_eq!((rec["replayed"].as_i64(), rec["log_replayed"].as_i64()), (Some(0), Some(32)), "{st}");
     assert_eq!((rec["complete"].as_bool(), st["last_seq"].as_i64()), (Some(true), Some(82)), "{st}");
     let log = &st["commit_log"];
-    assert_eq!((log["replayed_at_start"].as_i64(), log["apply_backlog"].as_i64()), (Some(32), Some(0)), "{st}");
+    assert_eq!(log["replayed_at_start"].as_i64(), Some(32), "{st}");
     assert!(log["segments"].as_i64() >= Some(1) && log["replay_seconds"].as_f64() > Some(0.0), "{st}");
     assert_eq!(trades(&s, &ids).await, before);
     let history: Value = c.get(s.url("/v1/trades/l1/history")).send().await.unwrap().json().await.unwrap();
@@ -255,4 +255,72 @@ async fn an_older_builds_log_tail_is_replayed_with_every_version_in_the_history(
     }
     let r = client().patch(s.url("/v1/trades/a")).json(&serde_json::json!({"expected_version": 2, "price": "3"}));
     assert_eq!(r.send().await.unwrap().status(), 200, "and it goes on from there");
+}
+
+/// What was acknowledged but not yet in DuckDB at a SIGKILL comes back as the backlog
+/// it was: served at once after the restart (reads, the hot state, the writer's
+/// refusals), then applied behind; a list waits for DuckDB. Whatever exceeds
+/// `writer.max_apply_backlog` goes into DuckDB before the store serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_at_a_kill_is_served_at_once_after_the_restart_and_applied_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, c) = (free_port(), client());
+    let slow = [("TRADESTORE_WRITER__APPLY_DELAY", "1s"), ("TRADESTORE_INTEGRITY__INTERVAL", "0s")];
+    let mut s = Sidecar::start_on(dir.path(), port, &slow).await;
+    let ids: Vec<String> = (0..200).map(|i| format!("b-{i}")).collect();
+    let batch: Vec<Value> = ids.iter().map(|id| crate::common::trade_for(id)).collect();
+    let r = c.post(s.url("/v1/trades/batch")).json(&serde_json::json!({ "trades": batch })).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    let r = c.patch(s.url("/v1/trades/b-0")).json(&serde_json::json!({"expected_version": 1, "price": "7"}));
+    assert_eq!(r.send().await.unwrap().status(), 200);
+    assert_eq!(c.delete(s.url("/v1/trades/b-1")).send().await.unwrap().status(), 200);
+    let state: Value = c.get(s.url("/v1/state")).send().await.unwrap().json().await.unwrap();
+    let st = status(&s).await;
+    assert_eq!(
+        (st["last_seq"].as_i64(), st["applied_seq"].as_i64()),
+        (Some(202), Some(0)),
+        "all of it unapplied: {st}"
+    );
+    s.kill();
+
+    // 102 changes into DuckDB first (seqs 1..=102), the newest 100 — the rest of the
+    // inserts, b-0's patch and b-1's cancel — taken back as the backlog.
+    let env = [slow[0], slow[1], ("TRADESTORE_WRITER__MAX_APPLY_BACKLOG", "100")];
+    let s = Sidecar::start_on(dir.path(), port, &env).await;
+    let st = status(&s).await;
+    assert_eq!((st["last_seq"].as_i64(), st["applied_seq"].as_i64()), (Some(202), Some(102)), "{st}");
+    assert_eq!(st["commit_log"]["replayed_at_start"].as_i64(), Some(202), "{st}");
+    assert!(s.log().contains("replayed=202 into_duckdb=102"), "{}", s.log());
+    let served = trades(&s, &ids).await;
+    let version = |id: &str| served.iter().find(|t| t.0 == id).map(|t| (t.1, t.2.as_str()));
+    assert_eq!(version("b-0").map(|v| v.0), Some(2), "the patch, taken back");
+    assert_eq!(version("b-1"), Some((2, "\"cancelled\"")), "the cancel, taken back");
+    assert!(served.iter().skip(2).all(|t| t.1 == 1), "every insert: {served:?}");
+    let after: Value = c.get(s.url("/v1/state")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(after, state, "the hot state as it was");
+    let r = c.post(s.url("/v1/trades")).json(&crate::common::trade_for("b-150")).send().await.unwrap();
+    assert_eq!(r.status(), 409, "a duplicate of a trade only the backlog holds");
+    let r = c.patch(s.url("/v1/trades/b-0")).json(&serde_json::json!({"expected_version": 1, "price": "8"}));
+    assert_eq!(r.send().await.unwrap().status(), 409, "a version the backlog superseded");
+
+    let mut listed = 0;
+    for sym in 0..5 {
+        let page: Value = c
+            .get(s.url(&format!("/v1/trades?symbol=SYM{sym}&limit=1000&include_cancelled=true")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        listed += page["trades"].as_array().map_or(0, Vec::len);
+    }
+    assert_eq!(listed, 200, "a list waits for DuckDB to hold the backlog");
+    assert_eq!(status(&s).await["applied_seq"], 202);
+    assert_eq!(trades(&s, &ids).await, served, "DuckDB holds what was served from memory");
+    let history: Value = c.get(s.url("/v1/trades/b-0/history")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(history["versions"].as_array().map(Vec::len), Some(2), "both versions of b-0: {history}");
+    let r = c.patch(s.url("/v1/trades/b-0")).json(&serde_json::json!({"expected_version": 2, "price": "8"}));
+    assert_eq!(r.send().await.unwrap().status(), 200, "the current version");
+    assert_eq!(status(&s).await["last_seq"], 203, "the next change follows on");
 }

@@ -201,9 +201,9 @@ async fn a_store_that_lost_its_wal_tail_takes_it_back_from_the_commit_log_alone(
     let dir = tempfile::tempdir().unwrap();
     let port = store_that_loses_its_wal_tail(dir.path(), &NO_CHECKPOINTS, 60, true).await;
     let s = Sidecar::start_on(dir.path(), port, &NO_CHECKPOINTS).await;
-    let st = status(&s).await;
-    assert_eq!((st["last_seq"].as_i64(), st["applied_seq"].as_i64()), (Some(60), Some(60)), "{st}\n{}", s.log());
-    assert!(s.log().contains("commit log replayed into DuckDB"), "{}", s.log());
+    let st = wait_status(&s, "DuckDB to hold the log's changes", |st| st["applied_seq"] == 60).await;
+    assert_eq!(st["last_seq"].as_i64(), Some(60), "{st}\n{}", s.log());
+    assert!(s.log().contains("commit log replayed"), "{}", s.log());
     assert_trades_present(&s, ids("t", 0..60)).await;
 }
 
