@@ -218,12 +218,14 @@ impl Flushes {
 }
 
 /// What a SIGKILL with a full backlog cost: the changes DuckDB lacked at the kill,
-/// the start-up replay of them, and the time from the restart to ready.
+/// the start-up replay of them, the time from the restart to ready, and to DuckDB
+/// holding them all again (the applier takes most of them after ready).
 pub struct Restart {
     pub backlog: i64,
     pub replayed: f64,
     pub replay_secs: f64,
     pub ready: Duration,
+    pub caught_up: Duration,
 }
 
 /// A store in `dir` whose applier gathers for the longest delay allowed takes batches
@@ -246,8 +248,13 @@ pub async fn kill_with_full_backlog(dir: &Path, limit: u64) -> Restart {
     let restarted = Instant::now();
     let s = Sidecar::start_on(dir, port, &[]).await;
     let ready = restarted.elapsed();
-    let st: Value = c.get(s.url("/v1/status")).send().await.unwrap().json().await.unwrap();
+    let mut st: Value = c.get(s.url("/v1/status")).send().await.unwrap().json().await.unwrap();
     assert_eq!(st["last_seq"].as_u64(), Some(acked), "every acknowledged trade after the kill: {st}");
+    while st["applied_seq"] != st["last_seq"] {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        st = c.get(s.url("/v1/status")).send().await.unwrap().json().await.unwrap();
+    }
+    let caught_up = restarted.elapsed();
     let (replayed, replay_secs) = (metric(&s, "log_replayed_changes").await, metric(&s, "log_replay_seconds").await);
-    Restart { backlog, replayed, replay_secs, ready }
+    Restart { backlog, replayed, replay_secs, ready, caught_up }
 }
