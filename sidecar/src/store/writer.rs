@@ -565,8 +565,8 @@ impl Writer {
 
     /// Takes back the changes acknowledged before a restart that DuckDB lacks, as they
     /// were then: in the index, the overlay and the hot state, and queued for the
-    /// applier. Replaying them into DuckDB before serving cost ~3 µs a change (the
-    /// Appender's), this a fraction of that, so the store is ready sooner and the
+    /// applier. Replaying them into DuckDB before serving cost 3–5 µs a change (the
+    /// Appender's), this less than half of that, so the store is ready sooner and the
     /// applier catches up while it serves. Its time counts as the replay's.
     fn take_back(&mut self, backlog: Vec<(u64, Change)>) {
         if backlog.is_empty() {
