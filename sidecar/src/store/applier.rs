@@ -249,12 +249,18 @@ pub struct Replayed {
 }
 
 /// Replays the log records DuckDB lacks (after [`applied_seq`]) at start, before
-/// anything is served. The newest `keep` are not applied here but returned: the writer
-/// takes them back as acknowledged and not yet applied, as they were before the
-/// restart, so the store serves while the applier moves them into DuckDB. The rest
-/// (what exceeds a backlog the applier would have been allowed, e.g. after a restore
-/// from a snapshot) goes into DuckDB first, in runs of [`MAX_REPLAY_RUN`].
-pub fn replay(conn: &Connection, log: &CommitLog, keep: u64) -> Result<Replayed> {
+/// anything is served. The newest are not applied here but returned: the writer takes
+/// them back as acknowledged and not yet applied, as they were before the restart, so
+/// the store serves while the applier moves them into DuckDB. At most one applier
+/// transaction's worth ([`MAX_RUN`]) and half of `max_backlog` are taken back: so the
+/// first transaction after a start stays that size, writes after it have room before
+/// the back-pressure, and every start brings DuckDB forward by the rest — a store
+/// killed again and again before its applier commits still moves on (measured in the
+/// crash suite: with the whole backlog taken back, the writes of its later rounds
+/// waited on a full backlog). The rest goes into DuckDB first, in runs of
+/// [`MAX_REPLAY_RUN`].
+pub fn replay(conn: &Connection, log: &CommitLog, max_backlog: u64) -> Result<Replayed> {
+    let keep = (max_backlog / 2).min(MAX_RUN as u64);
     let into_db = (log.next_seq() - 1).saturating_sub(keep);
     let mut reader = log.read_from(applied_seq(conn)? + 1);
     let (mut run, mut backlog, mut applied) = (Vec::new(), Vec::new(), 0);

@@ -262,7 +262,7 @@ async fn an_older_builds_log_tail_is_replayed_with_every_version_in_the_history(
 
 /// What was acknowledged but not yet in DuckDB at a SIGKILL comes back as the backlog
 /// it was: served at once after the restart (reads, the hot state, the writer's
-/// refusals), then applied behind; a list waits for DuckDB. Whatever exceeds
+/// refusals), then applied behind; a list waits for DuckDB. Whatever exceeds half of
 /// `writer.max_apply_backlog` goes into DuckDB before the store serves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_at_a_kill_is_served_at_once_after_the_restart_and_applied_behind() {
@@ -286,14 +286,14 @@ async fn a_backlog_at_a_kill_is_served_at_once_after_the_restart_and_applied_beh
     );
     s.kill();
 
-    // 102 changes into DuckDB first (seqs 1..=102), the newest 100 — the rest of the
+    // 152 changes into DuckDB first (seqs 1..=152), the newest 50 — the rest of the
     // inserts, b-0's patch and b-1's cancel — taken back as the backlog.
     let env = [slow[0], slow[1], ("TRADESTORE_WRITER__MAX_APPLY_BACKLOG", "100")];
     let s = Sidecar::start_on(dir.path(), port, &env).await;
     let st = status(&s).await;
-    assert_eq!((st["last_seq"].as_i64(), st["applied_seq"].as_i64()), (Some(202), Some(102)), "{st}");
+    assert_eq!((st["last_seq"].as_i64(), st["applied_seq"].as_i64()), (Some(202), Some(152)), "{st}");
     assert_eq!(st["commit_log"]["replayed_at_start"].as_i64(), Some(202), "{st}");
-    assert!(s.log().contains("replayed=202 into_duckdb=102"), "{}", s.log());
+    assert!(s.log().contains("replayed=202 into_duckdb=152"), "{}", s.log());
     let served = trades(&s, &ids).await;
     let version = |id: &str| served.iter().find(|t| t.0 == id).map(|t| (t.1, t.2.as_str()));
     assert_eq!(version("b-0").map(|v| v.0), Some(2), "the patch, taken back");
@@ -301,7 +301,7 @@ async fn a_backlog_at_a_kill_is_served_at_once_after_the_restart_and_applied_beh
     assert!(served.iter().skip(2).all(|t| t.1 == 1), "every insert: {served:?}");
     let after: Value = c.get(s.url("/v1/state")).send().await.unwrap().json().await.unwrap();
     assert_eq!(after, state, "the hot state as it was");
-    let r = c.post(s.url("/v1/trades")).json(&crate::common::trade_for("b-150")).send().await.unwrap();
+    let r = c.post(s.url("/v1/trades")).json(&crate::common::trade_for("b-170")).send().await.unwrap();
     assert_eq!(r.status(), 409, "a duplicate of a trade only the backlog holds");
     let r = c.patch(s.url("/v1/trades/b-0")).json(&serde_json::json!({"expected_version": 1, "price": "8"}));
     assert_eq!(r.send().await.unwrap().status(), 409, "a version the backlog superseded");
