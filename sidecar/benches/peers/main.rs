@@ -7,7 +7,9 @@
 //! generators' ceilings on a trivial route show they are not what limits.
 //!
 //! `scripts/bench.sh` installs PostgreSQL and wrk from Debian and runs this.
-//! `BENCH_SECONDS` (default 10) per phase; `BENCH_SIDECAR_X` sets the sidecar's
+//! `BENCH_SECONDS` (default 10) per phase; `BENCH_ROUNDS` (default 1) runs each client
+//! count's pair that many times, alternating, and shows the round with the median ratio
+//! and the range of all; `BENCH_SIDECAR_X` sets the sidecar's
 //! `TRADESTORE_X` (to compare settings); `BENCH_SMOKE=1` runs 1 s phases at 1 and 16
 //! clients and checks correctness only: no request failed, and the store holds every
 //! acknowledged trade and at most the requests in flight when a phase ended besides
@@ -45,6 +47,32 @@ struct Step {
     postgres: Measured,
     /// PostgreSQL over its Unix socket (shown, not the ratio's base).
     postgres_unix: Measured,
+    /// Every round's sidecar ÷ PostgreSQL, lowest first (`BENCH_ROUNDS`).
+    ratios: Vec<f64>,
+}
+
+impl Step {
+    fn ratio(&self) -> f64 {
+        self.sidecar.ops_per_sec() / self.postgres.ops_per_sec()
+    }
+
+    /// The round whose ratio is the median, carrying every round's ratio: one round's
+    /// figures stay together (its latencies and CPU belong to its throughput).
+    fn median_round(mut rounds: Vec<Step>) -> Step {
+        rounds.sort_by(|a, b| a.ratio().total_cmp(&b.ratio()));
+        let ratios = rounds.iter().map(Step::ratio).collect();
+        let mut median = rounds.swap_remove(rounds.len() / 2);
+        median.ratios = ratios;
+        median
+    }
+
+    /// The rounds' ratios, when there was more than one.
+    fn spread(&self) -> String {
+        match self.ratios.as_slice() {
+            [] | [_] => String::new(),
+            r => format!(" ({:.2}–{:.2}× over {} rounds)", r[0], r[r.len() - 1], r.len()),
+        }
+    }
 }
 
 fn ms(us: f64) -> String {
@@ -61,7 +89,7 @@ fn table(steps: &[Step]) -> String {
         let (a, b) = (&s.sidecar, &s.postgres);
         writeln!(
             t,
-            "| {} | {:.0} | {} | {} | {} | {:.0} | {:.1} | {:.0} | {} | {} | {} | {:.0} | {:.1} | {:.2}× | {:.0} |",
+            "| {} | {:.0} | {} | {} | {} | {:.0} | {:.1} | {:.0} | {} | {} | {} | {:.0} | {:.1} | {:.2}×{} | {:.0} |",
             s.clients,
             a.ops_per_sec(),
             ms(a.p50_us),
@@ -75,7 +103,8 @@ fn table(steps: &[Step]) -> String {
             ms(b.p999_us),
             b.cpu_us_per_op,
             b.generator_cpu_us_per_op,
-            a.ops_per_sec() / b.ops_per_sec(),
+            s.ratio(),
+            s.spread(),
             s.postgres_unix.ops_per_sec()
         )
         .unwrap();
@@ -122,12 +151,10 @@ async fn bench() {
         if smoke { 1.0 } else { std::env::var("BENCH_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(10.0) };
     let counts: &[usize] = if smoke { &[1, 16] } else { &[1, 16, 64, 256] };
 
-    let pg = postgres::Postgres::start();
-    let pg_runs: Vec<(Measured, Measured)> =
-        counts.iter().map(|&c| (pg.pgbench(c, secs, Tcp), pg.pgbench(c, secs, Unix))).collect();
-    let pg_rows: u64 = pg.sql("SELECT count(*) FROM trades").trim().parse().unwrap();
-    drop(pg);
+    let rounds: usize = std::env::var("BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(1).max(1);
 
+    let pg = postgres::Postgres::start();
+    let pg_unix: Vec<Measured> = counts.iter().map(|&c| pg.pgbench(c, secs, Unix)).collect();
     let dir = tempfile::tempdir().unwrap();
     // Settings to compare: BENCH_SIDECAR_WRITER__APPLY_DELAY=0s sets TRADESTORE_WRITER__APPLY_DELAY.
     let settings: Vec<(String, String)> = std::env::vars()
@@ -136,15 +163,25 @@ async fn bench() {
     let settings: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let s = Sidecar::start(dir.path(), &settings).await;
     let (mut acknowledged, mut failed) = (0, 0);
-    let mut steps = Vec::new();
-    for (&clients, (postgres, postgres_unix)) in counts.iter().zip(pg_runs) {
-        let (before, flushes) = (Threads::of(s.child.id()), write_path::Flushes::of(&s).await);
-        let run = http_load::run(&s.url("/v1/trades"), TOKEN, clients, secs, true, &format!("c{clients}"));
-        let threads = Threads::of(s.child.id()).per_op_since(&before, run.acknowledged);
-        let flush = write_path::Flushes::of(&s).await.since(&flushes);
-        (acknowledged, failed) = (acknowledged + run.acknowledged, failed + run.failed);
-        steps.push(Step { clients, sidecar: run.measured, threads, flush, postgres, postgres_unix });
+    // Each client count's peers back to back, round after round: the machine's speed
+    // drifts by tens of percent over minutes, and a ratio of runs minutes apart
+    // measures the drift as much as the stores.
+    let mut rounds_at: Vec<Vec<Step>> = counts.iter().map(|_| Vec::new()).collect();
+    for _ in 0..rounds {
+        for (&clients, (at, postgres_unix)) in counts.iter().zip(rounds_at.iter_mut().zip(&pg_unix)) {
+            let postgres = pg.pgbench(clients, secs, Tcp);
+            let (before, flushes) = (Threads::of(s.child.id()), write_path::Flushes::of(&s).await);
+            let run = http_load::run(&s.url("/v1/trades"), TOKEN, clients, secs, true, &format!("c{clients}"));
+            let threads = Threads::of(s.child.id()).per_op_since(&before, run.acknowledged);
+            let flush = write_path::Flushes::of(&s).await.since(&flushes);
+            (acknowledged, failed) = (acknowledged + run.acknowledged, failed + run.failed);
+            let postgres_unix = postgres_unix.clone();
+            at.push(Step { clients, sidecar: run.measured, threads, flush, postgres, postgres_unix, ratios: vec![] });
+        }
     }
+    let pg_rows: u64 = pg.sql("SELECT count(*) FROM trades").trim().parse().unwrap();
+    drop(pg);
+    let steps: Vec<Step> = rounds_at.into_iter().map(Step::median_round).collect();
     let busiest = *counts.last().unwrap();
     let ceiling = http_load::run(&s.url("/healthz"), TOKEN, busiest, secs.min(3.0), false, "probe").measured;
     let wrk_ceiling = wrk::run(&s.url("/healthz"), TOKEN, busiest, secs.min(3.0), false, "probe").measured;

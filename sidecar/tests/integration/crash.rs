@@ -94,8 +94,19 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_trade() {
         ("TRADESTORE_DUCKDB__CHECKPOINT_THRESHOLD_BYTES", "262144"),
         ("TRADESTORE_DUCKDB__MAX_WAL_BYTES", "1048576"),
     ];
+    let began = std::time::Instant::now();
     for round in 0..kills {
+        let starting = std::time::Instant::now();
         let mut s = Sidecar::start_on(dir.path(), port, &env).await;
+        if round % 50 == 0 {
+            // The long mode's pace: a start that slows from round to round shows here.
+            let acked = ledger.lock().unwrap().acked.len();
+            println!(
+                "crash test: round {round} at {:.0} s, ready after {} ms, {acked} acknowledged",
+                began.elapsed().as_secs_f64(),
+                starting.elapsed().as_millis()
+            );
+        }
         // Every acknowledged trade survived the previous kill.
         let status: serde_json::Value = client().get(s.url("/v1/status")).send().await.unwrap().json().await.unwrap();
         let acked = ledger.lock().unwrap().acked.len() as i64;
