@@ -86,6 +86,31 @@ impl Replay {
     }
 }
 
+/// Milliseconds of the start's steps: opening (recovery, migrations, the log's replay),
+/// the hot state, the writer (its id index and the backlog taken back).
+struct Timeline {
+    began: std::time::Instant,
+    lap: std::time::Instant,
+}
+
+impl Timeline {
+    fn start() -> Self {
+        let now = std::time::Instant::now();
+        Timeline { began: now, lap: now }
+    }
+
+    /// Milliseconds since the last lap.
+    fn lap(&mut self) -> u64 {
+        let ms = self.lap.elapsed().as_millis() as u64;
+        self.lap = std::time::Instant::now();
+        ms
+    }
+
+    fn total(&self) -> u64 {
+        self.began.elapsed().as_millis() as u64
+    }
+}
+
 /// The followers, built but not started (they start once the [`App`] exists).
 struct Followers {
     sync: Option<ClickhouseSync>,
@@ -107,11 +132,16 @@ impl App {
         backups.refresh().await;
         let redis =
             cfg.redis.url.as_deref().map(|url| journal::stream::client(url, cfg.redis_password(env)?)).transpose()?;
+        // Each step's time goes into the "store open" line: a start that grows slow
+        // with the store (the index and the hot state are read whole) shows where.
+        let mut timeline = Timeline::start();
         let Opened { conn, log, replay, schema_version, recovery } = open(&cfg, &backups, redis.as_ref()).await?;
+        let opened_ms = timeline.lap();
         metrics.log_replayed.set(replay.changes() as i64);
         metrics.log_replay_seconds.set(replay.took.as_secs_f64());
         let (replayed, into_duckdb) = (replay.changes(), replay.into_duckdb);
         let state = Arc::new(RwLock::new(load_hot_state(&conn, cfg.writer.recent_trades)?));
+        let hot_state_ms = timeline.lap();
         let health = Arc::new(Health::new(cfg.lifecycle.liveness_deadline));
         health.beat();
         // `committed` follows what DuckDB holds (the applier moves it), which is what
@@ -136,6 +166,7 @@ impl App {
             retain: backups.watch_covered(),
         };
         let (writer, join) = Writer::spawn(conn, &cfg, parts)?;
+        let writer_ms = timeline.lap();
         if replayed > 0 {
             let ms = (metrics.log_replay_seconds.get() * 1e3) as u64;
             tracing::info!(replayed, into_duckdb, ms, "commit log replayed");
@@ -164,7 +195,16 @@ impl App {
             )
         });
         health.set_ready();
-        tracing::info!(db = %cfg.database_path().display(), schema_version, auth = token.is_some(), "store open");
+        tracing::info!(
+            db = %cfg.database_path().display(),
+            schema_version,
+            auth = token.is_some(),
+            opened_ms,
+            hot_state_ms,
+            writer_ms,
+            ms = timeline.total(),
+            "store open"
+        );
         let schedule = cfg.snapshots.cron()?;
         let app = Arc::new(App {
             token,
