@@ -167,11 +167,13 @@ async fn bench() {
     // drifts by tens of percent over minutes, and a ratio of runs minutes apart
     // measures the drift as much as the stores.
     let mut rounds_at: Vec<Vec<Step>> = counts.iter().map(|_| Vec::new()).collect();
-    for _ in 0..rounds {
+    for round in 0..rounds {
         for (&clients, (at, postgres_unix)) in counts.iter().zip(rounds_at.iter_mut().zip(&pg_unix)) {
             let postgres = pg.pgbench(clients, secs, Tcp);
             let (before, flushes) = (Threads::of(s.child.id()), write_path::Flushes::of(&s).await);
-            let run = http_load::run(&s.url("/v1/trades"), TOKEN, clients, secs, true, &format!("c{clients}"));
+            // The phase names the trades' ids: a round of its own, or its ids would be taken.
+            let phase = format!("c{clients}r{round}");
+            let run = http_load::run(&s.url("/v1/trades"), TOKEN, clients, secs, true, &phase);
             let threads = Threads::of(s.child.id()).per_op_since(&before, run.acknowledged);
             let flush = write_path::Flushes::of(&s).await.since(&flushes);
             (acknowledged, failed) = (acknowledged + run.acknowledged, failed + run.failed);
