@@ -29,7 +29,7 @@ pub use log::{LogConfig, LogFormat};
 pub use schedule::ScheduleError;
 pub use store::{
     CommitLogConfig, DuckdbConfig, HistoryConfig, MAX_APPLY_DELAY, MAX_IDLE_CHECKPOINT_AFTER,
-    MIN_CHECKPOINT_THRESHOLD_BYTES, MIN_SEGMENT_BYTES, POOL_SIZE, ReaderConfig, THREADS, WriterConfig,
+    MIN_CHECKPOINT_THRESHOLD_BYTES, MIN_SEGMENT_BYTES, POOL_SIZE, ReaderConfig, SATURATED_GROUP, THREADS, WriterConfig,
 };
 
 use crate::wire;
@@ -158,6 +158,13 @@ impl Config {
         }
         if self.writer.apply_delay > MAX_APPLY_DELAY {
             return bad(format!("writer.apply_delay must be at most {:?}", MAX_APPLY_DELAY));
+        }
+        let w = &self.writer;
+        if w.apply_delay_saturated < w.apply_delay || w.apply_delay_saturated > MAX_APPLY_DELAY {
+            return bad(format!(
+                "writer.apply_delay_saturated must be from writer.apply_delay ({:?}) to {:?}, got {:?}",
+                w.apply_delay, MAX_APPLY_DELAY, w.apply_delay_saturated
+            ));
         }
         if self.commit_log.segment_bytes < MIN_SEGMENT_BYTES {
             return bad(format!("commit_log.segment_bytes must be at least {MIN_SEGMENT_BYTES} (1 MiB)"));

@@ -126,7 +126,18 @@ pub struct WriterConfig {
     /// followers (Redis, ClickHouse) and the apply lag do.
     #[serde(with = "humantime_serde")]
     pub apply_delay: Duration,
+    /// The gathering while the log is saturated (its groups average
+    /// [`SATURATED_GROUP`] changes or more: requests queue behind its flush), from
+    /// `apply_delay` up to [`MAX_APPLY_DELAY`]. Each DuckDB commit writes and syncs
+    /// DuckDB's WAL on the disk the log flushes to; fewer of them leave the log's
+    /// flushes faster when the flush is what bounds throughput (docs/benchmarks.md,
+    /// session 17). Reads still cut the gathering short.
+    #[serde(with = "humantime_serde")]
+    pub apply_delay_saturated: Duration,
 }
+
+/// Mean changes a log group at or above which the applier counts the log as saturated.
+pub const SATURATED_GROUP: usize = 8;
 
 /// Longest accepted `writer.apply_delay`.
 pub const MAX_APPLY_DELAY: Duration = Duration::from_secs(1);
@@ -139,6 +150,7 @@ impl Default for WriterConfig {
             recent_trades: 10_000,
             max_apply_backlog: 100_000,
             apply_delay: Duration::from_millis(20),
+            apply_delay_saturated: Duration::from_millis(100),
         }
     }
 }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use duckdb::{Connection, params, params_from_iter};
 use tokio::sync::{oneshot, watch};
 
-use crate::config::Config;
+use crate::config::{Config, SATURATED_GROUP};
 use crate::error::{Error, Result};
 use crate::store::change::{Change, Kind};
 use crate::store::db;
@@ -311,8 +311,11 @@ pub(crate) struct Applier {
     /// `history.retention` (zero: keep everything), and when it was last applied.
     history_retention: Duration,
     history_trimmed: Instant,
-    /// `writer.apply_delay`: how long a transaction gathers changes.
+    /// `writer.apply_delay` and `writer.apply_delay_saturated`: how long a transaction
+    /// gathers changes, and the one the next transaction uses.
     apply_delay: Duration,
+    apply_delay_saturated: Duration,
+    delay: Duration,
 }
 
 /// How often a gathering applier looks whether a read waits for it.
@@ -354,7 +357,10 @@ impl Applier {
             history_retention: cfg.history.retention,
             history_trimmed: Instant::now() - TRIM_EVERY,
             apply_delay: cfg.writer.apply_delay,
+            apply_delay_saturated: cfg.writer.apply_delay_saturated,
+            delay: cfg.writer.apply_delay,
         };
+        applier.metrics.apply_delay.set(applier.delay.as_secs_f64());
         let join = std::thread::Builder::new().name("applier".into()).spawn(move || applier.run(rx))?;
         Ok((tx, progress, join))
     }
@@ -363,7 +369,8 @@ impl Applier {
     fn run(mut self, rx: Receiver<Job>) {
         while let Some(first) = self.next_job(&rx) {
             let applied = self.progress.applied();
-            let jobs = gather(first, &rx, self.apply_delay, || self.overlay.awaited_beyond(applied));
+            let jobs = gather(first, &rx, self.delay, || self.overlay.awaited_beyond(applied));
+            self.set_delay(saturated(&jobs));
             if !self.apply_jobs(jobs) {
                 return; // fatal: the process is stopping
             }
@@ -373,6 +380,17 @@ impl Applier {
         match self.conn.execute_batch("CHECKPOINT") {
             Ok(()) => tracing::info!("final checkpoint done"),
             Err(e) => tracing::error!(error = %e, "final checkpoint failed; the WAL will be replayed on start"),
+        }
+    }
+
+    /// The next transaction gathers longer while the log is saturated: DuckDB's commits
+    /// then cost the log's flushes, which bound throughput, more than the apply lag
+    /// gains from them (docs/benchmarks.md, session 17).
+    fn set_delay(&mut self, saturated: bool) {
+        let delay = if saturated { self.apply_delay_saturated } else { self.apply_delay };
+        if delay != self.delay {
+            self.delay = delay;
+            self.metrics.apply_delay.set(delay.as_secs_f64());
         }
     }
 
@@ -560,6 +578,15 @@ fn gather(first: Job, rx: &Receiver<Job>, delay: Duration, hurry: impl Fn() -> b
     jobs
 }
 
+/// Whether the groups behind `jobs` say the log is saturated: on average
+/// [`SATURATED_GROUP`] changes or more a group, so requests queue behind its flush. A
+/// transaction of one group says nothing (a lone batch, or the first after a lull).
+fn saturated(jobs: &[Job]) -> bool {
+    let groups = jobs.iter().filter(|j| matches!(j, Job::Changes { .. })).count();
+    let changes: usize = jobs.iter().filter(|j| matches!(j, Job::Changes { .. })).map(job_len).sum();
+    groups > 1 && changes >= SATURATED_GROUP * groups
+}
+
 fn job_len(job: &Job) -> usize {
     match job {
         Job::Changes { changes, .. } => changes.len(),
@@ -609,6 +636,26 @@ mod tests {
             [5, 4],
             "no delay: what is queued, at once"
         );
+    }
+
+    fn group(seq: u64, n: usize) -> Job {
+        let changes = (0..n as u64).map(|k| (seq + k, Change::insert(trade("a", 1, (seq + k) as i64, Status::Filled))));
+        Job::Changes { changes: changes.collect(), acked: Instant::now() }
+    }
+
+    #[test]
+    fn the_log_counts_as_saturated_when_its_groups_average_eight_changes() {
+        let groups = |sizes: &[usize]| sizes.iter().map(|&n| group(1, n)).collect::<Vec<_>>();
+        assert!(!saturated(&groups(&[1, 1, 2, 1])), "a few requests a flush");
+        assert!(!saturated(&groups(&[7, 8, 8, 8])), "just under eight on average");
+        assert!(saturated(&groups(&[8, 8])));
+        assert!(saturated(&groups(&[12, 4, 9, 7])), "eight on average");
+        assert!(!saturated(&groups(&[1000])), "one group alone says nothing: a lone batch");
+        assert!(saturated(&groups(&[1000, 1000])), "batches back to back");
+        let (reply, _) = tokio::sync::oneshot::channel();
+        let mut with_watermark = groups(&[1, 1]);
+        with_watermark.push(Job::Watermark { sink: "s".into(), seq: 1, reply });
+        assert!(!saturated(&with_watermark), "a watermark is not a group");
     }
 
     #[test]

@@ -35,6 +35,9 @@ pub struct Metrics {
     pub applied_seq: IntGauge,
     /// Acknowledged changes not yet in DuckDB.
     pub apply_backlog: IntGauge,
+    /// How long the applier's current transaction gathers (`writer.apply_delay`, or
+    /// `writer.apply_delay_saturated` while the log is saturated).
+    pub apply_delay: Gauge,
     /// Commit-log segments on disk.
     pub log_segments: IntGauge,
     /// Requests folded into one commit.
@@ -181,6 +184,10 @@ impl Metrics {
             log_replay_seconds: r.float_gauge("log_replay_seconds", "Time the start-up replay of the commit log took"),
             applied_seq: r.gauge("applier_applied_seq", "Last commit-log seq DuckDB holds"),
             apply_backlog: r.gauge("applier_backlog", "Acknowledged changes not yet in DuckDB"),
+            apply_delay: r.float_gauge(
+                "applier_delay_seconds",
+                "How long an applier transaction gathers changes (longer while the commit log is saturated)",
+            ),
             log_segments: r.gauge("log_segments", "Commit-log segments on disk"),
             batch_requests: r.histogram(
                 "writer_batch_requests",
