@@ -127,8 +127,9 @@ pub struct WriterConfig {
     #[serde(with = "humantime_serde")]
     pub apply_delay: Duration,
     /// The gathering while the log is saturated (its groups average
-    /// [`SATURATED_GROUP`] changes or more: requests queue behind its flush), from
-    /// `apply_delay` up to [`MAX_APPLY_DELAY`]. Each DuckDB commit writes and syncs
+    /// [`SATURATED_GROUP`] changes or more: requests queue behind its flush), at most
+    /// [`MAX_APPLY_DELAY`] and never shorter than `apply_delay` (a longer `apply_delay`
+    /// set alone keeps its meaning). Each DuckDB commit writes and syncs
     /// DuckDB's WAL on the disk the log flushes to; fewer of them leave the log's
     /// flushes faster when the flush is what bounds throughput (docs/benchmarks.md,
     /// session 17). Reads still cut the gathering short.

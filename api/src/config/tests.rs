@@ -38,11 +38,7 @@ fn each_rule_names_its_key() {
         ("duckdb.threads", Box::new(|c| c.duckdb.threads = Some(257))),
         ("writer.apply_delay must be at most 1s", Box::new(|c| c.writer.apply_delay = Duration::from_millis(1001))),
         (
-            "writer.apply_delay_saturated must be from writer.apply_delay (20ms) to 1s, got 10ms",
-            Box::new(|c| c.writer.apply_delay_saturated = Duration::from_millis(10)),
-        ),
-        (
-            "writer.apply_delay_saturated must be from writer.apply_delay (20ms) to 1s, got 1.001s",
+            "writer.apply_delay_saturated must be at most 1s",
             Box::new(|c| c.writer.apply_delay_saturated = Duration::from_millis(1001)),
         ),
         (

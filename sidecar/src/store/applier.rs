@@ -357,7 +357,7 @@ impl Applier {
             history_retention: cfg.history.retention,
             history_trimmed: Instant::now() - TRIM_EVERY,
             apply_delay: cfg.writer.apply_delay,
-            apply_delay_saturated: cfg.writer.apply_delay_saturated,
+            apply_delay_saturated: cfg.writer.apply_delay_saturated.max(cfg.writer.apply_delay),
             delay: cfg.writer.apply_delay,
         };
         applier.metrics.apply_delay.set(applier.delay.as_secs_f64());
@@ -394,12 +394,19 @@ impl Applier {
         }
     }
 
-    /// The next job. One that does not come within `idle_checkpoint_after` finds the
+    /// The next job; waiting for it resets the gathering to `writer.apply_delay`. One
+    /// that does not come within `idle_checkpoint_after` finds the
     /// applier checkpointing meanwhile, once, if DuckDB's WAL holds anything: the
     /// checkpoint stops applying while it runs (docs/benchmarks.md, session 10), so in a
     /// lull it costs no one anything, and DuckDB's own at a commit of the next burst
     /// comes that much later. None once the writer hung up.
     fn next_job(&mut self, rx: &Receiver<Job>) -> Option<Job> {
+        if let Ok(job) = rx.try_recv() {
+            return Some(job);
+        }
+        // Nothing queued behind the last transaction: whatever it said, the log is not
+        // saturated now, and the next one must not gather long (a burst just ended).
+        self.set_delay(false);
         if !self.idle_checkpoint_after.is_zero() {
             match rx.recv_timeout(self.idle_checkpoint_after) {
                 Ok(job) => return Some(job),

@@ -327,3 +327,49 @@ async fn a_backlog_at_a_kill_is_served_at_once_after_the_restart_and_applied_beh
     assert_eq!(r.send().await.unwrap().status(), 200, "the current version");
     assert_eq!(status(&s).await["last_seq"], 203, "the next change follows on");
 }
+
+/// `tradestore_applier_delay_seconds` as the sidecar reports it.
+async fn apply_delay(s: &Sidecar) -> f64 {
+    let text = client().get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let line = text.lines().find(|l| l.starts_with("tradestore_applier_delay_seconds ")).expect("the gauge");
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+/// Batches back to back saturate the log (every group holds many changes): the applier
+/// then gathers for `writer.apply_delay_saturated`. Once the burst ends it is back to
+/// `writer.apply_delay`, so a lone write after it is not held the longer time.
+#[tokio::test]
+async fn the_applier_gathers_longer_only_while_the_log_is_saturated() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("TRADESTORE_WRITER__APPLY_DELAY", "20ms"), ("TRADESTORE_WRITER__APPLY_DELAY_SATURATED", "150ms")];
+    let s = Sidecar::start(dir.path(), &env).await;
+    assert_eq!(apply_delay(&s).await, 0.02, "a quiet store gathers for apply_delay");
+    let clients: Vec<_> = (0..4)
+        .map(|w| {
+            let (c, url) = (client(), s.url("/v1/trades/batch"));
+            tokio::spawn(async move {
+                for k in 0..150 {
+                    let trades: Vec<Value> =
+                        (0..100).map(|i| crate::common::trade_for(&format!("sat-{w}-{k}-{i}"))).collect();
+                    let r = c.post(&url).json(&serde_json::json!({ "trades": trades })).send().await.unwrap();
+                    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+                }
+            })
+        })
+        .collect();
+    let mut saturated = false;
+    while !clients.iter().all(|c| c.is_finished()) {
+        saturated |= apply_delay(&s).await == 0.15;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for c in clients {
+        c.await.unwrap();
+    }
+    assert!(saturated, "batches back to back never made the applier gather longer");
+    let st = status(&s).await;
+    let last = st["last_seq"].as_i64().unwrap();
+    crate::common::wait_status(&s, "DuckDB holding the burst", |st| st["applied_seq"].as_i64() == Some(last)).await;
+    write_trades(&s, ["after-the-burst".to_string()]).await;
+    crate::common::wait_status(&s, "the lone write applied", |st| st["applied_seq"].as_i64() == Some(last + 1)).await;
+    assert_eq!(apply_delay(&s).await, 0.02, "after the burst the applier gathers for apply_delay again");
+}
