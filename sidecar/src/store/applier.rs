@@ -38,8 +38,10 @@ const MAX_REPLAY_RUN: usize = 131_072;
 
 /// What the writer hands the applier.
 pub(crate) enum Job {
-    /// Acknowledged changes, in `seq` order, and when they were acknowledged.
-    Changes { changes: Vec<(u64, Change)>, acked: Instant },
+    /// Acknowledged changes, in `seq` order, and when they were acknowledged; `queued`:
+    /// the group's first request was already waiting when the writer finished the
+    /// group before it (requests queue behind the log).
+    Changes { changes: Vec<(u64, Change)>, acked: Instant, queued: bool },
     /// A follower's watermark: applied with the next transaction, answered after it
     /// (the follower takes the answer as "durable").
     Watermark { sink: String, seq: i64, reply: oneshot::Sender<Result<Vec<Arc<Trade>>>> },
@@ -429,7 +431,7 @@ impl Applier {
         let (mut watermarks, mut replies) = (Vec::new(), Vec::new());
         for job in jobs {
             match job {
-                Job::Changes { changes: c, acked: at } => {
+                Job::Changes { changes: c, acked: at, .. } => {
                     changes.extend(c);
                     acked.push(at);
                 }
@@ -586,12 +588,19 @@ fn gather(first: Job, rx: &Receiver<Job>, delay: Duration, hurry: impl Fn() -> b
 }
 
 /// Whether the groups behind `jobs` say the log is saturated: on average
-/// [`SATURATED_GROUP`] changes or more a group, so requests queue behind its flush. A
-/// transaction of one group says nothing (a lone batch, or the first after a lull).
+/// [`SATURATED_GROUP`] changes or more a group, and at least three in four of them
+/// written back to back (their first request waiting for the flush before): requests
+/// queue behind the log. Large groups alone are not enough — a moderate rate arriving
+/// in bursts makes them too, with the writer idle between. A transaction of one group
+/// says nothing (a lone batch, or the first after a lull).
 fn saturated(jobs: &[Job]) -> bool {
-    let groups = jobs.iter().filter(|j| matches!(j, Job::Changes { .. })).count();
-    let changes: usize = jobs.iter().filter(|j| matches!(j, Job::Changes { .. })).map(job_len).sum();
-    groups > 1 && changes >= SATURATED_GROUP * groups
+    let (mut groups, mut changes, mut queued) = (0, 0, 0);
+    for job in jobs {
+        if let Job::Changes { changes: c, queued: q, .. } = job {
+            (groups, changes, queued) = (groups + 1, changes + c.len(), queued + usize::from(*q));
+        }
+    }
+    groups > 1 && changes >= SATURATED_GROUP * groups && 4 * queued >= 3 * groups
 }
 
 fn job_len(job: &Job) -> usize {
@@ -610,7 +619,7 @@ mod tests {
 
     fn changes(seq: u64) -> Job {
         let changes = vec![(seq, Change::insert(trade("a", 1, seq as i64, Status::Filled)))];
-        Job::Changes { changes, acked: Instant::now() }
+        Job::Changes { changes, acked: Instant::now(), queued: false }
     }
 
     fn seqs(jobs: &[Job]) -> Vec<u64> {
@@ -645,14 +654,14 @@ mod tests {
         );
     }
 
-    fn group(seq: u64, n: usize) -> Job {
+    fn group(seq: u64, n: usize, queued: bool) -> Job {
         let changes = (0..n as u64).map(|k| (seq + k, Change::insert(trade("a", 1, (seq + k) as i64, Status::Filled))));
-        Job::Changes { changes: changes.collect(), acked: Instant::now() }
+        Job::Changes { changes: changes.collect(), acked: Instant::now(), queued }
     }
 
     #[test]
     fn the_log_counts_as_saturated_when_its_groups_average_eight_changes() {
-        let groups = |sizes: &[usize]| sizes.iter().map(|&n| group(1, n)).collect::<Vec<_>>();
+        let groups = |sizes: &[usize]| sizes.iter().map(|&n| group(1, n, true)).collect::<Vec<_>>();
         assert!(!saturated(&groups(&[1, 1, 2, 1])), "a few requests a flush");
         assert!(!saturated(&groups(&[7, 8, 8, 8])), "just under eight on average");
         assert!(saturated(&groups(&[8, 8])));
@@ -663,6 +672,10 @@ mod tests {
         let mut with_watermark = groups(&[1, 1]);
         with_watermark.push(Job::Watermark { sink: "s".into(), seq: 1, reply });
         assert!(!saturated(&with_watermark), "a watermark is not a group");
+        let bursts = |queued: &[bool]| queued.iter().map(|&q| group(1, 16, q)).collect::<Vec<_>>();
+        assert!(!saturated(&bursts(&[false, false, true, false])), "bursts with the writer idle between");
+        assert!(!saturated(&bursts(&[true, false, true, false])), "half of them back to back");
+        assert!(saturated(&bursts(&[true, true, false, true])), "three in four back to back");
     }
 
     #[test]

@@ -242,7 +242,12 @@ impl Writer {
         let mut alone = true;
         while stop.is_none() {
             self.health.beat();
-            let first = match next_message(&rx, alone) {
+            // A request already waiting: the log is what requests queue behind.
+            let (next, queued) = match rx.try_recv() {
+                Ok(msg) => (Ok(msg), true),
+                Err(_) => (next_message(&rx, alone), false),
+            };
+            let first = match next {
                 Ok(Msg::Write(r)) => r,
                 Ok(Msg::Shutdown(done)) => {
                     stop = Some(done);
@@ -273,7 +278,7 @@ impl Writer {
             self.metrics.queue_depth.sub(batch.len() as i64);
             alone = batch.len() == 1;
             match self.wait_for_applier() {
-                Ok(()) => self.commit_group(batch),
+                Ok(()) => self.commit_group(batch, queued),
                 Err(why) => refuse_all(batch.into_iter().map(|r| r.reply), &why),
             }
             self.trim_log();
@@ -342,7 +347,7 @@ impl Writer {
         }
     }
 
-    fn commit_group(&mut self, batch: Vec<Request>) {
+    fn commit_group(&mut self, batch: Vec<Request>, queued: bool) {
         let first_seq = self.next_seq;
         let (ops, replies): (Vec<WriteOp>, Vec<Reply>) = batch.into_iter().map(|r| (r.op, r.reply)).unzip();
         let mut planned = match self.plan_group(ops) {
@@ -378,7 +383,7 @@ impl Writer {
         let changes: Vec<(u64, Change)> =
             planned.iter_mut().flat_map(|p| p.changes.drain(..)).map(|c| (c.trade().seq as u64, c)).collect();
         if !changes.is_empty() {
-            self.to_applier(Job::Changes { changes, acked: Instant::now() });
+            self.to_applier(Job::Changes { changes, acked: Instant::now(), queued });
         }
         for (reply, p) in replies.into_iter().zip(planned) {
             match p.watermark {
@@ -574,7 +579,7 @@ impl Writer {
         }
         let start = Instant::now();
         self.after_ack(backlog.iter().map(|(_, c)| c));
-        self.to_applier(Job::Changes { changes: backlog, acked: Instant::now() });
+        self.to_applier(Job::Changes { changes: backlog, acked: Instant::now(), queued: false });
         self.metrics.log_replay_seconds.add(start.elapsed().as_secs_f64());
     }
 }
