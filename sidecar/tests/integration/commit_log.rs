@@ -335,37 +335,44 @@ async fn apply_delay(s: &Sidecar) -> f64 {
     line.rsplit(' ').next().unwrap().parse().unwrap()
 }
 
-/// Batches back to back saturate the log (every group holds many changes): the applier
-/// then gathers for `writer.apply_delay_saturated`. Once the burst ends it is back to
+/// Many clients posting small batches saturate the log (large groups, each request
+/// waiting for the flush before): the applier then gathers for
+/// `writer.apply_delay_saturated`. Once the burst ends it is back to
 /// `writer.apply_delay`, so a lone write after it is not held the longer time.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_applier_gathers_longer_only_while_the_log_is_saturated() {
     let dir = tempfile::tempdir().unwrap();
     let env = [("TRADESTORE_WRITER__APPLY_DELAY", "20ms"), ("TRADESTORE_WRITER__APPLY_DELAY_SATURATED", "150ms")];
     let s = Sidecar::start(dir.path(), &env).await;
     assert_eq!(apply_delay(&s).await, 0.02, "a quiet store gathers for apply_delay");
-    let clients: Vec<_> = (0..4)
+    // The load runs until the applier is seen gathering longer (or for 30 s at most).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..32)
         .map(|w| {
-            let (c, url) = (client(), s.url("/v1/trades/batch"));
+            let (c, url, stop) = (client(), s.url("/v1/trades/batch"), stop.clone());
             tokio::spawn(async move {
-                for k in 0..150 {
+                let mut k = 0;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                     let trades: Vec<Value> =
-                        (0..100).map(|i| crate::common::trade_for(&format!("sat-{w}-{k}-{i}"))).collect();
+                        (0..20).map(|i| crate::common::trade_for(&format!("sat-{w}-{k}-{i}"))).collect();
                     let r = c.post(&url).json(&serde_json::json!({ "trades": trades })).send().await.unwrap();
                     assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+                    k += 1;
                 }
             })
         })
         .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let mut saturated = false;
-    while !clients.iter().all(|c| c.is_finished()) {
-        saturated |= apply_delay(&s).await == 0.15;
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    while !saturated && std::time::Instant::now() < deadline {
+        saturated = apply_delay(&s).await == 0.15;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
     for c in clients {
         c.await.unwrap();
     }
-    assert!(saturated, "batches back to back never made the applier gather longer");
+    assert!(saturated, "32 clients posting batches for 30 s never made the applier gather longer");
     let st = status(&s).await;
     let last = st["last_seq"].as_i64().unwrap();
     crate::common::wait_status(&s, "DuckDB holding the burst", |st| st["applied_seq"].as_i64() == Some(last)).await;
