@@ -127,13 +127,13 @@ pub struct WriterConfig {
     #[serde(with = "humantime_serde")]
     pub apply_delay: Duration,
     /// The gathering while the log is saturated (its groups average
-    /// [`SATURATED_GROUP`] changes or more: requests queue behind its flush), at most
-    /// [`MAX_APPLY_DELAY`] and never shorter than `apply_delay` (`0s`, the default: off,
-    /// the same as `apply_delay`). Off by default: in two peers-bench runs with 100 ms
-    /// the apply lag's p99 at half the best rate rose to 75–100 ms (target 50). Each DuckDB commit writes and syncs
-    /// DuckDB's WAL on the disk the log flushes to; fewer of them leave the log's
-    /// flushes faster when the flush is what bounds throughput (docs/benchmarks.md,
-    /// session 17). Reads still cut the gathering short.
+    /// [`SATURATED_GROUP`] changes or more and come back to back: requests queue behind
+    /// its flush), at most [`MAX_APPLY_DELAY`], never shorter than `apply_delay`. Each
+    /// DuckDB commit writes and syncs DuckDB's WAL on the disk the log flushes to; fewer
+    /// of them leave the log's flushes faster when the flush is what bounds throughput
+    /// (docs/benchmarks.md, session 17). Reads still cut the gathering short. `0s`, the
+    /// default, is off (the same as `apply_delay`): with 100 ms, two peers-bench runs had
+    /// the apply lag's p99 at half the best rate at 75–100 ms (its target is 50 ms).
     #[serde(with = "humantime_serde")]
     pub apply_delay_saturated: Duration,
 }
