@@ -126,14 +126,16 @@ pub struct WriterConfig {
     /// followers (Redis, ClickHouse) and the apply lag do.
     #[serde(with = "humantime_serde")]
     pub apply_delay: Duration,
-    /// The gathering while the log is saturated (its groups average
-    /// [`SATURATED_GROUP`] changes or more and come back to back: requests queue behind
-    /// its flush), at most [`MAX_APPLY_DELAY`], never shorter than `apply_delay`. Each
-    /// DuckDB commit writes and syncs DuckDB's WAL on the disk the log flushes to; fewer
-    /// of them leave the log's flushes faster when the flush is what bounds throughput
-    /// (docs/benchmarks.md, session 17). Reads still cut the gathering short. `0s`, the
-    /// default, is off (the same as `apply_delay`): with 100 ms, two peers-bench runs had
-    /// the apply lag's p99 at half the best rate at 75–100 ms (its target is 50 ms).
+    /// How long a transaction may go on gathering while the log is saturated: while
+    /// the groups it took so far average [`SATURATED_GROUP`] changes or more (requests
+    /// queue behind the log's flush); at most [`MAX_APPLY_DELAY`], never shorter than
+    /// `apply_delay`. Each DuckDB commit writes and syncs DuckDB's WAL on the disk the
+    /// log flushes to; fewer of them leave the log's flushes faster when the flush is
+    /// what bounds throughput (docs/benchmarks.md, sessions 17 and 18). Reads still cut
+    /// the gathering short. `0s`, the default, is off (the same as `apply_delay`): with
+    /// 100 ms the bench's apply-lag phase at half the best rate, whose 16 paced clients
+    /// send together, makes groups that large too, and its p99 was 75 ms in two runs of
+    /// three (its target is 50 ms).
     #[serde(with = "humantime_serde")]
     pub apply_delay_saturated: Duration,
 }

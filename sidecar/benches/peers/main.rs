@@ -42,8 +42,8 @@ struct Step {
     sidecar: Measured,
     /// The sidecar's CPU per trade by thread role.
     threads: Threads,
-    /// The commit log's mean flush (µs, write + `fdatasync`) and requests a flush.
-    flush: (f64, f64),
+    /// The commit log's flushes and the writer's busy share.
+    log: write_path::LogLoad,
     postgres: Measured,
     /// PostgreSQL over its Unix socket (shown, not the ratio's base).
     postgres_unix: Measured,
@@ -116,18 +116,25 @@ fn table(steps: &[Step]) -> String {
 /// shared machine, since it does not count what other processes take. Beside it the
 /// commit log's flushes: how long one took under that load, and how many requests it
 /// answered — a client waits for about one and a half flushes, so they bound what
-/// few clients can do.
+/// few clients can do — and how busy the writer, the one serial stage, was.
 fn thread_table(steps: &[Step]) -> String {
     let mut t = String::from(
-        "| clients | applier µs/trade | writer µs/trade | HTTP workers µs/trade | other µs/trade | log flush µs (mean) | requests a flush |\n\
-         |---:|---:|---:|---:|---:|---:|---:|\n",
+        "| clients | applier µs/trade | writer µs/trade | HTTP workers µs/trade | other µs/trade | log flush µs (mean) | requests a flush | writer busy |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for s in steps {
-        let (th, (flush_us, per_flush)) = (&s.threads, s.flush);
+        let (th, log) = (&s.threads, &s.log);
         writeln!(
             t,
-            "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {flush_us:.0} | {per_flush:.1} |",
-            s.clients, th.applier, th.writer, th.http, th.other
+            "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} | {:.1} | {:.0}% |",
+            s.clients,
+            th.applier,
+            th.writer,
+            th.http,
+            th.other,
+            log.flush_us,
+            log.per_flush,
+            log.writer_busy * 100.0
         )
         .unwrap();
     }
@@ -175,10 +182,10 @@ async fn bench() {
             let phase = format!("c{clients}r{round}");
             let run = http_load::run(&s.url("/v1/trades"), TOKEN, clients, secs, true, &phase);
             let threads = Threads::of(s.child.id()).per_op_since(&before, run.acknowledged);
-            let flush = write_path::Flushes::of(&s).await.since(&flushes);
+            let log = write_path::Flushes::of(&s).await.since(&flushes);
             (acknowledged, failed) = (acknowledged + run.acknowledged, failed + run.failed);
             let postgres_unix = postgres_unix.clone();
-            at.push(Step { clients, sidecar: run.measured, threads, flush, postgres, postgres_unix, ratios: vec![] });
+            at.push(Step { clients, sidecar: run.measured, threads, log, postgres, postgres_unix, ratios: vec![] });
         }
     }
     let pg_rows: u64 = pg.sql("SELECT count(*) FROM trades").trim().parse().unwrap();

@@ -193,12 +193,25 @@ pub async fn metric(s: &Sidecar, name: &str) -> f64 {
 }
 
 /// The commit log's flushes so far (`writer_commit_duration_seconds`: the write and
-/// `fdatasync` of one group; `writer_batch_requests`: the requests it answered).
-#[derive(Debug, Clone, Copy, Default)]
+/// `fdatasync` of one group; `writer_batch_requests`: the requests it answered), and
+/// the writer's busy time (`writer_busy_seconds_total`), read at `at`.
+#[derive(Debug, Clone, Copy)]
 pub struct Flushes {
     pub count: f64,
     pub seconds: f64,
     pub requests: f64,
+    pub writer_busy: f64,
+    pub at: Instant,
+}
+
+/// What the log did between two [`Flushes`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LogLoad {
+    /// The mean flush (µs) and requests a flush.
+    pub flush_us: f64,
+    pub per_flush: f64,
+    /// The writer's share of the time spent on groups, not waiting for requests.
+    pub writer_busy: f64,
 }
 
 impl Flushes {
@@ -207,13 +220,19 @@ impl Flushes {
             count: metric(s, "writer_commit_duration_seconds_count").await,
             seconds: metric(s, "writer_commit_duration_seconds_sum").await,
             requests: metric(s, "writer_batch_requests_sum").await,
+            writer_busy: metric(s, "writer_busy_seconds_total").await,
+            at: Instant::now(),
         }
     }
 
-    /// The mean flush (µs) and requests a flush between `before` and `self`.
-    pub fn since(&self, before: &Flushes) -> (f64, f64) {
+    /// What the log did between `before` and `self`.
+    pub fn since(&self, before: &Flushes) -> LogLoad {
         let n = (self.count - before.count).max(1.0);
-        ((self.seconds - before.seconds) * 1e6 / n, (self.requests - before.requests) / n)
+        LogLoad {
+            flush_us: (self.seconds - before.seconds) * 1e6 / n,
+            per_flush: (self.requests - before.requests) / n,
+            writer_busy: (self.writer_busy - before.writer_busy) / (self.at - before.at).as_secs_f64(),
+        }
     }
 }
 

@@ -38,10 +38,8 @@ const MAX_REPLAY_RUN: usize = 131_072;
 
 /// What the writer hands the applier.
 pub(crate) enum Job {
-    /// Acknowledged changes, in `seq` order, and when they were acknowledged; `queued`:
-    /// the group's first request was already waiting when the writer finished the
-    /// group before it (requests queue behind the log).
-    Changes { changes: Vec<(u64, Change)>, acked: Instant, queued: bool },
+    /// Acknowledged changes, in `seq` order, and when they were acknowledged.
+    Changes { changes: Vec<(u64, Change)>, acked: Instant },
     /// A follower's watermark: applied with the next transaction, answered after it
     /// (the follower takes the answer as "durable").
     Watermark { sink: String, seq: i64, reply: oneshot::Sender<Result<Vec<Arc<Trade>>>> },
@@ -313,11 +311,17 @@ pub(crate) struct Applier {
     /// `history.retention` (zero: keep everything), and when it was last applied.
     history_retention: Duration,
     history_trimmed: Instant,
-    /// `writer.apply_delay` and `writer.apply_delay_saturated`: how long a transaction
-    /// gathers changes, and the one the next transaction uses.
-    apply_delay: Duration,
-    apply_delay_saturated: Duration,
+    /// How long a transaction gathers changes.
+    gathering: Gathering,
+}
+
+/// How long a transaction gathers: `writer.apply_delay`, and up to
+/// `writer.apply_delay_saturated` while what it gathered says the log is saturated
+/// (see [`Gathered::saturated`]).
+#[derive(Clone, Copy)]
+struct Gathering {
     delay: Duration,
+    saturated: Duration,
 }
 
 /// How often a gathering applier looks whether a read waits for it.
@@ -358,11 +362,12 @@ impl Applier {
             wrote_since_wal_seen: false,
             history_retention: cfg.history.retention,
             history_trimmed: Instant::now() - TRIM_EVERY,
-            apply_delay: cfg.writer.apply_delay,
-            apply_delay_saturated: cfg.writer.apply_delay_saturated.max(cfg.writer.apply_delay),
-            delay: cfg.writer.apply_delay,
+            gathering: Gathering {
+                delay: cfg.writer.apply_delay,
+                saturated: cfg.writer.apply_delay_saturated.max(cfg.writer.apply_delay),
+            },
         };
-        applier.metrics.apply_delay.set(applier.delay.as_secs_f64());
+        applier.metrics.apply_delay.set(cfg.writer.apply_delay.as_secs_f64());
         let join = std::thread::Builder::new().name("applier".into()).spawn(move || applier.run(rx))?;
         Ok((tx, progress, join))
     }
@@ -371,9 +376,10 @@ impl Applier {
     fn run(mut self, rx: Receiver<Job>) {
         while let Some(first) = self.next_job(&rx) {
             let applied = self.progress.applied();
-            let jobs = gather(first, &rx, self.delay, || self.overlay.awaited_beyond(applied));
-            self.set_delay(saturated(&jobs));
-            if !self.apply_jobs(jobs) {
+            let gathered = gather(first, &rx, self.gathering, || self.overlay.awaited_beyond(applied));
+            let gathered_for = if gathered.longer { self.gathering.saturated } else { self.gathering.delay };
+            self.metrics.apply_delay.set(gathered_for.as_secs_f64());
+            if !self.apply_jobs(gathered.jobs) {
                 return; // fatal: the process is stopping
             }
             self.maybe_trim_history();
@@ -385,19 +391,7 @@ impl Applier {
         }
     }
 
-    /// The next transaction gathers longer while the log is saturated: DuckDB's commits
-    /// then cost the log's flushes, which bound throughput, more than the apply lag
-    /// gains from them (docs/benchmarks.md, session 17).
-    fn set_delay(&mut self, saturated: bool) {
-        let delay = if saturated { self.apply_delay_saturated } else { self.apply_delay };
-        if delay != self.delay {
-            self.delay = delay;
-            self.metrics.apply_delay.set(delay.as_secs_f64());
-        }
-    }
-
-    /// The next job; waiting for it resets the gathering to `writer.apply_delay`. One
-    /// that does not come within `idle_checkpoint_after` finds the
+    /// The next job. One that does not come within `idle_checkpoint_after` finds the
     /// applier checkpointing meanwhile, once, if DuckDB's WAL holds anything: the
     /// checkpoint stops applying while it runs (docs/benchmarks.md, session 10), so in a
     /// lull it costs no one anything, and DuckDB's own at a commit of the next burst
@@ -406,9 +400,6 @@ impl Applier {
         if let Ok(job) = rx.try_recv() {
             return Some(job);
         }
-        // Nothing queued behind the last transaction: whatever it said, the log is not
-        // saturated now, and the next one must not gather long (a burst just ended).
-        self.set_delay(false);
         if !self.idle_checkpoint_after.is_zero() {
             match rx.recv_timeout(self.idle_checkpoint_after) {
                 Ok(job) => return Some(job),
@@ -554,53 +545,75 @@ impl Applier {
     }
 }
 
-/// The jobs one transaction takes: `first` and whatever arrives within `delay` of it,
-/// up to [`MAX_RUN`] changes, or until `hurry` says a read waits for DuckDB (a list
-/// must not pay the gathering). Behind a backlog the channel holds plenty and
-/// nothing waits; a hang-up ends the wait with what came.
+/// The jobs one transaction takes: `first` and whatever arrives within
+/// `gathering.delay` of it — or within `gathering.saturated` while what it took says
+/// the log is saturated — up to [`MAX_RUN`] changes, or until `hurry` says a read
+/// waits for DuckDB (a list must not pay the gathering). Behind a backlog the channel
+/// holds plenty and nothing waits; a hang-up ends the wait with what came.
 ///
 /// It sleeps between looks instead of waiting on the channel: the writer sends a job
 /// per group, thousands a second, and a receiver waiting on the channel is woken by
 /// each of them — a context switch on both sides per group, which on two CPUs is CPU
 /// the requests need (docs/benchmarks.md, session 15).
-fn gather(first: Job, rx: &Receiver<Job>, delay: Duration, hurry: impl Fn() -> bool) -> Vec<Job> {
-    let until = Instant::now() + delay;
-    let mut n = job_len(&first);
-    let mut jobs = vec![first];
-    while n < MAX_RUN {
+fn gather(first: Job, rx: &Receiver<Job>, gathering: Gathering, hurry: impl Fn() -> bool) -> Gathered {
+    let start = Instant::now();
+    let mut gathered = Gathered::default();
+    gathered.push(first);
+    while gathered.len < MAX_RUN {
         match rx.try_recv() {
             Ok(job) => {
-                n += job_len(&job);
-                jobs.push(job);
+                gathered.push(job);
                 continue;
             }
             Err(TryRecvError::Disconnected) => break,
             Err(TryRecvError::Empty) => {}
         }
+        // Saturation is judged on what this transaction took so far, not on the one
+        // before: a burst that ended does not hold the next transaction back.
+        let until = start + if gathered.saturated() { gathering.saturated } else { gathering.delay };
         // Past the deadline, or in a hurry, what was queued has just been taken.
-        let wait = if hurry() { Duration::ZERO } else { until.saturating_duration_since(Instant::now()) };
+        let now = Instant::now();
+        let wait = if hurry() { Duration::ZERO } else { until.saturating_duration_since(now) };
         if wait.is_zero() {
             break;
         }
+        gathered.longer |= now >= start + gathering.delay;
         std::thread::sleep(wait.min(HURRY_POLL));
     }
-    jobs
+    gathered
 }
 
-/// Whether the groups behind `jobs` say the log is saturated: on average
-/// [`SATURATED_GROUP`] changes or more a group, and at least three in four of them
-/// written back to back (their first request waiting for the flush before): requests
-/// queue behind the log. Large groups alone are not enough — a moderate rate arriving
-/// in bursts makes them too, with the writer idle between. A transaction of one group
-/// says nothing (a lone batch, or the first after a lull).
-fn saturated(jobs: &[Job]) -> bool {
-    let (mut groups, mut changes, mut queued) = (0, 0, 0);
-    for job in jobs {
-        if let Job::Changes { changes: c, queued: q, .. } = job {
-            (groups, changes, queued) = (groups + 1, changes + c.len(), queued + usize::from(*q));
+/// What one transaction gathered.
+#[derive(Default)]
+struct Gathered {
+    jobs: Vec<Job>,
+    /// Changes, watermarks counting one each.
+    len: usize,
+    /// Log groups among `jobs`, and the changes they hold.
+    groups: usize,
+    changes: usize,
+    /// It gathered past `writer.apply_delay`: the log was saturated.
+    longer: bool,
+}
+
+impl Gathered {
+    fn push(&mut self, job: Job) {
+        self.len += job_len(&job);
+        if let Job::Changes { changes, .. } = &job {
+            (self.groups, self.changes) = (self.groups + 1, self.changes + changes.len());
         }
+        self.jobs.push(job);
     }
-    groups > 1 && changes >= SATURATED_GROUP * groups && 4 * queued >= 3 * groups
+
+    /// Whether the log's groups say it is saturated: on average [`SATURATED_GROUP`]
+    /// changes or more a group, so requests queue behind the log's flush. One group
+    /// alone says nothing (a lone batch, or the first after a lull). A moderate rate
+    /// arriving in bursts makes large groups now and then too; judged on the groups
+    /// gathered so far, such a burst lengthens a transaction by a few ms, not by
+    /// `writer.apply_delay_saturated` (docs/benchmarks.md, session 18).
+    fn saturated(&self) -> bool {
+        self.groups > 1 && self.changes >= SATURATED_GROUP * self.groups
+    }
 }
 
 fn job_len(job: &Job) -> usize {
@@ -619,7 +632,7 @@ mod tests {
 
     fn changes(seq: u64) -> Job {
         let changes = vec![(seq, Change::insert(trade("a", 1, seq as i64, Status::Filled)))];
-        Job::Changes { changes, acked: Instant::now(), queued: false }
+        Job::Changes { changes, acked: Instant::now() }
     }
 
     fn seqs(jobs: &[Job]) -> Vec<u64> {
@@ -642,40 +655,82 @@ mod tests {
             tx.send(changes(4)).unwrap();
         });
         assert_eq!(
-            seqs(&gather(changes(1), &rx, Duration::from_millis(150), || false)),
+            seqs(&gather(changes(1), &rx, for_(Duration::from_millis(150)), || false).jobs),
             [1, 2, 3],
             "waits for 3, not 4"
         );
         late.join().unwrap();
         assert_eq!(
-            seqs(&gather(changes(5), &rx, Duration::ZERO, || false)),
+            seqs(&gather(changes(5), &rx, for_(Duration::ZERO), || false).jobs),
             [5, 4],
             "no delay: what is queued, at once"
         );
     }
 
-    fn group(seq: u64, n: usize, queued: bool) -> Job {
+    /// A gathering of `delay`, never longer.
+    fn for_(delay: Duration) -> Gathering {
+        Gathering { delay, saturated: delay }
+    }
+
+    fn group(seq: u64, n: usize) -> Job {
         let changes = (0..n as u64).map(|k| (seq + k, Change::insert(trade("a", 1, (seq + k) as i64, Status::Filled))));
-        Job::Changes { changes: changes.collect(), acked: Instant::now(), queued }
+        Job::Changes { changes: changes.collect(), acked: Instant::now() }
+    }
+
+    fn gathered(jobs: impl IntoIterator<Item = Job>) -> Gathered {
+        let mut gathered = Gathered::default();
+        jobs.into_iter().for_each(|job| gathered.push(job));
+        gathered
     }
 
     #[test]
     fn the_log_counts_as_saturated_when_its_groups_average_eight_changes() {
-        let groups = |sizes: &[usize]| sizes.iter().map(|&n| group(1, n, true)).collect::<Vec<_>>();
-        assert!(!saturated(&groups(&[1, 1, 2, 1])), "a few requests a flush");
-        assert!(!saturated(&groups(&[7, 8, 8, 8])), "just under eight on average");
-        assert!(saturated(&groups(&[8, 8])));
-        assert!(saturated(&groups(&[12, 4, 9, 7])), "eight on average");
-        assert!(!saturated(&groups(&[1000])), "one group alone says nothing: a lone batch");
-        assert!(saturated(&groups(&[1000, 1000])), "batches back to back");
+        let groups = |sizes: &[usize]| gathered(sizes.iter().map(|&n| group(1, n)));
+        assert!(!groups(&[1, 1, 2, 1]).saturated(), "a few requests a flush");
+        assert!(!groups(&[7, 8, 8, 8]).saturated(), "just under eight on average");
+        assert!(groups(&[8, 8]).saturated());
+        assert!(groups(&[12, 4, 9, 7]).saturated(), "eight on average");
+        assert!(!groups(&[1000]).saturated(), "one group alone says nothing: a lone batch");
+        assert!(groups(&[1000, 1000]).saturated(), "batches back to back");
         let (reply, _) = tokio::sync::oneshot::channel();
-        let mut with_watermark = groups(&[1, 1]);
-        with_watermark.push(Job::Watermark { sink: "s".into(), seq: 1, reply });
-        assert!(!saturated(&with_watermark), "a watermark is not a group");
-        let bursts = |queued: &[bool]| queued.iter().map(|&q| group(1, 16, q)).collect::<Vec<_>>();
-        assert!(!saturated(&bursts(&[false, false, true, false])), "bursts with the writer idle between");
-        assert!(!saturated(&bursts(&[true, false, true, false])), "half of them back to back");
-        assert!(saturated(&bursts(&[true, true, false, true])), "three in four back to back");
+        let watermark = Job::Watermark { sink: "s".into(), seq: 1, reply };
+        assert!(!gathered([group(1, 1), group(2, 1), watermark]).saturated(), "a watermark is not a group");
+    }
+
+    /// Sends groups of `sizes` changes, one every `every`, then keeps the channel open
+    /// (a hang-up would end the gathering) until `hold` has passed.
+    fn feed(sizes: Vec<usize>, every: Duration, hold: Duration) -> (Receiver<Job>, std::thread::JoinHandle<()>) {
+        let (tx, rx) = channel();
+        let feeder = std::thread::spawn(move || {
+            let start = Instant::now();
+            for (k, n) in sizes.into_iter().enumerate() {
+                tx.send(group(100 * k as u64 + 2, n)).unwrap();
+                std::thread::sleep(every);
+            }
+            std::thread::sleep(hold.saturating_sub(start.elapsed()));
+        });
+        (rx, feeder)
+    }
+
+    #[test]
+    fn a_saturated_log_gathers_longer_while_its_groups_stay_large() {
+        let gathering = Gathering { delay: Duration::from_millis(20), saturated: Duration::from_millis(200) };
+        let timed = |sizes: Vec<usize>| {
+            let (rx, feeder) = feed(sizes, Duration::from_millis(5), Duration::from_millis(300));
+            let start = Instant::now();
+            let gathered = gather(group(1, 8), &rx, gathering, || false);
+            let took = start.elapsed();
+            feeder.join().unwrap();
+            (gathered, took)
+        };
+        let (large, took) = timed(vec![12; 60]);
+        assert!(large.longer && took >= Duration::from_millis(190), "large groups all along: {took:?}");
+        let (small, took) = timed(vec![2; 60]);
+        assert!(!small.longer && took < Duration::from_millis(150), "small groups: the usual gathering, {took:?}");
+        // A burst of large groups, then the usual small ones: the gathering goes on
+        // only while the groups taken so far still average eight changes.
+        let (burst, took) = timed([vec![16; 6], vec![1; 54]].concat());
+        assert!(burst.longer && took < Duration::from_millis(150), "a burst that ended: {took:?}");
     }
 
     #[test]
@@ -683,7 +738,7 @@ mod tests {
         let (tx, rx) = channel::<Job>();
         drop(tx);
         let start = Instant::now();
-        assert_eq!(seqs(&gather(changes(1), &rx, Duration::from_secs(30), || false)), [1]);
+        assert_eq!(seqs(&gather(changes(1), &rx, for_(Duration::from_secs(30)), || false).jobs), [1]);
         assert!(start.elapsed() < Duration::from_secs(5));
     }
 
@@ -703,7 +758,7 @@ mod tests {
             }
         });
         let start = Instant::now();
-        let jobs = gather(changes(1), &rx, Duration::from_secs(30), || waiting.load(Ordering::SeqCst));
+        let jobs = gather(changes(1), &rx, for_(Duration::from_secs(30)), || waiting.load(Ordering::SeqCst)).jobs;
         assert_eq!(seqs(&jobs), [1, 2, 3]);
         assert!(start.elapsed() < Duration::from_secs(5), "waited out the delay: {:?}", start.elapsed());
         drop(late.join().unwrap());

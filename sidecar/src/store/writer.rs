@@ -242,11 +242,8 @@ impl Writer {
         let mut alone = true;
         while stop.is_none() {
             self.health.beat();
-            // A request already waiting: the log is what requests queue behind.
-            let (next, queued) = match rx.try_recv() {
-                Ok(msg) => (Ok(msg), true),
-                Err(_) => (next_message(&rx, alone), false),
-            };
+            let next = rx.try_recv().or_else(|_| next_message(&rx, alone));
+            let busy = Instant::now();
             let first = match next {
                 Ok(Msg::Write(r)) => r,
                 Ok(Msg::Shutdown(done)) => {
@@ -278,10 +275,11 @@ impl Writer {
             self.metrics.queue_depth.sub(batch.len() as i64);
             alone = batch.len() == 1;
             match self.wait_for_applier() {
-                Ok(()) => self.commit_group(batch, queued),
+                Ok(()) => self.commit_group(batch),
                 Err(why) => refuse_all(batch.into_iter().map(|r| r.reply), &why),
             }
             self.trim_log();
+            self.metrics.writer_busy.inc_by(busy.elapsed().as_secs_f64());
             self.health.beat();
         }
         // Anything that raced in behind the shutdown message is refused, not lost:
@@ -347,7 +345,7 @@ impl Writer {
         }
     }
 
-    fn commit_group(&mut self, batch: Vec<Request>, queued: bool) {
+    fn commit_group(&mut self, batch: Vec<Request>) {
         let first_seq = self.next_seq;
         let (ops, replies): (Vec<WriteOp>, Vec<Reply>) = batch.into_iter().map(|r| (r.op, r.reply)).unzip();
         let mut planned = match self.plan_group(ops) {
@@ -383,7 +381,7 @@ impl Writer {
         let changes: Vec<(u64, Change)> =
             planned.iter_mut().flat_map(|p| p.changes.drain(..)).map(|c| (c.trade().seq as u64, c)).collect();
         if !changes.is_empty() {
-            self.to_applier(Job::Changes { changes, acked: Instant::now(), queued });
+            self.to_applier(Job::Changes { changes, acked: Instant::now() });
         }
         for (reply, p) in replies.into_iter().zip(planned) {
             match p.watermark {
@@ -579,7 +577,7 @@ impl Writer {
         }
         let start = Instant::now();
         self.after_ack(backlog.iter().map(|(_, c)| c));
-        self.to_applier(Job::Changes { changes: backlog, acked: Instant::now(), queued: false });
+        self.to_applier(Job::Changes { changes: backlog, acked: Instant::now() });
         self.metrics.log_replay_seconds.add(start.elapsed().as_secs_f64());
     }
 }

@@ -2,8 +2,8 @@
 
 use prometheus::core::Collector;
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Counter, Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
 
 /// Every metric the sidecar exports.
@@ -42,6 +42,9 @@ pub struct Metrics {
     pub log_segments: IntGauge,
     /// Requests folded into one commit.
     pub batch_requests: Histogram,
+    /// Time the writer spent on groups rather than waiting for requests: its rate is
+    /// how busy the one serial stage is (1: requests queue behind the log).
+    pub writer_busy: Counter,
     /// Committed transactions.
     pub commits: IntCounter,
     /// Bytes the writer's id index holds (docs/benchmarks.md: memory per trade).
@@ -104,6 +107,10 @@ impl Registrar<'_> {
 
     fn counter(&self, name: &str, help: &str) -> IntCounter {
         self.add(IntCounter::new(name, help))
+    }
+
+    fn float_counter(&self, name: &str, help: &str) -> Counter {
+        self.add(Counter::new(name, help))
     }
 
     fn gauge(&self, name: &str, help: &str) -> IntGauge {
@@ -193,6 +200,10 @@ impl Metrics {
                 "writer_batch_requests",
                 "Requests folded into one commit",
                 &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0],
+            ),
+            writer_busy: r.float_counter(
+                "writer_busy_seconds_total",
+                "Time the writer spent planning, logging and answering groups, not waiting for requests",
             ),
             commits: r.counter("writer_commits_total", "Committed transactions"),
             index_bytes: r.gauge("writer_index_bytes", "Memory the id index holds (every trade's version)"),

@@ -335,10 +335,10 @@ async fn apply_delay(s: &Sidecar) -> f64 {
     line.rsplit(' ').next().unwrap().parse().unwrap()
 }
 
-/// Many clients posting small batches saturate the log (large groups, each request
-/// waiting for the flush before): the applier then gathers for
-/// `writer.apply_delay_saturated`. Once the burst ends it is back to
-/// `writer.apply_delay`, so a lone write after it is not held the longer time.
+/// Many clients posting small batches saturate the log (large groups): the applier's
+/// transactions then go on gathering up to `writer.apply_delay_saturated`. Once the
+/// burst ends it is back to `writer.apply_delay`, so a lone write after it is not held
+/// the longer time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_applier_gathers_longer_only_while_the_log_is_saturated() {
     let dir = tempfile::tempdir().unwrap();
