@@ -132,10 +132,9 @@ pub struct WriterConfig {
     /// `apply_delay`. Each DuckDB commit writes and syncs DuckDB's WAL on the disk the
     /// log flushes to; fewer of them leave the log's flushes faster when the flush is
     /// what bounds throughput (docs/benchmarks.md, sessions 17 and 18). Reads still cut
-    /// the gathering short. `0s`, the default, is off (the same as `apply_delay`): with
-    /// 100 ms the bench's apply-lag phase at half the best rate, whose 16 paced clients
-    /// send together, makes groups that large too, and its p99 was 75 ms in two runs of
-    /// three (its target is 50 ms).
+    /// the gathering short; followers and the apply lag see up to this much more under
+    /// full load. `0s` turns it off (the same as `apply_delay`): for a store whose
+    /// followers must trail by less than ~50 ms even under bursts.
     #[serde(with = "humantime_serde")]
     pub apply_delay_saturated: Duration,
 }
@@ -154,7 +153,7 @@ impl Default for WriterConfig {
             recent_trades: 10_000,
             max_apply_backlog: 100_000,
             apply_delay: Duration::from_millis(20),
-            apply_delay_saturated: Duration::ZERO,
+            apply_delay_saturated: Duration::from_millis(100),
         }
     }
 }
