@@ -242,7 +242,7 @@ impl Writer {
         let mut alone = true;
         while stop.is_none() {
             self.health.beat();
-            let next = rx.try_recv().or_else(|_| next_message(&rx, alone));
+            let next = next_message(&rx, alone);
             let busy = Instant::now();
             let first = match next {
                 Ok(Msg::Write(r)) => r,
