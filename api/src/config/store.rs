@@ -119,7 +119,8 @@ pub struct WriterConfig {
     /// (the queue fills, then writes get 503 with Retry-After).
     pub max_apply_backlog: usize,
     /// How long the applier gathers acknowledged changes before one DuckDB
-    /// transaction takes them (at most [`MAX_APPLY_DELAY`]; `0s`: at once). A DuckDB
+    /// transaction takes them (at most [`MAX_APPLY_DELAY`]; `0s`: at once, unless the log
+    /// is saturated — see `apply_delay_saturated`). A DuckDB
     /// transaction costs several ms of CPU whatever it holds (`benches/apply.rs`);
     /// gathering keeps that off the cores the write path needs. A list or history
     /// read that waits for DuckDB cuts the gathering short, so reads never pay it;

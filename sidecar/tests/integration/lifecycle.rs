@@ -128,8 +128,10 @@ async fn write_with_checkpoint_threshold(threshold: &str) -> (serde_json::Value,
         ("TRADESTORE_DUCKDB__IDLE_CHECKPOINT_AFTER", "0s"),
         // A DuckDB commit per batch: DuckDB checkpoints by itself only at a commit that
         // finds no other transaction open (a status read holds one), so one big gathered
-        // commit may find none free.
+        // commit may find none free. Batches are large groups: without the second
+        // setting two of them queued behind a commit would gather for 100 ms.
         ("TRADESTORE_WRITER__APPLY_DELAY", "0s"),
+        ("TRADESTORE_WRITER__APPLY_DELAY_SATURATED", "0s"),
         // No integrity check: the one at start scans the tables in a read transaction
         // of ~0.1 s, long enough to span all twenty commits, so DuckDB found a reader
         // at each and checkpointed none (a CI failure, 2026-12-04).
