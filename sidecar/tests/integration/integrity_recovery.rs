@@ -9,8 +9,11 @@ use std::time::{Duration, Instant};
 use crate::common::{self, Sidecar, client, free_port, status, trade_for, wait_exit};
 use serde_json::{Value, json};
 
-/// Trades the damage test writes, the snapshot taken halfway.
-const TRADES: usize = 300_000;
+/// Trades the damage test writes, the snapshot taken halfway. Enough that a scan of
+/// every column outgrows a 16 MiB buffer pool by a margin (see `id`): with 300,000 the
+/// damaged block stayed cached through 60 s of checks in one CI run of seven
+/// (2026-12-06).
+const TRADES: usize = 400_000;
 
 /// Trade `i`'s id: long and random-looking. The periodic check scans while running,
 /// and reads a block from the file again only once it left DuckDB's buffer pool; the
