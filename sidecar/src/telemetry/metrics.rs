@@ -35,8 +35,8 @@ pub struct Metrics {
     pub applied_seq: IntGauge,
     /// Acknowledged changes not yet in DuckDB.
     pub apply_backlog: IntGauge,
-    /// How long the applier's current transaction gathers (`writer.apply_delay`, or
-    /// `writer.apply_delay_saturated` while the log is saturated).
+    /// How long the applier's last transaction could gather: `writer.apply_delay`, or
+    /// `writer.apply_delay_saturated` when it went on because the log was saturated.
     pub apply_delay: Gauge,
     /// Commit-log segments on disk.
     pub log_segments: IntGauge,
@@ -193,7 +193,7 @@ impl Metrics {
             apply_backlog: r.gauge("applier_backlog", "Acknowledged changes not yet in DuckDB"),
             apply_delay: r.float_gauge(
                 "applier_delay_seconds",
-                "How long an applier transaction gathers changes (longer while the commit log is saturated)",
+                "How long the last applier transaction could gather changes (longer when the commit log was saturated)",
             ),
             log_segments: r.gauge("log_segments", "Commit-log segments on disk"),
             batch_requests: r.histogram(
