@@ -324,6 +324,17 @@ struct Gathering {
     saturated: Duration,
 }
 
+/// Why the applier checkpoints (`duckdb.*` settings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Why {
+    /// Nothing came to apply for `idle_checkpoint_after`.
+    Idle,
+    /// `checkpoint_every_commits` transactions since the last one.
+    Commits,
+    /// The WAL outgrew `max_wal_bytes`.
+    WalSize,
+}
+
 /// How often a gathering applier looks whether a read waits for it.
 const HURRY_POLL: Duration = Duration::from_millis(1);
 
@@ -385,7 +396,7 @@ impl Applier {
             self.maybe_trim_history();
             self.maybe_checkpoint();
         }
-        match self.conn.execute_batch("CHECKPOINT") {
+        match db::checkpoint(&self.conn, true) {
             Ok(()) => tracing::info!("final checkpoint done"),
             Err(e) => tracing::error!(error = %e, "final checkpoint failed; the WAL will be replayed on start"),
         }
@@ -407,7 +418,7 @@ impl Applier {
                 Err(RecvTimeoutError::Timeout) => {
                     let wal = db::wal_size(&self.db_path);
                     if wal > 0 {
-                        self.checkpoint(wal, "idle");
+                        self.checkpoint(wal, Why::Idle);
                     }
                 }
             }
@@ -516,14 +527,15 @@ impl Applier {
         let by_count =
             self.checkpoint_every_commits > 0 && self.commits_since_checkpoint >= self.checkpoint_every_commits;
         if by_count || wal > self.max_wal_bytes {
-            self.checkpoint(wal, if by_count { "commits" } else { "wal size" });
+            self.checkpoint(wal, if by_count { Why::Commits } else { Why::WalSize });
         }
     }
 
-    /// Runs `CHECKPOINT` (the WAL is `wal` bytes; `why` is for the log).
-    fn checkpoint(&mut self, wal: u64, why: &'static str) {
+    /// Runs `CHECKPOINT` (the WAL is `wal` bytes). Only one in a lull compacts: the
+    /// others come between transactions under load, and the next one waits for them.
+    fn checkpoint(&mut self, wal: u64, why: Why) {
         let start = Instant::now();
-        match self.conn.execute_batch("CHECKPOINT") {
+        match db::checkpoint(&self.conn, why == Why::Idle) {
             Ok(()) => {
                 self.progress.checkpoint_done();
                 self.commits_since_checkpoint = 0;
@@ -531,7 +543,7 @@ impl Applier {
                 self.metrics.last_checkpoint.set(chrono::Utc::now().timestamp());
                 self.wal_seen = db::wal_size(&self.db_path);
                 self.metrics.wal_bytes.set(self.wal_seen as i64);
-                tracing::debug!(elapsed_ms = start.elapsed().as_millis() as u64, wal_before = wal, why, "checkpoint");
+                tracing::debug!(elapsed_ms = start.elapsed().as_millis() as u64, wal_before = wal, ?why, "checkpoint");
             }
             Err(e) => match Error::from(e) {
                 // A checkpoint that failed on a full disk invalidates the database.

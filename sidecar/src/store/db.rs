@@ -19,7 +19,7 @@ pub(crate) const TRADE_COLUMNS: &str = "id, symbol, side, quantity, price, statu
      epoch_us(created_at), epoch_us(updated_at)";
 
 /// Opens (or creates) the database file with the configured engine settings.
-pub(crate) fn open(path: &Path, cfg: &DuckdbConfig) -> Result<Connection> {
+pub fn open(path: &Path, cfg: &DuckdbConfig) -> Result<Connection> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -30,7 +30,33 @@ pub(crate) fn open(path: &Path, cfg: &DuckdbConfig) -> Result<Connection> {
     let conn =
         Connection::open_with_flags(path, flags).map_err(|source| Error::Open { path: path.to_path_buf(), source })?;
     conn.execute_batch(&format!("SET checkpoint_threshold = '{}B';", cfg.checkpoint_threshold_bytes))?;
+    conn.execute_batch("SET max_vacuum_tasks = 0")?;
     Ok(conn)
+}
+
+/// How many row-group merges DuckDB's checkpoint may schedule: its default, for the
+/// checkpoints that [`checkpoint`] lets compact.
+///
+/// DuckDB starts a new row group at the first append after a checkpoint in a table
+/// without an index (`trade_history`), and its checkpoint merges row groups that are
+/// not full ("vacuum": three into two, rewriting up to 368,640 rows). Such a
+/// checkpoint costs up to three or four times a usual one, and a checkpoint DuckDB
+/// runs by itself runs inside the applier's COMMIT, which every list then waits for
+/// (docs/benchmarks.md, session 19). [`open`] turns the merges off; the sidecar lets
+/// them run only in its own checkpoints where no one waits.
+const VACUUM_TASKS: u32 = 100;
+
+/// Runs `CHECKPOINT`; with `compact`, DuckDB may also merge row groups that are not
+/// full (see [`VACUUM_TASKS`]). The setting is the database's, not the connection's,
+/// so it is back at zero whatever the checkpoint returned.
+pub fn checkpoint(conn: &Connection, compact: bool) -> duckdb::Result<()> {
+    if !compact {
+        return conn.execute_batch("CHECKPOINT");
+    }
+    conn.execute_batch(&format!("SET max_vacuum_tasks = {VACUUM_TASKS}"))?;
+    let done = conn.execute_batch("CHECKPOINT");
+    conn.execute_batch("SET max_vacuum_tasks = 0")?;
+    done
 }
 
 /// What a failed call says about the store. Decided in one place, [`classify`], so
@@ -314,5 +340,32 @@ mod tests {
             assert!(e.contains("unrecognized configuration parameter"), "{missing}: {e}");
         }
         assert!(conn.execute_batch("PRAGMA integrity_check").is_err(), "DuckDB has no integrity_check");
+    }
+
+    /// The row-group merges wait for a compacting checkpoint: DuckDB starts a row
+    /// group at the first append after each checkpoint in a table without an index.
+    #[test]
+    fn only_a_compacting_checkpoint_merges_the_row_groups_appends_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open(&dir.path().join("x.duckdb"), &DuckdbConfig::default()).unwrap();
+        conn.execute_batch("CREATE TABLE history (n BIGINT, s VARCHAR)").unwrap();
+        let append_and_checkpoint = |compact: bool| {
+            conn.execute_batch("INSERT INTO history SELECT i, md5(i::VARCHAR) FROM range(1000) r(i)").unwrap();
+            checkpoint(&conn, compact).unwrap();
+        };
+        let row_groups = || -> i64 {
+            conn.query_row("SELECT count(DISTINCT row_group_id) FROM pragma_storage_info('history')", [], |r| r.get(0))
+                .unwrap()
+        };
+        for _ in 0..4 {
+            append_and_checkpoint(false);
+        }
+        assert_eq!(row_groups(), 4, "a checkpoint under load leaves the row groups as they are");
+        append_and_checkpoint(true);
+        assert_eq!(row_groups(), 1, "a compacting checkpoint merges them");
+        let vacuum_tasks: i64 = conn.query_row("SELECT current_setting('max_vacuum_tasks')", [], |r| r.get(0)).unwrap();
+        assert_eq!(vacuum_tasks, 0, "the merges are off again after it");
+        append_and_checkpoint(false);
+        assert_eq!(row_groups(), 2);
     }
 }
