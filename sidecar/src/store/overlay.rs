@@ -27,6 +27,13 @@ impl Overlay {
         self.trades.read().get(id).map(|t| Trade::clone(&t.0))
     }
 
+    /// Every image not yet applied, when there are at most `max` (a list merges them
+    /// over DuckDB's rows); `None` when there are more.
+    pub fn pending(&self, max: usize) -> Option<Vec<Arc<Trade>>> {
+        let trades = self.trades.read();
+        (trades.len() <= max).then(|| trades.iter().map(|t| t.0.clone()).collect())
+    }
+
     /// Records acknowledged images (called before the acknowledgement goes out).
     pub fn acknowledged<'a>(&self, images: impl IntoIterator<Item = &'a Arc<Trade>>) {
         let mut trades = self.trades.write();

@@ -262,7 +262,7 @@ async fn an_older_builds_log_tail_is_replayed_with_every_version_in_the_history(
 
 /// What was acknowledged but not yet in DuckDB at a SIGKILL comes back as the backlog
 /// it was: served at once after the restart (reads, the hot state, the writer's
-/// refusals), then applied behind; a list waits for DuckDB. Whatever exceeds half of
+/// refusals, lists), then applied behind. Whatever exceeds half of
 /// `writer.max_apply_backlog` goes into DuckDB before the store serves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_at_a_kill_is_served_at_once_after_the_restart_and_applied_behind() {
@@ -278,11 +278,12 @@ async fn a_backlog_at_a_kill_is_served_at_once_after_the_restart_and_applied_beh
     assert_eq!(r.send().await.unwrap().status(), 200);
     assert_eq!(c.delete(s.url("/v1/trades/b-1")).send().await.unwrap().status(), 200);
     let state: Value = c.get(s.url("/v1/state")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(listed(&s).await, (200, 1), "a list shows what the overlay holds");
     let st = status(&s).await;
     assert_eq!(
         (st["last_seq"].as_i64(), st["applied_seq"].as_i64()),
         (Some(202), Some(0)),
-        "all of it unapplied: {st}"
+        "all of it unapplied, the list did not wait for it: {st}"
     );
     s.kill();
 
@@ -306,29 +307,31 @@ async fn a_backlog_at_a_kill_is_served_at_once_after_the_restart_and_applied_beh
     let r = c.patch(s.url("/v1/trades/b-0")).json(&serde_json::json!({"expected_version": 1, "price": "8"}));
     assert_eq!(r.send().await.unwrap().status(), 409, "a version the backlog superseded");
 
-    let mut listed = 0;
-    for sym in 0..5 {
-        let page: Value = c
-            .get(s.url(&format!("/v1/trades?symbol=SYM{sym}&limit=1000&include_cancelled=true")))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        listed += page["trades"].as_array().map_or(0, Vec::len);
-    }
-    assert_eq!(listed, 200, "a list waits for DuckDB to hold the backlog");
-    assert_eq!(status(&s).await["applied_seq"], 202);
-    assert_eq!(trades(&s, &ids).await, served, "DuckDB holds what was served from memory");
+    assert_eq!(listed(&s).await, (200, 1), "a list shows the backlog at once");
     let history: Value = c.get(s.url("/v1/trades/b-0/history")).send().await.unwrap().json().await.unwrap();
     assert_eq!(history["versions"].as_array().map(Vec::len), Some(2), "both versions of b-0: {history}");
+    assert_eq!(status(&s).await["applied_seq"], 202, "a history read waits for DuckDB");
+    assert_eq!(trades(&s, &ids).await, served, "DuckDB holds what was served from memory");
+    assert_eq!(listed(&s).await, (200, 1), "and DuckDB lists the same");
     let r = c.patch(s.url("/v1/trades/b-0")).json(&serde_json::json!({"expected_version": 2, "price": "8"}));
     assert_eq!(r.send().await.unwrap().status(), 200, "the current version");
     assert_eq!(status(&s).await["last_seq"], 203, "the next change follows on");
 }
 
 /// `tradestore_applier_delay_seconds` as the sidecar reports it.
+/// Trades listed over the five symbols, cancelled ones included, and how many are cancelled.
+async fn listed(s: &Sidecar) -> (usize, usize) {
+    let (mut listed, mut cancelled) = (0, 0);
+    for sym in 0..5 {
+        let url = s.url(&format!("/v1/trades?symbol=SYM{sym}&limit=1000&include_cancelled=true"));
+        let page: Value = client().get(url).send().await.unwrap().json().await.unwrap();
+        let trades = page["trades"].as_array().unwrap();
+        listed += trades.len();
+        cancelled += trades.iter().filter(|t| t["status"] == "cancelled").count();
+    }
+    (listed, cancelled)
+}
+
 async fn apply_delay(s: &Sidecar) -> f64 {
     let text = client().get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
     let line = text.lines().find(|l| l.starts_with("tradestore_applier_delay_seconds ")).expect("the gauge");
