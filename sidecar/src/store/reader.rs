@@ -81,8 +81,8 @@ pub(crate) struct Reader {
 const CATCH_UP_WAIT: Duration = Duration::from_secs(5);
 
 /// Most acknowledged-not-applied trades a list merges over DuckDB's rows; behind a
-/// larger backlog it waits for DuckDB. Copying the overlay holds the writer off for
-/// ~10 ns a trade.
+/// larger backlog it waits for DuckDB. The overlay is copied (a pointer a trade)
+/// under its read lock, which holds the writer's next acknowledgement off meanwhile.
 const MAX_MERGED: usize = 8192;
 
 impl Reader {
@@ -386,7 +386,7 @@ mod tests {
         Trade { symbol: symbol.into(), ts, ..trade(id, version, seq, status) }
     }
 
-    /// Every page of `q` with `pending` over DuckDB, followed by its cursors: (id, version).
+    /// (id, version) of every trade `q` lists with `pending` over DuckDB, page after page.
     fn all_pages(conn: &Connection, mut q: ListQuery, pending: &[Arc<Trade>]) -> Vec<(String, i64)> {
         let mut listed = Vec::new();
         loop {
