@@ -42,8 +42,9 @@ pub fn open(path: &Path, cfg: &DuckdbConfig) -> Result<Connection> {
 /// not full ("vacuum": three into two, rewriting up to 368,640 rows). Such a
 /// checkpoint costs up to three or four times a usual one, and a checkpoint DuckDB
 /// runs by itself runs inside the applier's COMMIT, which the followers, history
-/// reads and snapshots wait for (docs/benchmarks.md, session 19). [`open`] turns the merges off; the sidecar lets
-/// them run only in its own checkpoints where no one waits.
+/// reads and snapshots wait for (docs/benchmarks.md, session 19). [`open`] turns the
+/// merges off; the sidecar lets them run only in its own checkpoints where no one
+/// waits.
 const VACUUM_TASKS: u32 = 100;
 
 /// Runs `CHECKPOINT`; with `compact`, DuckDB may also merge row groups that are not
