@@ -9,7 +9,7 @@
 //! `scripts/bench.sh` installs PostgreSQL and wrk from Debian and runs this.
 //! `BENCH_SECONDS` (default 10) per phase (`BENCH_LAG_SECONDS` for the apply-lag
 //! phase alone: one long enough to hold DuckDB's checkpoints); `BENCH_ROUNDS` (default
-//! 1) runs each client count's pair that many times, alternating, and shows the round
+//! one) runs each client count's pair that many times, alternating, and shows the round
 //! with the median ratio and the range of all; `BENCH_SIDECAR_X` sets the sidecar's
 //! `TRADESTORE_X` (to compare settings); `BENCH_SMOKE=1` runs 1 s phases at 1 and 16
 //! clients and checks correctness only: no request failed, and the store holds every
