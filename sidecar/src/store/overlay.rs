@@ -52,9 +52,13 @@ impl Overlay {
 
     /// A read waits for DuckDB to hold everything acknowledged; returns that `seq`.
     pub fn await_acked(&self) -> i64 {
-        let target = self.acked_seq();
-        self.awaited.fetch_max(target, Ordering::SeqCst);
-        target
+        self.await_seq(self.acked_seq())
+    }
+
+    /// A read waits for DuckDB to hold every change up to `seq`; returns it.
+    pub fn await_seq(&self, seq: i64) -> i64 {
+        self.awaited.fetch_max(seq, Ordering::SeqCst);
+        seq
     }
 
     /// True when a read waits for a change DuckDB does not hold at `applied`.

@@ -153,8 +153,15 @@ impl Reader {
     /// current one (`UNION` drops the copy of it that histories written by older builds
     /// hold). The history has no index (it is append-only and bounded by
     /// `history.retention`): a scan of it, for an audit, not a hot path.
+    ///
+    /// It waits for DuckDB only when this trade has a change DuckDB does not hold yet
+    /// (the overlay has its image), and only for that change: otherwise DuckDB holds
+    /// every version of it already, and a history read need not wait out the applier's
+    /// gathering or a checkpoint for other trades' changes.
     pub(crate) async fn history(&self, id: &str) -> Result<Vec<Trade>> {
-        self.caught_up().await?;
+        if let Some(pending) = self.overlay.get(id) {
+            self.applied_through(self.overlay.await_seq(pending.seq)).await?;
+        }
         let id = id.to_string();
         self.with_conn(move |conn| {
             let cols = db::TRADE_COLUMNS;
@@ -187,7 +194,11 @@ impl Reader {
     /// Waits until DuckDB holds every change acknowledged before this call, so a query
     /// shows what clients were told is stored (the apply lag: milliseconds).
     pub(crate) async fn caught_up(&self) -> Result<()> {
-        let target = self.overlay.await_acked();
+        self.applied_through(self.overlay.await_acked()).await
+    }
+
+    /// Waits until DuckDB holds every change up to `target`.
+    async fn applied_through(&self, target: i64) -> Result<()> {
         let mut applied = self.applied.clone();
         match tokio::time::timeout(CATCH_UP_WAIT, applied.wait_for(|a| *a >= target)).await {
             Ok(Ok(_)) => Ok(()),
@@ -449,6 +460,38 @@ mod tests {
             .chain(ids(&[("a1", 1), ("a2", 1), ("a3", 1), ("a4", 1), ("a5", 1)]))
             .collect();
         assert_eq!(all_pages(&conn, list("A", 3), &[]), duckdb_alone, "nothing pending: DuckDB's rows");
+    }
+
+    /// DuckDB holds a1 and b1 (seqs 1, 2); b2 (seq 3) is acknowledged, not applied.
+    #[tokio::test]
+    async fn a_history_read_waits_only_for_its_own_trades_pending_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = db::open(&dir.path().join("x.duckdb"), &Default::default()).unwrap();
+        migrations::up(&conn, migrations::embedded(), None).unwrap();
+        let (a1, b1) = (trade("a", 1, 1, Status::Filled), trade("b", 1, 2, Status::Pending));
+        applier::apply(&conn, &[(1, Change::insert(a1.clone())), (2, Change::insert(b1.clone()))], &[]).unwrap();
+        let overlay = Arc::new(Overlay::default());
+        let b2 = Arc::new(trade("b", 2, 3, Status::Filled));
+        overlay.acknowledged([&b2]);
+        let (applied_tx, applied) = watch::channel(2);
+        let state = Arc::new(RwLock::new(HotState::default()));
+        let reader =
+            Reader::new(conn.try_clone().unwrap(), 2, Duration::from_secs(1), state, overlay, applied).unwrap();
+        let versions = |h: Vec<Trade>| h.iter().map(|t| t.version).collect::<Vec<_>>();
+
+        // a has nothing pending: answered from DuckDB at once, although seq 3 is not applied.
+        let a = tokio::time::timeout(Duration::from_secs(1), reader.history("a")).await;
+        assert_eq!(versions(a.expect("a's history waited for another trade's change").unwrap()), [1]);
+        // b's version 2 is pending: its history waits until DuckDB holds it.
+        let b = tokio::spawn({
+            let reader = reader.clone();
+            async move { reader.history("b").await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!b.is_finished(), "b's history answered without its acknowledged version 2");
+        applier::apply(&conn, &[(3, Change::modify(b1, Trade::clone(&b2)))], &[]).unwrap();
+        applied_tx.send_replace(3);
+        assert_eq!(versions(b.await.unwrap().unwrap()), [1, 2]);
     }
 
     #[test]

@@ -310,7 +310,11 @@ async fn a_backlog_at_a_kill_is_served_at_once_after_the_restart_and_applied_beh
     assert_eq!(listed(&s).await, (200, 1), "a list shows the backlog at once");
     let history: Value = c.get(s.url("/v1/trades/b-0/history")).send().await.unwrap().json().await.unwrap();
     assert_eq!(history["versions"].as_array().map(Vec::len), Some(2), "both versions of b-0: {history}");
-    assert_eq!(status(&s).await["applied_seq"], 202, "a history read waits for DuckDB");
+    assert_eq!(
+        status(&s).await["applied_seq"],
+        202,
+        "b-0's history waits for DuckDB to hold its patch (the backlog: one transaction)"
+    );
     assert_eq!(trades(&s, &ids).await, served, "DuckDB holds what was served from memory");
     assert_eq!(listed(&s).await, (200, 1), "and DuckDB lists the same");
     let r = c.patch(s.url("/v1/trades/b-0")).json(&serde_json::json!({"expected_version": 2, "price": "8"}));
